@@ -1,0 +1,394 @@
+//! HF safetensors checkpoints: load (single file or sharded, mmap) and save (atomic).
+
+use super::config::ModelConfig;
+use crate::util::{atomic_write, atomic_write_with, write_json};
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A dense row-major f32 tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+    pub fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Self { shape, data: vec![0.0; n] }
+    }
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Storage dtype of a tensor in a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StoreDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl StoreDtype {
+    pub fn from_torch_name(s: &str) -> Self {
+        match s {
+            "bfloat16" => Self::BF16,
+            "float16" => Self::F16,
+            _ => Self::F32,
+        }
+    }
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+        }
+    }
+    fn safetensors(self) -> Dtype {
+        match self {
+            Self::F32 => Dtype::F32,
+            Self::F16 => Dtype::F16,
+            Self::BF16 => Dtype::BF16,
+        }
+    }
+}
+
+/// Convert one safetensors view to f32. `file` and `name` name the tensor in errors.
+pub fn view_to_f32(view: &TensorView<'_>, file: &Path, name: &str) -> Result<Vec<f32>> {
+    let bytes = view.data();
+    let out = match view.dtype() {
+        Dtype::F32 => bytes.par_chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => bytes.par_chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => bytes.par_chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => bail!("{}: tensor {name:?} has dtype {other:?}; pinpoint reads F32, F16 and BF16", file.display()),
+    };
+    Ok(out)
+}
+
+fn store_dtype_of(d: Dtype) -> Option<StoreDtype> {
+    match d {
+        Dtype::F32 => Some(StoreDtype::F32),
+        Dtype::F16 => Some(StoreDtype::F16),
+        Dtype::BF16 => Some(StoreDtype::BF16),
+        _ => None,
+    }
+}
+
+/// All tensors of a checkpoint as f32, with the file each came from.
+pub struct LoadedTensors {
+    pub tensors: HashMap<String, HostTensor>,
+    pub origin: HashMap<String, PathBuf>,
+    /// The dtype most tensors were stored in (used when saving back).
+    pub dtype: StoreDtype,
+}
+
+impl LoadedTensors {
+    /// Take a tensor, checking its shape. Errors name the file and tensor.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let t = self.tensors.remove(name).with_context(|| format!("checkpoint has no tensor {name:?}"))?;
+        if t.shape != shape {
+            let file = self.origin.get(name).map(|p| p.display().to_string()).unwrap_or_default();
+            bail!("{file}: tensor {name:?} has shape {:?}, expected {shape:?} from config.json", t.shape);
+        }
+        Ok(t)
+    }
+}
+
+/// The safetensors files of a model directory: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`, or every `*.safetensors` file.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{} has no weight_map", index.display()))?;
+        let mut files: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no model.safetensors, no index, no *.safetensors files", dir.display());
+    }
+    Ok(files)
+}
+
+/// Load every tensor of the files, converting to f32.
+pub fn load_tensors(files: &[PathBuf]) -> Result<LoadedTensors> {
+    let mut tensors = HashMap::new();
+    let mut origin = HashMap::new();
+    let mut dtype_count: BTreeMap<&'static str, (usize, StoreDtype)> = BTreeMap::new();
+    for file in files {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        // SAFETY: the file is opened read-only and not modified while mapped by us.
+        let mmap = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", file.display()))?;
+        let st = SafeTensors::deserialize(&mmap)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", file.display()))?;
+        for (name, view) in st.tensors() {
+            let data = view_to_f32(&view, file, &name)?;
+            if let Some(d) = store_dtype_of(view.dtype()) {
+                dtype_count.entry(d.torch_name()).or_insert((0, d)).0 += 1;
+            }
+            if tensors.insert(name.clone(), HostTensor::new(view.shape().to_vec(), data)).is_some() {
+                bail!("{}: tensor {name:?} appears in more than one file", file.display());
+            }
+            origin.insert(name, file.clone());
+        }
+    }
+    let dtype = dtype_count.values().max_by_key(|(n, _)| *n).map(|(_, d)| *d).unwrap_or(StoreDtype::F32);
+    Ok(LoadedTensors { tensors, origin, dtype })
+}
+
+/// Weights of one decoder layer. Linear weights are `[out, in]` as in HF.
+#[derive(Debug, Clone)]
+pub struct LayerWeights<T> {
+    pub attn_norm: T, // [d_model]
+    pub wq: T,        // [H*D, d_model]
+    pub wk: T,        // [G*D, d_model]
+    pub wv: T,        // [G*D, d_model]
+    pub wo: T,        // [d_model, H*D]
+    pub mlp_norm: T,  // [d_model]
+    pub w_gate: T,    // [d_ff, d_model]
+    pub w_up: T,      // [d_ff, d_model]
+    pub w_down: T,    // [d_model, d_ff]
+}
+
+/// All weights of a Llama/Mistral model. `lm_head` is `None` when tied to `embed`.
+#[derive(Debug, Clone)]
+pub struct ModelWeights<T> {
+    pub embed: T, // [vocab, d_model]
+    pub layers: Vec<LayerWeights<T>>,
+    pub final_norm: T,       // [d_model]
+    pub lm_head: Option<T>,  // [vocab, d_model]
+}
+
+impl<T> ModelWeights<T> {
+    /// Apply `f(name, tensor)` to every tensor, producing weights of another type.
+    pub fn try_map<U>(&self, mut f: impl FnMut(&str, &T) -> Result<U>) -> Result<ModelWeights<U>> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            layers.push(LayerWeights {
+                attn_norm: f(&format!("{p}.input_layernorm.weight"), &l.attn_norm)?,
+                wq: f(&format!("{p}.self_attn.q_proj.weight"), &l.wq)?,
+                wk: f(&format!("{p}.self_attn.k_proj.weight"), &l.wk)?,
+                wv: f(&format!("{p}.self_attn.v_proj.weight"), &l.wv)?,
+                wo: f(&format!("{p}.self_attn.o_proj.weight"), &l.wo)?,
+                mlp_norm: f(&format!("{p}.post_attention_layernorm.weight"), &l.mlp_norm)?,
+                w_gate: f(&format!("{p}.mlp.gate_proj.weight"), &l.w_gate)?,
+                w_up: f(&format!("{p}.mlp.up_proj.weight"), &l.w_up)?,
+                w_down: f(&format!("{p}.mlp.down_proj.weight"), &l.w_down)?,
+            });
+        }
+        Ok(ModelWeights {
+            embed: f("model.embed_tokens.weight", &self.embed)?,
+            layers,
+            final_norm: f("model.norm.weight", &self.final_norm)?,
+            lm_head: match &self.lm_head {
+                Some(t) => Some(f("lm_head.weight", t)?),
+                None => None,
+            },
+        })
+    }
+
+    /// Every tensor with its HF name, in a stable order.
+    pub fn named(&self) -> Vec<(String, &T)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), &l.attn_norm));
+            out.push((format!("{p}.self_attn.q_proj.weight"), &l.wq));
+            out.push((format!("{p}.self_attn.k_proj.weight"), &l.wk));
+            out.push((format!("{p}.self_attn.v_proj.weight"), &l.wv));
+            out.push((format!("{p}.self_attn.o_proj.weight"), &l.wo));
+            out.push((format!("{p}.post_attention_layernorm.weight"), &l.mlp_norm));
+            out.push((format!("{p}.mlp.gate_proj.weight"), &l.w_gate));
+            out.push((format!("{p}.mlp.up_proj.weight"), &l.w_up));
+            out.push((format!("{p}.mlp.down_proj.weight"), &l.w_down));
+        }
+        out.push(("model.norm.weight".to_string(), &self.final_norm));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h));
+        }
+        out
+    }
+}
+
+/// Build [`ModelWeights`] from loaded tensors, checking every name and shape against `cfg`.
+pub fn weights_from_tensors(cfg: &ModelConfig, mut t: LoadedTensors) -> Result<ModelWeights<HostTensor>> {
+    if cfg.raw.get("attention_bias").and_then(|x| x.as_bool()) == Some(true)
+        || cfg.raw.get("mlp_bias").and_then(|x| x.as_bool()) == Some(true)
+    {
+        bail!("config.json asks for attention_bias/mlp_bias, which pinpoint does not support");
+    }
+    let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let embed = t.take("model.embed_tokens.weight", &[v, d])?;
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(LayerWeights {
+            attn_norm: t.take(&format!("{p}.input_layernorm.weight"), &[d])?,
+            wq: t.take(&format!("{p}.self_attn.q_proj.weight"), &[qd, d])?,
+            wk: t.take(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d])?,
+            wv: t.take(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d])?,
+            wo: t.take(&format!("{p}.self_attn.o_proj.weight"), &[d, qd])?,
+            mlp_norm: t.take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+            w_gate: t.take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
+            w_up: t.take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+            w_down: t.take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+        });
+    }
+    let final_norm = t.take("model.norm.weight", &[d])?;
+    let lm_head = if t.tensors.contains_key("lm_head.weight") {
+        let h = t.take("lm_head.weight", &[v, d])?;
+        // A tied checkpoint may still store lm_head; keep it only if it differs.
+        if cfg.tie_word_embeddings && h.data == embed.data {
+            None
+        } else {
+            Some(h)
+        }
+    } else if cfg.tie_word_embeddings {
+        None
+    } else {
+        bail!("checkpoint has no tensor \"lm_head.weight\" and config.json does not tie word embeddings");
+    };
+    // Rotary caches some exporters keep are harmless; anything else is unexpected.
+    t.tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+    if let Some(extra) = t.tensors.keys().next() {
+        let file = t.origin.get(extra).map(|p| p.display().to_string()).unwrap_or_default();
+        bail!("{file}: unexpected tensor {extra:?} for a {} model", cfg.architecture);
+    }
+    Ok(ModelWeights { embed, layers, final_norm, lm_head })
+}
+
+/// Load `config.json` and the weights of a HF model directory as f32.
+pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTensor>, StoreDtype)> {
+    if !dir.is_dir() {
+        bail!("model directory {} does not exist", dir.display());
+    }
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let files = safetensors_files(dir)?;
+    let loaded = load_tensors(&files)?;
+    let dtype = loaded.dtype;
+    let w = weights_from_tensors(&cfg, loaded).with_context(|| format!("loading weights of {}", dir.display()))?;
+    Ok((cfg, w, dtype))
+}
+
+fn encode(data: &[f32], dtype: StoreDtype) -> Vec<u8> {
+    match dtype {
+        StoreDtype::F32 => bytemuck::cast_slice(data).to_vec(),
+        StoreDtype::BF16 => data.par_iter().flat_map_iter(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        StoreDtype::F16 => data.par_iter().flat_map_iter(|x| f16::from_f32(*x).to_le_bytes()).collect(),
+    }
+}
+
+/// Write named f32 tensors as one safetensors file in `dtype`, atomically.
+pub fn save_safetensors(path: &Path, tensors: &[(String, &HostTensor)], dtype: StoreDtype) -> Result<()> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.shape.clone(), encode(&t.data, dtype))).collect();
+    let views: Vec<(String, TensorView<'_>)> = encoded
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(dtype.safetensors(), s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    atomic_write_with(path, |f| {
+        let bytes = safetensors::serialize(views, Some(meta))?;
+        use std::io::Write;
+        f.write_all(&bytes)?;
+        Ok(())
+    })
+}
+
+/// Files copied beside the weights when a model is saved.
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Save a model as a HF directory loadable by transformers: config.json, safetensors
+/// (sharded above `shard_bytes`), and the tokenizer files copied from `side_from`.
+/// Each file is written atomically.
+pub fn save_model_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    w: &ModelWeights<HostTensor>,
+    dtype: StoreDtype,
+    side_from: Option<&Path>,
+) -> Result<()> {
+    const SHARD_BYTES: usize = 4 << 30;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let named = w.named();
+    let elem = if dtype == StoreDtype::F32 { 4 } else { 2 };
+    let total: usize = named.iter().map(|(_, t)| t.numel() * elem).sum();
+    let mut cfg_json = cfg.to_json();
+    cfg_json["torch_dtype"] = dtype.torch_name().into();
+    cfg_json["tie_word_embeddings"] = w.lm_head.is_none().into();
+    if total <= SHARD_BYTES {
+        save_safetensors(&dir.join("model.safetensors"), &named, dtype)?;
+        let _ = std::fs::remove_file(dir.join("model.safetensors.index.json"));
+    } else {
+        let mut shards: Vec<Vec<(String, &HostTensor)>> = vec![vec![]];
+        let mut cur = 0;
+        for (n, t) in named {
+            if cur + t.numel() * elem > SHARD_BYTES && !shards.last().unwrap().is_empty() {
+                shards.push(vec![]);
+                cur = 0;
+            }
+            cur += t.numel() * elem;
+            shards.last_mut().unwrap().push((n, t));
+        }
+        let count = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let fname = format!("model-{:05}-of-{:05}.safetensors", i + 1, count);
+            save_safetensors(&dir.join(&fname), shard, dtype)?;
+            for (n, _) in shard {
+                weight_map.insert(n.clone(), fname.clone().into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_json(&dir.join("model.safetensors.index.json"), &index)?;
+        let _ = std::fs::remove_file(dir.join("model.safetensors"));
+    }
+    write_json(&dir.join("config.json"), &cfg_json)?;
+    if let Some(src) = side_from {
+        if src != dir {
+            for f in SIDE_FILES {
+                let p = src.join(f);
+                if p.exists() {
+                    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                    atomic_write(&dir.join(f), &bytes)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

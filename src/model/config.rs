@@ -1,0 +1,181 @@
+//! `config.json` of a HF Llama/Mistral checkpoint.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Architectures pinpoint runs. Anything else is refused by name.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+
+/// The subset of a HF config that defines the Llama/Mistral forward.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Mistral: query i attends to keys j with i - j < window.
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub torch_dtype: String,
+    /// The original JSON, kept so a saved model round-trips every field.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
+}
+
+fn get_usize(v: &serde_json::Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_json(v).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_json(v: serde_json::Value) -> Result<Self> {
+        let archs: Vec<String> = v
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let model_type = v.get("model_type").and_then(|s| s.as_str()).unwrap_or("").to_string();
+        let architecture = match archs.first() {
+            Some(a) => a.clone(),
+            None => match model_type.as_str() {
+                "llama" => "LlamaForCausalLM".into(),
+                "mistral" => "MistralForCausalLM".into(),
+                other => bail!("config has no `architectures` and model_type {other:?} is not llama or mistral"),
+            },
+        };
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+            bail!(
+                "unsupported architecture {architecture:?}: pinpoint runs {}",
+                SUPPORTED_ARCHITECTURES.join(", ")
+            );
+        }
+        let need = |k: &str| get_usize(&v, k).with_context(|| format!("config lacks `{k}`"));
+        let hidden_size = need("hidden_size")?;
+        let num_attention_heads = need("num_attention_heads")?;
+        let num_key_value_heads = get_usize(&v, "num_key_value_heads").unwrap_or(num_attention_heads);
+        let head_dim = get_usize(&v, "head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            bail!("num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}");
+        }
+        if head_dim == 0 || head_dim % 2 != 0 {
+            bail!("head_dim {head_dim} must be even and positive for rotary embeddings");
+        }
+        if let Some(rs) = v.get("rope_scaling").filter(|x| !x.is_null()) {
+            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|s| s.as_str()).unwrap_or("?");
+            if kind != "default" {
+                bail!("rope_scaling type {kind:?} is not supported yet (only plain RoPE)");
+            }
+        }
+        let rope_theta = v
+            .get("rope_theta")
+            .and_then(|x| x.as_f64())
+            .or_else(|| v.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(|x| x.as_f64()))
+            .unwrap_or(10000.0);
+        let eos_token_ids = match v.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => vec![n.as_u64().unwrap_or(0) as u32],
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            _ => vec![],
+        };
+        let sliding_window = if model_type == "mistral" || architecture == "MistralForCausalLM" {
+            get_usize(&v, "sliding_window")
+        } else {
+            None
+        };
+        Ok(Self {
+            architecture,
+            model_type,
+            vocab_size: need("vocab_size")?,
+            hidden_size,
+            intermediate_size: need("intermediate_size")?,
+            num_hidden_layers: need("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
+            rope_theta,
+            max_position_embeddings: get_usize(&v, "max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            sliding_window,
+            bos_token_id: get_usize(&v, "bos_token_id").map(|x| x as u32),
+            eos_token_ids,
+            torch_dtype: v
+                .get("torch_dtype")
+                .or_else(|| v.get("dtype"))
+                .and_then(|s| s.as_str())
+                .unwrap_or("float32")
+                .to_string(),
+            raw: v,
+        })
+    }
+
+    /// Query heads per key/value group.
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+    pub fn n_heads_total(&self) -> usize {
+        self.num_hidden_layers * self.num_attention_heads
+    }
+    pub fn is_gqa(&self) -> bool {
+        self.num_key_value_heads < self.num_attention_heads
+    }
+
+    /// The JSON to write beside saved weights (the original, with our dtype).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = if self.raw.is_object() { self.raw.clone() } else { serde_json::json!({}) };
+        let m = v.as_object_mut().expect("object");
+        m.insert("architectures".into(), serde_json::json!([self.architecture]));
+        m.insert("model_type".into(), serde_json::json!(self.model_type));
+        m.insert("vocab_size".into(), self.vocab_size.into());
+        m.insert("hidden_size".into(), self.hidden_size.into());
+        m.insert("intermediate_size".into(), self.intermediate_size.into());
+        m.insert("num_hidden_layers".into(), self.num_hidden_layers.into());
+        m.insert("num_attention_heads".into(), self.num_attention_heads.into());
+        m.insert("num_key_value_heads".into(), self.num_key_value_heads.into());
+        m.insert("head_dim".into(), self.head_dim.into());
+        m.insert("rms_norm_eps".into(), self.rms_norm_eps.into());
+        m.insert("rope_theta".into(), self.rope_theta.into());
+        m.insert("max_position_embeddings".into(), self.max_position_embeddings.into());
+        m.insert("tie_word_embeddings".into(), self.tie_word_embeddings.into());
+        m.insert("torch_dtype".into(), self.torch_dtype.clone().into());
+        if let Some(b) = self.bos_token_id {
+            m.insert("bos_token_id".into(), b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => {
+                m.insert("eos_token_id".into(), (*one).into());
+            }
+            many => {
+                m.insert("eos_token_id".into(), serde_json::json!(many));
+            }
+        }
+        if self.model_type == "mistral" {
+            m.insert("sliding_window".into(), serde_json::json!(self.sliding_window));
+        }
+        v
+    }
+}
