@@ -1,5 +1,12 @@
 //! pinpoint: find the attention heads that make a Llama/Mistral chat model sycophantic,
 //! validate them, and fine-tune only those heads (supervised pinpoint tuning).
 
+pub mod backend;
+pub mod generate;
+pub mod heads;
 pub mod model;
+pub mod transformer;
 pub mod util;
+
+pub use heads::{HeadId, HookPoint, Positions, Taps};
+pub use transformer::Model;

@@ -23,7 +23,10 @@ impl HostTensor {
     }
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Self { shape, data: vec![0.0; n] }
+        Self {
+            shape,
+            data: vec![0.0; n],
+        }
     }
     pub fn numel(&self) -> usize {
         self.data.len()
@@ -66,10 +69,22 @@ impl StoreDtype {
 pub fn view_to_f32(view: &TensorView<'_>, file: &Path, name: &str) -> Result<Vec<f32>> {
     let bytes = view.data();
     let out = match view.dtype() {
-        Dtype::F32 => bytes.par_chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::BF16 => bytes.par_chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F16 => bytes.par_chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        other => bail!("{}: tensor {name:?} has dtype {other:?}; pinpoint reads F32, F16 and BF16", file.display()),
+        Dtype::F32 => bytes
+            .par_chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::BF16 => bytes
+            .par_chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => bytes
+            .par_chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => bail!(
+            "{}: tensor {name:?} has dtype {other:?}; pinpoint reads F32, F16 and BF16",
+            file.display()
+        ),
     };
     Ok(out)
 }
@@ -94,10 +109,20 @@ pub struct LoadedTensors {
 impl LoadedTensors {
     /// Take a tensor, checking its shape. Errors name the file and tensor.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let t = self.tensors.remove(name).with_context(|| format!("checkpoint has no tensor {name:?}"))?;
+        let t = self
+            .tensors
+            .remove(name)
+            .with_context(|| format!("checkpoint has no tensor {name:?}"))?;
         if t.shape != shape {
-            let file = self.origin.get(name).map(|p| p.display().to_string()).unwrap_or_default();
-            bail!("{file}: tensor {name:?} has shape {:?}, expected {shape:?} from config.json", t.shape);
+            let file = self
+                .origin
+                .get(name)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            bail!(
+                "{file}: tensor {name:?} has shape {:?}, expected {shape:?} from config.json",
+                t.shape
+            );
         }
         Ok(t)
     }
@@ -108,14 +133,18 @@ impl LoadedTensors {
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .with_context(|| format!("{} has no weight_map", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -131,7 +160,10 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("{}: no model.safetensors, no index, no *.safetensors files", dir.display());
+        bail!(
+            "{}: no model.safetensors, no index, no *.safetensors files",
+            dir.display()
+        );
     }
     Ok(files)
 }
@@ -144,22 +176,38 @@ pub fn load_tensors(files: &[PathBuf]) -> Result<LoadedTensors> {
     for file in files {
         let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
         // SAFETY: the file is opened read-only and not modified while mapped by us.
-        let mmap = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", file.display()))?;
-        let st = SafeTensors::deserialize(&mmap)
-            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", file.display()))?;
+        let mmap = unsafe { memmap2::Mmap::map(&f) }
+            .with_context(|| format!("mapping {}", file.display()))?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid safetensors file: {e}", file.display())
+        })?;
         for (name, view) in st.tensors() {
             let data = view_to_f32(&view, file, &name)?;
             if let Some(d) = store_dtype_of(view.dtype()) {
                 dtype_count.entry(d.torch_name()).or_insert((0, d)).0 += 1;
             }
-            if tensors.insert(name.clone(), HostTensor::new(view.shape().to_vec(), data)).is_some() {
-                bail!("{}: tensor {name:?} appears in more than one file", file.display());
+            if tensors
+                .insert(name.clone(), HostTensor::new(view.shape().to_vec(), data))
+                .is_some()
+            {
+                bail!(
+                    "{}: tensor {name:?} appears in more than one file",
+                    file.display()
+                );
             }
             origin.insert(name, file.clone());
         }
     }
-    let dtype = dtype_count.values().max_by_key(|(n, _)| *n).map(|(_, d)| *d).unwrap_or(StoreDtype::F32);
-    Ok(LoadedTensors { tensors, origin, dtype })
+    let dtype = dtype_count
+        .values()
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, d)| *d)
+        .unwrap_or(StoreDtype::F32);
+    Ok(LoadedTensors {
+        tensors,
+        origin,
+        dtype,
+    })
 }
 
 /// Weights of one decoder layer. Linear weights are `[out, in]` as in HF.
@@ -181,8 +229,8 @@ pub struct LayerWeights<T> {
 pub struct ModelWeights<T> {
     pub embed: T, // [vocab, d_model]
     pub layers: Vec<LayerWeights<T>>,
-    pub final_norm: T,       // [d_model]
-    pub lm_head: Option<T>,  // [vocab, d_model]
+    pub final_norm: T,      // [d_model]
+    pub lm_head: Option<T>, // [vocab, d_model]
 }
 
 impl<T> ModelWeights<T> {
@@ -238,7 +286,10 @@ impl<T> ModelWeights<T> {
 }
 
 /// Build [`ModelWeights`] from loaded tensors, checking every name and shape against `cfg`.
-pub fn weights_from_tensors(cfg: &ModelConfig, mut t: LoadedTensors) -> Result<ModelWeights<HostTensor>> {
+pub fn weights_from_tensors(
+    cfg: &ModelConfig,
+    mut t: LoadedTensors,
+) -> Result<ModelWeights<HostTensor>> {
     if cfg.raw.get("attention_bias").and_then(|x| x.as_bool()) == Some(true)
         || cfg.raw.get("mlp_bias").and_then(|x| x.as_bool()) == Some(true)
     {
@@ -279,10 +330,22 @@ pub fn weights_from_tensors(cfg: &ModelConfig, mut t: LoadedTensors) -> Result<M
     // Rotary caches some exporters keep are harmless; anything else is unexpected.
     t.tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
     if let Some(extra) = t.tensors.keys().next() {
-        let file = t.origin.get(extra).map(|p| p.display().to_string()).unwrap_or_default();
-        bail!("{file}: unexpected tensor {extra:?} for a {} model", cfg.architecture);
+        let file = t
+            .origin
+            .get(extra)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        bail!(
+            "{file}: unexpected tensor {extra:?} for a {} model",
+            cfg.architecture
+        );
     }
-    Ok(ModelWeights { embed, layers, final_norm, lm_head })
+    Ok(ModelWeights {
+        embed,
+        layers,
+        final_norm,
+        lm_head,
+    })
 }
 
 /// Load `config.json` and the weights of a HF model directory as f32.
@@ -294,25 +357,43 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTenso
     let files = safetensors_files(dir)?;
     let loaded = load_tensors(&files)?;
     let dtype = loaded.dtype;
-    let w = weights_from_tensors(&cfg, loaded).with_context(|| format!("loading weights of {}", dir.display()))?;
+    let w = weights_from_tensors(&cfg, loaded)
+        .with_context(|| format!("loading weights of {}", dir.display()))?;
     Ok((cfg, w, dtype))
 }
 
 fn encode(data: &[f32], dtype: StoreDtype) -> Vec<u8> {
     match dtype {
         StoreDtype::F32 => bytemuck::cast_slice(data).to_vec(),
-        StoreDtype::BF16 => data.par_iter().flat_map_iter(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
-        StoreDtype::F16 => data.par_iter().flat_map_iter(|x| f16::from_f32(*x).to_le_bytes()).collect(),
+        StoreDtype::BF16 => data
+            .par_iter()
+            .flat_map_iter(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
+        StoreDtype::F16 => data
+            .par_iter()
+            .flat_map_iter(|x| f16::from_f32(*x).to_le_bytes())
+            .collect(),
     }
 }
 
 /// Write named f32 tensors as one safetensors file in `dtype`, atomically.
-pub fn save_safetensors(path: &Path, tensors: &[(String, &HostTensor)], dtype: StoreDtype) -> Result<()> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, t)| (n.clone(), t.shape.clone(), encode(&t.data, dtype))).collect();
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, &HostTensor)],
+    dtype: StoreDtype,
+) -> Result<()> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), encode(&t.data, dtype)))
+        .collect();
     let views: Vec<(String, TensorView<'_>)> = encoded
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(dtype.safetensors(), s.clone(), b)?)))
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(dtype.safetensors(), s.clone(), b)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -374,7 +455,8 @@ pub fn save_model_dir(
                 weight_map.insert(n.clone(), fname.clone().into());
             }
         }
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         write_json(&dir.join("model.safetensors.index.json"), &index)?;
         let _ = std::fs::remove_file(dir.join("model.safetensors"));
     }
@@ -384,7 +466,8 @@ pub fn save_model_dir(
             for f in SIDE_FILES {
                 let p = src.join(f);
                 if p.exists() {
-                    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                    let bytes =
+                        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                     atomic_write(&dir.join(f), &bytes)?;
                 }
             }

@@ -50,9 +50,17 @@ impl ModelConfig {
         let archs: Vec<String> = v
             .get("architectures")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
-        let model_type = v.get("model_type").and_then(|s| s.as_str()).unwrap_or("").to_string();
+        let model_type = v
+            .get("model_type")
+            .and_then(|s| s.as_str())
+            .unwrap_or("")
+            .to_string();
         let architecture = match archs.first() {
             Some(a) => a.clone(),
             None => match model_type.as_str() {
@@ -70,16 +78,25 @@ impl ModelConfig {
         let need = |k: &str| get_usize(&v, k).with_context(|| format!("config lacks `{k}`"));
         let hidden_size = need("hidden_size")?;
         let num_attention_heads = need("num_attention_heads")?;
-        let num_key_value_heads = get_usize(&v, "num_key_value_heads").unwrap_or(num_attention_heads);
-        let head_dim = get_usize(&v, "head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
-        if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        let num_key_value_heads =
+            get_usize(&v, "num_key_value_heads").unwrap_or(num_attention_heads);
+        let head_dim =
+            get_usize(&v, "head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || !num_attention_heads.is_multiple_of(num_key_value_heads)
+        {
             bail!("num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}");
         }
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             bail!("head_dim {head_dim} must be even and positive for rotary embeddings");
         }
         if let Some(rs) = v.get("rope_scaling").filter(|x| !x.is_null()) {
-            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|s| s.as_str()).unwrap_or("?");
+            let kind = rs
+                .get("rope_type")
+                .or_else(|| rs.get("type"))
+                .and_then(|s| s.as_str())
+                .unwrap_or("?");
             if kind != "default" {
                 bail!("rope_scaling type {kind:?} is not supported yet (only plain RoPE)");
             }
@@ -87,11 +104,19 @@ impl ModelConfig {
         let rope_theta = v
             .get("rope_theta")
             .and_then(|x| x.as_f64())
-            .or_else(|| v.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(|x| x.as_f64()))
+            .or_else(|| {
+                v.get("rope_parameters")
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(|x| x.as_f64())
+            })
             .unwrap_or(10000.0);
         let eos_token_ids = match v.get("eos_token_id") {
             Some(serde_json::Value::Number(n)) => vec![n.as_u64().unwrap_or(0) as u32],
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             _ => vec![],
         };
         let sliding_window = if model_type == "mistral" || architecture == "MistralForCausalLM" {
@@ -109,10 +134,16 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-6),
             rope_theta,
             max_position_embeddings: get_usize(&v, "max_position_embeddings").unwrap_or(4096),
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
             sliding_window,
             bos_token_id: get_usize(&v, "bos_token_id").map(|x| x as u32),
             eos_token_ids,
@@ -145,21 +176,40 @@ impl ModelConfig {
 
     /// The JSON to write beside saved weights (the original, with our dtype).
     pub fn to_json(&self) -> serde_json::Value {
-        let mut v = if self.raw.is_object() { self.raw.clone() } else { serde_json::json!({}) };
+        let mut v = if self.raw.is_object() {
+            self.raw.clone()
+        } else {
+            serde_json::json!({})
+        };
         let m = v.as_object_mut().expect("object");
-        m.insert("architectures".into(), serde_json::json!([self.architecture]));
+        m.insert(
+            "architectures".into(),
+            serde_json::json!([self.architecture]),
+        );
         m.insert("model_type".into(), serde_json::json!(self.model_type));
         m.insert("vocab_size".into(), self.vocab_size.into());
         m.insert("hidden_size".into(), self.hidden_size.into());
         m.insert("intermediate_size".into(), self.intermediate_size.into());
         m.insert("num_hidden_layers".into(), self.num_hidden_layers.into());
-        m.insert("num_attention_heads".into(), self.num_attention_heads.into());
-        m.insert("num_key_value_heads".into(), self.num_key_value_heads.into());
+        m.insert(
+            "num_attention_heads".into(),
+            self.num_attention_heads.into(),
+        );
+        m.insert(
+            "num_key_value_heads".into(),
+            self.num_key_value_heads.into(),
+        );
         m.insert("head_dim".into(), self.head_dim.into());
         m.insert("rms_norm_eps".into(), self.rms_norm_eps.into());
         m.insert("rope_theta".into(), self.rope_theta.into());
-        m.insert("max_position_embeddings".into(), self.max_position_embeddings.into());
-        m.insert("tie_word_embeddings".into(), self.tie_word_embeddings.into());
+        m.insert(
+            "max_position_embeddings".into(),
+            self.max_position_embeddings.into(),
+        );
+        m.insert(
+            "tie_word_embeddings".into(),
+            self.tie_word_embeddings.into(),
+        );
         m.insert("torch_dtype".into(), self.torch_dtype.clone().into());
         if let Some(b) = self.bos_token_id {
             m.insert("bos_token_id".into(), b.into());
@@ -174,7 +224,10 @@ impl ModelConfig {
             }
         }
         if self.model_type == "mistral" {
-            m.insert("sliding_window".into(), serde_json::json!(self.sliding_window));
+            m.insert(
+                "sliding_window".into(),
+                serde_json::json!(self.sliding_window),
+            );
         }
         v
     }

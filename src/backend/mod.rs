@@ -1,0 +1,101 @@
+//! The layer-level compute interface. Model math (`transformer.rs`) is written once against
+//! [`Backend`]; the CPU backend (f32, the oracle) and a CUDA backend implement it.
+//!
+//! Activations are row-major 2-D tensors `[rows, cols]` where a row is one token of the
+//! packed batch (sequences concatenated, no padding). Per-head tensors keep heads
+//! contiguous inside a row: `[rows, heads * head_dim]`, i.e. `[batch, pos, head, head_dim]`
+//! when the sequences are of equal length (TransformerLens' `hook_z` layout).
+
+pub mod cpu;
+
+use crate::model::HostTensor;
+use anyhow::Result;
+
+/// One sequence's place in an attention call.
+///
+/// Query row `q_start + i` (i < q_len) has absolute position `pos0 + i` and attends to the
+/// key/value rows `kv_start + j` for `j <= pos0 + i` (and `pos0 + i - j < window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub kv_start: usize,
+    pub pos0: usize,
+}
+
+/// Shape facts of an attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Mistral's sliding window: key j is visible from query i iff 0 <= i - j < window.
+    pub window: Option<usize>,
+}
+
+/// Attention probabilities of one head of one sequence: `[q_len, kv_len]` where
+/// `kv_len = pos0 + q_len` (masked entries are 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    pub seq: usize,
+    pub head: usize,
+    pub probs: HostTensor,
+}
+
+/// Layer-level operations. `Tensor` is a device buffer of a 2-D shape.
+pub trait Backend: Send + Sync {
+    type Tensor: Send + Sync;
+
+    fn name(&self) -> String;
+    fn upload(&self, t: &HostTensor) -> Result<Self::Tensor>;
+    fn download(&self, t: &Self::Tensor) -> Result<HostTensor>;
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor>;
+
+    /// `table[ids[i]]` for each i: `[ids.len(), d]`.
+    fn embed(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor>;
+    /// RMSNorm over the last dim, then scale by `w` `[d]`.
+    fn rmsnorm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// `x [n, k] @ w [m, k]^T -> [n, m]`.
+    fn linear(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `x += y`, same shape.
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// Rotate-half RoPE in place on `x [n, heads * head_dim]`, row i at `positions[i]`.
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        head_dim: usize,
+        positions: &[usize],
+        theta: f64,
+    ) -> Result<()>;
+    /// Causal grouped-query attention. `q [n, H*D]`, `k`,`v` `[rows, G*D]`.
+    /// Returns `z [n, H*D]` and the probabilities of `(seq, head)` pairs in `want`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+        want: &[(usize, usize)],
+    ) -> Result<(Self::Tensor, Vec<Pattern>)>;
+    /// `silu(gate) * up`, same shape.
+    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Rows `rows` of `x`: `[rows.len(), cols]`.
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// `dst[rows[i]] = src[i]` for each i.
+    fn scatter_rows(
+        &self,
+        dst: &mut Self::Tensor,
+        rows: &[usize],
+        src: &Self::Tensor,
+    ) -> Result<()>;
+    /// Overwrite `x[rows[i], col0[i] .. col0[i] + width]` with `values[i]` (`values [n, width]`).
+    fn write_slices(
+        &self,
+        x: &mut Self::Tensor,
+        rows: &[usize],
+        col0: &[usize],
+        values: &HostTensor,
+    ) -> Result<()>;
+}

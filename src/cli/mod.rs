@@ -1,0 +1,101 @@
+//! Subcommands, one module each.
+
+mod bench;
+mod chat;
+mod models;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pinpoint::model::zoo;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pinpoint",
+    version,
+    about = "Find and fix the attention heads that make a chat model sycophantic"
+)]
+pub struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the model comes from: a HF directory, or the default model (fetched if absent).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArg {
+    /// HF model directory (config.json, *.safetensors, tokenizer.json). Default: SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArg {
+    pub fn resolve(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => zoo::default_model_dir(true).context("fetching the default model"),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download and import the default model (SmolLM2-135M-Instruct) into the cache.
+    ///
+    /// Example: pinpoint fetch
+    Fetch,
+    /// Convert a llama.cpp GGUF file into a HF model directory.
+    ///
+    /// Example: pinpoint import SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2
+    Import {
+        /// The .gguf file.
+        gguf: PathBuf,
+        /// Output directory (created; must not exist or be empty).
+        out: PathBuf,
+    },
+    /// Print a model's configuration, parameter count and dtypes.
+    ///
+    /// Example: pinpoint inspect --model models/smollm2
+    Inspect(models::InspectArgs),
+    /// Chat with a model: applies its chat template and streams the reply.
+    ///
+    /// Example: pinpoint chat "What is the capital of France?"
+    Chat(chat::ChatArgs),
+    /// Continue raw text (no chat template), one or more prompts batched together.
+    ///
+    /// Example: pinpoint generate --prompt "The capital of France is" --max-new-tokens 16
+    Generate(chat::GenerateArgs),
+    /// Benchmarks printing JSON rows (forward prefill, decode).
+    ///
+    /// Example: pinpoint bench forward --batch 8 --seq 128
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("setting --threads")?;
+    }
+    match cli.command {
+        Command::Fetch => {
+            let dir = zoo::default_model_dir(true)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Import { gguf, out } => import(&gguf, &out),
+        Command::Inspect(a) => models::inspect(a),
+        Command::Chat(a) => chat::chat(a),
+        Command::Generate(a) => chat::generate(a),
+        Command::Bench(a) => bench::bench(a),
+    }
+}
+
+fn import(gguf: &Path, out: &Path) -> Result<()> {
+    pinpoint::model::gguf::import_gguf(gguf, out, true)?;
+    eprintln!("imported {} -> {}", gguf.display(), out.display());
+    Ok(())
+}

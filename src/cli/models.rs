@@ -1,0 +1,83 @@
+//! `pinpoint inspect`.
+
+use super::ModelArg;
+use anyhow::Result;
+use pinpoint::model::checkpoint::{load_tensors, safetensors_files};
+use pinpoint::model::ModelConfig;
+use std::collections::BTreeMap;
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let dir = a.model.resolve()?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let files = safetensors_files(&dir)?;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut params = 0usize;
+    for f in &files {
+        let file = std::fs::File::open(f)?;
+        // SAFETY: read-only map of a file we do not modify.
+        let mmap = unsafe { memmap2::Mmap::map(&file)? };
+        let st = safetensors::SafeTensors::deserialize(&mmap)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", f.display()))?;
+        for (_, v) in st.tensors() {
+            let n: usize = v.shape().iter().product();
+            params += n;
+            *dtypes.entry(format!("{:?}", v.dtype())).or_default() += n;
+        }
+    }
+    // Full validation of names and shapes.
+    let loaded = load_tensors(&files)?;
+    pinpoint::model::checkpoint::weights_from_tensors(&cfg, loaded)?;
+    let info = serde_json::json!({
+        "dir": dir.display().to_string(),
+        "architecture": cfg.architecture,
+        "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "vocab_size": cfg.vocab_size,
+        "rope_theta": cfg.rope_theta,
+        "sliding_window": cfg.sliding_window,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "parameters": params,
+        "dtypes": dtypes,
+        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("{}", dir.display());
+        println!(
+            "  {}: {} layers, {} query heads, {} key/value heads{}, head dim {}, hidden {}, MLP {}, vocab {}",
+            cfg.architecture,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            if cfg.is_gqa() { " (GQA)" } else { "" },
+            cfg.head_dim,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.vocab_size
+        );
+        println!(
+            "  rope theta {}, sliding window {:?}, tied embeddings {}",
+            cfg.rope_theta, cfg.sliding_window, cfg.tie_word_embeddings
+        );
+        println!(
+            "  {:.1}M parameters stored as {:?}",
+            params as f64 / 1e6,
+            dtypes
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The Llama/Mistral decoder, written once over [`Backend`]: prefill and KV-cache steps,
+//! with the taps of [`crate::heads`] applied between ops.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{AttnShape, Backend, SeqSpan};
+use crate::heads::{Capture, ForwardOutput, HeadId, HookPoint, Positions, Taps};
+use crate::model::checkpoint::load_model_dir;
+use crate::model::{HostTensor, ModelConfig, ModelWeights, StoreDtype};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// A loaded model on one backend.
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub weights: ModelWeights<B::Tensor>,
+    pub backend: B,
+    /// Dtype the checkpoint was stored in (used when saving).
+    pub dtype: StoreDtype,
+    /// Directory it was loaded from, if any.
+    pub dir: Option<PathBuf>,
+}
+
+impl Model<CpuBackend> {
+    /// Load a HF model directory onto the CPU backend.
+    pub fn load_cpu(dir: &Path) -> Result<Self> {
+        let (cfg, w, dtype) = load_model_dir(dir)?;
+        let mut m = Model::from_host(cfg, &w, CpuBackend)?;
+        m.dtype = dtype;
+        m.dir = Some(dir.to_path_buf());
+        Ok(m)
+    }
+}
+
+/// KV cache: per layer, keys and values `[slots * capacity, G * D]`; slot s, position p
+/// lives at row `s * capacity + p`. `lens[s]` tokens of slot s are filled.
+pub struct KvCache<B: Backend> {
+    pub k: Vec<B::Tensor>,
+    pub v: Vec<B::Tensor>,
+    pub capacity: usize,
+    pub lens: Vec<usize>,
+}
+
+/// One sequence fed to a forward call: `tokens` continue slot `seq` at position `pos0`.
+struct Input<'a> {
+    seq: usize,
+    tokens: &'a [u32],
+    pos0: usize,
+}
+
+/// Row bookkeeping of a packed call.
+struct Layout {
+    /// Per input: first row.
+    offsets: Vec<usize>,
+    /// Per row: (seq, absolute position).
+    row_id: Vec<(usize, usize)>,
+}
+
+impl Layout {
+    fn new(inputs: &[Input<'_>]) -> Self {
+        let mut offsets = Vec::with_capacity(inputs.len());
+        let mut row_id = Vec::new();
+        for inp in inputs {
+            offsets.push(row_id.len());
+            row_id.extend((0..inp.tokens.len()).map(|i| (inp.seq, inp.pos0 + i)));
+        }
+        Self { offsets, row_id }
+    }
+    /// Rows selected by `p`.
+    fn select(&self, inputs: &[Input<'_>], p: &Positions) -> Vec<usize> {
+        match p {
+            Positions::None => vec![],
+            Positions::All => (0..self.row_id.len()).collect(),
+            Positions::Last => inputs
+                .iter()
+                .zip(&self.offsets)
+                .filter(|(i, _)| !i.tokens.is_empty())
+                .map(|(i, o)| o + i.tokens.len() - 1)
+                .collect(),
+            Positions::At(ps) => (0..self.row_id.len())
+                .filter(|&r| ps.contains(&self.row_id[r].1))
+                .collect(),
+        }
+    }
+    fn row_of(&self, seq: usize, pos: usize) -> Option<usize> {
+        self.row_id.iter().position(|&id| id == (seq, pos))
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Upload host weights to `backend`.
+    pub fn from_host(cfg: ModelConfig, w: &ModelWeights<HostTensor>, backend: B) -> Result<Self> {
+        let weights = w.try_map(|name, t| {
+            backend
+                .upload(t)
+                .with_context(|| format!("uploading {name}"))
+        })?;
+        Ok(Self {
+            cfg,
+            weights,
+            backend,
+            dtype: StoreDtype::F32,
+            dir: None,
+        })
+    }
+
+    /// Download every weight to the host (f32).
+    pub fn host_weights(&self) -> Result<ModelWeights<HostTensor>> {
+        self.weights.try_map(|_, t| self.backend.download(t))
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.cfg.num_hidden_layers
+    }
+    pub fn n_heads(&self) -> usize {
+        self.cfg.num_attention_heads
+    }
+    pub fn head_dim(&self) -> usize {
+        self.cfg.head_dim
+    }
+    pub fn all_heads(&self) -> Vec<HeadId> {
+        (0..self.n_layers())
+            .flat_map(|l| (0..self.n_heads()).map(move |h| HeadId::new(l, h)))
+            .collect()
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.cfg.num_attention_heads,
+            n_kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+            window: self.cfg.sliding_window,
+        }
+    }
+
+    /// Forward of whole sequences (no cache). Sequence i of `seqs` is `seq` i in taps.
+    pub fn forward(&self, seqs: &[Vec<u32>], taps: &Taps) -> Result<ForwardOutput> {
+        let inputs: Vec<Input<'_>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Input {
+                seq: i,
+                tokens: s,
+                pos0: 0,
+            })
+            .collect();
+        self.run(&inputs, None, taps)
+    }
+
+    /// An empty KV cache for `slots` sequences of up to `capacity` tokens.
+    pub fn new_cache(&self, slots: usize, capacity: usize) -> Result<KvCache<B>> {
+        let rows = slots * capacity;
+        let kvd = self.cfg.kv_dim();
+        let mut k = Vec::with_capacity(self.n_layers());
+        let mut v = Vec::with_capacity(self.n_layers());
+        for _ in 0..self.n_layers() {
+            k.push(self.backend.zeros(&[rows, kvd])?);
+            v.push(self.backend.zeros(&[rows, kvd])?);
+        }
+        Ok(KvCache {
+            k,
+            v,
+            capacity,
+            lens: vec![0; slots],
+        })
+    }
+
+    /// Feed `inputs[i] = (slot, tokens)` after what the cache holds for each slot.
+    /// Taps name sequences by slot.
+    pub fn forward_cached(
+        &self,
+        inputs: &[(usize, &[u32])],
+        cache: &mut KvCache<B>,
+        taps: &Taps,
+    ) -> Result<ForwardOutput> {
+        let mut ins = Vec::with_capacity(inputs.len());
+        for &(slot, tokens) in inputs {
+            ensure!(
+                slot < cache.lens.len(),
+                "cache slot {slot} out of {}",
+                cache.lens.len()
+            );
+            let pos0 = cache.lens[slot];
+            if pos0 + tokens.len() > cache.capacity {
+                bail!(
+                    "sequence {slot} would reach {} tokens, past the KV cache capacity {}",
+                    pos0 + tokens.len(),
+                    cache.capacity
+                );
+            }
+            ins.push(Input {
+                seq: slot,
+                tokens,
+                pos0,
+            });
+        }
+        let mut slots: Vec<usize> = ins.iter().map(|i| i.seq).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        ensure!(
+            slots.len() == ins.len(),
+            "a cache slot appears twice in one call"
+        );
+        let out = self.run(&ins, Some(&mut *cache), taps)?;
+        for i in &ins {
+            cache.lens[i.seq] += i.tokens.len();
+        }
+        Ok(out)
+    }
+
+    /// Apply ablations, then patches, of `point` to `x`, then capture it.
+    fn hook(
+        &self,
+        point: HookPoint,
+        x: &mut B::Tensor,
+        inputs: &[Input<'_>],
+        layout: &Layout,
+        taps: &Taps,
+        out: &mut ForwardOutput,
+    ) -> Result<()> {
+        if !taps.touches(point) {
+            return Ok(());
+        }
+        let b = &self.backend;
+        let n_rows = layout.row_id.len();
+        for a in taps.ablations.iter().filter(|a| a.point == point) {
+            let width = a.values.len();
+            let values = HostTensor::new(vec![n_rows, width], a.values.repeat(n_rows));
+            let rows: Vec<usize> = (0..n_rows).collect();
+            b.write_slices(x, &rows, &vec![a.col0; n_rows], &values)
+                .with_context(|| format!("ablation at {point:?}"))?;
+        }
+        let patches: Vec<_> = taps.patches.iter().filter(|p| p.point == point).collect();
+        if !patches.is_empty() {
+            // Group patches of equal width into one write.
+            let mut widths: Vec<usize> = patches.iter().map(|p| p.values.len()).collect();
+            widths.sort_unstable();
+            widths.dedup();
+            for w in widths {
+                let (mut rows, mut cols, mut vals) = (vec![], vec![], vec![]);
+                for p in patches.iter().filter(|p| p.values.len() == w) {
+                    if let Some(r) = layout.row_of(p.seq, p.pos) {
+                        rows.push(r);
+                        cols.push(p.col0);
+                        vals.extend_from_slice(&p.values);
+                    }
+                }
+                if !rows.is_empty() {
+                    let values = HostTensor::new(vec![rows.len(), w], vals);
+                    b.write_slices(x, &rows, &cols, &values)
+                        .with_context(|| format!("patch at {point:?}"))?;
+                }
+            }
+        }
+        for (p, pos) in taps.capture.iter().filter(|(p, _)| *p == point) {
+            let rows = layout.select(inputs, pos);
+            let data = b.download(&b.gather_rows(x, &rows)?)?;
+            let index = rows.iter().map(|&r| layout.row_id[r]).collect();
+            out.captures.insert(*p, Capture { index, data });
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        inputs: &[Input<'_>],
+        mut cache: Option<&mut KvCache<B>>,
+        taps: &Taps,
+    ) -> Result<ForwardOutput> {
+        let cfg = &self.cfg;
+        let b = &self.backend;
+        let w = &self.weights;
+        ensure!(!inputs.is_empty(), "forward called with no sequences");
+        for (i, inp) in inputs.iter().enumerate() {
+            ensure!(!inp.tokens.is_empty(), "sequence {i} is empty");
+            if let Some(t) = inp.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                bail!(
+                    "sequence {i}: token id {t} is outside the vocabulary ({})",
+                    cfg.vocab_size
+                );
+            }
+        }
+        for p in &taps.patches {
+            ensure!(
+                p.point.layer() <= cfg.num_hidden_layers,
+                "patch at {:?}: no such layer",
+                p.point
+            );
+        }
+        let layout = Layout::new(inputs);
+        let ids: Vec<u32> = inputs
+            .iter()
+            .flat_map(|i| i.tokens.iter().copied())
+            .collect();
+        let positions: Vec<usize> = layout.row_id.iter().map(|&(_, p)| p).collect();
+        let shape = self.attn_shape();
+        let eps = cfg.rms_norm_eps as f32;
+        let spans: Vec<SeqSpan> = inputs
+            .iter()
+            .zip(&layout.offsets)
+            .map(|(inp, &off)| SeqSpan {
+                q_start: off,
+                q_len: inp.tokens.len(),
+                kv_start: match &cache {
+                    Some(c) => inp.seq * c.capacity,
+                    None => off,
+                },
+                pos0: inp.pos0,
+            })
+            .collect();
+        let cache_rows: Vec<usize> = match &cache {
+            Some(c) => layout
+                .row_id
+                .iter()
+                .map(|&(s, p)| s * c.capacity + p)
+                .collect(),
+            None => vec![],
+        };
+        let mut out = ForwardOutput::default();
+        let mut x = b.embed(&w.embed, &ids)?; // [n, d]
+        for (l, lw) in w.layers.iter().enumerate() {
+            self.hook(
+                HookPoint::ResidPre(l),
+                &mut x,
+                inputs,
+                &layout,
+                taps,
+                &mut out,
+            )?;
+            let h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
+            let mut q = b.linear(&h, &lw.wq)?; // [n, H*D]
+            let mut k = b.linear(&h, &lw.wk)?; // [n, G*D]
+            let v = b.linear(&h, &lw.wv)?;
+            b.rope(&mut q, cfg.head_dim, &positions, cfg.rope_theta)?;
+            b.rope(&mut k, cfg.head_dim, &positions, cfg.rope_theta)?;
+            let want: Vec<(usize, usize)> = taps
+                .patterns
+                .iter()
+                .filter(|hd| hd.layer == l)
+                .flat_map(|hd| (0..inputs.len()).map(move |s| (s, hd.head)))
+                .collect();
+            let (mut z, pats) = match cache.as_deref_mut() {
+                Some(c) => {
+                    b.scatter_rows(&mut c.k[l], &cache_rows, &k)?;
+                    b.scatter_rows(&mut c.v[l], &cache_rows, &v)?;
+                    b.attention(&q, &c.k[l], &c.v[l], &spans, shape, &want)?
+                }
+                None => b.attention(&q, &k, &v, &spans, shape, &want)?,
+            };
+            for p in pats {
+                out.patterns
+                    .insert((HeadId::new(l, p.head), inputs[p.seq].seq), p.probs);
+            }
+            self.hook(HookPoint::Z(l), &mut z, inputs, &layout, taps, &mut out)?;
+            let mut attn_out = b.linear(&z, &lw.wo)?; // [n, d]
+            self.hook(
+                HookPoint::AttnOut(l),
+                &mut attn_out,
+                inputs,
+                &layout,
+                taps,
+                &mut out,
+            )?;
+            b.add_assign(&mut x, &attn_out)?;
+            let h2 = b.rmsnorm(&x, &lw.mlp_norm, eps)?;
+            let gate = b.linear(&h2, &lw.w_gate)?; // [n, F]
+            let up = b.linear(&h2, &lw.w_up)?;
+            let act = b.swiglu(&gate, &up)?;
+            let mut mlp_out = b.linear(&act, &lw.w_down)?; // [n, d]
+            self.hook(
+                HookPoint::MlpOut(l),
+                &mut mlp_out,
+                inputs,
+                &layout,
+                taps,
+                &mut out,
+            )?;
+            b.add_assign(&mut x, &mlp_out)?;
+        }
+        self.hook(
+            HookPoint::ResidPre(cfg.num_hidden_layers),
+            &mut x,
+            inputs,
+            &layout,
+            taps,
+            &mut out,
+        )?;
+        let rows = layout.select(inputs, &taps.logits);
+        if !rows.is_empty() {
+            let sel = b.gather_rows(&x, &rows)?;
+            let logits = self.logits_of_residual(&sel)?;
+            out.logits = Capture {
+                index: rows.iter().map(|&r| layout.row_id[r]).collect(),
+                data: b.download(&logits)?,
+            };
+        }
+        Ok(out)
+    }
+
+    /// Final norm and lm_head of residual rows `[n, d] -> [n, vocab]`.
+    pub fn logits_of_residual(&self, resid: &B::Tensor) -> Result<B::Tensor> {
+        let b = &self.backend;
+        let w = &self.weights;
+        let hn = b.rmsnorm(resid, &w.final_norm, self.cfg.rms_norm_eps as f32)?;
+        b.linear(&hn, w.lm_head.as_ref().unwrap_or(&w.embed))
+    }
+}
+
+impl<B: Backend> Model<B> {
+    pub fn backend_name(&self) -> String {
+        self.backend.name()
+    }
+}

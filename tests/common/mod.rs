@@ -1,0 +1,89 @@
+//! Shared test helpers: fixture paths and reading reference tensors.
+#![allow(dead_code)]
+
+use pinpoint::model::HostTensor;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+/// A reference tensor: f32 data (ints converted) and its shape.
+pub struct Ref {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub ints: Vec<i64>,
+}
+
+/// Read every tensor of a safetensors file.
+pub fn read_refs(path: &PathBuf) -> HashMap<String, Ref> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut out = HashMap::new();
+    for (name, v) in st.tensors() {
+        let b = v.data();
+        let (data, ints): (Vec<f32>, Vec<i64>) = match v.dtype() {
+            Dtype::F32 => (
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                vec![],
+            ),
+            Dtype::I64 => {
+                let ints: Vec<i64> = b
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                (ints.iter().map(|&x| x as f32).collect(), ints)
+            }
+            d => panic!("unexpected dtype {d:?} for {name}"),
+        };
+        out.insert(
+            name,
+            Ref {
+                shape: v.shape().to_vec(),
+                data,
+                ints,
+            },
+        );
+    }
+    out
+}
+
+/// Largest absolute difference; panics on length mismatch or NaN.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut m = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            x.is_finite() && y.is_finite(),
+            "non-finite value: {x} vs {y}"
+        );
+        m = m.max((x - y).abs());
+    }
+    m
+}
+
+/// Assert max |a - b| <= tol, naming what was compared.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
+}
+
+/// Rows of a [B, T, ...] reference as token sequences.
+pub fn id_rows(r: &Ref) -> Vec<Vec<u32>> {
+    let t = r.shape[1];
+    r.ints
+        .chunks(t)
+        .map(|c| c.iter().map(|&x| x as u32).collect())
+        .collect()
+}
+
+pub fn host(r: &Ref) -> HostTensor {
+    HostTensor::new(r.shape.clone(), r.data.clone())
+}

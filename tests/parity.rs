@@ -1,0 +1,291 @@
+//! The CPU forward against HF transformers on tiny random models (fixtures written by
+//! scripts/make_fixtures.py): logits, z of every head, attention patterns, residuals,
+//! patching and ablation, variable lengths, KV-cache steps, save/load round trip.
+
+mod common;
+use common::*;
+use pinpoint::heads::{HeadId, HookPoint, Positions, Taps};
+use pinpoint::model::checkpoint::{load_model_dir, save_model_dir};
+use pinpoint::Model;
+
+const TOL: f32 = 1e-4;
+const MODELS: &[&str] = &["tiny-llama", "tiny-mistral"];
+
+fn load(
+    name: &str,
+) -> (
+    Model<pinpoint::backend::cpu::CpuBackend>,
+    std::collections::HashMap<String, Ref>,
+) {
+    let dir = fixture(name);
+    let m = Model::load_cpu(&dir).expect("load fixture model");
+    let refs = read_refs(&dir.join("expected.safetensors"));
+    (m, refs)
+}
+
+fn expected_json(name: &str) -> serde_json::Value {
+    let p = fixture(name).join("expected.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn logits_z_patterns_and_residuals_match_hf() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let ids = id_rows(&r["input_ids"]);
+        let (layers, heads, d) = (m.n_layers(), m.n_heads(), m.head_dim());
+        let mut taps = Taps::new()
+            .with_logits(Positions::All)
+            .capture_all_z(layers, Positions::All);
+        for l in 0..layers {
+            taps = taps.capture(HookPoint::ResidPre(l), Positions::All);
+            for h in 0..heads {
+                taps = taps.pattern(HeadId::new(l, h));
+            }
+        }
+        let out = m.forward(&ids, &taps).unwrap();
+        assert_close(
+            &format!("{name} logits"),
+            &out.logits.data.data,
+            &r["logits"].data,
+            TOL,
+        );
+        for l in 0..layers {
+            // z: [B, T, H, D] == our packed rows [B*T, H*D].
+            assert_close(
+                &format!("{name} z.{l}"),
+                &out.z(l).unwrap().data.data,
+                &r[&format!("z.{l}")].data,
+                TOL,
+            );
+            let resid = &out.captures[&HookPoint::ResidPre(l)].data.data;
+            assert_close(
+                &format!("{name} resid.{l}"),
+                resid,
+                &r[&format!("resid.{l}")].data,
+                TOL,
+            );
+            // attn: [B, H, T, T].
+            let t = ids[0].len();
+            let refp = &r[&format!("attn.{l}")].data;
+            for (b, _) in ids.iter().enumerate() {
+                for h in 0..heads {
+                    let ours = &out.patterns[&(HeadId::new(l, h), b)].data;
+                    let theirs = &refp[(b * heads + h) * t * t..][..t * t];
+                    assert_close(&format!("{name} attn.{l} b{b} h{h}"), ours, theirs, TOL);
+                }
+            }
+        }
+        assert_eq!(out.z(0).unwrap().width(), heads * d);
+    }
+}
+
+#[test]
+fn patching_with_own_values_is_identity() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let ids = id_rows(&r["input_ids"]);
+        let d = m.head_dim();
+        let base = m
+            .forward(
+                &ids,
+                &Taps::new()
+                    .with_logits(Positions::All)
+                    .capture_all_z(m.n_layers(), Positions::All),
+            )
+            .unwrap();
+        let mut taps = Taps::new().with_logits(Positions::All);
+        for l in 0..m.n_layers() {
+            let z = base.z(l).unwrap();
+            for (i, &(seq, pos)) in z.index.iter().enumerate() {
+                for h in 0..m.n_heads() {
+                    taps = taps.patch_z(
+                        HeadId::new(l, h),
+                        d,
+                        seq,
+                        pos,
+                        z.row_at(i)[h * d..(h + 1) * d].to_vec(),
+                    );
+                }
+            }
+        }
+        let patched = m.forward(&ids, &taps).unwrap();
+        assert_eq!(
+            patched.logits.data.data, base.logits.data.data,
+            "{name}: self-patch changed logits"
+        );
+    }
+}
+
+#[test]
+fn patched_and_ablated_logits_match_hf_hooks() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let spec = expected_json(name);
+        let ids = id_rows(&r["input_ids"]);
+        let d = m.head_dim();
+        let t = ids[0].len();
+        let z = m
+            .forward(
+                &ids,
+                &Taps::new().capture_all_z(m.n_layers(), Positions::All),
+            )
+            .unwrap();
+        let z_of = |l: usize, h: usize, seq: usize, pos: usize| {
+            z.z(l).unwrap().row(seq, pos).unwrap()[h * d..(h + 1) * d].to_vec()
+        };
+
+        // patched_logits: item 0, layer 1 head 2 at the last position <- item 1.
+        let (l, h, pos) = (1, 2, t - 1);
+        let taps = Taps::new().with_logits(Positions::All).patch_z(
+            HeadId::new(l, h),
+            d,
+            0,
+            pos,
+            z_of(l, h, 1, pos),
+        );
+        let out = m.forward(&ids[..1], &taps).unwrap();
+        assert_close(
+            &format!("{name} patched_logits"),
+            &out.logits.data.data,
+            &r["patched_logits"].data,
+            TOL,
+        );
+
+        // patched_mid_logits: layer 0 head 1 at positions 3..=6 <- item 1.
+        let mut taps = Taps::new().with_logits(Positions::All);
+        for pos in 3..=6 {
+            taps = taps.patch_z(HeadId::new(0, 1), d, 0, pos, z_of(0, 1, 1, pos));
+        }
+        let out = m.forward(&ids[..1], &taps).unwrap();
+        assert_close(
+            &format!("{name} patched_mid_logits"),
+            &out.logits.data.data,
+            &r["patched_mid_logits"].data,
+            TOL,
+        );
+
+        // ablated_logits: (2,0) and (0,3) replaced by their mean over all positions and items.
+        let mut taps = Taps::new().with_logits(Positions::All);
+        for (l, h) in [(2usize, 0usize), (0, 3)] {
+            let cap = z.z(l).unwrap();
+            let mut mean = vec![0.0f32; d];
+            for i in 0..cap.index.len() {
+                for (m_, v) in mean.iter_mut().zip(&cap.row_at(i)[h * d..(h + 1) * d]) {
+                    *m_ += v / cap.index.len() as f32;
+                }
+            }
+            taps = taps.ablate_z(HeadId::new(l, h), d, mean);
+        }
+        let out = m.forward(&ids, &taps).unwrap();
+        assert_close(
+            &format!("{name} ablated_logits"),
+            &out.logits.data.data,
+            &r["ablated_logits"].data,
+            TOL,
+        );
+        assert!(spec.get("patch").is_some() || spec.get("patches").is_some() || spec.is_object());
+    }
+}
+
+#[test]
+fn sequences_of_different_lengths_in_one_batch() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let ids = id_rows(&r["input_ids"]);
+        let short = id_rows(&r["short_ids"]).remove(0);
+        let out = m
+            .forward(
+                &[ids[0].clone(), short.clone()],
+                &Taps::new().with_logits(Positions::All),
+            )
+            .unwrap();
+        let t = ids[0].len();
+        let v = m.cfg.vocab_size;
+        assert_close(
+            &format!("{name} long row"),
+            &out.logits.data.data[..t * v],
+            &r["logits"].data[..t * v],
+            TOL,
+        );
+        assert_close(
+            &format!("{name} short_logits"),
+            &out.logits.data.data[t * v..],
+            &r["short_logits"].data,
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn kv_cache_steps_equal_the_full_forward() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let ids = id_rows(&r["input_ids"]);
+        let t = ids[0].len();
+        let v = m.cfg.vocab_size;
+        let mut cache = m.new_cache(2, t).unwrap();
+        // Prefill unequal prefixes, then feed the rest one token at a time.
+        let (p0, p1) = (4, 7);
+        let taps = Taps::new().with_logits(Positions::All);
+        let first = m
+            .forward_cached(&[(0, &ids[0][..p0]), (1, &ids[1][..p1])], &mut cache, &taps)
+            .unwrap();
+        let mut got: Vec<Vec<f32>> = vec![
+            first.logits.data.data[..p0 * v].to_vec(),
+            first.logits.data.data[p0 * v..].to_vec(),
+        ];
+        for step in 0..t {
+            let mut inputs: Vec<(usize, &[u32])> = vec![];
+            for (s, p) in [(0usize, p0), (1, p1)] {
+                if p + step < t {
+                    inputs.push((s, &ids[s][p + step..p + step + 1]));
+                }
+            }
+            if inputs.is_empty() {
+                break;
+            }
+            let out = m.forward_cached(&inputs, &mut cache, &taps).unwrap();
+            for (i, &(s, _)) in out.logits.index.iter().enumerate() {
+                got[s].extend_from_slice(out.logits.row_at(i));
+            }
+        }
+        for (s, got_s) in got.iter().enumerate() {
+            assert_close(
+                &format!("{name} cached seq {s}"),
+                got_s,
+                &r["logits"].data[s * t * v..(s + 1) * t * v],
+                TOL,
+            );
+        }
+        // Past capacity is an error, not a panic.
+        assert!(m
+            .forward_cached(&[(0, &ids[0][..1])], &mut cache, &taps)
+            .is_err());
+    }
+}
+
+#[test]
+fn saved_model_round_trips_bit_for_bit() {
+    for name in MODELS {
+        let dir = fixture(name);
+        let (cfg, w, dtype) = load_model_dir(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("saved");
+        save_model_dir(&out, &cfg, &w, dtype, Some(&dir)).unwrap();
+        let (cfg2, w2, dtype2) = load_model_dir(&out).unwrap();
+        assert_eq!(dtype, dtype2);
+        assert_eq!(cfg.num_hidden_layers, cfg2.num_hidden_layers);
+        assert_eq!(cfg.sliding_window, cfg2.sliding_window);
+        for ((n1, a), (n2, b)) in w.named().into_iter().zip(w2.named()) {
+            assert_eq!(n1, n2);
+            assert!(
+                a.data
+                    .iter()
+                    .zip(&b.data)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {n1} changed"
+            );
+        }
+    }
+}
