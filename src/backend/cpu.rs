@@ -17,47 +17,7 @@ fn dims2(t: &HostTensor) -> Result<(usize, usize)> {
     }
 }
 
-/// `out [n, m] = x [n, k] @ w [m, k]^T`, f32 accumulate.
-pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * m];
-    if n == 0 || m == 0 {
-        return out;
-    }
-    if k == 0 {
-        return out;
-    }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && n * m * k > 32 * 1024 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the pointers cover exactly the strided extents given: out n*m, x n*k, w m*k.
-    unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            out.as_mut_ptr(),
-            1,
-            m as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-    out
-}
+pub use super::cpu_gemm::matmul_t;
 
 /// RoPE inverse frequencies as HF computes them (f32): `1 / theta^(2i/D)`.
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {

@@ -7,6 +7,7 @@
 //! when the sequences are of equal length (TransformerLens' `hook_z` layout).
 
 pub mod cpu;
+pub mod cpu_gemm;
 
 use crate::model::HostTensor;
 use anyhow::Result;

@@ -91,7 +91,11 @@ impl ModelConfig {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             bail!("head_dim {head_dim} must be even and positive for rotary embeddings");
         }
-        if let Some(rs) = v.get("rope_scaling").filter(|x| !x.is_null()) {
+        let rope_spec = v
+            .get("rope_scaling")
+            .filter(|x| !x.is_null())
+            .or_else(|| v.get("rope_parameters"));
+        if let Some(rs) = rope_spec {
             let kind = rs
                 .get("rope_type")
                 .or_else(|| rs.get("type"))
