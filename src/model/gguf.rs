@@ -99,9 +99,10 @@ impl GgmlType {
 
     pub fn name(self) -> String {
         let known = [
-            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
-            "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-            "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+            "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+            "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+            "BF16",
         ];
         match known.get(self.0 as usize) {
             Some(n) => (*n).to_string(),
@@ -193,9 +194,15 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
-        let len = usize::try_from(len).ok().filter(|&l| l <= self.remaining()).with_context(|| {
-            format!("string length {len} at offset {} runs past the end of the file", self.pos)
-        })?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= self.remaining())
+            .with_context(|| {
+                format!(
+                    "string length {len} at offset {} runs past the end of the file",
+                    self.pos
+                )
+            })?;
         let b = self.take(len)?;
         // llama.cpp strings should be UTF-8; keep invalid bytes visible rather than failing.
         Ok(String::from_utf8_lossy(b).into_owned())
@@ -224,12 +231,17 @@ impl<'a> Cursor<'a> {
                 let min_size: u64 = match elem_ty {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
-                    8 | 9 | 10 | 11 | 12 => 8,
+                    4..=6 => 4,
+                    8..=12 => 8,
                     t => bail!("unknown metadata value type {t} at offset {}", self.pos),
                 };
-                if n.checked_mul(min_size).is_none_or(|b| b > self.remaining() as u64) {
-                    bail!("array of {n} elements at offset {} runs past the end of the file", self.pos);
+                if n.checked_mul(min_size)
+                    .is_none_or(|b| b > self.remaining() as u64)
+                {
+                    bail!(
+                        "array of {n} elements at offset {} runs past the end of the file",
+                        self.pos
+                    );
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -252,7 +264,8 @@ impl GgufFile {
     }
 
     fn open_inner(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let len = file.metadata()?.len();
         if len < 24 {
             bail!("file is truncated: {len} bytes is shorter than a GGUF header");
@@ -260,10 +273,16 @@ impl GgufFile {
         // SAFETY: the map is read-only; like every mmap reader we rely on the file not being
         // truncated by another process while it is open.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        let mut c = Cursor { buf: &map[..], pos: 0 };
+        let mut c = Cursor {
+            buf: &map[..],
+            pos: 0,
+        };
         let magic = c.arr::<4>()?;
         if &magic != MAGIC {
-            bail!("not a GGUF file: bad magic {:?} (expected \"GGUF\")", String::from_utf8_lossy(&magic));
+            bail!(
+                "not a GGUF file: bad magic {:?} (expected \"GGUF\")",
+                String::from_utf8_lossy(&magic)
+            );
         }
         let version = c.u32()?;
         if version != 2 && version != 3 {
@@ -280,13 +299,18 @@ impl GgufFile {
         for i in 0..n_kv {
             let key = c.string().with_context(|| format!("metadata entry {i}"))?;
             let ty = c.u32().with_context(|| format!("metadata key {key:?}"))?;
-            let v = c.value(ty, 0).with_context(|| format!("metadata key {key:?}"))?;
+            let v = c
+                .value(ty, 0)
+                .with_context(|| format!("metadata key {key:?}"))?;
             meta_index.insert(key.clone(), metadata.len());
             metadata.push((key, v));
         }
         let alignment = match meta_index.get("general.alignment") {
             Some(&i) => {
-                let a = metadata[i].1.as_u64().context("general.alignment is not an integer")?;
+                let a = metadata[i]
+                    .1
+                    .as_u64()
+                    .context("general.alignment is not an integer")?;
                 if a == 0 || !a.is_power_of_two() {
                     bail!("general.alignment {a} is not a power of two");
                 }
@@ -312,7 +336,12 @@ impl GgufFile {
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 bail!("tensor {name:?} appears twice");
             }
-            tensors.push(GgufTensorInfo { name, dims, ggml_type, offset });
+            tensors.push(GgufTensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
         }
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let data_len = len.saturating_sub(data_start);
@@ -322,7 +351,7 @@ impl GgufFile {
             let n = n.with_context(|| format!("tensor {name:?}: dims {:?} overflow", t.dims))?;
             if let Some((blk, bytes)) = t.ggml_type.block() {
                 let ne0 = t.dims.first().copied().unwrap_or(1);
-                if ne0 % blk != 0 {
+                if !ne0.is_multiple_of(blk) {
                     bail!(
                         "tensor {name:?}: row length {ne0} is not a multiple of the {} block size {blk}",
                         t.ggml_type.name()
@@ -340,7 +369,10 @@ impl GgufFile {
                     );
                 }
             } else if t.offset > data_len {
-                bail!("tensor {name:?} at data offset {} starts past the end of the file", t.offset);
+                bail!(
+                    "tensor {name:?} at data offset {} starts past the end of the file",
+                    t.offset
+                );
             }
         }
         Ok(Self {
@@ -386,13 +418,19 @@ impl GgufFile {
     }
     /// A string array, e.g. `tokenizer.ggml.tokens`. Error if present but not an array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let a = v.as_array().with_context(|| format!("{}: {key} is not an array", self.path.display()))?;
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let a = v
+            .as_array()
+            .with_context(|| format!("{}: {key} is not an array", self.path.display()))?;
         let out = a
             .iter()
             .map(|x| x.as_str())
             .collect::<Option<Vec<_>>>()
-            .with_context(|| format!("{}: {key} is not an array of strings", self.path.display()))?;
+            .with_context(|| {
+                format!("{}: {key} is not an array of strings", self.path.display())
+            })?;
         Ok(Some(out))
     }
     pub fn tensors(&self) -> &[GgufTensorInfo] {
@@ -415,14 +453,19 @@ impl GgufFile {
     }
 
     fn dequantize(&self, t: &GgufTensorInfo) -> Result<Vec<f32>> {
-        let (blk, bytes) = t
-            .ggml_type
-            .block()
-            .with_context(|| format!("type {} is not supported (pinpoint reads F32, F16, BF16, Q8_0, Q4_0, Q4_1)", t.ggml_type.name()))?;
+        let (blk, bytes) = t.ggml_type.block().with_context(|| {
+            format!(
+                "type {} is not supported (pinpoint reads F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                t.ggml_type.name()
+            )
+        })?;
         let n = t.n_elements();
         let size = (n / blk * bytes) as usize;
         let start = (self.data_start + t.offset) as usize;
-        let raw = self.map.get(start..start + size).context("tensor data runs past the end of the file")?;
+        let raw = self
+            .map
+            .get(start..start + size)
+            .context("tensor data runs past the end of the file")?;
         Ok(dequantize_raw(t.ggml_type, raw))
     }
 }
@@ -435,9 +478,15 @@ fn f16_at(b: &[u8]) -> f32 {
 fn dequantize_raw(ty: GgmlType, raw: &[u8]) -> Vec<f32> {
     use rayon::prelude::*;
     match ty {
-        GgmlType::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        GgmlType::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         GgmlType::F16 => raw.chunks_exact(2).map(f16_at).collect(),
-        GgmlType::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        GgmlType::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         GgmlType::Q8_0 => raw
             .par_chunks_exact(34)
             .flat_map_iter(|b| {
@@ -505,7 +554,7 @@ pub fn unpermute_rows(w: &HostTensor, n_head: usize) -> Result<HostTensor> {
         [r] => (*r, 1),
         s => bail!("expected a 2-d q/k weight, got shape {s:?}"),
     };
-    if n_head == 0 || rows % (2 * n_head) != 0 {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
         bail!("q/k weight has {rows} rows, not a multiple of 2 x {n_head} heads");
     }
     let half = rows / n_head / 2;
@@ -515,7 +564,8 @@ pub fn unpermute_rows(w: &HostTensor, n_head: usize) -> Result<HostTensor> {
             for j in 0..half {
                 let dst = h * 2 * half + i * half + j;
                 let src = h * 2 * half + j * 2 + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w.data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&w.data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -527,7 +577,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -542,12 +593,31 @@ fn bytes_to_unicode() -> [char; 256] {
 /// llama-3 style split regex for the pre-tokenizer names transformers maps to it.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_PRES: &[&str] = &[
-    "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "dbrx",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "dbrx",
     "smaug-bpe",
 ];
 /// Pre-tokenizer names transformers gives another split regex that we do not reproduce yet.
 const OTHER_PRES: &[&str] = &[
-    "tekken", "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "qwen35", "gpt-4o", "llama4", "kanana2", "talkie",
+    "tekken",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "megrez",
+    "qwen35",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
     "minimax-m2",
 ];
 
@@ -558,7 +628,8 @@ struct TokenizerFiles {
 }
 
 fn token_of(tokens: &[&str], id: Option<u64>) -> Option<String> {
-    id.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string())
+    id.and_then(|i| tokens.get(i as usize))
+        .map(|s| s.to_string())
 }
 
 /// Build `tokenizer.json` + `tokenizer_config.json` for a byte-level BPE ("gpt2") vocabulary the
@@ -572,13 +643,19 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
              tokenizer.ggml.model = \"gpt2\")"
         );
     }
-    let tokens = g.get_str_array("tokenizer.ggml.tokens")?.with_context(|| format!("{file}: no tokenizer.ggml.tokens"))?;
-    let merges = g.get_str_array("tokenizer.ggml.merges")?.with_context(|| format!("{file}: no tokenizer.ggml.merges"))?;
+    let tokens = g
+        .get_str_array("tokenizer.ggml.tokens")?
+        .with_context(|| format!("{file}: no tokenizer.ggml.tokens"))?;
+    let merges = g
+        .get_str_array("tokenizer.ggml.merges")?
+        .with_context(|| format!("{file}: no tokenizer.ggml.merges"))?;
     let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .as_array()
             .and_then(|a| a.iter().map(|x| x.as_i64()).collect::<Option<Vec<_>>>())
-            .with_context(|| format!("{file}: tokenizer.ggml.token_type is not an integer array"))?,
+            .with_context(|| {
+                format!("{file}: tokenizer.ggml.token_type is not an integer array")
+            })?,
         None => vec![],
     };
     let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
@@ -590,7 +667,11 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let mut vocab = serde_json::Map::new();
     for (i, t) in tokens.iter().enumerate() {
-        let key = if in_alphabet(t) { t.to_string() } else { t.bytes().map(|b| spelling[b as usize]).collect() };
+        let key = if in_alphabet(t) {
+            t.to_string()
+        } else {
+            t.bytes().map(|b| spelling[b as usize]).collect()
+        };
         vocab.insert(key, json!(i));
     }
     let merges: Vec<Value> = merges
@@ -610,7 +691,9 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
             if *ty != want_type || (special && !in_alphabet(t)) {
                 continue;
             }
-            let Some(id) = vocab.get(*t).and_then(|v| v.as_u64()) else { continue };
+            let Some(id) = vocab.get(*t).and_then(|v| v.as_u64()) else {
+                continue;
+            };
             if !seen.insert(t.to_string()) {
                 continue;
             }
@@ -657,7 +740,10 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
         }
     }
     let pair: Vec<Value> = single.iter().cloned().chain(pair).collect();
-    for (on, tok, tid) in [(add_bos, &bos, id("bos_token_id")), (add_eos, &eos, id("eos_token_id"))] {
+    for (on, tok, tid) in [
+        (add_bos, &bos, id("bos_token_id")),
+        (add_eos, &eos, id("eos_token_id")),
+    ] {
         if let (true, Some(t), Some(i)) = (on, tok, tid) {
             special_tokens.insert(t.clone(), json!({"id": t, "ids": [i], "tokens": [t]}));
         }
@@ -683,19 +769,29 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     cfg.insert("add_bos_token".into(), json!(add_bos));
     cfg.insert("add_eos_token".into(), json!(add_eos));
     cfg.insert("clean_up_tokenization_spaces".into(), json!(false));
-    for (k, v) in [("bos_token", &bos), ("eos_token", &eos), ("unk_token", &unk), ("pad_token", &pad)] {
+    for (k, v) in [
+        ("bos_token", &bos),
+        ("eos_token", &eos),
+        ("unk_token", &unk),
+        ("pad_token", &pad),
+    ] {
         cfg.insert(k.into(), json!(v));
     }
     if let Some(t) = g.get_str("tokenizer.chat_template") {
         cfg.insert("chat_template".into(), json!(t));
     }
-    Ok(TokenizerFiles { tokenizer_json, tokenizer_config: Value::Object(cfg) })
+    Ok(TokenizerFiles {
+        tokenizer_json,
+        tokenizer_config: Value::Object(cfg),
+    })
 }
 
 /// `config.json` for the model, with the values transformers derives from the same GGUF.
 fn build_config(g: &GgufFile) -> Result<Value> {
     let file = g.path.display();
-    let arch = g.get_str("general.architecture").with_context(|| format!("{file}: no general.architecture"))?;
+    let arch = g
+        .get_str("general.architecture")
+        .with_context(|| format!("{file}: no general.architecture"))?;
     let name = g.get_str("general.name").unwrap_or("");
     // transformers treats a llama-architecture file named exactly "mistral" as Mistral.
     let (model_type, architecture) = match arch {
@@ -705,8 +801,14 @@ fn build_config(g: &GgufFile) -> Result<Value> {
         other => bail!("{file}: general.architecture {other:?} is not supported (pinpoint imports llama and mistral)"),
     };
     let key = |k: &str| format!("{arch}.{k}");
-    let need = |k: &str| g.get_u64(&key(k)).with_context(|| format!("{file}: metadata {} is missing", key(k)));
-    if let Some(t) = g.get_str(&key("rope.scaling.type")).filter(|t| *t != "none") {
+    let need = |k: &str| {
+        g.get_u64(&key(k))
+            .with_context(|| format!("{file}: metadata {} is missing", key(k)))
+    };
+    if let Some(t) = g
+        .get_str(&key("rope.scaling.type"))
+        .filter(|t| *t != "none")
+    {
         bail!("{file}: rope scaling {t:?} is not supported yet");
     }
     let hidden = need("embedding_length")?;
@@ -715,32 +817,53 @@ fn build_config(g: &GgufFile) -> Result<Value> {
     if heads == 0 {
         bail!("{file}: attention.head_count is 0");
     }
-    let head_dim = g.get_u64(&key("rope.dimension_count")).unwrap_or(hidden / heads);
+    let head_dim = g
+        .get_u64(&key("rope.dimension_count"))
+        .unwrap_or(hidden / heads);
     let vocab = match g.get_u64(&key("vocab_size")) {
         Some(v) => v,
         None => g
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
             .map(|a| a.len() as u64)
-            .with_context(|| format!("{file}: neither {} nor tokenizer.ggml.tokens", key("vocab_size")))?,
+            .with_context(|| {
+                format!(
+                    "{file}: neither {} nor tokenizer.ggml.tokens",
+                    key("vocab_size")
+                )
+            })?,
     };
     let rope_theta = g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0);
-    let eps = g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
+    let eps = g
+        .get_f64(&key("attention.layer_norm_rms_epsilon"))
+        .unwrap_or(1e-6);
     let mut c = serde_json::Map::new();
     c.insert("architectures".into(), json!([architecture]));
     c.insert("model_type".into(), json!(model_type));
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_size".into(), json!(hidden));
-    c.insert("intermediate_size".into(), json!(need("feed_forward_length")?));
+    c.insert(
+        "intermediate_size".into(),
+        json!(need("feed_forward_length")?),
+    );
     c.insert("num_hidden_layers".into(), json!(need("block_count")?));
     c.insert("num_attention_heads".into(), json!(heads));
     c.insert("num_key_value_heads".into(), json!(kv_heads));
     c.insert("head_dim".into(), json!(head_dim));
     c.insert("rms_norm_eps".into(), json!(eps));
     c.insert("rope_theta".into(), json!(rope_theta));
-    c.insert("rope_parameters".into(), json!({"rope_theta": rope_theta, "rope_type": "default"}));
-    c.insert("max_position_embeddings".into(), json!(g.get_u64(&key("context_length")).unwrap_or(2048)));
-    c.insert("tie_word_embeddings".into(), json!(g.tensor_info("output.weight").is_none()));
+    c.insert(
+        "rope_parameters".into(),
+        json!({"rope_theta": rope_theta, "rope_type": "default"}),
+    );
+    c.insert(
+        "max_position_embeddings".into(),
+        json!(g.get_u64(&key("context_length")).unwrap_or(2048)),
+    );
+    c.insert(
+        "tie_word_embeddings".into(),
+        json!(g.tensor_info("output.weight").is_none()),
+    );
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("attention_bias".into(), json!(false));
     c.insert("mlp_bias".into(), json!(false));
@@ -778,7 +901,9 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
 
     let bar = if show_progress {
         let b = indicatif::ProgressBar::new(g.tensors().len() as u64);
-        if let Ok(s) = indicatif::ProgressStyle::with_template("importing GGUF {bar:40} {pos}/{len} {msg}") {
+        if let Ok(s) =
+            indicatif::ProgressStyle::with_template("importing GGUF {bar:40} {pos}/{len} {msg}")
+        {
             b.set_style(s);
         }
         b
@@ -791,13 +916,20 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
         bar.inc(1);
         let Some(hf) = hf_tensor_name(&t.name) else {
             if show_progress {
-                bar.println(format!("skipping GGUF tensor {:?} (no HF Llama counterpart)", t.name));
+                bar.println(format!(
+                    "skipping GGUF tensor {:?} (no HF Llama counterpart)",
+                    t.name
+                ));
             }
             continue;
         };
         let mut w = g.tensor_f32(&t.name)?;
         if t.name.ends_with(".attn_q.weight") || t.name.ends_with(".attn_k.weight") {
-            let n = if t.name.ends_with(".attn_q.weight") { heads } else { kv_heads };
+            let n = if t.name.ends_with(".attn_q.weight") {
+                heads
+            } else {
+                kv_heads
+            };
             w = unpermute_rows(&w, n).with_context(|| format!("{file}: tensor {:?}", t.name))?;
         }
         out.push((hf, w));
@@ -814,7 +946,10 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
     drop(out);
     write_json(&out_dir.join("config.json"), &config)?;
     write_json(&out_dir.join("tokenizer.json"), &tok.tokenizer_json)?;
-    write_json(&out_dir.join("tokenizer_config.json"), &tok.tokenizer_config)?;
+    write_json(
+        &out_dir.join("tokenizer_config.json"),
+        &tok.tokenizer_config,
+    )?;
     let mut gen = serde_json::Map::new();
     for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
         if let Some(v) = config.get(k) {
@@ -839,7 +974,10 @@ mod tests {
 
     #[test]
     fn names_map() {
-        assert_eq!(hf_tensor_name("blk.3.attn_k.weight").unwrap(), "model.layers.3.self_attn.k_proj.weight");
+        assert_eq!(
+            hf_tensor_name("blk.3.attn_k.weight").unwrap(),
+            "model.layers.3.self_attn.k_proj.weight"
+        );
         assert_eq!(hf_tensor_name("output.weight").unwrap(), "lm_head.weight");
         assert!(hf_tensor_name("rope_freqs.weight").is_none());
     }

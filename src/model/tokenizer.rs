@@ -17,7 +17,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
@@ -31,8 +34,15 @@ impl ChatMessage {
 }
 
 /// The special tokens HF passes to a chat template (its `special_tokens_map`).
-const SPECIAL_NAMES: &[&str] =
-    &["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+const SPECIAL_NAMES: &[&str] = &[
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+];
 
 /// A loaded tokenizer with its chat template and special tokens.
 pub struct Tokenizer {
@@ -47,8 +57,10 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Some(v))
 }
 
@@ -64,7 +76,11 @@ fn token_string(v: &Value) -> Option<String> {
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -75,39 +91,65 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         if !tj.exists() {
-            bail!("no tokenizer.json at {} (pinpoint needs a fast-tokenizer file)", tj.display());
+            bail!(
+                "no tokenizer.json at {} (pinpoint needs a fast-tokenizer file)",
+                tj.display()
+            );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| anyhow!("loading {}: {e}", tj.display()))?;
+        let inner = tokenizers::Tokenizer::from_file(&tj)
+            .map_err(|e| anyhow!("loading {}: {e}", tj.display()))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
         let map = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(Value::Null);
         let mut special = vec![];
         for name in SPECIAL_NAMES {
-            if let Some(t) = cfg.get(*name).and_then(token_string).or_else(|| map.get(*name).and_then(token_string)) {
+            if let Some(t) = cfg
+                .get(*name)
+                .and_then(token_string)
+                .or_else(|| map.get(*name).and_then(token_string))
+            {
                 special.push((name.to_string(), t));
             }
         }
         let jinja = dir.join("chat_template.jinja");
         let chat_template = if jinja.exists() {
-            Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?)
+            Some(
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("reading {}", jinja.display()))?,
+            )
         } else {
             match cfg.get("chat_template") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(Value::Array(list)) => {
-                    let found = list.iter().find(|e| e.get("name").and_then(|n| n.as_str()) == Some("default"));
-                    let t = found.and_then(|e| e.get("template")).and_then(|t| t.as_str());
+                    let found = list
+                        .iter()
+                        .find(|e| e.get("name").and_then(|n| n.as_str()) == Some("default"));
+                    let t = found
+                        .and_then(|e| e.get("template"))
+                        .and_then(|t| t.as_str());
                     match t {
                         Some(t) => Some(t.to_string()),
-                        None => bail!("{}: chat_template is a list with no \"default\" entry", cfg_path.display()),
+                        None => bail!(
+                            "{}: chat_template is a list with no \"default\" entry",
+                            cfg_path.display()
+                        ),
                     }
                 }
-                Some(_) => bail!("{}: chat_template is neither a string nor a list", cfg_path.display()),
+                Some(_) => bail!(
+                    "{}: chat_template is neither a string nor a list",
+                    cfg_path.display()
+                ),
             }
         };
         let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let generation_eos = ids_of(gen.get("eos_token_id"));
-        Ok(Self { inner, chat_template, special, generation_eos })
+        Ok(Self {
+            inner,
+            chat_template,
+            special,
+            generation_eos,
+        })
     }
 
     /// The underlying `tokenizers` tokenizer.
@@ -116,17 +158,25 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| anyhow!("encoding {text:?}: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow!("encoding {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| anyhow!("decoding {} ids: {e}", ids.len()))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| anyhow!("decoding {} ids: {e}", ids.len()))
     }
 
     /// A special token's string by HF attribute name (`"bos_token"`, `"eos_token"`, ...).
     pub fn special_token(&self, name: &str) -> Option<&str> {
-        self.special.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str())
+        self.special
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
     }
 
     pub fn chat_template(&self) -> Option<&str> {
@@ -138,12 +188,17 @@ impl Tokenizer {
     }
 
     pub fn bos_token_id(&self) -> Option<u32> {
-        self.special_token("bos_token").and_then(|t| self.token_id(t))
+        self.special_token("bos_token")
+            .and_then(|t| self.token_id(t))
     }
 
     /// The eos token's id, then generation_config's eos ids, without repeats.
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        let mut out: Vec<u32> = self.special_token("eos_token").and_then(|t| self.token_id(t)).into_iter().collect();
+        let mut out: Vec<u32> = self
+            .special_token("eos_token")
+            .and_then(|t| self.token_id(t))
+            .into_iter()
+            .collect();
         for &i in &self.generation_eos {
             if !out.contains(&i) {
                 out.push(i);
@@ -160,11 +215,17 @@ impl Tokenizer {
     /// The first sub-token of `word` encoded without special tokens.
     pub fn first_token_of_word(&self, word: &str) -> Result<u32> {
         let ids = self.encode(word, false)?;
-        ids.first().copied().with_context(|| format!("{word:?} tokenizes to no tokens"))
+        ids.first()
+            .copied()
+            .with_context(|| format!("{word:?} tokenizes to no tokens"))
     }
 
     /// Render a conversation with the chat template, as HF `apply_chat_template(tokenize=False)`.
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
@@ -175,15 +236,27 @@ impl Tokenizer {
         }
         let msgs: Vec<JValue> = messages
             .iter()
-            .map(|m| JValue::from_iter([("role", JValue::from(m.role.clone())), ("content", JValue::from(m.content.clone()))]))
+            .map(|m| {
+                JValue::from_iter([
+                    ("role", JValue::from(m.role.clone())),
+                    ("content", JValue::from(m.content.clone())),
+                ])
+            })
             .collect();
         ctx.insert("messages".into(), JValue::from(msgs));
-        ctx.insert("add_generation_prompt".into(), JValue::from(add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            JValue::from(add_generation_prompt),
+        );
         render_chat_template(template, JValue::from_iter(ctx))
     }
 
     /// Render and encode without special tokens, as HF `apply_chat_template(tokenize=True)`.
-    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
         self.encode(&text, false)
     }
@@ -204,11 +277,17 @@ pub fn render_chat_template(template: &str, ctx: JValue) -> Result<String> {
     env.add_function("raise_exception", |msg: String| -> Result<JValue, JError> {
         Err(JError::new(ErrorKind::InvalidOperation, msg))
     });
-    env.add_function("strftime_now", |fmt: String| -> Result<String, JError> { Ok(strftime_now(&fmt)) });
+    env.add_function("strftime_now", |fmt: String| -> Result<String, JError> {
+        Ok(strftime_now(&fmt))
+    });
     env.add_filter("tojson", tojson);
-    env.add_template("chat_template", template).map_err(|e| anyhow!("parsing the chat template: {e:#}"))?;
-    let t = env.get_template("chat_template").map_err(|e| anyhow!("{e}"))?;
-    t.render(ctx).map_err(|e| anyhow!("rendering the chat template: {e:#}"))
+    env.add_template("chat_template", template)
+        .map_err(|e| anyhow!("parsing the chat template: {e:#}"))?;
+    let t = env
+        .get_template("chat_template")
+        .map_err(|e| anyhow!("{e}"))?;
+    t.render(ctx)
+        .map_err(|e| anyhow!("rendering the chat template: {e:#}"))
 }
 
 /// `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys)`, as HF's `tojson`.
@@ -222,7 +301,13 @@ fn tojson(v: JValue, kwargs: Kwargs) -> Result<JValue, JError> {
     Ok(JValue::from_safe_string(out))
 }
 
-fn py_json(v: &JValue, indent: Option<usize>, sort: bool, level: usize, out: &mut String) -> Result<(), JError> {
+fn py_json(
+    v: &JValue,
+    indent: Option<usize>,
+    sort: bool,
+    level: usize,
+    out: &mut String,
+) -> Result<(), JError> {
     let newline = |out: &mut String, lvl: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -242,9 +327,11 @@ fn py_json(v: &JValue, indent: Option<usize>, sort: bool, level: usize, out: &mu
             }
         }
         ValueKind::String => {
-            out.push_str(&serde_json::to_string(v.as_str().unwrap_or("")).map_err(|e| {
-                JError::new(ErrorKind::InvalidOperation, format!("tojson: {e}"))
-            })?);
+            out.push_str(
+                &serde_json::to_string(v.as_str().unwrap_or("")).map_err(|e| {
+                    JError::new(ErrorKind::InvalidOperation, format!("tojson: {e}"))
+                })?,
+            );
         }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<JValue> = v.try_iter()?.collect();
@@ -290,7 +377,10 @@ fn py_json(v: &JValue, indent: Option<usize>, sort: bool, level: usize, out: &mu
             out.push('}');
         }
         _ => {
-            return Err(JError::new(ErrorKind::InvalidOperation, format!("tojson: cannot serialize {v:?}")));
+            return Err(JError::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: cannot serialize {v:?}"),
+            ));
         }
     }
     Ok(())
@@ -302,7 +392,11 @@ fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let s = format!("{f:?}");
     // Rust's Debug already gives the shortest round-trip digits ("1.0", "1e-7"); python writes
@@ -342,10 +436,28 @@ fn strftime_now(fmt: &str) -> String {
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
     let weekday = (days + 4).rem_euclid(7) as usize; // 0 = Sunday
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
         "December",
     ];
-    const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+    const DAYS: [&str; 7] = [
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+    ];
     let month = MONTHS[(m - 1) as usize];
     let mut out = String::new();
     let mut chars = fmt.chars();
@@ -397,16 +509,30 @@ pub struct StreamDecoder<'a> {
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tok: &'a Tokenizer, skip_special_tokens: bool) -> Self {
-        Self { tok, skip_special: skip_special_tokens, ids: vec![], prefix_offset: 0, read_offset: 0 }
+        Self {
+            tok,
+            skip_special: skip_special_tokens,
+            ids: vec![],
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 
     /// Add one token; return the text it completes (maybe empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
-        let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
-        let full = self.tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        let prefix = self.tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
+        let full = self
+            .tok
+            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
-            if let Some(new) = full.get(prefix.len()..).filter(|_| full.starts_with(&prefix)) {
+            if let Some(new) = full
+                .get(prefix.len()..)
+                .filter(|_| full.starts_with(&prefix))
+            {
                 let new = new.to_string();
                 self.prefix_offset = self.read_offset;
                 self.read_offset = self.ids.len();
@@ -418,11 +544,20 @@ impl<'a> StreamDecoder<'a> {
 
     /// The text still held back (e.g. an incomplete character at the end of generation).
     pub fn finish(&mut self) -> Result<String> {
-        let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
-        let full = self.tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        let prefix = self.tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
+        let full = self
+            .tok
+            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        Ok(full.get(prefix.len()..).filter(|_| full.starts_with(&prefix)).unwrap_or("").to_string())
+        Ok(full
+            .get(prefix.len()..)
+            .filter(|_| full.starts_with(&prefix))
+            .unwrap_or("")
+            .to_string())
     }
 
     /// All ids pushed so far.

