@@ -330,3 +330,24 @@ fn smollm2_default_model_matches_transformers() {
     // A second call reuses the directory.
     assert_eq!(zoo::default_model_dir(false).unwrap(), dir);
 }
+
+#[test]
+fn import_replaces_target_without_leftovers() {
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("model");
+    import_gguf(&fixtures().join("tiny.gguf"), &target, false).unwrap();
+    // Again into the now non-empty directory: files are replaced, extra files kept.
+    std::fs::write(target.join("README.md"), "x").unwrap();
+    import_gguf(&fixtures().join("tiny.gguf"), &target, false).unwrap();
+    assert!(target.join("README.md").exists() && target.join("model.safetensors").exists());
+    let names: Vec<String> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["model".to_string()], "temp dirs left behind");
+    // A failed import leaves nothing.
+    let (_d, bad) = corrupted("bad.gguf", |b| b[..4].copy_from_slice(b"XXXX"));
+    let fresh = root.path().join("fresh");
+    assert!(import_gguf(&bad, &fresh, false).is_err());
+    assert!(!fresh.exists());
+}

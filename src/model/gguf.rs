@@ -887,8 +887,9 @@ fn build_config(g: &GgufFile) -> Result<Value> {
 
 /// Import a GGUF Llama/Mistral model into a HF directory at `out_dir`: `config.json`,
 /// `model.safetensors` (F32, exact dequantized values), `tokenizer.json`,
-/// `tokenizer_config.json`, `generation_config.json`. Each file is written atomically; to get
-/// an all-or-nothing directory, import into a temp dir and rename it (see `zoo`).
+/// `tokenizer_config.json`, `generation_config.json`. The files are built in a temp dir beside
+/// `out_dir` and moved into place only when all are written (a missing or empty `out_dir` is
+/// replaced by one rename; files in a non-empty one are replaced one by one).
 pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<()> {
     let g = GgufFile::open(gguf)?;
     let file = gguf.display();
@@ -939,24 +940,59 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
         bail!("{file}: no token_embd.weight tensor");
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let named: Vec<(String, &HostTensor)> = out.iter().map(|(n, t)| (n.clone(), t)).collect();
-    save_safetensors(&out_dir.join("model.safetensors"), &named, StoreDtype::F32)?;
-    drop(named);
-    drop(out);
-    write_json(&out_dir.join("config.json"), &config)?;
-    write_json(&out_dir.join("tokenizer.json"), &tok.tokenizer_json)?;
-    write_json(
-        &out_dir.join("tokenizer_config.json"),
-        &tok.tokenizer_config,
-    )?;
-    let mut gen = serde_json::Map::new();
-    for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
-        if let Some(v) = config.get(k) {
-            gen.insert(k.into(), v.clone());
+    // Build everything in a temp dir beside `out_dir`, then move it into place, so a failure
+    // never leaves a half-written model.
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".pinpoint-import-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temp dir in {}", parent.display()))?;
+    let write_all = |dir: &Path| -> Result<()> {
+        let named: Vec<(String, &HostTensor)> = out.iter().map(|(n, t)| (n.clone(), t)).collect();
+        save_safetensors(&dir.join("model.safetensors"), &named, StoreDtype::F32)?;
+        drop(named);
+        drop(out);
+        write_json(&dir.join("config.json"), &config)?;
+        write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json)?;
+        write_json(&dir.join("tokenizer_config.json"), &tok.tokenizer_config)?;
+        let mut gen = serde_json::Map::new();
+        for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            if let Some(v) = config.get(k) {
+                gen.insert(k.into(), v.clone());
+            }
+        }
+        write_json(&dir.join("generation_config.json"), &Value::Object(gen))?;
+        Ok(())
+    };
+    write_all(tmp.path())?;
+    let empty_or_missing = match std::fs::read_dir(out_dir) {
+        Ok(mut it) => it.next().is_none(),
+        Err(_) => !out_dir.exists(),
+    };
+    if empty_or_missing {
+        let _ = std::fs::remove_dir(out_dir);
+        let kept = tmp.keep();
+        std::fs::rename(&kept, out_dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&kept);
+            anyhow::Error::new(e).context(format!(
+                "renaming {} to {}",
+                kept.display(),
+                out_dir.display()
+            ))
+        })?;
+    } else {
+        // An existing directory with other files: replace ours file by file (each rename is atomic).
+        for entry in std::fs::read_dir(tmp.path())? {
+            let entry = entry?;
+            let to = out_dir.join(entry.file_name());
+            std::fs::rename(entry.path(), &to)
+                .with_context(|| format!("moving {} into place", to.display()))?;
         }
     }
-    write_json(&out_dir.join("generation_config.json"), &Value::Object(gen))?;
     Ok(())
 }
 
