@@ -89,7 +89,10 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         &Taps::new(),
         Some(&decode),
         &mut |_, t| {
-            if let Ok(Some(piece)) = stream.push(t) {
+            if let Ok(piece) = stream.push(t) {
+                if piece.is_empty() {
+                    return;
+                }
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();
             }

@@ -1,0 +1,255 @@
+//! Tokenizer and chat templates against transformers (see scripts/make_tokenizer_fixtures.py).
+
+use pinpoint::model::gguf::import_gguf;
+use pinpoint::model::tokenizer::{ChatMessage, Tokenizer};
+use pinpoint::model::zoo;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+fn fixture(p: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The default model, fetched once per test binary into a test-only cache (unless
+/// PINPOINT_HOME is set).
+fn default_model() -> PathBuf {
+    static DIR: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let m = DIR.get_or_init(|| Mutex::new(None));
+    let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = &*g {
+        return d.clone();
+    }
+    if std::env::var_os("PINPOINT_HOME").is_none() {
+        std::env::set_var(
+            "PINPOINT_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("pinpoint-home"),
+        );
+    }
+    let d = zoo::default_model_dir(false).expect("default model");
+    *g = Some(d.clone());
+    d
+}
+
+fn smol() -> Tokenizer {
+    Tokenizer::from_dir(&default_model()).unwrap()
+}
+
+fn messages(v: &Value) -> Vec<ChatMessage> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[test]
+fn smollm2_encode_decode_match_transformers() {
+    let tok = smol();
+    let fx = fixture("tokenizer/smollm2.json");
+    for case in fx["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&case["ids"]),
+            "encode {text:?}"
+        );
+        let with = ids(&case["ids_with_special"]);
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            with,
+            "encode+special {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&with, false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&with, true).unwrap(),
+            case["decoded_skip_special"].as_str().unwrap(),
+            "decode skip {text:?}"
+        );
+    }
+    for (w, id) in fx["first_token_of_word"].as_object().unwrap() {
+        assert_eq!(
+            tok.first_token_of_word(w).unwrap() as u64,
+            id.as_u64().unwrap(),
+            "{w:?}"
+        );
+    }
+    assert!(tok.first_token_of_word("").is_err());
+    assert_eq!(tok.special_token("bos_token"), fx["bos_token"].as_str());
+    assert_eq!(tok.special_token("eos_token"), fx["eos_token"].as_str());
+    assert_eq!(
+        tok.bos_token_id().map(u64::from),
+        fx["bos_token_id"].as_u64()
+    );
+    assert_eq!(
+        tok.eos_token_ids(),
+        vec![fx["eos_token_id"].as_u64().unwrap() as u32]
+    );
+    assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().unwrap());
+    assert_eq!(tok.token_id("<|im_start|>"), Some(1));
+}
+
+#[test]
+fn smollm2_chat_template_matches_transformers() {
+    let tok = smol();
+    let fx = fixture("tokenizer/smollm2.json");
+    let chats = fx["chats"].as_array().unwrap();
+    assert!(chats.len() >= 10);
+    for c in chats {
+        let msgs = messages(&c["messages"]);
+        let gen = c["add_generation_prompt"].as_bool().unwrap();
+        let text = tok.apply_chat_template(&msgs, gen).unwrap();
+        assert_eq!(
+            text,
+            c["text"].as_str().unwrap(),
+            "render {msgs:?} gen={gen}"
+        );
+        assert_eq!(
+            tok.encode_chat(&msgs, gen).unwrap(),
+            ids(&c["ids"]),
+            "ids {msgs:?} gen={gen}"
+        );
+    }
+}
+
+/// A tokenizer dir with the tiny GGUF's tokenizer.json and a given template and specials.
+fn dir_with_template(template: &str, special: &Value) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/tiny.gguf");
+    import_gguf(&gguf, d.path(), false).unwrap();
+    let mut cfg = special.clone();
+    cfg["chat_template"] = json!(template);
+    std::fs::write(d.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    d
+}
+
+#[test]
+fn llama2_mistral_and_jinja_features_render_like_transformers() {
+    let fx = fixture("tokenizer/templates.json");
+    let mut dirs = std::collections::HashMap::new();
+    for (name, t) in fx["templates"].as_object().unwrap() {
+        dirs.insert(
+            name.clone(),
+            dir_with_template(t.as_str().unwrap(), &fx["special_tokens"]),
+        );
+    }
+    let mut n = 0;
+    for c in fx["cases"].as_array().unwrap() {
+        let name = c["template"].as_str().unwrap();
+        let tok = Tokenizer::from_dir(dirs[name].path()).unwrap();
+        let msgs = messages(&c["messages"]);
+        let gen = c["add_generation_prompt"].as_bool().unwrap();
+        let got = tok.apply_chat_template(&msgs, gen);
+        match (c.get("text"), c.get("error")) {
+            (Some(t), _) => assert_eq!(
+                got.unwrap(),
+                t.as_str().unwrap(),
+                "{name} {msgs:?} gen={gen}"
+            ),
+            (_, Some(e)) => {
+                let err = format!("{:#}", got.unwrap_err());
+                assert!(err.contains(e.as_str().unwrap()), "{name}: {err}");
+            }
+            _ => unreachable!(),
+        }
+        n += 1;
+    }
+    assert!(n >= 20);
+    // The Llama-2 system message case is covered.
+    assert!(fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["template"] == "llama2"
+            && c["text"].as_str().is_some_and(|t| t.contains("<<SYS>>"))));
+}
+
+#[test]
+fn chat_template_from_list_and_object_tokens() {
+    let special = json!({"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"});
+    let d = dir_with_template("", &special);
+    let cfg = json!({
+        "bos_token": {"content": "<s>"},
+        "eos_token": {"content": "</s>"},
+        "chat_template": [
+            {"name": "tool_use", "template": "TOOLS"},
+            {"name": "default", "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"}
+        ]
+    });
+    std::fs::write(d.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let tok = Tokenizer::from_dir(d.path()).unwrap();
+    let out = tok
+        .apply_chat_template(
+            &[ChatMessage::user("hi"), ChatMessage::assistant("yo")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(out, "<s>hi</s>yo</s>");
+    // chat_template.jinja wins over tokenizer_config.json, as in transformers v5.
+    std::fs::write(
+        d.path().join("chat_template.jinja"),
+        "J{{ messages[0].role }}",
+    )
+    .unwrap();
+    let tok = Tokenizer::from_dir(d.path()).unwrap();
+    assert_eq!(
+        tok.apply_chat_template(&[ChatMessage::system("s")], true)
+            .unwrap(),
+        "Jsystem"
+    );
+}
+
+#[test]
+fn no_chat_template_is_a_clear_error() {
+    let d = dir_with_template("", &json!({}));
+    std::fs::write(d.path().join("tokenizer_config.json"), "{}").unwrap();
+    let tok = Tokenizer::from_dir(d.path()).unwrap();
+    let e = tok
+        .apply_chat_template(&[ChatMessage::user("x")], true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no chat template"), "{e}");
+}
+
+#[test]
+fn missing_tokenizer_json_names_the_path() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Tokenizer::from_dir(d.path())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains(&d.path().display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn stream_decoder_reproduces_decode_on_multibyte_text() {
+    let tok = smol();
+    let text = "Café 🙂 日本語 👨‍👩‍👧 and ½ — done.";
+    let ids = tok.encode(text, false).unwrap();
+    let mut dec = tok.stream_decoder(false);
+    let mut out = String::new();
+    let mut held_back = false;
+    for &i in &ids {
+        let piece = dec.push(i).unwrap();
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "piece {piece:?} has a broken character"
+        );
+        held_back |= piece.is_empty();
+        out.push_str(&piece);
+    }
+    out.push_str(&dec.finish().unwrap());
+    assert_eq!(out, tok.decode(&ids, false).unwrap());
+    assert_eq!(out, text);
+    assert!(held_back, "the emoji should span several byte-level tokens");
+}
