@@ -33,6 +33,9 @@ impl std::fmt::Display for HeadId {
 pub enum HookPoint {
     /// Residual stream entering layer l, `[rows, d_model]`; l = L is the final residual.
     ResidPre(usize),
+    /// Input of layer l's attention (after its RMSNorm), `[rows, d_model]`: path patching
+    /// resets it to the reference run's value to freeze a layer's heads.
+    AttnIn(usize),
     /// Per-head attention output of layer l before `o_proj`, `[rows, H * D]`.
     Z(usize),
     /// Output of `o_proj` of layer l, `[rows, d_model]`.
@@ -45,6 +48,7 @@ impl HookPoint {
     pub fn layer(self) -> usize {
         match self {
             HookPoint::ResidPre(l)
+            | HookPoint::AttnIn(l)
             | HookPoint::Z(l)
             | HookPoint::AttnOut(l)
             | HookPoint::MlpOut(l) => l,

@@ -42,9 +42,22 @@ pub struct KvCache<B: Backend> {
 
 /// One sequence fed to a forward call: `tokens` continue slot `seq` at position `pos0`.
 struct Input<'a> {
+    /// The name taps use for this sequence.
     seq: usize,
+    /// Its KV-cache slot (when a cache is used).
+    slot: usize,
     tokens: &'a [u32],
     pos0: usize,
+}
+
+/// How a forward call uses a KV cache.
+enum KvMode<'c, B: Backend> {
+    /// No cache: each sequence starts at position 0.
+    None,
+    /// Append this call's keys/values to the cache (generation).
+    Write(&'c mut KvCache<B>),
+    /// Continue prefixes held in the cache without changing it; slots may repeat.
+    Read(&'c KvCache<B>),
 }
 
 /// Row bookkeeping of a packed call.
@@ -139,11 +152,109 @@ impl<B: Backend> Model<B> {
             .enumerate()
             .map(|(i, s)| Input {
                 seq: i,
+                slot: i,
                 tokens: s,
                 pos0: 0,
             })
             .collect();
-        self.run(&inputs, None, taps)
+        self.run_from(&inputs, KvMode::None, taps, None)
+    }
+
+    /// Forward of whole sequences starting at layer `layer`, with `resid [rows, d]` the
+    /// residual stream entering it (packed rows of `seqs`, as captured by
+    /// `HookPoint::ResidPre(layer)` with `Positions::All`). Layers below are skipped: this
+    /// reuses a clean run's prefix when only layers >= `layer` change.
+    pub fn forward_from(
+        &self,
+        layer: usize,
+        seqs: &[Vec<u32>],
+        resid: &HostTensor,
+        taps: &Taps,
+    ) -> Result<ForwardOutput> {
+        ensure!(
+            layer <= self.n_layers(),
+            "forward_from: layer {layer} past the last layer"
+        );
+        let rows: usize = seqs.iter().map(Vec::len).sum();
+        ensure!(
+            resid.shape == [rows, self.cfg.hidden_size],
+            "forward_from: residual has shape {:?}, expected [{rows}, {}]",
+            resid.shape,
+            self.cfg.hidden_size
+        );
+        let inputs: Vec<Input<'_>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Input {
+                seq: i,
+                slot: i,
+                tokens: s,
+                pos0: 0,
+            })
+            .collect();
+        self.run_from(
+            &inputs,
+            KvMode::None,
+            taps,
+            Some((layer, self.backend.upload(resid)?)),
+        )
+    }
+
+    /// Continue prefixes held in `cache` without changing it: `inputs[i] = (slot, tokens)`
+    /// feeds `tokens` after slot's `cache.lens[slot]` tokens. Several inputs may share a
+    /// slot (e.g. one patched copy per head). Taps name input i as seq i. With
+    /// `start = Some((l, resid))`, embedding and layers below l are skipped and `resid`
+    /// `[rows, d]` is the residual entering layer l.
+    pub fn forward_on_prefix(
+        &self,
+        inputs: &[(usize, &[u32])],
+        cache: &KvCache<B>,
+        taps: &Taps,
+        start: Option<(usize, &HostTensor)>,
+    ) -> Result<ForwardOutput> {
+        let mut ins = Vec::with_capacity(inputs.len());
+        for (i, &(slot, tokens)) in inputs.iter().enumerate() {
+            ensure!(
+                slot < cache.lens.len(),
+                "cache slot {slot} out of {}",
+                cache.lens.len()
+            );
+            ins.push(Input {
+                seq: i,
+                slot,
+                tokens,
+                pos0: cache.lens[slot],
+            });
+        }
+        let start = match start {
+            Some((l, r)) => {
+                ensure!(
+                    l <= self.n_layers(),
+                    "forward_on_prefix: layer {l} past the last layer"
+                );
+                let rows: usize = inputs.iter().map(|i| i.1.len()).sum();
+                ensure!(
+                    r.shape == [rows, self.cfg.hidden_size],
+                    "forward_on_prefix: residual has shape {:?}, expected [{rows}, {}]",
+                    r.shape,
+                    self.cfg.hidden_size
+                );
+                Some((l, self.backend.upload(r)?))
+            }
+            None => None,
+        };
+        self.run_from(&ins, KvMode::Read(cache), taps, start)
+    }
+
+    /// `[a; b]` along rows.
+    fn concat_rows(&self, a: &B::Tensor, b: &B::Tensor) -> Result<B::Tensor> {
+        let be = &self.backend;
+        let (ra, cols) = (be.shape(a)[0], be.shape(a)[1]);
+        let rb = be.shape(b)[0];
+        let mut out = be.zeros(&[ra + rb, cols])?;
+        be.scatter_rows(&mut out, &(0..ra).collect::<Vec<_>>(), a)?;
+        be.scatter_rows(&mut out, &(ra..ra + rb).collect::<Vec<_>>(), b)?;
+        Ok(out)
     }
 
     /// An empty KV cache for `slots` sequences of up to `capacity` tokens.
@@ -189,6 +300,7 @@ impl<B: Backend> Model<B> {
             }
             ins.push(Input {
                 seq: slot,
+                slot,
                 tokens,
                 pos0,
             });
@@ -200,7 +312,7 @@ impl<B: Backend> Model<B> {
             slots.len() == ins.len(),
             "a cache slot appears twice in one call"
         );
-        let out = self.run(&ins, Some(&mut *cache), taps)?;
+        let out = self.run_from(&ins, KvMode::Write(&mut *cache), taps, None)?;
         for i in &ins {
             cache.lens[i.seq] += i.tokens.len();
         }
@@ -260,11 +372,13 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    fn run(
+    /// The forward. `start = (l, resid)` skips embedding and layers below l.
+    fn run_from(
         &self,
         inputs: &[Input<'_>],
-        mut cache: Option<&mut KvCache<B>>,
+        mut kv: KvMode<'_, B>,
         taps: &Taps,
+        start: Option<(usize, B::Tensor)>,
     ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
         let b = &self.backend;
@@ -300,24 +414,32 @@ impl<B: Backend> Model<B> {
             .map(|(inp, &off)| SeqSpan {
                 q_start: off,
                 q_len: inp.tokens.len(),
-                kv_start: match &cache {
-                    Some(c) => inp.seq * c.capacity,
-                    None => off,
+                kv_start: match &kv {
+                    KvMode::None => off,
+                    KvMode::Write(c) => inp.slot * c.capacity,
+                    KvMode::Read(c) => inp.slot * c.capacity,
                 },
                 pos0: inp.pos0,
+                kv_new: match &kv {
+                    // New keys follow the cache's rows in the concatenated tensor.
+                    KvMode::Read(c) => Some(c.lens.len() * c.capacity + off),
+                    _ => None,
+                },
             })
             .collect();
-        let cache_rows: Vec<usize> = match &cache {
-            Some(c) => layout
-                .row_id
+        let cache_rows: Vec<usize> = match &kv {
+            KvMode::Write(c) => inputs
                 .iter()
-                .map(|&(s, p)| s * c.capacity + p)
+                .flat_map(|i| (0..i.tokens.len()).map(move |t| i.slot * c.capacity + i.pos0 + t))
                 .collect(),
-            None => vec![],
+            _ => vec![],
         };
         let mut out = ForwardOutput::default();
-        let mut x = b.embed(&w.embed, &ids)?; // [n, d]
-        for (l, lw) in w.layers.iter().enumerate() {
+        let (first_layer, mut x) = match start {
+            Some((l, resid)) => (l, resid),
+            None => (0, b.embed(&w.embed, &ids)?), // [n, d]
+        };
+        for (l, lw) in w.layers.iter().enumerate().skip(first_layer) {
             self.hook(
                 HookPoint::ResidPre(l),
                 &mut x,
@@ -326,7 +448,15 @@ impl<B: Backend> Model<B> {
                 taps,
                 &mut out,
             )?;
-            let h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
+            let mut h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
+            self.hook(
+                HookPoint::AttnIn(l),
+                &mut h,
+                inputs,
+                &layout,
+                taps,
+                &mut out,
+            )?;
             let mut q = b.linear(&h, &lw.wq)?; // [n, H*D]
             let mut k = b.linear(&h, &lw.wk)?; // [n, G*D]
             let v = b.linear(&h, &lw.wv)?;
@@ -338,13 +468,18 @@ impl<B: Backend> Model<B> {
                 .filter(|hd| hd.layer == l)
                 .flat_map(|hd| (0..inputs.len()).map(move |s| (s, hd.head)))
                 .collect();
-            let (mut z, pats) = match cache.as_deref_mut() {
-                Some(c) => {
+            let (mut z, pats) = match &mut kv {
+                KvMode::Write(c) => {
                     b.scatter_rows(&mut c.k[l], &cache_rows, &k)?;
                     b.scatter_rows(&mut c.v[l], &cache_rows, &v)?;
                     b.attention(&q, &c.k[l], &c.v[l], &spans, shape, &want)?
                 }
-                None => b.attention(&q, &k, &v, &spans, shape, &want)?,
+                KvMode::Read(c) => {
+                    let k_all = self.concat_rows(&c.k[l], &k)?;
+                    let v_all = self.concat_rows(&c.v[l], &v)?;
+                    b.attention(&q, &k_all, &v_all, &spans, shape, &want)?
+                }
+                KvMode::None => b.attention(&q, &k, &v, &spans, shape, &want)?,
             };
             for p in pats {
                 out.patterns

@@ -289,3 +289,92 @@ fn saved_model_round_trips_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn continuations_of_a_shared_prefix_equal_full_forwards() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let ids = id_rows(&r["input_ids"]);
+        let t = ids[0].len();
+        let v = m.cfg.vocab_size;
+        // Cache holds item 0's first 7 tokens and item 1's first 5.
+        let mut cache = m.new_cache(2, t).unwrap();
+        m.forward_cached(
+            &[(0, &ids[0][..7]), (1, &ids[1][..5])],
+            &mut cache,
+            &Taps::new(),
+        )
+        .unwrap();
+        // Three continuations; two share slot 0, with different tails.
+        let tail_b: Vec<u32> = ids[1][7..].to_vec();
+        let inputs: Vec<(usize, &[u32])> = vec![(0, &ids[0][7..]), (1, &ids[1][5..]), (0, &tail_b)];
+        let out = m
+            .forward_on_prefix(
+                &inputs,
+                &cache,
+                &Taps::new().with_logits(Positions::All),
+                None,
+            )
+            .unwrap();
+        assert_eq!(cache.lens, vec![7, 5], "the cache must not change");
+        let full = m
+            .forward(
+                &[ids[0].clone(), ids[1].clone()],
+                &Taps::new().with_logits(Positions::All),
+            )
+            .unwrap();
+        let mixed: Vec<u32> = ids[0][..7].iter().chain(&tail_b).copied().collect();
+        let mixed_full = m
+            .forward(&[mixed], &Taps::new().with_logits(Positions::All))
+            .unwrap();
+        let rows = |o: &pinpoint::heads::ForwardOutput, seq: usize| -> Vec<f32> {
+            o.logits
+                .index
+                .iter()
+                .enumerate()
+                .filter(|(_, &(s, _))| s == seq)
+                .flat_map(|(i, _)| o.logits.row_at(i).to_vec())
+                .collect()
+        };
+        assert_close(
+            &format!("{name} continuation 0"),
+            &rows(&out, 0),
+            &full.logits.data.data[7 * v..t * v],
+            TOL,
+        );
+        assert_close(
+            &format!("{name} continuation 1"),
+            &rows(&out, 1),
+            &full.logits.data.data[(t + 5) * v..2 * t * v],
+            TOL,
+        );
+        assert_close(
+            &format!("{name} continuation 2"),
+            &rows(&out, 2),
+            &mixed_full.logits.data.data[7 * v..],
+            TOL,
+        );
+        // Starting at layer 2 from the captured residual gives the same logits.
+        let cap = m
+            .forward_on_prefix(
+                &inputs,
+                &cache,
+                &Taps::new().capture(HookPoint::ResidPre(2), Positions::All),
+                None,
+            )
+            .unwrap();
+        let resid = &cap.captures[&HookPoint::ResidPre(2)].data;
+        let from = m
+            .forward_on_prefix(
+                &inputs,
+                &cache,
+                &Taps::new().with_logits(Positions::All),
+                Some((2, resid)),
+            )
+            .unwrap();
+        assert_eq!(
+            from.logits.data.data, out.logits.data.data,
+            "{name}: start at layer 2"
+        );
+    }
+}

@@ -199,7 +199,7 @@ impl Backend for CpuBackend {
                 "attention: span {s:?} runs past {n} query rows"
             );
             ensure!(
-                s.kv_start + s.pos0 + s.q_len <= kr,
+                s.kv_end() <= kr,
                 "attention: span {s:?} runs past {kr} key rows"
             );
         }
@@ -229,14 +229,14 @@ impl Backend for CpuBackend {
                     let qrow = &q.data[(s.q_start + i) * qc + h * dh..][..dh];
                     scores.clear();
                     for j in lo..=pos {
-                        let krow = &k.data[(s.kv_start + j) * kc + g * dh..][..dh];
+                        let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
                         let dot: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
                         scores.push(dot * scale);
                     }
                     softmax_in_place(&mut scores);
                     let zi = &mut zh[i * dh..(i + 1) * dh];
                     for (jj, &p) in scores.iter().enumerate() {
-                        let vrow = &v.data[(s.kv_start + lo + jj) * kc + g * dh..][..dh];
+                        let vrow = &v.data[s.kv_row(lo + jj) * kc + g * dh..][..dh];
                         for (z, vv) in zi.iter_mut().zip(vrow) {
                             *z += p * vv;
                         }

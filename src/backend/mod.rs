@@ -14,14 +14,41 @@ use anyhow::Result;
 
 /// One sequence's place in an attention call.
 ///
-/// Query row `q_start + i` (i < q_len) has absolute position `pos0 + i` and attends to the
-/// key/value rows `kv_start + j` for `j <= pos0 + i` (and `pos0 + i - j < window`).
+/// Query row `q_start + i` (i < q_len) has absolute position `pos0 + i` and attends to
+/// the keys of positions `j <= pos0 + i` (and `pos0 + i - j < window`). The key/value row of
+/// position j is `kv_start + j`, except that with `kv_new = Some(s)` the positions
+/// `j >= pos0` (this call's own tokens) live at rows `s + (j - pos0)`: a shared prefix in
+/// one place, each continuation's new keys in another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqSpan {
     pub q_start: usize,
     pub q_len: usize,
     pub kv_start: usize,
     pub pos0: usize,
+    pub kv_new: Option<usize>,
+}
+
+impl SeqSpan {
+    /// Row of the key/value of absolute position `j`.
+    #[inline]
+    pub fn kv_row(&self, j: usize) -> usize {
+        match self.kv_new {
+            Some(s) if j >= self.pos0 => s + (j - self.pos0),
+            _ => self.kv_start + j,
+        }
+    }
+    /// Largest key/value row this span reads, plus one.
+    pub fn kv_end(&self) -> usize {
+        let last = self.pos0 + self.q_len - 1;
+        match self.kv_new {
+            Some(s) => (s + self.q_len).max(if self.pos0 > 0 {
+                self.kv_start + self.pos0
+            } else {
+                0
+            }),
+            None => self.kv_start + last + 1,
+        }
+    }
 }
 
 /// Shape facts of an attention call.
