@@ -2,6 +2,7 @@
 //! validate them, and fine-tune only those heads (supervised pinpoint tuning).
 
 pub mod backend;
+pub mod diagnose;
 pub mod generate;
 pub mod heads;
 pub mod model;

@@ -247,7 +247,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// `[a; b]` along rows.
-    fn concat_rows(&self, a: &B::Tensor, b: &B::Tensor) -> Result<B::Tensor> {
+    pub fn concat_rows(&self, a: &B::Tensor, b: &B::Tensor) -> Result<B::Tensor> {
         let be = &self.backend;
         let (ra, cols) = (be.shape(a)[0], be.shape(a)[1]);
         let rb = be.shape(b)[0];

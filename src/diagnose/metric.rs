@@ -27,11 +27,22 @@ pub struct Metric {
 
 impl Metric {
     /// Label tokens from words: the first sub-token of each (error if one is empty).
-    pub fn from_words(kind: MetricKind, tok: &Tokenizer, syc_word: &str, anti_word: &str) -> Result<Self> {
-        let syc = tok.first_token_of_word(syc_word).with_context(|| format!("sycophantic label word {syc_word:?}"))?;
-        let anti =
-            tok.first_token_of_word(anti_word).with_context(|| format!("non-sycophantic label word {anti_word:?}"))?;
-        anyhow::ensure!(syc != anti, "the two label words share their first token {syc}");
+    pub fn from_words(
+        kind: MetricKind,
+        tok: &Tokenizer,
+        syc_word: &str,
+        anti_word: &str,
+    ) -> Result<Self> {
+        let syc = tok
+            .first_token_of_word(syc_word)
+            .with_context(|| format!("sycophantic label word {syc_word:?}"))?;
+        let anti = tok
+            .first_token_of_word(anti_word)
+            .with_context(|| format!("non-sycophantic label word {anti_word:?}"))?;
+        anyhow::ensure!(
+            syc != anti,
+            "the two label words share their first token {syc}"
+        );
         Ok(Self { kind, syc, anti })
     }
 
@@ -46,7 +57,10 @@ impl Metric {
 
     /// F of a full logits row.
     pub fn of_logits(&self, row: &[f32]) -> f64 {
-        self.value(row[self.syc as usize] as f64, row[self.anti as usize] as f64)
+        self.value(
+            row[self.syc as usize] as f64,
+            row[self.anti as usize] as f64,
+        )
     }
 
     /// The score of a patched value against the reference value.

@@ -45,21 +45,33 @@ impl McQuestion {
 /// Read MMLU rows (`question`, `answer_a..answer_d`, `correct_answer`), dropping rows whose
 /// answer is not A-D. A line that is not JSON is an error naming the line.
 pub fn read_mmlu(path: &Path) -> Result<Vec<McQuestion>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let (Some(q), Some(ans)) = (get("question"), get("correct_answer")) else {
-            bail!("{}:{}: missing `question` or `correct_answer`", path.display(), i + 1);
+            bail!(
+                "{}:{}: missing `question` or `correct_answer`",
+                path.display(),
+                i + 1
+            );
         };
-        let choices: Option<Vec<String>> = ["answer_a", "answer_b", "answer_c", "answer_d"].iter().map(|k| get(k)).collect();
+        let choices: Option<Vec<String>> = ["answer_a", "answer_b", "answer_c", "answer_d"]
+            .iter()
+            .map(|k| get(k))
+            .collect();
         let Some(choices) = choices else {
-            bail!("{}:{}: missing one of answer_a..answer_d", path.display(), i + 1);
+            bail!(
+                "{}:{}: missing one of answer_a..answer_d",
+                path.display(),
+                i + 1
+            );
         };
         let answer = match ans.trim().to_ascii_uppercase().as_str() {
             "A" => 0,
@@ -68,7 +80,12 @@ pub fn read_mmlu(path: &Path) -> Result<Vec<McQuestion>> {
             "D" => 3,
             _ => continue,
         };
-        out.push(McQuestion { id: format!("mmlu:{}", i + 1), question: q, choices, answer });
+        out.push(McQuestion {
+            id: format!("mmlu:{}", i + 1),
+            question: q,
+            choices,
+            answer,
+        });
     }
     ensure!(!out.is_empty(), "{}: no usable questions", path.display());
     Ok(out)
@@ -97,24 +114,36 @@ pub fn pair_for_question(q: &McQuestion, system: Option<&str>) -> PromptPair {
         base.push(ChatMessage::system(s));
     }
     base.push(ChatMessage::user(q.prompt()));
-    base.push(ChatMessage::assistant(format!("The answer is ({}).", q.answer_letter())));
+    base.push(ChatMessage::assistant(format!(
+        "The answer is ({}).",
+        q.answer_letter()
+    )));
     let mut reference = base.clone();
     reference.push(ChatMessage::user(REFERENCE_CHALLENGE));
     let mut counterfactual = base;
     counterfactual.push(ChatMessage::user(COUNTERFACTUAL_CHALLENGE));
-    PromptPair { reference, counterfactual, source: q.id.clone() }
+    PromptPair {
+        reference,
+        counterfactual,
+        source: q.id.clone(),
+    }
 }
 
 /// User pairs: JSONL lines `{"reference": [messages], "counterfactual": [messages]}`.
 pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let mut p: PromptPair = serde_json::from_str(line).with_context(|| {
-            format!("{}:{}: expected {{\"reference\": [messages], \"counterfactual\": [messages]}}", path.display(), i + 1)
+            format!(
+                "{}:{}: expected {{\"reference\": [messages], \"counterfactual\": [messages]}}",
+                path.display(),
+                i + 1
+            )
         })?;
         ensure!(
             !p.reference.is_empty() && !p.counterfactual.is_empty(),
@@ -161,7 +190,9 @@ pub fn tokenize_pairs(tok: &Tokenizer, pairs: &[PromptPair]) -> Result<Vec<Token
             Ok(TokenPair {
                 index: i,
                 source: p.source.clone(),
-                reference: tok.encode_chat(&p.reference, true).with_context(|| format!("pair {i}: reference"))?,
+                reference: tok
+                    .encode_chat(&p.reference, true)
+                    .with_context(|| format!("pair {i}: reference"))?,
                 counterfactual: tok
                     .encode_chat(&p.counterfactual, true)
                     .with_context(|| format!("pair {i}: counterfactual"))?,
@@ -176,7 +207,15 @@ pub fn require_equal_lengths(pairs: &[TokenPair], why: &str) -> Result<()> {
     let bad: Vec<String> = pairs
         .iter()
         .filter(|p| !p.same_length())
-        .map(|p| format!("#{} ({} vs {} tokens, {})", p.index, p.reference.len(), p.counterfactual.len(), p.source))
+        .map(|p| {
+            format!(
+                "#{} ({} vs {} tokens, {})",
+                p.index,
+                p.reference.len(),
+                p.counterfactual.len(),
+                p.source
+            )
+        })
         .collect();
     if !bad.is_empty() {
         bail!(

@@ -1,0 +1,8 @@
+//! Diagnosis: which heads make the model sycophantic (METHOD.md sections 1 and 2).
+
+pub mod attention;
+pub mod knockout;
+pub mod metric;
+pub mod pairs;
+pub mod path_patching;
+pub mod report;

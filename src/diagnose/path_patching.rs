@@ -1,0 +1,552 @@
+//! Exact path patching (heads -> logits, METHOD.md section 1) and activation patching.
+//!
+//! Path patching of head (l, h) on a pair: rerun the reference prompt X_r with z[l][h] at
+//! the last position set to the counterfactual's value, every later layer's attention
+//! input at the last position reset to its X_r value (all other heads frozen), MLPs
+//! recomputed. Only the last position's residual moves, by O_l^h (z_c - z_r), and every
+//! later attention output there is the frozen X_r value; so the fast form carries one row
+//! per (head, pair) through the MLPs of layers >= l, the final norm and two label logits,
+//! all heads of all pairs batched as GEMM rows. The literal form (one patched forward per
+//! head, as the authors' script) is kept as the oracle.
+
+use super::metric::Metric;
+use super::pairs::TokenPair;
+use crate::backend::Backend;
+use crate::heads::{HeadId, HookPoint, Patch, Positions, Taps};
+use crate::model::HostTensor;
+use crate::transformer::Model;
+use anyhow::{ensure, Result};
+use indicatif::ProgressBar;
+
+/// What the clean runs of one pair leave behind, all at the last position.
+#[derive(Debug, Clone)]
+pub struct CleanRun {
+    pub ref_last: usize,
+    pub cf_last: usize,
+    /// Residual entering layer l, l = 0..=L (L: before the final norm). `[L+1][d]`.
+    pub resid_pre: Vec<Vec<f32>>,
+    /// Attention input (after RMSNorm) of layer l. `[L][d]`.
+    pub attn_in: Vec<Vec<f32>>,
+    /// o_proj output of layer l. `[L][d]`.
+    pub attn_out: Vec<Vec<f32>>,
+    /// MLP output of layer l. `[L][d]`.
+    pub mlp_out: Vec<Vec<f32>>,
+    /// z of X_r and X_c. `[L][H*D]`.
+    pub z_ref: Vec<Vec<f32>>,
+    pub z_cf: Vec<Vec<f32>>,
+    /// Label logits (syc, anti) of X_r and X_c.
+    pub ref_labels: (f32, f32),
+    pub cf_labels: (f32, f32),
+}
+
+/// Run X_r and X_c of every pair (chunks of `chunk` pairs) and keep the last position's
+/// activations.
+pub fn clean_runs<B: Backend>(
+    model: &Model<B>,
+    pairs: &[TokenPair],
+    metric: &Metric,
+    chunk: usize,
+    progress: Option<&ProgressBar>,
+) -> Result<Vec<CleanRun>> {
+    let l_n = model.n_layers();
+    let mut taps = Taps::new();
+    for l in 0..=l_n {
+        taps = taps.capture(HookPoint::ResidPre(l), Positions::Last);
+    }
+    for l in 0..l_n {
+        for p in [
+            HookPoint::AttnIn(l),
+            HookPoint::AttnOut(l),
+            HookPoint::MlpOut(l),
+            HookPoint::Z(l),
+        ] {
+            taps = taps.capture(p, Positions::Last);
+        }
+    }
+    let mut runs = Vec::with_capacity(pairs.len());
+    for group in pairs.chunks(chunk.max(1)) {
+        let n = group.len();
+        let mut seqs: Vec<Vec<u32>> = group.iter().map(|p| p.reference.clone()).collect();
+        seqs.extend(group.iter().map(|p| p.counterfactual.clone()));
+        let out = model.forward(&seqs, &taps)?;
+        let last = |point: HookPoint, s: usize| {
+            out.captures[&point].last_of(s).expect("captured").to_vec()
+        };
+        for (i, p) in group.iter().enumerate() {
+            let (r, c) = (i, n + i);
+            let labels = |s: usize| {
+                let row = out.logits.last_of(s).expect("logits");
+                (row[metric.syc as usize], row[metric.anti as usize])
+            };
+            runs.push(CleanRun {
+                ref_last: p.ref_last(),
+                cf_last: p.cf_last(),
+                resid_pre: (0..=l_n).map(|l| last(HookPoint::ResidPre(l), r)).collect(),
+                attn_in: (0..l_n).map(|l| last(HookPoint::AttnIn(l), r)).collect(),
+                attn_out: (0..l_n).map(|l| last(HookPoint::AttnOut(l), r)).collect(),
+                mlp_out: (0..l_n).map(|l| last(HookPoint::MlpOut(l), r)).collect(),
+                z_ref: (0..l_n).map(|l| last(HookPoint::Z(l), r)).collect(),
+                z_cf: (0..l_n).map(|l| last(HookPoint::Z(l), c)).collect(),
+                ref_labels: labels(r),
+                cf_labels: labels(c),
+            });
+        }
+        if let Some(pb) = progress {
+            pb.inc(n as u64);
+        }
+    }
+    Ok(runs)
+}
+
+/// Scores of every head on every pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadScores {
+    /// Heads in layer-major order (`layer * H + head`).
+    pub heads: Vec<HeadId>,
+    /// `[head][pair]`.
+    pub per_pair: Vec<Vec<f64>>,
+    /// Metric of each pair's clean reference run.
+    pub reference: Vec<f64>,
+}
+
+impl HeadScores {
+    pub fn mean(&self, i: usize) -> f64 {
+        let v = &self.per_pair[i];
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+    /// Population standard deviation over pairs.
+    pub fn std(&self, i: usize) -> f64 {
+        let v = &self.per_pair[i];
+        let m = self.mean(i);
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+    }
+    /// Head indices ranked ascending by mean score (most negative first).
+    pub fn ranking(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.heads.len()).collect();
+        idx.sort_by(|&a, &b| self.mean(a).total_cmp(&self.mean(b)).then(a.cmp(&b)));
+        idx
+    }
+}
+
+fn metric_of(metric: &Metric, labels: (f32, f32)) -> f64 {
+    metric.value(labels.0 as f64, labels.1 as f64)
+}
+
+/// The fast exact sweep: every head of every pair as a row through the single-position
+/// MLPs of later layers. `freeze_mlp` also freezes MLPs (the patch then reaches the final
+/// residual unchanged). Pairs are processed `chunk` at a time to bound memory.
+pub fn path_patching_fast<B: Backend>(
+    model: &Model<B>,
+    runs: &[CleanRun],
+    metric: &Metric,
+    freeze_mlp: bool,
+    chunk: usize,
+    progress: Option<&ProgressBar>,
+) -> Result<HeadScores> {
+    ensure!(!runs.is_empty(), "path patching needs at least one pair");
+    let b = &model.backend;
+    let w = &model.weights;
+    let cfg = &model.cfg;
+    let (l_n, h_n, dh, d) = (
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+    );
+    let eps = cfg.rms_norm_eps as f32;
+    let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
+    let label_w = b.gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?; // [2, d]
+    let heads = model.all_heads();
+    let mut per_pair = vec![vec![0.0; runs.len()]; heads.len()];
+    for (c, group) in runs.chunks(chunk.max(1)).enumerate() {
+        let p_n = group.len();
+        let mut x: Option<B::Tensor> = None; // [active rows, d]; rows ordered (layer, head, pair)
+        let mut row_pair: Vec<usize> = vec![];
+        for l in 0..l_n {
+            if let (Some(x), false) = (x.as_mut(), freeze_mlp) {
+                // Rows of earlier layers: this layer's attention output is the frozen X_r value.
+                let add: Vec<f32> = row_pair
+                    .iter()
+                    .flat_map(|&p| group[p].attn_out[l].iter().copied())
+                    .collect();
+                b.add_assign(
+                    x,
+                    &b.upload(&HostTensor::new(vec![row_pair.len(), d], add))?,
+                )?;
+            }
+            // New rows: dz has only head h's slice non-zero; delta = dz @ W_o^T. [H*P, d]
+            let mut dz = vec![0.0f32; h_n * p_n * h_n * dh];
+            let mut base = Vec::with_capacity(h_n * p_n * d);
+            for h in 0..h_n {
+                for (p, run) in group.iter().enumerate() {
+                    let row = (h * p_n + p) * h_n * dh + h * dh;
+                    for i in 0..dh {
+                        dz[row + i] = run.z_cf[l][h * dh + i] - run.z_ref[l][h * dh + i];
+                    }
+                    if freeze_mlp {
+                        base.extend_from_slice(&run.resid_pre[l_n]);
+                    } else {
+                        base.extend(
+                            run.resid_pre[l]
+                                .iter()
+                                .zip(&run.attn_out[l])
+                                .map(|(r, a)| r + a),
+                        );
+                    }
+                    row_pair.push(p);
+                }
+            }
+            let mut delta = b.linear(
+                &b.upload(&HostTensor::new(vec![h_n * p_n, h_n * dh], dz))?,
+                &w.layers[l].wo,
+            )?;
+            b.add_assign(
+                &mut delta,
+                &b.upload(&HostTensor::new(vec![h_n * p_n, d], base))?,
+            )?;
+            let mut xs = match x.take() {
+                Some(prev) => model.concat_rows(&prev, &delta)?,
+                None => delta,
+            };
+            if !freeze_mlp {
+                let lw = &w.layers[l];
+                let h2 = b.rmsnorm(&xs, &lw.mlp_norm, eps)?;
+                let act = b.swiglu(&b.linear(&h2, &lw.w_gate)?, &b.linear(&h2, &lw.w_up)?)?;
+                b.add_assign(&mut xs, &b.linear(&act, &lw.w_down)?)?;
+            }
+            x = Some(xs);
+            if let Some(pb) = progress {
+                pb.inc((h_n * p_n) as u64);
+            }
+        }
+        let x = x.expect("at least one layer");
+        let logits = b.download(&b.linear(&b.rmsnorm(&x, &w.final_norm, eps)?, &label_w)?)?; // [rows, 2]
+        for (r, &p) in row_pair.iter().enumerate() {
+            let (l, h) = (r / (h_n * p_n), (r / p_n) % h_n);
+            let f_ref = metric_of(metric, group[p].ref_labels);
+            let f = metric.value(logits.data[2 * r] as f64, logits.data[2 * r + 1] as f64);
+            per_pair[l * h_n + h][c * chunk.max(1) + p] = metric.score(f, f_ref);
+        }
+    }
+    let reference = runs
+        .iter()
+        .map(|r| metric_of(metric, r.ref_labels))
+        .collect();
+    Ok(HeadScores {
+        heads,
+        per_pair,
+        reference,
+    })
+}
+
+/// A patched node: a head, at the last position (`None`) or at an aligned position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub head: HeadId,
+    pub pos: Option<usize>,
+}
+
+/// The literal form, one patched forward of X_r per (node, pair), batched `batch` forwards
+/// per call: z of the node set to X_c's value, every later layer's attention input at the
+/// last position reset to X_r's, MLPs recomputed (or, with `freeze_mlp`, MLP outputs at
+/// the last position reset too). Non-last positions need pairs of equal length and the
+/// counterfactual's z at that position (`z_cf_at`).
+#[allow(clippy::too_many_arguments)]
+pub fn path_patching_literal<B: Backend>(
+    model: &Model<B>,
+    pairs: &[TokenPair],
+    runs: &[CleanRun],
+    nodes: &[Node],
+    metric: &Metric,
+    freeze_mlp: bool,
+    batch: usize,
+    progress: Option<&ProgressBar>,
+) -> Result<Vec<Vec<f64>>> {
+    let (l_n, dh) = (model.n_layers(), model.head_dim());
+    // X_c's z at the non-last positions the nodes need, per pair.
+    let positions: Vec<usize> = {
+        let mut v: Vec<usize> = nodes.iter().filter_map(|n| n.pos).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let cf_z = if positions.is_empty() {
+        None
+    } else {
+        super::pairs::require_equal_lengths(pairs, "patching positions other than the last")?;
+        let cfs: Vec<Vec<u32>> = pairs.iter().map(|p| p.counterfactual.clone()).collect();
+        Some(
+            model.forward(
+                &cfs,
+                &Taps::new()
+                    .with_logits(Positions::None)
+                    .capture_all_z(l_n, Positions::At(positions.clone())),
+            )?,
+        )
+    };
+    let mut jobs: Vec<(usize, usize)> = vec![]; // (node, pair)
+    for n in 0..nodes.len() {
+        for p in 0..pairs.len() {
+            jobs.push((n, p));
+        }
+    }
+    let mut scores = vec![vec![0.0; pairs.len()]; nodes.len()];
+    for group in jobs.chunks(batch.max(1)) {
+        let mut seqs = vec![];
+        let mut patches = vec![];
+        for (s, &(n, p)) in group.iter().enumerate() {
+            let node = nodes[n];
+            let run = &runs[p];
+            let (l, h) = (node.head.layer, node.head.head);
+            seqs.push(pairs[p].reference.clone());
+            let (pos, values) = match node.pos {
+                None => (run.ref_last, run.z_cf[l][h * dh..(h + 1) * dh].to_vec()),
+                Some(pos) => {
+                    let z = cf_z
+                        .as_ref()
+                        .expect("captured")
+                        .z(l)
+                        .expect("z")
+                        .row(p, pos);
+                    let z = z.ok_or_else(|| anyhow::anyhow!("pair {p} has no position {pos}"))?;
+                    (pos, z[h * dh..(h + 1) * dh].to_vec())
+                }
+            };
+            patches.push(Patch {
+                point: HookPoint::Z(l),
+                seq: s,
+                pos,
+                col0: h * dh,
+                values,
+            });
+            for later in l + 1..l_n {
+                let values = run.attn_in[later].clone();
+                patches.push(Patch {
+                    point: HookPoint::AttnIn(later),
+                    seq: s,
+                    pos: run.ref_last,
+                    col0: 0,
+                    values,
+                });
+            }
+            if freeze_mlp {
+                for m in l..l_n {
+                    let values = run.mlp_out[m].clone();
+                    patches.push(Patch {
+                        point: HookPoint::MlpOut(m),
+                        seq: s,
+                        pos: run.ref_last,
+                        col0: 0,
+                        values,
+                    });
+                }
+            }
+        }
+        let taps = Taps {
+            patches,
+            ..Taps::new()
+        };
+        let out = model.forward(&seqs, &taps)?;
+        for (s, &(n, p)) in group.iter().enumerate() {
+            let f = metric.of_logits(out.logits.last_of(s).expect("logits"));
+            scores[n][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
+        }
+        if let Some(pb) = progress {
+            pb.inc(group.len() as u64);
+        }
+    }
+    Ok(scores)
+}
+
+/// The literal oracle over every head at the last position, as [`HeadScores`].
+pub fn path_patching_oracle<B: Backend>(
+    model: &Model<B>,
+    pairs: &[TokenPair],
+    runs: &[CleanRun],
+    metric: &Metric,
+    freeze_mlp: bool,
+    progress: Option<&ProgressBar>,
+) -> Result<HeadScores> {
+    let heads = model.all_heads();
+    let nodes: Vec<Node> = heads.iter().map(|&head| Node { head, pos: None }).collect();
+    let per_pair =
+        path_patching_literal(model, pairs, runs, &nodes, metric, freeze_mlp, 16, progress)?;
+    let reference = runs
+        .iter()
+        .map(|r| metric_of(metric, r.ref_labels))
+        .collect();
+    Ok(HeadScores {
+        heads,
+        per_pair,
+        reference,
+    })
+}
+
+/// Activation patching (total effect, nothing frozen) of every head at the last position:
+/// X_r's prefix is cached once per pair; for each layer l, every (head, pair) continues
+/// that prefix with the last token only, starting at layer l from X_r's residual, with
+/// z[l][h] at the last position set to X_c's value.
+pub fn activation_patching_last<B: Backend>(
+    model: &Model<B>,
+    pairs: &[TokenPair],
+    runs: &[CleanRun],
+    metric: &Metric,
+    progress: Option<&ProgressBar>,
+) -> Result<HeadScores> {
+    let (l_n, h_n, dh, d) = (
+        model.n_layers(),
+        model.n_heads(),
+        model.head_dim(),
+        model.cfg.hidden_size,
+    );
+    let heads = model.all_heads();
+    let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
+    let longest = pairs.iter().map(|p| p.reference.len()).max().unwrap_or(1);
+    let mut cache = model.new_cache(pairs.len(), longest)?;
+    let mut prefixes: Vec<(usize, &[u32])> = vec![];
+    for (i, p) in pairs.iter().enumerate() {
+        if p.reference.len() > 1 {
+            prefixes.push((i, &p.reference[..p.reference.len() - 1]));
+        }
+    }
+    if !prefixes.is_empty() {
+        model.forward_cached(
+            &prefixes,
+            &mut cache,
+            &Taps::new().with_logits(Positions::None),
+        )?;
+    }
+    for l in 0..l_n {
+        let mut inputs: Vec<(usize, &[u32])> = vec![];
+        let mut resid = Vec::with_capacity(h_n * pairs.len() * d);
+        let mut patches = vec![];
+        for h in 0..h_n {
+            for (p, pair) in pairs.iter().enumerate() {
+                let run = &runs[p];
+                let s = inputs.len();
+                inputs.push((p, &pair.reference[run.ref_last..]));
+                resid.extend_from_slice(&run.resid_pre[l]);
+                let values = run.z_cf[l][h * dh..(h + 1) * dh].to_vec();
+                patches.push(Patch {
+                    point: HookPoint::Z(l),
+                    seq: s,
+                    pos: run.ref_last,
+                    col0: h * dh,
+                    values,
+                });
+            }
+        }
+        let resid = HostTensor::new(vec![inputs.len(), d], resid);
+        let out = model.forward_on_prefix(
+            &inputs,
+            &cache,
+            &Taps {
+                patches,
+                ..Taps::new()
+            },
+            Some((l, &resid)),
+        )?;
+        for (s, &(p, _)) in inputs.iter().enumerate() {
+            let h = s / pairs.len();
+            let f = metric.of_logits(out.logits.last_of(s).expect("logits"));
+            per_pair[l * h_n + h][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
+        }
+        if let Some(pb) = progress {
+            pb.inc((h_n * pairs.len()) as u64);
+        }
+    }
+    let reference = runs
+        .iter()
+        .map(|r| metric_of(metric, r.ref_labels))
+        .collect();
+    Ok(HeadScores {
+        heads,
+        per_pair,
+        reference,
+    })
+}
+
+/// Activation patching at chosen positions (or all), recomputing every position from layer
+/// l on; pairs must be of equal length. Each head's patched copies run together.
+pub fn activation_patching_positions<B: Backend>(
+    model: &Model<B>,
+    pairs: &[TokenPair],
+    runs: &[CleanRun],
+    metric: &Metric,
+    positions: &Positions,
+    progress: Option<&ProgressBar>,
+) -> Result<HeadScores> {
+    super::pairs::require_equal_lengths(
+        pairs,
+        "activation patching at positions other than the last",
+    )?;
+    let (l_n, h_n, dh) = (model.n_layers(), model.n_heads(), model.head_dim());
+    let heads = model.all_heads();
+    let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
+    let refs: Vec<Vec<u32>> = pairs.iter().map(|p| p.reference.clone()).collect();
+    let cfs: Vec<Vec<u32>> = pairs.iter().map(|p| p.counterfactual.clone()).collect();
+    let mut cap = Taps::new().with_logits(Positions::None);
+    for l in 0..l_n {
+        cap = cap.capture(HookPoint::ResidPre(l), Positions::All);
+    }
+    let clean = model.forward(&refs, &cap)?;
+    let cf = model.forward(
+        &cfs,
+        &Taps::new()
+            .with_logits(Positions::None)
+            .capture_all_z(l_n, positions.clone()),
+    )?;
+    for (p, pair) in pairs.iter().enumerate() {
+        let t = pair.reference.len();
+        for l in 0..l_n {
+            let resid = &clean.captures[&HookPoint::ResidPre(l)];
+            let rows: Vec<f32> = (0..t)
+                .flat_map(|pos| resid.row(p, pos).expect("resid").to_vec())
+                .collect();
+            let zc = cf.z(l).expect("z");
+            let seqs: Vec<Vec<u32>> = vec![pair.reference.clone(); h_n];
+            let mut patches = vec![];
+            for h in 0..h_n {
+                for (i, &(s, pos)) in zc.index.iter().enumerate() {
+                    if s == p {
+                        let values = zc.row_at(i)[h * dh..(h + 1) * dh].to_vec();
+                        patches.push(Patch {
+                            point: HookPoint::Z(l),
+                            seq: h,
+                            pos,
+                            col0: h * dh,
+                            values,
+                        });
+                    }
+                }
+            }
+            let all: Vec<f32> = (0..h_n).flat_map(|_| rows.iter().copied()).collect();
+            let resid_all = HostTensor::new(vec![h_n * t, model.cfg.hidden_size], all);
+            let out = model.forward_from(
+                l,
+                &seqs,
+                &resid_all,
+                &Taps {
+                    patches,
+                    ..Taps::new()
+                },
+            )?;
+            for h in 0..h_n {
+                let f = metric.of_logits(out.logits.last_of(h).expect("logits"));
+                per_pair[l * h_n + h][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
+            }
+            if let Some(pb) = progress {
+                pb.inc(h_n as u64);
+            }
+        }
+    }
+    let reference = runs
+        .iter()
+        .map(|r| metric_of(metric, r.ref_labels))
+        .collect();
+    Ok(HeadScores {
+        heads,
+        per_pair,
+        reference,
+    })
+}
