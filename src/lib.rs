@@ -2,10 +2,15 @@
 //! validate them, and fine-tune only those heads (supervised pinpoint tuning).
 
 pub mod backend;
+/// Backward ops ([`backend_train::TrainBackend`]); lives beside the other backend files.
+#[path = "backend/train.rs"]
+pub mod backend_train;
+pub mod backward;
 pub mod generate;
 pub mod heads;
 pub mod model;
 pub mod transformer;
+pub mod tune;
 pub mod util;
 
 pub use heads::{HeadId, HookPoint, Positions, Taps};
