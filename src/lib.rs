@@ -2,11 +2,13 @@
 //! validate them, and fine-tune only those heads (supervised pinpoint tuning).
 
 pub mod backend;
+pub mod backward;
 pub mod diagnose;
 pub mod generate;
 pub mod heads;
 pub mod model;
 pub mod transformer;
+pub mod tune;
 pub mod util;
 
 pub use heads::{HeadId, HookPoint, Positions, Taps};

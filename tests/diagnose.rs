@@ -123,7 +123,9 @@ fn activation_patching_equals_one_full_forward_per_head() {
             for (p, pair) in ps.iter().enumerate() {
                 let z = runs[p].z_cf[head.layer][head.head * d..(head.head + 1) * d].to_vec();
                 let taps = Taps::new().patch_z(*head, d, 0, pair.ref_last(), z);
-                let out = m.forward(&[pair.reference.clone()], &taps).unwrap();
+                let out = m
+                    .forward(std::slice::from_ref(&pair.reference), &taps)
+                    .unwrap();
                 let f = metric.of_logits(out.logits.row_at(0));
                 brute[i][p] = metric.score(f, fast.reference[p]);
             }
@@ -164,7 +166,7 @@ fn activation_patching_equals_one_full_forward_per_head() {
                 }
                 let out = m
                     .forward(
-                        &[pair.reference.clone()],
+                        std::slice::from_ref(&pair.reference),
                         &Taps {
                             patches,
                             ..Taps::new()

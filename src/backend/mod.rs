@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod cpu_gemm;
+pub mod train;
 
 use crate::model::HostTensor;
 use anyhow::Result;

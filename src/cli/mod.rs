@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod models;
+mod tune;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,11 @@ pub enum Command {
     ///
     /// Example: pinpoint generate --prompt "The capital of France is" --max-new-tokens 16
     Generate(chat::GenerateArgs),
+    /// Supervised pinpoint tuning: train only the chosen heads' q/k/v/o slices (or a
+    /// baseline: full fine-tuning, LoRA), everything else frozen bit for bit.
+    ///
+    /// Example: pinpoint tune --heads out/heads.json --top-k 8 --data train.jsonl --out tuned
+    Tune(tune::TuneArgs),
     /// Benchmarks printing JSON rows (forward prefill, decode).
     ///
     /// Example: pinpoint bench forward --batch 8 --seq 128
@@ -91,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::chat(a),
         Command::Generate(a) => chat::generate(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Tune(a) => tune::tune(a),
     }
 }
 

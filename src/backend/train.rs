@@ -1,0 +1,661 @@
+//! Backward ops for training, forward and backward side by side: [`TrainBackend`] extends
+//! [`Backend`] (whose forward ops the training forward reuses) with the gradient of every op,
+//! and its f32 implementation for [`CpuBackend`].
+//!
+//! Convention (llm.c): "param grads +=" (weight gradients accumulate into buffers the caller
+//! owns, so micro-batches add up), "activation grads =" (activation gradients are returned
+//! as fresh tensors). Weight gradients can be restricted to a [`Region`] of a matrix, so a
+//! partly trainable matrix costs a GEMM over its trainable rows/columns only.
+//!
+//! (Compiled as `crate::backend::train` via `#[path]` in lib.rs while `backend/mod.rs` is
+//! owned elsewhere; on merge it can become `backend::train`.)
+
+use crate::backend::cpu::{rope_cos_sin, rope_inv_freq, softmax_in_place, CpuBackend};
+use crate::backend::{AttnShape, Backend, SeqSpan};
+use crate::model::HostTensor;
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A rectangular part of a 2-D weight `[rows, cols]` (1-D weights train `Full` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Region {
+    /// The whole tensor.
+    Full,
+    /// Rows `[start, start + len)`, all columns.
+    Rows { start: usize, len: usize },
+    /// Columns `[start, start + len)`, all rows.
+    Cols { start: usize, len: usize },
+}
+
+impl Region {
+    /// Shape of the region of a tensor of `shape` (1-D tensors: `[n]`).
+    pub fn shape(self, shape: &[usize]) -> Vec<usize> {
+        match (self, shape) {
+            (Region::Full, s) => s.to_vec(),
+            (Region::Rows { len, .. }, [_, c]) => vec![len, *c],
+            (Region::Cols { len, .. }, [r, _]) => vec![*r, len],
+            (_, s) => s.to_vec(),
+        }
+    }
+    pub fn numel(self, shape: &[usize]) -> usize {
+        self.shape(shape).iter().product()
+    }
+    /// Does the region fit inside a tensor of `shape`?
+    pub fn check(self, shape: &[usize]) -> Result<()> {
+        match (self, shape) {
+            (Region::Full, _) => Ok(()),
+            (Region::Rows { start, len }, [r, _]) if start + len <= *r => Ok(()),
+            (Region::Cols { start, len }, [_, c]) if start + len <= *c => Ok(()),
+            (reg, s) => bail!("region {reg:?} does not fit a tensor of shape {s:?}"),
+        }
+    }
+}
+
+/// Backward ops. Shapes: `n` rows (tokens), weights `[out, in]` as in HF.
+pub trait TrainBackend: Backend {
+    /// A copy of `t`.
+    fn copy(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()>;
+
+    /// Backward of `y = x @ w^T`: activation grads `dx [n, in] = dy [n, out] @ w [out, in]`.
+    fn linear_bwd_input(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Backward of `y = x @ w^T` for the weight region `reg`: param grads
+    /// `dw_reg += (dy^T @ x)[reg]`, `dw_reg` of shape `reg.shape([out, in])`. Only the
+    /// region's rows (columns) enter the GEMM.
+    fn linear_bwd_weight(
+        &self,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        reg: Region,
+        dw_reg: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// Backward of `y = w * x / rms(x)`: activation grads `dx [n, d]` =; param grads
+    /// `dw [d]` += when given.
+    fn rmsnorm_bwd(
+        &self,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        eps: f32,
+        dw: Option<&mut Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Backward of rotate-half RoPE, in place on the gradient `dx [n, heads * head_dim]`
+    /// (the transpose of the rotation: rotate by `-angle`).
+    fn rope_bwd(
+        &self,
+        dx: &mut Self::Tensor,
+        head_dim: usize,
+        positions: &[usize],
+        theta: f64,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::attention`] (causal, GQA, sliding window), recomputing the
+    /// probabilities. `dz [n, H*D]` -> activation grads `dq [n, H*D]`, `dk`, `dv`
+    /// `[rows, G*D]` (=); dK/dV of a kv group sum over the query heads that share it.
+    fn attention_bwd(
+        &self,
+        dz: &Self::Tensor,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+
+    /// Backward of `act = silu(gate) * up`: activation grads `(dgate, dup)` =.
+    fn swiglu_bwd(
+        &self,
+        dact: &Self::Tensor,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+
+    /// Backward of the embedding lookup: param grads `dtable[ids[i]] += dx[i]`.
+    fn embed_bwd(&self, dx: &Self::Tensor, ids: &[u32], dtable: &mut Self::Tensor) -> Result<()>;
+
+    /// Fused softmax cross-entropy in f32. `logits [n, V]`, `targets[i]` the target of row i
+    /// (`None`: no loss at that row). Returns the SUM of `-log p(target)` over rows with a
+    /// target (f64) and activation grads `dlogits = (softmax - onehot) * scale` (rows
+    /// without target: 0).
+    fn xent_fwd_bwd(
+        &self,
+        logits: &Self::Tensor,
+        targets: &[Option<u32>],
+        scale: f32,
+    ) -> Result<(f64, Self::Tensor)>;
+
+    /// Region `reg` of `t`, as a host tensor.
+    fn read_region(&self, t: &Self::Tensor, reg: Region) -> Result<HostTensor>;
+    /// Overwrite region `reg` of `t` with `src` (shape `reg.shape(t.shape)`).
+    fn write_region(&self, t: &mut Self::Tensor, reg: Region, src: &HostTensor) -> Result<()>;
+}
+
+fn dims2(t: &HostTensor) -> Result<(usize, usize)> {
+    match t.shape.as_slice() {
+        [r, c] => Ok((*r, *c)),
+        [c] => Ok((1, *c)),
+        s => bail!("expected a 2-D tensor, got shape {s:?}"),
+    }
+}
+
+/// A strided matrix view: element (i, j) at `ptr[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    /// Highest index touched for an `r x c` matrix.
+    fn end(&self, r: usize, c: usize) -> usize {
+        if r == 0 || c == 0 {
+            return self.off;
+        }
+        self.off + (r - 1) * self.rs + (c - 1) * self.cs + 1
+    }
+}
+
+/// `dst [m, n] (+)= lhs [m, k] @ rhs [k, n]`, dst row-major contiguous, f32.
+fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: View,
+    rhs: View,
+) {
+    assert!(dst.len() >= m * n, "gemm: dst too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(lhs.end(m, k) <= lhs.data.len(), "gemm: lhs out of bounds");
+    assert!(rhs.end(k, n) <= rhs.data.len(), "gemm: rhs out of bounds");
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k > 32 * 1024 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every element the strided views address; dst covers
+    // m*n contiguous elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.off),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.off),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+impl TrainBackend for CpuBackend {
+    fn copy(&self, t: &HostTensor) -> Result<HostTensor> {
+        Ok(t.clone())
+    }
+    fn scale(&self, x: &mut HostTensor, s: f32) -> Result<()> {
+        x.data.par_iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn linear_bwd_input(&self, dy: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
+        let (n, m) = dims2(dy)?;
+        let (m2, k) = dims2(w)?;
+        ensure!(
+            m == m2,
+            "linear_bwd_input: dy has {m} columns, weight has {m2} rows"
+        );
+        // dx [n, k] = dy [n, m] @ w [m, k]
+        let mut dx = vec![0.0f32; n * k];
+        let lhs = View {
+            data: &dy.data,
+            off: 0,
+            rs: m,
+            cs: 1,
+        };
+        let rhs = View {
+            data: &w.data,
+            off: 0,
+            rs: k,
+            cs: 1,
+        };
+        gemm_into(&mut dx, false, n, k, m, lhs, rhs);
+        Ok(HostTensor::new(vec![n, k], dx))
+    }
+
+    fn linear_bwd_weight(
+        &self,
+        dy: &HostTensor,
+        x: &HostTensor,
+        reg: Region,
+        dw_reg: &mut HostTensor,
+    ) -> Result<()> {
+        let (n, m) = dims2(dy)?;
+        let (n2, k) = dims2(x)?;
+        ensure!(n == n2, "linear_bwd_weight: dy has {n} rows, x has {n2}");
+        reg.check(&[m, k])?;
+        let want = reg.shape(&[m, k]);
+        ensure!(
+            dw_reg.numel() == want.iter().product::<usize>(),
+            "linear_bwd_weight: grad buffer {:?} for region {reg:?} of [{m}, {k}]",
+            dw_reg.shape
+        );
+        match reg {
+            Region::Full | Region::Rows { .. } => {
+                let (r0, len) = match reg {
+                    Region::Rows { start, len } => (start, len),
+                    _ => (0, m),
+                };
+                // dw[len, k] += dy[:, r0..r0+len]^T [len, n] @ x [n, k]
+                let lhs = View {
+                    data: &dy.data,
+                    off: r0,
+                    rs: 1,
+                    cs: m,
+                };
+                let rhs = View {
+                    data: &x.data,
+                    off: 0,
+                    rs: k,
+                    cs: 1,
+                };
+                gemm_into(&mut dw_reg.data, true, len, k, n, lhs, rhs);
+            }
+            Region::Cols { start, len } => {
+                // dw[m, len] += dy^T [m, n] @ x[:, start..start+len] [n, len]
+                let lhs = View {
+                    data: &dy.data,
+                    off: 0,
+                    rs: 1,
+                    cs: m,
+                };
+                let rhs = View {
+                    data: &x.data,
+                    off: start,
+                    rs: k,
+                    cs: 1,
+                };
+                gemm_into(&mut dw_reg.data, true, m, len, n, lhs, rhs);
+            }
+        }
+        Ok(())
+    }
+
+    fn rmsnorm_bwd(
+        &self,
+        dy: &HostTensor,
+        x: &HostTensor,
+        w: &HostTensor,
+        eps: f32,
+        dw: Option<&mut HostTensor>,
+    ) -> Result<HostTensor> {
+        let (n, d) = dims2(x)?;
+        ensure!(
+            dy.shape == x.shape,
+            "rmsnorm_bwd: dy {:?} vs x {:?}",
+            dy.shape,
+            x.shape
+        );
+        ensure!(
+            w.numel() == d,
+            "rmsnorm_bwd: weight of {} for rows of {d}",
+            w.numel()
+        );
+        // y = w * x * r, r = (mean(x^2) + eps)^-1/2; with g = w * dy:
+        // dx = r * g - x * r^3 * (g . x) / d;  dw += dy * x * r (summed over rows).
+        let per_row: Vec<(Vec<f32>, Vec<f32>)> = x
+            .data
+            .par_chunks(d)
+            .zip(dy.data.par_chunks(d))
+            .map(|(xi, dyi)| {
+                let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let r = 1.0 / (ms + eps).sqrt();
+                let gx: f32 = xi
+                    .iter()
+                    .zip(dyi)
+                    .zip(&w.data)
+                    .map(|((x, dy), w)| w * dy * x)
+                    .sum();
+                let c = r * r * r * gx / d as f32;
+                let dx = xi
+                    .iter()
+                    .zip(dyi)
+                    .zip(&w.data)
+                    .map(|((x, dy), w)| r * w * dy - x * c)
+                    .collect();
+                let dwr = xi.iter().zip(dyi).map(|(x, dy)| dy * x * r).collect();
+                (dx, dwr)
+            })
+            .collect();
+        let mut dx = Vec::with_capacity(n * d);
+        for (r, _) in &per_row {
+            dx.extend_from_slice(r);
+        }
+        if let Some(dw) = dw {
+            ensure!(
+                dw.numel() == d,
+                "rmsnorm_bwd: dw has {} elements, rows {d}",
+                dw.numel()
+            );
+            for (_, g) in &per_row {
+                for (a, b) in dw.data.iter_mut().zip(g) {
+                    *a += b;
+                }
+            }
+        }
+        Ok(HostTensor::new(vec![n, d], dx))
+    }
+
+    fn rope_bwd(
+        &self,
+        dx: &mut HostTensor,
+        head_dim: usize,
+        positions: &[usize],
+        theta: f64,
+    ) -> Result<()> {
+        let (n, c) = dims2(dx)?;
+        ensure!(
+            positions.len() == n && c % head_dim == 0,
+            "rope_bwd: {n} rows, {} positions",
+            positions.len()
+        );
+        let inv = rope_inv_freq(head_dim, theta);
+        let half = head_dim / 2;
+        // Forward: a' = a cos - b sin, b' = b cos + a sin. Transpose:
+        // da = da' cos + db' sin, db = db' cos - da' sin.
+        dx.data
+            .par_chunks_mut(c)
+            .zip(positions)
+            .for_each(|(row, &p)| {
+                let (cos, sin) = rope_cos_sin(p, &inv);
+                for head in row.chunks_exact_mut(head_dim) {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (ga, gb) = (a[i], b[i]);
+                        a[i] = ga * cos[i] + gb * sin[i];
+                        b[i] = gb * cos[i] - ga * sin[i];
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn attention_bwd(
+        &self,
+        dz: &HostTensor,
+        q: &HostTensor,
+        k: &HostTensor,
+        v: &HostTensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+    ) -> Result<(HostTensor, HostTensor, HostTensor)> {
+        let AttnShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: dh,
+            window,
+        } = shape;
+        let (n, qc) = dims2(q)?;
+        let (kr, kc) = dims2(k)?;
+        ensure!(
+            qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
+            "attention_bwd: bad widths q {qc} k {kc} dz {:?}",
+            dz.shape
+        );
+        ensure!(k.shape == v.shape, "attention_bwd: k and v shapes differ");
+        for s in spans {
+            ensure!(
+                s.q_start + s.q_len <= n && s.kv_end() <= kr,
+                "attention_bwd: span {s:?} out of range"
+            );
+        }
+        let group = n_heads / n_kv_heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        // One task per (span, kv group): it owns dK/dV of that group over the span's keys and
+        // dQ of the group's query heads. Probabilities are recomputed as in the forward.
+        let tasks: Vec<(usize, usize)> = (0..spans.len())
+            .flat_map(|s| (0..n_kv_heads).map(move |g| (s, g)))
+            .collect();
+        struct Out {
+            dq: Vec<f32>, // [group, q_len, dh]
+            dk: Vec<f32>, // [kv_len, dh]
+            dv: Vec<f32>,
+        }
+        let outs: Vec<Out> = tasks
+            .par_iter()
+            .map(|&(si, g)| {
+                let s = spans[si];
+                let kv_len = s.pos0 + s.q_len;
+                let mut o = Out {
+                    dq: vec![0.0; group * s.q_len * dh],
+                    dk: vec![0.0; kv_len * dh],
+                    dv: vec![0.0; kv_len * dh],
+                };
+                let mut p = Vec::with_capacity(kv_len);
+                let mut dp = Vec::with_capacity(kv_len);
+                for hh in 0..group {
+                    let h = g * group + hh;
+                    for i in 0..s.q_len {
+                        let pos = s.pos0 + i;
+                        let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                        let qrow = &q.data[(s.q_start + i) * qc + h * dh..][..dh];
+                        let dzrow = &dz.data[(s.q_start + i) * qc + h * dh..][..dh];
+                        p.clear();
+                        dp.clear();
+                        for j in lo..=pos {
+                            let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
+                            let vrow = &v.data[s.kv_row(j) * kc + g * dh..][..dh];
+                            p.push(qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * scale);
+                            dp.push(dzrow.iter().zip(vrow).map(|(a, b)| a * b).sum::<f32>());
+                        }
+                        softmax_in_place(&mut p);
+                        // dS_j = P_j (dP_j - sum_j P_j dP_j)
+                        let pdp: f32 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                        let dqrow = &mut o.dq[(hh * s.q_len + i) * dh..][..dh];
+                        for (jj, j) in (lo..=pos).enumerate() {
+                            let ds = p[jj] * (dp[jj] - pdp) * scale;
+                            let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
+                            for (a, b) in dqrow.iter_mut().zip(krow) {
+                                *a += ds * b;
+                            }
+                            let dkrow = &mut o.dk[j * dh..(j + 1) * dh];
+                            for (a, b) in dkrow.iter_mut().zip(qrow) {
+                                *a += ds * b;
+                            }
+                            let dvrow = &mut o.dv[j * dh..(j + 1) * dh];
+                            for (a, b) in dvrow.iter_mut().zip(dzrow) {
+                                *a += p[jj] * b;
+                            }
+                        }
+                    }
+                }
+                o
+            })
+            .collect();
+        let mut dq = vec![0.0f32; n * qc];
+        let mut dk = vec![0.0f32; kr * kc];
+        let mut dv = vec![0.0f32; kr * kc];
+        for (&(si, g), o) in tasks.iter().zip(outs) {
+            let s = spans[si];
+            for hh in 0..group {
+                let h = g * group + hh;
+                for i in 0..s.q_len {
+                    dq[(s.q_start + i) * qc + h * dh..][..dh]
+                        .copy_from_slice(&o.dq[(hh * s.q_len + i) * dh..][..dh]);
+                }
+            }
+            // Spans may share key rows (a cache); accumulate.
+            for j in 0..s.pos0 + s.q_len {
+                let base = s.kv_row(j) * kc + g * dh;
+                for c in 0..dh {
+                    dk[base + c] += o.dk[j * dh + c];
+                    dv[base + c] += o.dv[j * dh + c];
+                }
+            }
+        }
+        Ok((
+            HostTensor::new(vec![n, qc], dq),
+            HostTensor::new(vec![kr, kc], dk),
+            HostTensor::new(vec![kr, kc], dv),
+        ))
+    }
+
+    fn swiglu_bwd(
+        &self,
+        dact: &HostTensor,
+        gate: &HostTensor,
+        up: &HostTensor,
+    ) -> Result<(HostTensor, HostTensor)> {
+        ensure!(
+            gate.shape == up.shape && dact.shape == gate.shape,
+            "swiglu_bwd: shapes {:?} {:?} {:?}",
+            dact.shape,
+            gate.shape,
+            up.shape
+        );
+        // act = g * sigmoid(g) * u;  dact/dg = u * s * (1 + g (1 - s)), dact/du = silu(g).
+        let (dg, du): (Vec<f32>, Vec<f32>) = dact
+            .data
+            .par_iter()
+            .zip(&gate.data)
+            .zip(&up.data)
+            .map(|((d, g), u)| {
+                let s = 1.0 / (1.0 + (-g).exp());
+                (d * u * s * (1.0 + g * (1.0 - s)), d * g * s)
+            })
+            .unzip();
+        Ok((
+            HostTensor::new(gate.shape.clone(), dg),
+            HostTensor::new(gate.shape.clone(), du),
+        ))
+    }
+
+    fn embed_bwd(&self, dx: &HostTensor, ids: &[u32], dtable: &mut HostTensor) -> Result<()> {
+        let (n, d) = dims2(dx)?;
+        let (vocab, d2) = dims2(dtable)?;
+        ensure!(
+            n == ids.len() && d == d2,
+            "embed_bwd: {n} rows for {} ids",
+            ids.len()
+        );
+        for (row, &id) in dx.data.chunks_exact(d).zip(ids) {
+            ensure!((id as usize) < vocab, "embed_bwd: id {id} outside {vocab}");
+            for (a, b) in dtable.data[id as usize * d..][..d].iter_mut().zip(row) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+
+    fn xent_fwd_bwd(
+        &self,
+        logits: &HostTensor,
+        targets: &[Option<u32>],
+        scale: f32,
+    ) -> Result<(f64, HostTensor)> {
+        let (n, vocab) = dims2(logits)?;
+        ensure!(
+            targets.len() == n,
+            "xent: {} targets for {n} rows",
+            targets.len()
+        );
+        if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+            bail!("xent: target {t} outside the vocabulary of {vocab}");
+        }
+        let mut d = vec![0.0f32; n * vocab];
+        let losses: Vec<f32> = d
+            .par_chunks_mut(vocab)
+            .zip(logits.data.par_chunks(vocab))
+            .zip(targets)
+            .map(|((drow, lrow), t)| {
+                let Some(t) = *t else { return 0.0 };
+                let max = lrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for (dv, &l) in drow.iter_mut().zip(lrow) {
+                    *dv = (l - max).exp();
+                    sum += *dv;
+                }
+                let inv = 1.0 / sum;
+                for dv in drow.iter_mut() {
+                    *dv *= inv * scale;
+                }
+                drow[t as usize] -= scale;
+                // -log softmax(t) = log(sum) + max - l_t
+                sum.ln() + max - lrow[t as usize]
+            })
+            .collect();
+        let total = losses.iter().map(|&l| l as f64).sum();
+        Ok((total, HostTensor::new(vec![n, vocab], d)))
+    }
+
+    fn read_region(&self, t: &HostTensor, reg: Region) -> Result<HostTensor> {
+        reg.check(&t.shape)?;
+        Ok(match reg {
+            Region::Full => t.clone(),
+            Region::Rows { start, len } => {
+                let c = t.shape[1];
+                HostTensor::new(vec![len, c], t.data[start * c..(start + len) * c].to_vec())
+            }
+            Region::Cols { start, len } => {
+                let (r, c) = (t.shape[0], t.shape[1]);
+                let mut out = Vec::with_capacity(r * len);
+                for i in 0..r {
+                    out.extend_from_slice(&t.data[i * c + start..i * c + start + len]);
+                }
+                HostTensor::new(vec![r, len], out)
+            }
+        })
+    }
+
+    fn write_region(&self, t: &mut HostTensor, reg: Region, src: &HostTensor) -> Result<()> {
+        reg.check(&t.shape)?;
+        let n = reg.numel(&t.shape);
+        ensure!(
+            src.numel() == n,
+            "write_region: {} values for {reg:?} of {:?}",
+            src.numel(),
+            t.shape
+        );
+        match reg {
+            Region::Full => t.data.copy_from_slice(&src.data),
+            Region::Rows { start, len } => {
+                let c = t.shape[1];
+                t.data[start * c..(start + len) * c].copy_from_slice(&src.data);
+            }
+            Region::Cols { start, len } => {
+                let c = t.shape[1];
+                for (i, row) in src.data.chunks_exact(len).enumerate() {
+                    t.data[i * c + start..i * c + start + len].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,634 @@
+//! Training forward (keeps what backward needs) and the backward pass through the whole
+//! model, written once over [`TrainBackend`].
+//!
+//! The forward repeats `transformer.rs`'s op order exactly (embed -> per layer [rmsnorm,
+//! q/k/v, rope, attention, o_proj, add, rmsnorm, gate/up, swiglu, down, add] -> final norm ->
+//! lm_head), so the training loss is the evaluation loss. The loss is token-level
+//! cross-entropy; only rows with a target go through the final norm and lm_head.
+//!
+//! Backward stages, bottom to top: embed (0), attention of layer l (1 + 2l), MLP of layer l
+//! (2 + 2l), final norm + head (2L + 1). Stages below the lowest trainable one are not
+//! visited, and the lowest visited stage does not compute the gradient it would pass down.
+//! Weight gradients are computed only for the mask's slices (region GEMMs).
+
+use crate::backend::train::{Region, TrainBackend};
+use crate::backend::{AttnShape, SeqSpan};
+use crate::model::HostTensor;
+use crate::transformer::Model;
+use crate::tune::mask::{param, LayerParam, Mask, ParamId};
+use anyhow::{bail, ensure, Result};
+
+/// One training sequence: `targets[t]` is the token the logits at position t must predict
+/// (`None`: no loss there). HF's `labels` are shifted: `targets[t] = labels[t + 1]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainSeq {
+    pub ids: Vec<u32>,
+    pub targets: Vec<Option<u32>>,
+}
+
+impl TrainSeq {
+    /// From HF `input_ids` and `labels` (-100 = ignored), shifting as `ForCausalLMLoss`.
+    pub fn from_hf_labels(ids: &[u32], labels: &[i64]) -> Self {
+        let targets = (0..ids.len())
+            .map(|t| match labels.get(t + 1) {
+                Some(&l) if l >= 0 => Some(l as u32),
+                _ => None,
+            })
+            .collect();
+        Self {
+            ids: ids.to_vec(),
+            targets,
+        }
+    }
+    pub fn n_targets(&self) -> usize {
+        self.targets.iter().flatten().count()
+    }
+}
+
+/// A low-rank adapter on one projection: `y = x W^T + scale * (x A^T) B^T`,
+/// `a [r, in]`, `b [out, r]`.
+pub struct Adapter<T> {
+    pub layer: usize,
+    pub proj: LayerParam,
+    pub a: T,
+    pub b: T,
+    pub scale: f32,
+}
+
+/// Gradient buffers: one per mask slice (shape of the slice's region), and `(dA, dB)` per
+/// adapter. Backward accumulates into them (param grads +=).
+pub struct Grads<T> {
+    pub slices: Vec<T>,
+    pub adapters: Vec<(T, T)>,
+}
+
+impl<T> Grads<T> {
+    /// Zeroed buffers for `mask` and `adapters`.
+    pub fn zeros<B: TrainBackend<Tensor = T>>(
+        model: &Model<B>,
+        mask: &Mask,
+        adapters: &[Adapter<T>],
+    ) -> Result<Self> {
+        let b = &model.backend;
+        let mut slices = Vec::with_capacity(mask.slices.len());
+        for s in &mask.slices {
+            let shape = b.shape(param(&model.weights, s.param)?).to_vec();
+            slices.push(b.zeros(&s.region.shape(&shape))?);
+        }
+        let mut ads = Vec::with_capacity(adapters.len());
+        for a in adapters {
+            ads.push((b.zeros(b.shape(&a.a))?, b.zeros(b.shape(&a.b))?));
+        }
+        Ok(Self {
+            slices,
+            adapters: ads,
+        })
+    }
+}
+
+/// What the forward keeps of one layer.
+struct LayerActs<T> {
+    x_in: T,  // [n, d] residual entering the layer
+    h: T,     // [n, d] attn_norm(x_in)
+    q: T,     // [n, H*D] after rope
+    k: T,     // [n, G*D] after rope
+    v: T,     // [n, G*D]
+    z: T,     // [n, H*D]
+    x_mid: T, // [n, d] residual after attention
+    h2: T,    // [n, d] mlp_norm(x_mid)
+    gate: T,  // [n, F]
+    up: T,    // [n, F]
+    act: T,   // [n, F]
+}
+
+struct Packed {
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    spans: Vec<SeqSpan>,
+}
+
+struct Forward<T> {
+    packed: Packed,
+    layers: Vec<LayerActs<T>>,
+    /// Per adapter: `scale * x A^T` `[n, r]`.
+    lora_u: Vec<Option<T>>,
+    x_final: T,
+}
+
+fn pack(seqs: &[&[u32]], vocab: usize) -> Result<Packed> {
+    ensure!(!seqs.is_empty(), "no sequences to train on");
+    let mut ids = vec![];
+    let mut positions = vec![];
+    let mut spans = vec![];
+    for (i, s) in seqs.iter().enumerate() {
+        ensure!(!s.is_empty(), "sequence {i} is empty");
+        if let Some(t) = s.iter().find(|&&t| t as usize >= vocab) {
+            bail!("sequence {i}: token id {t} is outside the vocabulary ({vocab})");
+        }
+        spans.push(SeqSpan {
+            q_start: ids.len(),
+            q_len: s.len(),
+            kv_start: ids.len(),
+            pos0: 0,
+            kv_new: None,
+        });
+        ids.extend_from_slice(s);
+        positions.extend(0..s.len());
+    }
+    Ok(Packed {
+        ids,
+        positions,
+        spans,
+    })
+}
+
+fn attn_shape<B: TrainBackend>(m: &Model<B>) -> AttnShape {
+    AttnShape {
+        n_heads: m.cfg.num_attention_heads,
+        n_kv_heads: m.cfg.num_key_value_heads,
+        head_dim: m.cfg.head_dim,
+        window: m.cfg.sliding_window,
+    }
+}
+
+fn adapter_of<T>(adapters: &[Adapter<T>], layer: usize, p: LayerParam) -> Option<usize> {
+    adapters
+        .iter()
+        .position(|a| a.layer == layer && a.proj == p)
+}
+
+/// `y = x W^T (+ adapter)`; records the adapter's `u = scale * x A^T`.
+fn lin<B: TrainBackend>(
+    m: &Model<B>,
+    x: &B::Tensor,
+    l: usize,
+    p: LayerParam,
+    adapters: &[Adapter<B::Tensor>],
+    lora_u: &mut [Option<B::Tensor>],
+) -> Result<B::Tensor> {
+    let b = &m.backend;
+    let mut y = b.linear(x, param(&m.weights, ParamId::Layer(l, p))?)?;
+    if let Some(ai) = adapter_of(adapters, l, p) {
+        let ad = &adapters[ai];
+        let mut u = b.linear(x, &ad.a)?; // [n, r]
+        b.scale(&mut u, ad.scale)?;
+        b.add_assign(&mut y, &b.linear(&u, &ad.b)?)?;
+        lora_u[ai] = Some(u);
+    }
+    Ok(y)
+}
+
+fn forward<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[&[u32]],
+) -> Result<Forward<B::Tensor>> {
+    let cfg = &m.cfg;
+    let b = &m.backend;
+    let w = &m.weights;
+    let packed = pack(seqs, cfg.vocab_size)?;
+    let shape = attn_shape(m);
+    let eps = cfg.rms_norm_eps as f32;
+    let mut lora_u: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut x = b.embed(&w.embed, &packed.ids)?; // [n, d]
+    for (l, lw) in w.layers.iter().enumerate() {
+        let h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
+        let mut q = lin(m, &h, l, LayerParam::Q, adapters, &mut lora_u)?; // [n, H*D]
+        let mut k = lin(m, &h, l, LayerParam::K, adapters, &mut lora_u)?; // [n, G*D]
+        let v = lin(m, &h, l, LayerParam::V, adapters, &mut lora_u)?;
+        b.rope(&mut q, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+        b.rope(&mut k, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+        let (z, _) = b.attention(&q, &k, &v, &packed.spans, shape, &[])?;
+        let attn_out = lin(m, &z, l, LayerParam::O, adapters, &mut lora_u)?; // [n, d]
+        let mut x_mid = b.copy(&x)?;
+        b.add_assign(&mut x_mid, &attn_out)?;
+        let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
+        let gate = lin(m, &h2, l, LayerParam::Gate, adapters, &mut lora_u)?; // [n, F]
+        let up = lin(m, &h2, l, LayerParam::Up, adapters, &mut lora_u)?;
+        let act = b.swiglu(&gate, &up)?;
+        let mlp_out = lin(m, &act, l, LayerParam::Down, adapters, &mut lora_u)?; // [n, d]
+        let mut x_out = b.copy(&x_mid)?;
+        b.add_assign(&mut x_out, &mlp_out)?;
+        layers.push(LayerActs {
+            x_in: x,
+            h,
+            q,
+            k,
+            v,
+            z,
+            x_mid,
+            h2,
+            gate,
+            up,
+            act,
+        });
+        x = x_out;
+    }
+    Ok(Forward {
+        packed,
+        layers,
+        lora_u,
+        x_final: x,
+    })
+}
+
+/// The head matrix (lm_head, or the embedding when tied) and its parameter id.
+fn head<B: TrainBackend>(m: &Model<B>) -> (&B::Tensor, ParamId) {
+    match &m.weights.lm_head {
+        Some(h) => (h, ParamId::LmHead),
+        None => (&m.weights.embed, ParamId::Embed),
+    }
+}
+
+/// Backward of `y = x W^T (+ adapter)` of parameter `p`: weight grads for the mask's slices
+/// of `p` and the adapter (param grads +=); returns `dx` (=) when `need_dx`.
+#[allow(clippy::too_many_arguments)]
+fn lin_bwd<B: TrainBackend>(
+    m: &Model<B>,
+    dy: &B::Tensor,
+    x: &B::Tensor,
+    p: ParamId,
+    mask: &Mask,
+    adapters: &[Adapter<B::Tensor>],
+    lora_u: &[Option<B::Tensor>],
+    grads: &mut Grads<B::Tensor>,
+    need_dx: bool,
+) -> Result<Option<B::Tensor>> {
+    let b = &m.backend;
+    let w = match p {
+        ParamId::LmHead | ParamId::Embed => head(m).0,
+        _ => param(&m.weights, p)?,
+    };
+    for (i, reg) in mask.slices_of(p) {
+        b.linear_bwd_weight(dy, x, reg, &mut grads.slices[i])?;
+    }
+    let mut dx = if need_dx {
+        Some(b.linear_bwd_input(dy, w)?)
+    } else {
+        None
+    };
+    if let ParamId::Layer(l, lp) = p {
+        if let Some(ai) = adapter_of(adapters, l, lp) {
+            let ad = &adapters[ai];
+            let u = lora_u[ai]
+                .as_ref()
+                .expect("adapter input recorded in forward");
+            // y += u B^T with u = s x A^T:  dB += dy^T u;  du = s dy B;  dA += du^T x;  dx += du A.
+            b.linear_bwd_weight(dy, u, Region::Full, &mut grads.adapters[ai].1)?;
+            let mut du = b.linear_bwd_input(dy, &ad.b)?;
+            b.scale(&mut du, ad.scale)?;
+            b.linear_bwd_weight(&du, x, Region::Full, &mut grads.adapters[ai].0)?;
+            if let Some(dx) = dx.as_mut() {
+                b.add_assign(dx, &b.linear_bwd_input(&du, &ad.a)?)?;
+            }
+        }
+    }
+    Ok(dx)
+}
+
+/// Does stage-local parameter `p` (or its adapter) train?
+fn trains<T>(mask: &Mask, adapters: &[Adapter<T>], l: usize, p: LayerParam) -> bool {
+    mask.trains(ParamId::Layer(l, p)) || adapter_of(adapters, l, p).is_some()
+}
+
+fn add_opt<B: TrainBackend>(
+    b: &B,
+    acc: &mut Option<B::Tensor>,
+    x: Option<B::Tensor>,
+) -> Result<()> {
+    if let Some(x) = x {
+        match acc {
+            Some(a) => b.add_assign(a, &x)?,
+            None => *acc = Some(x),
+        }
+    }
+    Ok(())
+}
+
+/// Backward from `dres` (gradient of the final residual, `[n, d]`) down to the lowest
+/// needed stage. `want_dz`: also return dL/dz of every layer (forces every attention stage).
+#[allow(clippy::too_many_arguments)]
+fn backward_layers<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    mask: &Mask,
+    fw: &Forward<B::Tensor>,
+    mut dres: B::Tensor,
+    s_min: usize,
+    grads: &mut Grads<B::Tensor>,
+    want_dz: bool,
+) -> Result<Vec<Option<B::Tensor>>> {
+    let b = &m.backend;
+    let cfg = &m.cfg;
+    let eps = cfg.rms_norm_eps as f32;
+    let nl = cfg.num_hidden_layers;
+    let mut dzs: Vec<Option<B::Tensor>> = (0..nl).map(|_| None).collect();
+    let u = &fw.lora_u;
+    for l in (0..nl).rev() {
+        let a = &fw.layers[l];
+        let lw = &m.weights.layers[l];
+        // ---- MLP stage: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid).
+        let st = 2 + 2 * l;
+        if st < s_min {
+            break;
+        }
+        let need_dx = st > s_min;
+        let inner = need_dx
+            || [LayerParam::MlpNorm, LayerParam::Gate, LayerParam::Up]
+                .iter()
+                .any(|&p| trains(mask, adapters, l, p));
+        let dact = lin_bwd(
+            m,
+            &dres,
+            &a.act,
+            ParamId::Layer(l, LayerParam::Down),
+            mask,
+            adapters,
+            u,
+            grads,
+            inner,
+        )?;
+        if let Some(dact) = dact {
+            let (dgate, dup) = b.swiglu_bwd(&dact, &a.gate, &a.up)?; // [n, F] each
+            let need_h2 = need_dx || mask.trains(ParamId::Layer(l, LayerParam::MlpNorm));
+            let mut dh2 = None;
+            let g = lin_bwd(
+                m,
+                &dgate,
+                &a.h2,
+                ParamId::Layer(l, LayerParam::Gate),
+                mask,
+                adapters,
+                u,
+                grads,
+                need_h2,
+            )?;
+            add_opt(b, &mut dh2, g)?;
+            let g = lin_bwd(
+                m,
+                &dup,
+                &a.h2,
+                ParamId::Layer(l, LayerParam::Up),
+                mask,
+                adapters,
+                u,
+                grads,
+                need_h2,
+            )?;
+            add_opt(b, &mut dh2, g)?;
+            if let Some(dh2) = dh2 {
+                let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::MlpNorm))?;
+                let dx = b.rmsnorm_bwd(&dh2, &a.x_mid, &lw.mlp_norm, eps, dw)?;
+                if need_dx {
+                    b.add_assign(&mut dres, &dx)?; // dres is now dL/dx_mid
+                }
+            }
+        }
+        // ---- Attention stage: x_mid = x_in + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x_in).
+        let st = 1 + 2 * l;
+        if st < s_min {
+            break;
+        }
+        let need_dx = st > s_min;
+        let qkv_train = [
+            LayerParam::AttnNorm,
+            LayerParam::Q,
+            LayerParam::K,
+            LayerParam::V,
+        ]
+        .iter()
+        .any(|&p| trains(mask, adapters, l, p));
+        let need_dz = need_dx || qkv_train || want_dz;
+        let dz = lin_bwd(
+            m,
+            &dres,
+            &a.z,
+            ParamId::Layer(l, LayerParam::O),
+            mask,
+            adapters,
+            u,
+            grads,
+            need_dz,
+        )?;
+        let Some(dz) = dz else { continue };
+        if need_dx || qkv_train {
+            let (mut dq, mut dk, dv) =
+                b.attention_bwd(&dz, &a.q, &a.k, &a.v, &fw.packed.spans, attn_shape(m))?;
+            b.rope_bwd(&mut dq, cfg.head_dim, &fw.packed.positions, cfg.rope_theta)?;
+            b.rope_bwd(&mut dk, cfg.head_dim, &fw.packed.positions, cfg.rope_theta)?;
+            let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
+            let mut dh = None;
+            for (dy, p) in [
+                (&dq, LayerParam::Q),
+                (&dk, LayerParam::K),
+                (&dv, LayerParam::V),
+            ] {
+                let g = lin_bwd(
+                    m,
+                    dy,
+                    &a.h,
+                    ParamId::Layer(l, p),
+                    mask,
+                    adapters,
+                    u,
+                    grads,
+                    need_h,
+                )?;
+                add_opt(b, &mut dh, g)?;
+            }
+            if let Some(dh) = dh {
+                let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::AttnNorm))?;
+                let dx = b.rmsnorm_bwd(&dh, &a.x_in, &lw.attn_norm, eps, dw)?;
+                if need_dx {
+                    b.add_assign(&mut dres, &dx)?; // dres is now dL/dx_in
+                }
+            }
+        }
+        if want_dz {
+            dzs[l] = Some(dz);
+        }
+    }
+    if s_min == 0 {
+        // Embedding stage: dtable[ids] += dres.
+        if let Some(dt) = grad_full(mask, grads, ParamId::Embed)? {
+            b.embed_bwd(&dres, &fw.packed.ids, dt)?;
+        }
+    }
+    Ok(dzs)
+}
+
+/// The gradient buffer of a parameter that trains whole (norms, embedding), if it trains.
+fn grad_full<'g, T>(mask: &Mask, grads: &'g mut Grads<T>, p: ParamId) -> Result<Option<&'g mut T>> {
+    let mut it = mask.slices_of(p);
+    match it.next() {
+        None => Ok(None),
+        Some((i, Region::Full)) => Ok(Some(&mut grads.slices[i])),
+        Some((_, r)) => bail!("{p}: only whole-tensor training is supported here, got {r:?}"),
+    }
+}
+
+/// Lowest stage the backward must reach.
+fn lowest_stage<T>(m_layers: usize, mask: &Mask, adapters: &[Adapter<T>]) -> Option<usize> {
+    let a = adapters
+        .iter()
+        .map(|a| ParamId::Layer(a.layer, a.proj).stage(m_layers))
+        .min();
+    match (mask.lowest_stage(m_layers), a) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Forward and backward of `scale * sum of token NLLs` over `seqs`. Weight gradients of
+/// `mask`'s slices and of `adapters` accumulate into `grads` (param grads +=). Returns the
+/// unscaled sum of token NLLs (f64) and the number of targets. For the mean loss use
+/// `scale = 1 / (targets of the whole global batch)`.
+pub fn loss_and_grads<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    mask: &Mask,
+    seqs: &[TrainSeq],
+    scale: f32,
+    grads: &mut Grads<B::Tensor>,
+) -> Result<(f64, usize)> {
+    ensure!(
+        grads.slices.len() == mask.slices.len(),
+        "grads do not match the mask"
+    );
+    ensure!(
+        grads.adapters.len() == adapters.len(),
+        "grads do not match the adapters"
+    );
+    let b = &m.backend;
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
+    for (i, s) in seqs.iter().enumerate() {
+        ensure!(
+            s.targets.len() == s.ids.len(),
+            "sequence {i}: {} targets for {} ids",
+            s.targets.len(),
+            s.ids.len()
+        );
+    }
+    let fw = forward(m, adapters, &ids)?;
+    // Rows with a target.
+    let mut rows = vec![];
+    let mut tg = vec![];
+    let mut off = 0;
+    for s in seqs {
+        for (t, x) in s.targets.iter().enumerate() {
+            if x.is_some() {
+                rows.push(off + t);
+                tg.push(*x);
+            }
+        }
+        off += s.ids.len();
+    }
+    if rows.is_empty() {
+        return Ok((0.0, 0));
+    }
+    let eps = m.cfg.rms_norm_eps as f32;
+    let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
+    let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, eps)?;
+    let (hw, hid) = head(m);
+    let logits = b.linear(&hn, hw)?; // [t, V]
+    let (loss, dlogits) = b.xent_fwd_bwd(&logits, &tg, scale)?;
+    drop(logits);
+    let nl = m.cfg.num_hidden_layers;
+    let Some(s_min) = lowest_stage(nl, mask, adapters) else {
+        return Ok((loss, rows.len()));
+    };
+    // ---- Final stage: logits = norm(x_final[rows]) @ head^T.
+    let st = 2 * nl + 1;
+    let need_dx = st > s_min;
+    let dhn = lin_bwd(
+        m,
+        &dlogits,
+        &hn,
+        hid,
+        mask,
+        adapters,
+        &fw.lora_u,
+        grads,
+        need_dx || mask.trains(ParamId::FinalNorm),
+    )?;
+    if let Some(dhn) = dhn {
+        let dw = grad_full(mask, grads, ParamId::FinalNorm)?;
+        let dx_sel = b.rmsnorm_bwd(&dhn, &x_sel, &m.weights.final_norm, eps, dw)?;
+        if need_dx {
+            let mut dres = b.zeros(b.shape(&fw.x_final))?;
+            b.scatter_rows(&mut dres, &rows, &dx_sel)?;
+            backward_layers(m, adapters, mask, &fw, dres, s_min, grads, false)?;
+        }
+    }
+    Ok((loss, rows.len()))
+}
+
+/// Sum of token NLLs and number of targets (forward only).
+pub fn loss<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[TrainSeq],
+) -> Result<(f64, usize)> {
+    // Adapter gradients (if any) go to throwaway buffers.
+    let mut g = Grads::zeros(m, &Mask::none(), adapters)?;
+    loss_and_grads(m, adapters, &Mask::none(), seqs, 1.0, &mut g)
+}
+
+/// Logits `[rows, V]` at every position of `seqs` (packed), with adapters applied unmerged.
+pub fn logits_with<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[Vec<u32>],
+) -> Result<HostTensor> {
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let fw = forward(m, adapters, &ids)?;
+    let b = &m.backend;
+    let logits = m.logits_of_residual(&fw.x_final)?;
+    b.download(&logits)
+}
+
+/// Attribution patching's backward: for a scalar f of the last-position logits of each
+/// sequence, with `dlogits_last [n_seqs, V]` = df/dlogits, the gradient df/dz of every
+/// layer at every position: per layer `dz [rows, H*D]` (rows packed as the sequences).
+/// No weight gradients are formed.
+pub fn backward_to_z<B: TrainBackend>(
+    m: &Model<B>,
+    seqs: &[Vec<u32>],
+    dlogits_last: &HostTensor,
+) -> Result<Vec<B::Tensor>> {
+    let b = &m.backend;
+    let vocab = m.cfg.vocab_size;
+    ensure!(
+        dlogits_last.shape == [seqs.len(), vocab],
+        "backward_to_z: dlogits of shape {:?} for {} sequences of vocabulary {vocab}",
+        dlogits_last.shape,
+        seqs.len()
+    );
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let fw = forward(m, &[], &ids)?;
+    let rows: Vec<usize> = fw
+        .packed
+        .spans
+        .iter()
+        .map(|s| s.q_start + s.q_len - 1)
+        .collect();
+    let eps = m.cfg.rms_norm_eps as f32;
+    let x_sel = b.gather_rows(&fw.x_final, &rows)?;
+    let (hw, _) = head(m);
+    let dl = b.upload(dlogits_last)?;
+    let dhn = b.linear_bwd_input(&dl, hw)?;
+    let dx_sel = b.rmsnorm_bwd(&dhn, &x_sel, &m.weights.final_norm, eps, None)?;
+    let mut dres = b.zeros(b.shape(&fw.x_final))?;
+    b.scatter_rows(&mut dres, &rows, &dx_sel)?;
+    let mask = Mask::none();
+    let mut grads = Grads {
+        slices: vec![],
+        adapters: vec![],
+    };
+    let dzs = backward_layers(m, &[], &mask, &fw, dres, 1, &mut grads, true)?;
+    dzs.into_iter()
+        .enumerate()
+        .map(|(l, d)| d.ok_or_else(|| anyhow::anyhow!("no dz for layer {l}")))
+        .collect()
+}

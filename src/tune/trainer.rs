@@ -1,0 +1,656 @@
+//! The tuning loop: global batches (gradient accumulation over micro-batches, token-level
+//! mean loss over the global batch), AdamW on the trainable slices, progress, atomic
+//! checkpoints, bit-exact resume, and a stop with a clear message on a non-finite loss.
+//!
+//! Checkpoint layout under `out/checkpoints/step-NNNNNN/`: a HF model directory (full weights,
+//! LoRA merged) plus `tune_state.json` (step, seed, data cursor, heads, slices, optimizer
+//! settings, loss history) and `tune_state.safetensors` (f32 master copies and Adam moments
+//! of the tuned slices only). `out/checkpoints/latest` names the newest complete one; a
+//! checkpoint directory is written under a temporary name and renamed when complete.
+//!
+//! Data order: update k uses examples `k*batch .. (k+1)*batch` of an endless stream made of
+//! epochs, each a permutation drawn from `(seed, epoch)`. The RNG state is therefore
+//! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
+
+use crate::backend::train::{Region, TrainBackend};
+use crate::backward::{loss_and_grads, Adapter, Grads, TrainSeq};
+use crate::heads::HeadId;
+use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
+use crate::model::{HostTensor, ModelWeights, StoreDtype};
+use crate::transformer::Model;
+use crate::tune::lora::{self, LoraConfig};
+use crate::tune::mask::{param, param_mut, Mask, ParamId};
+use crate::tune::optim::{AdamW, AdamWConfig};
+use crate::util::{atomic_write, write_json};
+use anyhow::{bail, ensure, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Settings of a tuning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuneConfig {
+    pub optim: AdamWConfig,
+    /// Updates of the whole run.
+    pub steps: usize,
+    /// Sequences per update (global batch).
+    pub batch: usize,
+    /// Sequences per forward/backward (gradient accumulation); `batch` when 0.
+    pub micro_batch: usize,
+    pub seed: u64,
+    /// Write a checkpoint every this many updates (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (older ones are deleted); at least 1.
+    pub keep_checkpoints: usize,
+    /// Weight decay also shrinks the frozen rows/cols of a partly tuned matrix (what the
+    /// authors' code does: masked gradients, decay on the whole matrix).
+    pub authors_decay: bool,
+    /// dtype of saved model directories (None: the model's own).
+    pub save_dtype: Option<StoreDtype>,
+    pub lora: Option<LoraConfig>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for TuneConfig {
+    fn default() -> Self {
+        Self {
+            optim: AdamWConfig::default(),
+            steps: 120,
+            batch: 128,
+            micro_batch: 0,
+            seed: 0,
+            checkpoint_every: 20,
+            keep_checkpoints: 2,
+            authors_decay: false,
+            save_dtype: None,
+            lora: None,
+            progress: true,
+        }
+    }
+}
+
+/// One update's record.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateJson {
+    format: u32,
+    step: usize,
+    seed: u64,
+    /// Examples consumed so far (`step * batch`).
+    data_cursor: usize,
+    n_examples: usize,
+    batch: usize,
+    heads: Vec<HeadId>,
+    mask: Mask,
+    lora: Option<LoraConfig>,
+    authors_decay: bool,
+    optim: AdamWConfig,
+    history: Vec<StepLog>,
+    model: serde_json::Value,
+}
+
+pub struct Trainer<B: TrainBackend> {
+    pub model: Model<B>,
+    pub mask: Mask,
+    pub adapters: Vec<Adapter<B::Tensor>>,
+    pub opt: AdamW,
+    pub cfg: TuneConfig,
+    /// The heads the mask came from (recorded in checkpoints; may be empty).
+    pub heads: Vec<HeadId>,
+    pub out: PathBuf,
+    pub history: Vec<StepLog>,
+    data: Vec<TrainSeq>,
+    last_checkpoint: Option<PathBuf>,
+}
+
+fn model_summary(cfg: &crate::model::ModelConfig) -> serde_json::Value {
+    serde_json::json!({
+        "architecture": cfg.architecture,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+    })
+}
+
+impl<B: TrainBackend> Trainer<B> {
+    /// A run that trains `mask` (and LoRA adapters if `cfg.lora`) of `model` on `data`,
+    /// writing under `out`.
+    pub fn new(
+        model: Model<B>,
+        mask: Mask,
+        heads: Vec<HeadId>,
+        data: Vec<TrainSeq>,
+        cfg: TuneConfig,
+        out: &Path,
+    ) -> Result<Self> {
+        ensure!(!data.is_empty(), "no training examples");
+        ensure!(cfg.batch > 0, "batch size must be positive");
+        ensure!(cfg.keep_checkpoints > 0, "keep at least one checkpoint");
+        for (i, s) in data.iter().enumerate() {
+            ensure!(
+                s.n_targets() > 0,
+                "training example {i} has no target tokens"
+            );
+        }
+        if model.weights.lm_head.is_none() {
+            ensure!(
+                !mask.trains(ParamId::LmHead),
+                "lm_head is tied; train the embedding instead"
+            );
+        }
+        let adapters = match &cfg.lora {
+            Some(lc) => lora::init(&model, lc)?,
+            None => vec![],
+        };
+        ensure!(
+            !mask.is_empty() || !adapters.is_empty(),
+            "nothing to train: the mask is empty and there are no LoRA adapters"
+        );
+        let mut masters = vec![];
+        for s in &mask.slices {
+            let t = param(&model.weights, s.param)?;
+            masters.push(model.backend.read_region(t, s.region)?.data);
+        }
+        for a in &adapters {
+            masters.push(model.backend.download(&a.a)?.data);
+            masters.push(model.backend.download(&a.b)?.data);
+        }
+        let mut optim = cfg.optim;
+        optim.total_steps = cfg.steps;
+        let opt = AdamW::new(optim, masters)?;
+        Ok(Self {
+            model,
+            mask,
+            adapters,
+            opt,
+            cfg,
+            heads,
+            out: out.to_path_buf(),
+            history: vec![],
+            data,
+            last_checkpoint: None,
+        })
+    }
+
+    /// Updates done.
+    pub fn step_count(&self) -> usize {
+        self.opt.step
+    }
+
+    /// Example indices of update `step`.
+    pub fn batch_indices(&self, step: usize) -> Vec<usize> {
+        let n = self.data.len();
+        let mut out = Vec::with_capacity(self.cfg.batch);
+        let mut cached: Option<(usize, Vec<usize>)> = None;
+        for g in step * self.cfg.batch..(step + 1) * self.cfg.batch {
+            let epoch = g / n;
+            if cached.as_ref().map(|c| c.0) != Some(epoch) {
+                let mut perm: Vec<usize> = (0..n).collect();
+                let seed = self.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+                cached = Some((epoch, perm));
+            }
+            out.push(cached.as_ref().unwrap().1[g % n]);
+        }
+        out
+    }
+
+    /// Total parameters in the trainable slices and adapters.
+    pub fn trainable_numel(&self) -> usize {
+        self.opt.states.iter().map(|s| s.master.len()).sum()
+    }
+
+    /// One update. A non-finite loss or gradient stops with an error naming the step; the
+    /// weights are then untouched by this step.
+    pub fn step(&mut self) -> Result<StepLog> {
+        let t0 = Instant::now();
+        let k = self.opt.step;
+        let idx = self.batch_indices(k);
+        let seqs: Vec<TrainSeq> = idx.iter().map(|&i| self.data[i].clone()).collect();
+        let n_targets: usize = seqs.iter().map(|s| s.n_targets()).sum();
+        let tokens: usize = seqs.iter().map(|s| s.ids.len()).sum();
+        let mut grads = Grads::zeros(&self.model, &self.mask, &self.adapters)?;
+        let micro = if self.cfg.micro_batch == 0 {
+            self.cfg.batch
+        } else {
+            self.cfg.micro_batch
+        };
+        let mut sum = 0.0;
+        for chunk in seqs.chunks(micro) {
+            let (l, _) = loss_and_grads(
+                &self.model,
+                &self.adapters,
+                &self.mask,
+                chunk,
+                1.0 / n_targets as f32,
+                &mut grads,
+            )?;
+            sum += l;
+        }
+        let loss = sum / n_targets as f64;
+        let hint = || match &self.last_checkpoint {
+            Some(p) => format!("the last good checkpoint is {}", p.display()),
+            None => "no checkpoint was written yet".to_string(),
+        };
+        if !loss.is_finite() {
+            bail!(
+                "step {}: the loss is {loss} (not finite); training stopped, {}",
+                k + 1,
+                hint()
+            );
+        }
+        let b = &self.model.backend;
+        let mut host: Vec<Vec<f32>> = Vec::with_capacity(self.opt.states.len());
+        for g in &grads.slices {
+            host.push(b.download(g)?.data);
+        }
+        for (ga, gb) in &grads.adapters {
+            host.push(b.download(ga)?.data);
+            host.push(b.download(gb)?.data);
+        }
+        let refs: Vec<&[f32]> = host.iter().map(|v| v.as_slice()).collect();
+        let norm = AdamW::grad_norm(&refs);
+        if !norm.is_finite() {
+            bail!(
+                "step {}: the gradient norm is {norm} (not finite); training stopped, {}",
+                k + 1,
+                hint()
+            );
+        }
+        let info = self.opt.update(&refs)?;
+        if let Some((i, _)) = self
+            .opt
+            .states
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.master.iter().any(|x| !x.is_finite()))
+        {
+            bail!(
+                "step {}: the update made buffer {i} non-finite; training stopped, {}",
+                k + 1,
+                hint()
+            );
+        }
+        if self.cfg.authors_decay {
+            self.decay_frozen_remainder(info.lr)?;
+        }
+        self.write_masters()?;
+        let log = StepLog {
+            step: k + 1,
+            loss,
+            lr: info.lr,
+            grad_norm: info.grad_norm,
+            tokens,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        self.history.push(log);
+        Ok(log)
+    }
+
+    /// Authors' behaviour: `w *= 1 - lr * wd` on the frozen rows/cols of partly tuned matrices.
+    fn decay_frozen_remainder(&mut self, lr: f32) -> Result<()> {
+        let f = 1.0 - lr * self.opt.cfg.weight_decay;
+        for p in self.mask.partial_params() {
+            let b = &self.model.backend;
+            let t = param(&self.model.weights, p)?;
+            let mut w = b.read_region(t, Region::Full)?;
+            let (rows, cols) = (w.shape[0], w.shape[1]);
+            let mut tuned = vec![false; rows * cols];
+            for (_, reg) in self.mask.slices_of(p) {
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let inside = match reg {
+                            Region::Full => true,
+                            Region::Rows { start, len } => (start..start + len).contains(&r),
+                            Region::Cols { start, len } => (start..start + len).contains(&c),
+                        };
+                        tuned[r * cols + c] |= inside;
+                    }
+                }
+            }
+            for (x, t) in w.data.iter_mut().zip(&tuned) {
+                if !t {
+                    *x *= f;
+                }
+            }
+            let t = param_mut(&mut self.model.weights, p)?;
+            self.model.backend.write_region(t, Region::Full, &w)?;
+        }
+        Ok(())
+    }
+
+    /// Copy the optimizer's master values into the model (slices) and the adapters.
+    fn write_masters(&mut self) -> Result<()> {
+        let ns = self.mask.slices.len();
+        for (s, st) in self.mask.slices.iter().zip(&self.opt.states) {
+            let t = param_mut(&mut self.model.weights, s.param)?;
+            let shape = s.region.shape(self.model.backend.shape(t));
+            self.model.backend.write_region(
+                t,
+                s.region,
+                &HostTensor::new(shape, st.master.clone()),
+            )?;
+        }
+        for (i, a) in self.adapters.iter_mut().enumerate() {
+            let (sa, sb) = (
+                &self.opt.states[ns + 2 * i],
+                &self.opt.states[ns + 2 * i + 1],
+            );
+            let b = &self.model.backend;
+            a.a = b.upload(&HostTensor::new(b.shape(&a.a).to_vec(), sa.master.clone()))?;
+            a.b = b.upload(&HostTensor::new(b.shape(&a.b).to_vec(), sb.master.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Host weights with LoRA merged: what a saved model holds.
+    pub fn final_weights(&self) -> Result<ModelWeights<HostTensor>> {
+        if self.adapters.is_empty() {
+            self.model.host_weights()
+        } else {
+            lora::merged(&self.model, &self.adapters)
+        }
+    }
+
+    fn save_dtype(&self) -> StoreDtype {
+        self.cfg.save_dtype.unwrap_or(self.model.dtype)
+    }
+
+    fn checkpoints_dir(&self) -> PathBuf {
+        self.out.join("checkpoints")
+    }
+
+    /// Write a checkpoint of the current step; returns its directory.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let step = self.opt.step;
+        let root = self.checkpoints_dir();
+        let name = format!("step-{step:06}");
+        let dir = root.join(&name);
+        let tmp = root.join(format!(".tmp-{name}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let w = self.final_weights()?;
+        save_model_dir(
+            &tmp,
+            &self.model.cfg,
+            &w,
+            self.save_dtype(),
+            self.model.dir.as_deref(),
+        )?;
+        // Optimizer state of the tuned slices only.
+        let mut named: Vec<(String, HostTensor)> = vec![];
+        for (i, s) in self.opt.states.iter().enumerate() {
+            let n = s.master.len();
+            named.push((
+                format!("state.{i}.master"),
+                HostTensor::new(vec![n], s.master.clone()),
+            ));
+            named.push((
+                format!("state.{i}.m"),
+                HostTensor::new(vec![n], s.m.clone()),
+            ));
+            named.push((
+                format!("state.{i}.v"),
+                HostTensor::new(vec![n], s.v.clone()),
+            ));
+        }
+        if self.cfg.authors_decay {
+            for p in self.mask.partial_params() {
+                let t = self
+                    .model
+                    .backend
+                    .download(param(&self.model.weights, p)?)?;
+                named.push((format!("decayed.{}", p.hf_name()), t));
+            }
+        }
+        let refs: Vec<(String, &HostTensor)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
+        save_safetensors(&tmp.join("tune_state.safetensors"), &refs, StoreDtype::F32)?;
+        let state = StateJson {
+            format: 1,
+            step,
+            seed: self.cfg.seed,
+            data_cursor: step * self.cfg.batch,
+            n_examples: self.data.len(),
+            batch: self.cfg.batch,
+            heads: self.heads.clone(),
+            mask: self.mask.clone(),
+            lora: self.cfg.lora.clone(),
+            authors_decay: self.cfg.authors_decay,
+            optim: self.opt.cfg,
+            history: self.history.clone(),
+            model: model_summary(&self.model.cfg),
+        };
+        write_json(&tmp.join("tune_state.json"), &state)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        atomic_write(&root.join("latest"), name.as_bytes())?;
+        self.last_checkpoint = Some(dir.clone());
+        self.prune_checkpoints(&root, &name)?;
+        Ok(dir)
+    }
+
+    fn prune_checkpoints(&self, root: &Path, keep_newest: &str) -> Result<()> {
+        let mut names: Vec<String> = std::fs::read_dir(root)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("step-") && n.as_str() <= keep_newest)
+            .collect();
+        names.sort();
+        let drop = names.len().saturating_sub(self.cfg.keep_checkpoints);
+        for n in &names[..drop] {
+            std::fs::remove_dir_all(root.join(n))
+                .with_context(|| format!("removing old checkpoint {n}"))?;
+        }
+        Ok(())
+    }
+
+    /// The newest complete checkpoint under `out`, if any.
+    pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+        let f = out.join("checkpoints").join("latest");
+        if !f.exists() {
+            return Ok(None);
+        }
+        let name =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let dir = out.join("checkpoints").join(name.trim());
+        ensure!(
+            dir.is_dir(),
+            "{} names {}, which does not exist",
+            f.display(),
+            dir.display()
+        );
+        Ok(Some(dir))
+    }
+
+    /// Continue from the newest checkpoint under `out` (the model must be the base model
+    /// the run started from). Returns false when there is none.
+    pub fn resume(&mut self) -> Result<bool> {
+        let Some(dir) = Self::latest_checkpoint(&self.out)? else {
+            return Ok(false);
+        };
+        self.load_state(&dir)
+            .with_context(|| format!("resuming from {}", dir.display()))?;
+        Ok(true)
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
+        let p = dir.join("tune_state.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let st: StateJson = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a tune state", p.display()))?;
+        ensure!(st.format == 1, "unknown tune state format {}", st.format);
+        ensure!(
+            st.model == model_summary(&self.model.cfg),
+            "the checkpoint is of another model: {}",
+            st.model
+        );
+        ensure!(
+            st.mask == self.mask,
+            "the checkpoint tuned other slices than this run (other heads or --proj)"
+        );
+        ensure!(
+            st.lora == self.cfg.lora,
+            "the checkpoint's LoRA settings differ from this run's"
+        );
+        ensure!(
+            st.seed == self.cfg.seed
+                && st.batch == self.cfg.batch
+                && st.n_examples == self.data.len(),
+            "the checkpoint used seed {} / batch {} / {} examples; this run has {} / {} / {}",
+            st.seed,
+            st.batch,
+            st.n_examples,
+            self.cfg.seed,
+            self.cfg.batch,
+            self.data.len()
+        );
+        ensure!(
+            st.authors_decay == self.cfg.authors_decay,
+            "the checkpoint's authors_decay setting differs"
+        );
+        let mut t = load_tensors(&[dir.join("tune_state.safetensors")])?;
+        for i in 0..self.opt.states.len() {
+            let n = self.opt.states[i].master.len();
+            let s = &mut self.opt.states[i];
+            s.master = t.take(&format!("state.{i}.master"), &[n])?.data;
+            s.m = t.take(&format!("state.{i}.m"), &[n])?.data;
+            s.v = t.take(&format!("state.{i}.v"), &[n])?.data;
+        }
+        if self.cfg.authors_decay {
+            for p in self.mask.partial_params() {
+                let shape = p.shape(&self.model.cfg);
+                let w = t.take(&format!("decayed.{}", p.hf_name()), &shape)?;
+                let dst = param_mut(&mut self.model.weights, p)?;
+                self.model.backend.write_region(dst, Region::Full, &w)?;
+            }
+        }
+        self.opt.cfg = st.optim;
+        self.opt.step = st.step;
+        self.history = st.history;
+        self.write_masters()?;
+        self.last_checkpoint = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Train until `stop` updates are done (at most `cfg.steps`), writing checkpoints.
+    pub fn run_until(&mut self, stop: usize) -> Result<()> {
+        let stop = stop.min(self.cfg.steps);
+        let start = self.opt.step;
+        let bar = if self.cfg.progress {
+            let b = indicatif::ProgressBar::new(self.cfg.steps as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_position(start as u64);
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        while self.opt.step < stop {
+            let log = self.step()?;
+            bar.set_position(log.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s",
+                log.loss,
+                log.lr,
+                log.grad_norm,
+                log.tokens as f64 / log.seconds.max(1e-9)
+            ));
+            let every = self.cfg.checkpoint_every;
+            if (every > 0 && log.step % every == 0) || log.step == self.cfg.steps {
+                self.save_checkpoint()?;
+            }
+        }
+        bar.finish();
+        Ok(())
+    }
+
+    /// Train to the end and save the final model into `out` (a HF directory, LoRA merged)
+    /// with `tune_summary.json`.
+    pub fn run(&mut self) -> Result<PathBuf> {
+        self.run_until(self.cfg.steps)?;
+        let w = self.final_weights()?;
+        save_model_dir(
+            &self.out,
+            &self.model.cfg,
+            &w,
+            self.save_dtype(),
+            self.model.dir.as_deref(),
+        )?;
+        let summary = serde_json::json!({
+            "steps": self.opt.step,
+            "heads": self.heads,
+            "slices": self.mask.slices.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "trainable_parameters": self.trainable_numel(),
+            "lora": self.cfg.lora,
+            "config": self.cfg,
+            "history": self.history,
+            "model": model_summary(&self.model.cfg),
+        });
+        write_json(&self.out.join("tune_summary.json"), &summary)?;
+        Ok(self.out.clone())
+    }
+}
+
+/// Benchmark entry point: seconds of one update at `batch` sequences of `seq` random tokens
+/// with the first `k` heads (layer-major order) tuned, default projections.
+pub fn bench_train_step<B: TrainBackend>(
+    model: Model<B>,
+    k: usize,
+    batch: usize,
+    seq: usize,
+) -> Result<f64> {
+    use rand::Rng;
+    let heads: Vec<HeadId> = model.all_heads().into_iter().take(k).collect();
+    ensure!(heads.len() == k, "the model has fewer than {k} heads");
+    let mask = Mask::heads(
+        &model.cfg,
+        &heads,
+        crate::tune::mask::HeadProjs::default_for(&model.cfg),
+    )?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let v = model.cfg.vocab_size as u32;
+    let data: Vec<TrainSeq> = (0..batch)
+        .map(|_| {
+            let ids: Vec<u32> = (0..seq).map(|_| rng.gen_range(0..v)).collect();
+            let targets = (0..seq).map(|t| ids.get(t + 1).copied()).collect();
+            TrainSeq { ids, targets }
+        })
+        .collect();
+    let cfg = TuneConfig {
+        steps: 1,
+        batch,
+        progress: false,
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    let tmp = std::env::temp_dir().join("pinpoint-bench-unused");
+    let mut t = Trainer::new(model, mask, heads, data, cfg, &tmp)?;
+    let t0 = Instant::now();
+    t.step()?;
+    Ok(t0.elapsed().as_secs_f64())
+}

@@ -1,0 +1,450 @@
+//! Gradients: loss and every weight gradient against torch autograd (fixtures written by
+//! scripts/make_fixtures.py), finite differences of every backward op (attention with GQA
+//! and a sliding window included) and of the whole model, and restricted-region weight
+//! gradients against the rows/columns of the full gradient.
+
+mod common;
+use common::*;
+use pinpoint::backend::cpu::CpuBackend;
+use pinpoint::backend::train::{Region, TrainBackend};
+use pinpoint::backend::{AttnShape, Backend, SeqSpan};
+use pinpoint::backward::{self, Grads, TrainSeq};
+use pinpoint::heads::HeadId;
+use pinpoint::model::HostTensor;
+use pinpoint::tune::mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
+use pinpoint::Model;
+use rand::{Rng, SeedableRng};
+
+const MODELS: &[&str] = &["tiny-llama", "tiny-mistral"];
+
+fn load(name: &str) -> (Model<CpuBackend>, std::collections::HashMap<String, Ref>) {
+    let dir = fixture(name);
+    let m = Model::load_cpu(&dir).expect("load fixture model");
+    let refs = read_refs(&dir.join("expected.safetensors"));
+    (m, refs)
+}
+
+fn batch(r: &std::collections::HashMap<String, Ref>) -> Vec<TrainSeq> {
+    let ids = id_rows(&r["input_ids"]);
+    let t = ids[0].len();
+    ids.iter()
+        .enumerate()
+        .map(|(i, s)| TrainSeq::from_hf_labels(s, &r["labels"].ints[i * t..(i + 1) * t]))
+        .collect()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let d = max_abs_diff(a, b);
+    let m = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    d / m.max(1e-30)
+}
+
+fn mean_grads(m: &Model<CpuBackend>, mask: &Mask, seqs: &[TrainSeq]) -> (f64, Grads<HostTensor>) {
+    let n: usize = seqs.iter().map(|s| s.n_targets()).sum();
+    let mut g = Grads::zeros(m, mask, &[]).unwrap();
+    let (loss, n2) = backward::loss_and_grads(m, &[], mask, seqs, 1.0 / n as f32, &mut g).unwrap();
+    assert_eq!(n, n2);
+    (loss / n as f64, g)
+}
+
+#[test]
+fn loss_and_every_gradient_match_torch() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let seqs = batch(&r);
+        let mask = Mask::all(&m.cfg, m.weights.lm_head.is_none());
+        let (loss, g) = mean_grads(&m, &mask, &seqs);
+        let want = r["loss"].data[0];
+        assert!(
+            ((loss as f32 - want) / want).abs() <= 1e-5,
+            "{name}: loss {loss} vs torch {want}"
+        );
+        let mut seen = 0;
+        for (s, gt) in mask.slices.iter().zip(&g.slices) {
+            assert_eq!(s.region, Region::Full);
+            let key = format!("grad.{}", s.param.hf_name());
+            let refg = r
+                .get(&key)
+                .unwrap_or_else(|| panic!("{name}: fixture lacks {key}"));
+            assert_eq!(gt.shape, refg.shape, "{name}: {key} shape");
+            let e = rel_err(&gt.data, &refg.data);
+            assert!(e <= 1e-4, "{name}: {key} relative error {e:e}");
+            seen += 1;
+        }
+        let n_ref = r.keys().filter(|k| k.starts_with("grad.")).count();
+        assert_eq!(seen, n_ref, "{name}: every fixture gradient compared");
+    }
+}
+
+#[test]
+fn restricted_region_gradients_equal_slices_of_the_full_gradient() {
+    for name in MODELS {
+        let (m, r) = load(name);
+        let seqs = batch(&r);
+        let cfg = &m.cfg;
+        let full = Mask::all(cfg, m.weights.lm_head.is_none());
+        let (_, gf) = mean_grads(&m, &full, &seqs);
+        let heads = [HeadId::new(0, 1), HeadId::new(2, 3), HeadId::new(2, 0)];
+        let projs = HeadProjs {
+            q: true,
+            k: true,
+            v: true,
+            o: true,
+        };
+        let mut mask = Mask::heads(cfg, &heads, projs).unwrap();
+        // Also rows of an MLP matrix and columns of down_proj.
+        mask = mask
+            .union(
+                &Mask::from_slices(
+                    cfg,
+                    vec![
+                        Slice {
+                            param: ParamId::Layer(1, LayerParam::Gate),
+                            region: Region::Rows { start: 3, len: 5 },
+                        },
+                        Slice {
+                            param: ParamId::Layer(1, LayerParam::Down),
+                            region: Region::Cols { start: 7, len: 4 },
+                        },
+                    ],
+                )
+                .unwrap(),
+                cfg,
+            )
+            .unwrap();
+        let (_, g) = mean_grads(&m, &mask, &seqs);
+        for (s, gt) in mask.slices.iter().zip(&g.slices) {
+            let fi = full.slices.iter().position(|f| f.param == s.param).unwrap();
+            let want = CpuBackend.read_region(&gf.slices[fi], s.region).unwrap();
+            assert_eq!(gt.shape, want.shape, "{name}: {s}");
+            let e = rel_err(&gt.data, &want.data);
+            assert!(
+                e <= 1e-5,
+                "{name}: {s} relative error {e:e} vs the full gradient"
+            );
+            assert!(
+                want.data.iter().any(|&x| x != 0.0),
+                "{name}: {s} has a zero gradient"
+            );
+        }
+    }
+}
+
+/// Central difference of `f` at coordinate i of `x` (f32, step `eps`).
+fn fd(f: &dyn Fn(&HostTensor) -> f64, x: &HostTensor, i: usize, eps: f32) -> f64 {
+    let mut p = x.clone();
+    p.data[i] += eps;
+    let fp = f(&p);
+    p.data[i] = x.data[i] - eps;
+    let fm = f(&p);
+    (fp - fm) / (2.0 * (eps as f64))
+}
+
+fn rand_t(rng: &mut rand::rngs::StdRng, shape: Vec<usize>, s: f32) -> HostTensor {
+    let n = shape.iter().product();
+    HostTensor::new(shape, (0..n).map(|_| rng.gen_range(-s..s)).collect())
+}
+
+/// `sum(r * y)` in f64.
+fn dot(r: &HostTensor, y: &HostTensor) -> f64 {
+    r.data
+        .iter()
+        .zip(&y.data)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
+}
+
+/// Check analytic `g` = d f / d x against central differences at a few coordinates
+/// (the largest-|g| ones and random ones).
+fn check(
+    what: &str,
+    f: &dyn Fn(&HostTensor) -> f64,
+    x: &HostTensor,
+    g: &HostTensor,
+    rng: &mut rand::rngs::StdRng,
+) {
+    assert_eq!(x.shape, g.shape, "{what}: gradient shape");
+    let mut idx: Vec<usize> = (0..x.numel()).collect();
+    idx.sort_by(|&a, &b| g.data[b].abs().total_cmp(&g.data[a].abs()));
+    let mut pick: Vec<usize> = idx[..3.min(idx.len())].to_vec();
+    for _ in 0..3 {
+        pick.push(rng.gen_range(0..x.numel()));
+    }
+    let gmax = g.data.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(gmax > 0.0, "{what}: zero gradient");
+    for i in pick {
+        let num = fd(f, x, i, 1e-2);
+        let ana = g.data[i] as f64;
+        let err = (num - ana).abs();
+        assert!(
+            err <= 2e-2 * ana.abs() + 2e-3 * gmax,
+            "{what}[{i}]: analytic {ana:e} vs finite difference {num:e}"
+        );
+    }
+}
+
+#[test]
+fn every_op_backward_matches_finite_differences() {
+    let b = CpuBackend;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // Attention: GQA (H=4, G=2), window 3, two sequences of lengths 6 and 4 packed.
+    let shape = AttnShape {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 4,
+        window: Some(3),
+    };
+    let spans = [
+        SeqSpan {
+            q_start: 0,
+            q_len: 6,
+            kv_start: 0,
+            pos0: 0,
+            kv_new: None,
+        },
+        SeqSpan {
+            q_start: 6,
+            q_len: 4,
+            kv_start: 6,
+            pos0: 0,
+            kv_new: None,
+        },
+    ];
+    let n = 10;
+    let q = rand_t(&mut rng, vec![n, 16], 1.5);
+    let k = rand_t(&mut rng, vec![n, 8], 1.5);
+    let v = rand_t(&mut rng, vec![n, 8], 1.0);
+    let r = rand_t(&mut rng, vec![n, 16], 1.0);
+    let (dq, dk, dv) = b.attention_bwd(&r, &q, &k, &v, &spans, shape).unwrap();
+    let att = |q: &HostTensor, k: &HostTensor, v: &HostTensor| {
+        dot(&r, &b.attention(q, k, v, &spans, shape, &[]).unwrap().0)
+    };
+    check("attention dq", &|x| att(x, &k, &v), &q, &dq, &mut rng);
+    check("attention dk", &|x| att(&q, x, &v), &k, &dk, &mut rng);
+    check("attention dv", &|x| att(&q, &k, x), &v, &dv, &mut rng);
+    // No window, MHA.
+    let shape2 = AttnShape {
+        n_heads: 2,
+        n_kv_heads: 2,
+        head_dim: 4,
+        window: None,
+    };
+    let k2 = rand_t(&mut rng, vec![n, 8], 1.5);
+    let q2 = rand_t(&mut rng, vec![n, 8], 1.5);
+    let r2 = rand_t(&mut rng, vec![n, 8], 1.0);
+    let (dq, dk, _) = b.attention_bwd(&r2, &q2, &k2, &v, &spans, shape2).unwrap();
+    let att2 = |q: &HostTensor, k: &HostTensor| {
+        dot(&r2, &b.attention(q, k, &v, &spans, shape2, &[]).unwrap().0)
+    };
+    check("attention(mha) dq", &|x| att2(x, &k2), &q2, &dq, &mut rng);
+    check("attention(mha) dk", &|x| att2(&q2, x), &k2, &dk, &mut rng);
+
+    // RoPE.
+    let pos: Vec<usize> = (0..n).map(|i| i * 3).collect();
+    let x = rand_t(&mut rng, vec![n, 16], 1.0);
+    let mut g = r.clone();
+    b.rope_bwd(&mut g, 8, &pos, 10000.0).unwrap();
+    check(
+        "rope",
+        &|x| {
+            let mut y = x.clone();
+            b.rope(&mut y, 8, &pos, 10000.0).unwrap();
+            dot(&r, &y)
+        },
+        &x,
+        &g,
+        &mut rng,
+    );
+
+    // RMSNorm: input and weight.
+    let x = rand_t(&mut rng, vec![5, 12], 2.0);
+    let w = rand_t(&mut rng, vec![12], 1.5);
+    let r5 = rand_t(&mut rng, vec![5, 12], 1.0);
+    let mut dw = HostTensor::zeros(vec![12]);
+    let dx = b.rmsnorm_bwd(&r5, &x, &w, 1e-5, Some(&mut dw)).unwrap();
+    check(
+        "rmsnorm dx",
+        &|x| dot(&r5, &b.rmsnorm(x, &w, 1e-5).unwrap()),
+        &x,
+        &dx,
+        &mut rng,
+    );
+    check(
+        "rmsnorm dw",
+        &|w| dot(&r5, &b.rmsnorm(&x, w, 1e-5).unwrap()),
+        &w,
+        &dw,
+        &mut rng,
+    );
+
+    // SwiGLU.
+    let gate = rand_t(&mut rng, vec![5, 12], 3.0);
+    let up = rand_t(&mut rng, vec![5, 12], 2.0);
+    let (dg, du) = b.swiglu_bwd(&r5, &gate, &up).unwrap();
+    check(
+        "swiglu dgate",
+        &|g| dot(&r5, &b.swiglu(g, &up).unwrap()),
+        &gate,
+        &dg,
+        &mut rng,
+    );
+    check(
+        "swiglu dup",
+        &|u| dot(&r5, &b.swiglu(&gate, u).unwrap()),
+        &up,
+        &du,
+        &mut rng,
+    );
+
+    // Linear: input and weight (full and regions).
+    let x = rand_t(&mut rng, vec![5, 7], 1.0);
+    let w = rand_t(&mut rng, vec![6, 7], 1.0);
+    let r6 = rand_t(&mut rng, vec![5, 6], 1.0);
+    let dx = b.linear_bwd_input(&r6, &w).unwrap();
+    check(
+        "linear dx",
+        &|x| dot(&r6, &b.linear(x, &w).unwrap()),
+        &x,
+        &dx,
+        &mut rng,
+    );
+    let mut dw = HostTensor::zeros(vec![6, 7]);
+    b.linear_bwd_weight(&r6, &x, Region::Full, &mut dw).unwrap();
+    check(
+        "linear dw",
+        &|w| dot(&r6, &b.linear(&x, w).unwrap()),
+        &w,
+        &dw,
+        &mut rng,
+    );
+    for reg in [
+        Region::Rows { start: 2, len: 3 },
+        Region::Cols { start: 1, len: 4 },
+    ] {
+        let mut part = HostTensor::zeros(reg.shape(&[6, 7]));
+        b.linear_bwd_weight(&r6, &x, reg, &mut part).unwrap();
+        let want = b.read_region(&dw, reg).unwrap();
+        assert_close(&format!("linear dw {reg:?}"), &part.data, &want.data, 1e-6);
+    }
+
+    // Embedding (repeated ids accumulate).
+    let table = rand_t(&mut rng, vec![9, 4], 1.0);
+    let ids = [3u32, 1, 3, 8, 0];
+    let r4 = rand_t(&mut rng, vec![5, 4], 1.0);
+    let mut dt = HostTensor::zeros(vec![9, 4]);
+    b.embed_bwd(&r4, &ids, &mut dt).unwrap();
+    check(
+        "embed",
+        &|t| dot(&r4, &b.embed(t, &ids).unwrap()),
+        &table,
+        &dt,
+        &mut rng,
+    );
+
+    // Cross-entropy (a row without target).
+    let logits = rand_t(&mut rng, vec![4, 11], 4.0);
+    let tg = [Some(3u32), None, Some(10), Some(0)];
+    let (_, dl) = b.xent_fwd_bwd(&logits, &tg, 0.5).unwrap();
+    check(
+        "xent",
+        &|l| 0.5 * b.xent_fwd_bwd(l, &tg, 1.0).unwrap().0,
+        &logits,
+        &dl,
+        &mut rng,
+    );
+    assert!(dl.data[11..22].iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn whole_model_gradient_matches_finite_differences() {
+    // Sequences of different lengths (the second longer than the window) in one batch.
+    for name in MODELS {
+        let (mut m, r) = load(name);
+        let mut seqs = batch(&r);
+        seqs[1].ids.truncate(8);
+        seqs[1].targets.truncate(8);
+        seqs[1].targets[7] = None;
+        let mask = Mask::all(&m.cfg, m.weights.lm_head.is_none());
+        let (_, g) = mean_grads(&m, &mask, &seqs);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for (si, s) in mask.slices.clone().iter().enumerate() {
+            // A few parameters: every kind once (layer 1 and the globals).
+            let keep = match s.param {
+                ParamId::Layer(l, _) => l == 1,
+                _ => true,
+            };
+            if !keep {
+                continue;
+            }
+            let x = pinpoint::tune::mask::param(&m.weights, s.param)
+                .unwrap()
+                .clone();
+            let gt = g.slices[si].clone();
+            let mm = std::cell::RefCell::new(&mut m);
+            let f = |w: &HostTensor| {
+                let mut mb = mm.borrow_mut();
+                *pinpoint::tune::mask::param_mut(&mut mb.weights, s.param).unwrap() = w.clone();
+                let (l, n) = backward::loss(&mb, &[], &seqs).unwrap();
+                l / n as f64
+            };
+            check(&format!("{name} {}", s.param), &f, &x, &gt, &mut rng);
+            *pinpoint::tune::mask::param_mut(&mut mm.borrow_mut().weights, s.param).unwrap() = x;
+        }
+    }
+}
+
+#[test]
+fn attribution_backward_to_z_matches_finite_differences() {
+    let (m, r) = load("tiny-mistral");
+    let ids = id_rows(&r["input_ids"]);
+    let v = m.cfg.vocab_size;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let dl = rand_t(&mut rng, vec![2, v], 1.0);
+    let dz = backward::backward_to_z(&m, &ids, &dl).unwrap();
+    assert_eq!(dz.len(), m.n_layers());
+    // f(z_l) via a patched forward: perturb z of layer l at one (seq, pos, col).
+    use pinpoint::heads::{HookPoint, Positions, Taps};
+    let base = m
+        .forward(
+            &ids,
+            &Taps::new().capture_all_z(m.n_layers(), Positions::All),
+        )
+        .unwrap();
+    let d = m.head_dim();
+    for l in [0usize, 2] {
+        let z = base.z(l).unwrap();
+        let width = z.width();
+        let gz = &dz[l];
+        assert_eq!(gz.shape, vec![22, width]);
+        for &(row, col) in &[(3usize, 5usize), (10, 60), (15, 17), (21, 33)] {
+            let (seq, pos) = z.index[row];
+            let h = col / d;
+            let f = |delta: f32| {
+                let mut vals = z.row_at(row)[h * d..(h + 1) * d].to_vec();
+                vals[col % d] += delta;
+                let out = m
+                    .forward(
+                        &ids,
+                        &Taps::new().patch_z(HeadId::new(l, h), d, seq, pos, vals),
+                    )
+                    .unwrap();
+                (0..2)
+                    .map(|s| {
+                        let lg = out.logits.last_of(s).unwrap();
+                        lg.iter()
+                            .zip(&dl.data[s * v..(s + 1) * v])
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+            };
+            let num = (f(1e-2) - f(-1e-2)) / 2e-2;
+            let ana = gz.data[row * width + col] as f64;
+            assert!(
+                (num - ana).abs() <= 2e-2 * ana.abs() + 2e-3,
+                "dz layer {l} row {row} col {col}: {ana} vs {num}"
+            );
+        }
+        let _ = HookPoint::Z(l);
+    }
+}
