@@ -6,3 +6,4 @@ pub mod metric;
 pub mod pairs;
 pub mod path_patching;
 pub mod report;
+pub mod run;

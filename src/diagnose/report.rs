@@ -1,1 +1,499 @@
+//! Diagnosis outputs: heads.json, heads.csv, a layers x heads heatmap (SVG and PNG) and a
+//! markdown summary; SVG charts for attention shares and knockout curves.
 
+use super::run::Diagnosis;
+use crate::model::ModelConfig;
+use crate::util::{atomic_write, write_json};
+use anyhow::Result;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The model header every output carries, so a file is never used with another model.
+pub fn model_header(cfg: &ModelConfig, model_id: &str) -> serde_json::Value {
+    json!({
+        "id": model_id,
+        "architecture": cfg.architecture,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+    })
+}
+
+/// Write heads.json, heads.csv, heatmap.svg, heatmap.png and summary.md into `out`.
+pub fn write_diagnosis(
+    out: &Path,
+    cfg: &ModelConfig,
+    model_id: &str,
+    data: &serde_json::Value,
+    labels: (&str, &str),
+    d: &Diagnosis,
+    top_k: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let command: Vec<String> = std::env::args().collect();
+    let heads_json = json!({
+        "model": model_header(cfg, model_id),
+        "data": data,
+        "metric": {"kind": d.metric.kind, "syc_token": d.metric.syc, "anti_token": d.metric.anti,
+                   "syc_label": labels.0, "anti_label": labels.1},
+        "method": d.config,
+        "n_pairs": d.n_pairs,
+        "reference_metric": d.reference_metric,
+        "counterfactual_metric": d.counterfactual_metric,
+        "seconds": {"clean_runs": d.seconds_clean, "sweep": d.seconds_sweep},
+        "command": command.join(" "),
+        "heads": d.heads,
+    });
+    write_json(&out.join("heads.json"), &heads_json)?;
+    let mut csv = String::from("rank,layer,head,position,score,std\n");
+    for h in &d.heads {
+        let pos = h.position.map(|p| p.to_string()).unwrap_or_default();
+        writeln!(
+            csv,
+            "{},{},{},{},{},{}",
+            h.rank, h.layer, h.head, pos, h.score, h.std
+        )?;
+    }
+    atomic_write(&out.join("heads.csv"), csv.as_bytes())?;
+    // Heatmap over (layer, head): the best (most negative) score of each head over positions.
+    let (l_n, h_n) = (cfg.num_hidden_layers, cfg.num_attention_heads);
+    let mut grid = vec![vec![f64::NAN; h_n]; l_n];
+    for h in &d.heads {
+        let c = &mut grid[h.layer][h.head];
+        if c.is_nan() || h.score < *c {
+            *c = h.score;
+        }
+    }
+    let top: Vec<(usize, usize)> = d
+        .heads
+        .iter()
+        .take(top_k)
+        .map(|h| (h.layer, h.head))
+        .collect();
+    let title = format!(
+        "{model_id}: {:?} patching, {} pairs ({:?})",
+        d.config.method, d.n_pairs, d.metric.kind
+    );
+    atomic_write(
+        &out.join("heatmap.svg"),
+        heatmap_svg(&grid, &top, &title).as_bytes(),
+    )?;
+    atomic_write(&out.join("heatmap.png"), &heatmap_png(&grid, &top)?)?;
+    atomic_write(
+        &out.join("summary.md"),
+        summary_md(d, model_id, labels, top_k).as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn summary_md(d: &Diagnosis, model_id: &str, labels: (&str, &str), top_k: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Sycophancy heads of {model_id}\n");
+    let _ = writeln!(
+        s,
+        "{:?} patching at {:?}, metric {:?} with labels {:?} (token {}) vs {:?} (token {}), {} pairs{}.\n",
+        d.config.method,
+        d.config.positions,
+        d.metric.kind,
+        labels.0,
+        d.metric.syc,
+        labels.1,
+        d.metric.anti,
+        d.n_pairs,
+        if d.config.freeze_mlp { ", MLPs frozen" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "Clean metric: reference {:.4}, counterfactual {:.4}. Clean runs {:.2} s, sweep {:.2} s.\n",
+        d.reference_metric, d.counterfactual_metric, d.seconds_clean, d.seconds_sweep
+    );
+    let total: f64 = d
+        .heads
+        .iter()
+        .filter(|h| h.score < 0.0)
+        .map(|h| -h.score)
+        .sum();
+    let top: f64 = d
+        .heads
+        .iter()
+        .take(top_k)
+        .filter(|h| h.score < 0.0)
+        .map(|h| -h.score)
+        .sum();
+    if total > 0.0 {
+        let _ = writeln!(
+            s,
+            "Sparsity: the top {top_k} of {} nodes ({:.1}%) carry {:.1}% of the total negative effect.\n",
+            d.heads.len(),
+            100.0 * top_k as f64 / d.heads.len() as f64,
+            100.0 * top / total
+        );
+    }
+    let _ = writeln!(s, "| rank | head | score | std |\n|---:|---|---:|---:|");
+    for h in d.heads.iter().take(top_k.max(10)) {
+        let pos = h.position.map(|p| format!(" @{p}")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | L{}H{}{} | {:.3} | {:.3} |",
+            h.rank, h.layer, h.head, pos, h.score, h.std
+        );
+    }
+    let _ = writeln!(s, "\n![heatmap](heatmap.svg)");
+    s
+}
+
+/// Diverging colour: negative red, positive blue, zero white; `t` in [-1, 1].
+fn diverging(t: f64) -> (u8, u8, u8) {
+    if t.is_nan() {
+        return (200, 200, 200);
+    }
+    let t = t.clamp(-1.0, 1.0);
+    let f = |a: f64| (255.0 * (1.0 - a)).round() as u8;
+    if t < 0.0 {
+        (255, f(-t * 0.85), f(-t * 0.85))
+    } else {
+        (f(t * 0.85), f(t * 0.6), 255)
+    }
+}
+
+fn scale_of(grid: &[Vec<f64>]) -> f64 {
+    grid.iter()
+        .flatten()
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, |m, x| m.max(x.abs()))
+        .max(1e-12)
+}
+
+/// Layers as rows (0 at top), heads as columns; top-k heads outlined in black.
+pub fn heatmap_svg(grid: &[Vec<f64>], top: &[(usize, usize)], title: &str) -> String {
+    let (rows, cols) = (grid.len(), grid.first().map_or(0, Vec::len));
+    let cell = 18.0;
+    let (x0, y0) = (50.0, 40.0);
+    let width = x0 + cols as f64 * cell + 120.0;
+    let height = y0 + rows as f64 * cell + 40.0;
+    let scale = scale_of(grid);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="10">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{x0}" y="16" font-size="12">{}</text>"#,
+        xml_escape(title)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="32">head</text>"#,
+        x0 + cols as f64 * cell / 2.0 - 10.0
+    );
+    for c in 0..cols {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{c}</text>"#,
+            x0 + (c as f64 + 0.5) * cell,
+            y0 - 3.0
+        );
+    }
+    for (r, row) in grid.iter().enumerate() {
+        let y = y0 + r as f64 * cell;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">L{r}</text>"#,
+            x0 - 4.0,
+            y + cell * 0.7
+        );
+        for (c, &v) in row.iter().enumerate() {
+            let (cr, cg, cb) = diverging(v / scale);
+            let x = x0 + c as f64 * cell;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="rgb({cr},{cg},{cb})"><title>L{r}H{c}: {v:.4}</title></rect>"#
+            );
+        }
+    }
+    for &(r, c) in top {
+        let (x, y) = (x0 + c as f64 * cell, y0 + r as f64 * cell);
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="black" stroke-width="2"/>"#,
+            x + 1.0,
+            y + 1.0,
+            cell - 2.0,
+            cell - 2.0
+        );
+    }
+    // Colour bar.
+    let bx = x0 + cols as f64 * cell + 20.0;
+    let bh = (rows as f64 * cell).max(60.0);
+    for i in 0..50 {
+        let t = 1.0 - 2.0 * i as f64 / 49.0;
+        let (cr, cg, cb) = diverging(t);
+        let _ = writeln!(
+            s,
+            r#"<rect x="{bx}" y="{}" width="14" height="{}" fill="rgb({cr},{cg},{cb})"/>"#,
+            y0 + bh * i as f64 / 50.0,
+            bh / 50.0 + 0.5
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}">{:+.3}</text>"#,
+        bx + 18.0,
+        y0 + 8.0,
+        scale
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}">0</text>"#,
+        bx + 18.0,
+        y0 + bh / 2.0 + 4.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}">{:+.3}</text>"#,
+        bx + 18.0,
+        y0 + bh,
+        -scale
+    );
+    let _ = writeln!(s, "</svg>");
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// 3x5 glyphs for the PNG axis labels.
+fn glyph(ch: char) -> [u8; 5] {
+    match ch {
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [7, 1, 7, 4, 7],
+        '3' => [7, 1, 7, 1, 7],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 7, 1, 7],
+        '6' => [7, 4, 7, 5, 7],
+        '7' => [7, 1, 1, 1, 1],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 7],
+        'L' => [4, 4, 4, 4, 7],
+        'H' => [5, 5, 7, 5, 5],
+        _ => [0; 5],
+    }
+}
+
+struct Canvas {
+    w: usize,
+    h: usize,
+    px: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(w: usize, h: usize) -> Self {
+        Self {
+            w,
+            h,
+            px: vec![255; w * h * 3],
+        }
+    }
+    fn rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: (u8, u8, u8)) {
+        for yy in y..(y + h).min(self.h) {
+            for xx in x..(x + w).min(self.w) {
+                let i = (yy * self.w + xx) * 3;
+                self.px[i..i + 3].copy_from_slice(&[c.0, c.1, c.2]);
+            }
+        }
+    }
+    fn text(&mut self, x: usize, y: usize, s: &str, scale: usize) {
+        for (k, ch) in s.chars().enumerate() {
+            let g = glyph(ch);
+            for (r, bits) in g.iter().enumerate() {
+                for b in 0..3 {
+                    if bits & (4 >> b) != 0 {
+                        self.rect(
+                            x + (k * 4 + b) * scale,
+                            y + r * scale,
+                            scale,
+                            scale,
+                            (0, 0, 0),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The heatmap as a PNG (cells, top-k outlines, axis numbers, colour bar).
+pub fn heatmap_png(grid: &[Vec<f64>], top: &[(usize, usize)]) -> Result<Vec<u8>> {
+    let (rows, cols) = (grid.len(), grid.first().map_or(0, Vec::len));
+    let cell = 16;
+    let (x0, y0) = (40, 24);
+    let w = x0 + cols * cell + 60;
+    let h = y0 + rows * cell + 16;
+    let mut cv = Canvas::new(w, h);
+    let scale = scale_of(grid);
+    for c in 0..cols {
+        cv.text(x0 + c * cell + 2, y0 - 14, &c.to_string(), 2);
+    }
+    for (r, row) in grid.iter().enumerate() {
+        cv.text(4, y0 + r * cell + 3, &format!("L{r}"), 2);
+        for (c, &v) in row.iter().enumerate() {
+            cv.rect(
+                x0 + c * cell,
+                y0 + r * cell,
+                cell,
+                cell,
+                diverging(v / scale),
+            );
+        }
+    }
+    for &(r, c) in top {
+        let (x, y) = (x0 + c * cell, y0 + r * cell);
+        cv.rect(x, y, cell, 2, (0, 0, 0));
+        cv.rect(x, y + cell - 2, cell, 2, (0, 0, 0));
+        cv.rect(x, y, 2, cell, (0, 0, 0));
+        cv.rect(x + cell - 2, y, 2, cell, (0, 0, 0));
+    }
+    let bx = x0 + cols * cell + 16;
+    let bh = rows * cell;
+    for i in 0..bh {
+        let t = 1.0 - 2.0 * i as f64 / bh.max(2) as f64;
+        cv.rect(bx, y0 + i, 14, 1, diverging(t));
+    }
+    let mut out = vec![];
+    {
+        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(&cv.px)?;
+    }
+    Ok(out)
+}
+
+/// A bar chart SVG (e.g. attention share of top-k heads vs the rest).
+pub fn bars_svg(title: &str, labels: &[String], values: &[f64], highlight: &[bool]) -> String {
+    let bw = 22.0;
+    let (x0, y0, ph) = (50.0, 30.0, 200.0);
+    let w = x0 + labels.len() as f64 * bw + 20.0;
+    let max = values.iter().fold(0.0f64, |m, v| m.max(*v)).max(1e-12);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}" font-family="sans-serif" font-size="9">"#,
+        y0 + ph + 60.0
+    );
+    let _ = write!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{x0}" y="16" font-size="12">{}</text>"#,
+        xml_escape(title)
+    );
+    for (i, (l, v)) in labels.iter().zip(values).enumerate() {
+        let hgt = ph * v / max;
+        let x = x0 + i as f64 * bw;
+        let fill = if highlight.get(i).copied().unwrap_or(false) {
+            "#d62728"
+        } else {
+            "#7f7f7f"
+        };
+        let _ = write!(
+            s,
+            r#"<rect x="{}" y="{}" width="{}" height="{hgt}" fill="{fill}"><title>{l}: {v:.4}</title></rect><text transform="translate({},{}) rotate(60)">{}</text>"#,
+            x + 2.0,
+            y0 + ph - hgt,
+            bw - 4.0,
+            x + 6.0,
+            y0 + ph + 4.0,
+            xml_escape(l)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="4" y="{}">{max:.3}</text><text x="4" y="{}">0</text></svg>"#,
+        y0 + 8.0,
+        y0 + ph
+    );
+    s
+}
+
+/// A line chart SVG of one or more series over shared x values.
+pub fn lines_svg(title: &str, xlabel: &str, xs: &[f64], series: &[(String, Vec<f64>)]) -> String {
+    let (x0, y0, pw, ph) = (50.0, 30.0, 420.0, 220.0);
+    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"];
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        (lo, if hi > lo { hi } else { lo + 1.0 })
+    } else {
+        (0.0, 1.0)
+    };
+    let xmax = xs.iter().copied().fold(1e-12, f64::max);
+    let px = |x: f64| x0 + pw * x / xmax;
+    let py = |y: f64| y0 + ph * (1.0 - (y - lo) / (hi - lo));
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="10"><rect width="100%" height="100%" fill="white"/><text x="{x0}" y="16" font-size="12">{}</text>"#,
+        x0 + pw + 160.0,
+        y0 + ph + 40.0,
+        xml_escape(title)
+    );
+    let _ = write!(
+        s,
+        r#"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{}" stroke="black"/><text x="{}" y="{}">{}</text><text x="4" y="{}">{hi:.3}</text><text x="4" y="{}">{lo:.3}</text>"#,
+        y0 + ph,
+        x0 + pw,
+        y0 + ph,
+        y0 + ph,
+        x0 + pw / 2.0,
+        y0 + ph + 28.0,
+        xml_escape(xlabel),
+        y0 + 8.0,
+        y0 + ph
+    );
+    for x in xs {
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{x}</text>"#,
+            px(*x),
+            y0 + ph + 14.0
+        );
+    }
+    for (k, (name, ys)) in series.iter().enumerate() {
+        let c = colors[k % colors.len()];
+        let pts: Vec<String> = xs
+            .iter()
+            .zip(ys)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+            pts.join(" ")
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" fill="{c}">{}</text>"#,
+            x0 + pw + 10.0,
+            y0 + 14.0 * (k as f64 + 1.0),
+            xml_escape(name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
