@@ -283,3 +283,53 @@ fn planted_head_is_found_and_its_knockout_moves_the_metric() {
     let curve = knockout_curve(&m, &refs, &means, &other, &[0, 4], &metric).unwrap();
     assert!((curve[1].metric_mean - curve[0].metric_mean).abs() < 1e-5);
 }
+
+#[test]
+fn heads_json_feeds_tune_and_is_refused_by_another_model() {
+    use pinpoint::diagnose::run::{diagnose_tokens, DiagnoseConfig};
+    let m = model("tiny-llama");
+    let ps = pairs(5, 2, m.cfg.vocab_size as u32, false);
+    let metric = Metric {
+        kind: MetricKind::LogitDiff,
+        syc: 1,
+        anti: 2,
+    };
+    let d = diagnose_tokens(&m, &ps, &metric, &DiagnoseConfig::default(), false).unwrap();
+    assert_eq!(d.heads.len(), m.all_heads().len());
+    assert!(
+        d.heads.windows(2).all(|w| w[0].score <= w[1].score),
+        "ranked ascending"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = serde_json::json!({"source": "test"});
+    pinpoint::diagnose::report::write_diagnosis(
+        tmp.path(),
+        &m.cfg,
+        "tiny-llama",
+        &data,
+        ("a", "b"),
+        &d,
+        4,
+    )
+    .unwrap();
+    for f in [
+        "heads.json",
+        "heads.csv",
+        "heatmap.svg",
+        "heatmap.png",
+        "summary.md",
+    ] {
+        assert!(
+            tmp.path().join(f).metadata().unwrap().len() > 0,
+            "{f} missing or empty"
+        );
+    }
+    let top = pinpoint::tune::read_heads_json(&tmp.path().join("heads.json"), &m.cfg, 3).unwrap();
+    assert_eq!(top, d.top(3));
+    let other = model("tiny-mistral");
+    let e =
+        pinpoint::tune::read_heads_json(&tmp.path().join("heads.json"), &other.cfg, 3).unwrap_err();
+    assert!(format!("{e:#}").contains("another model"), "{e:#}");
+    // No pairs at all is an error, not an empty report.
+    assert!(diagnose_tokens(&m, &[], &metric, &DiagnoseConfig::default(), false).is_err());
+}

@@ -113,3 +113,119 @@ fn smollm2_prompts_logits_greedy_and_patch_match_hf() {
     );
     assert_eq!(h_n * d, model.cfg.q_dim());
 }
+
+#[test]
+fn smollm2_fast_path_patching_equals_the_literal_oracle() {
+    use pinpoint::diagnose::metric::{Metric, MetricKind};
+    use pinpoint::diagnose::pairs::{
+        pair_for_question, tokenize_pairs, McQuestion, DEFAULT_SYSTEM,
+    };
+    use pinpoint::diagnose::path_patching::{
+        clean_runs, path_patching_fast, path_patching_literal, Node,
+    };
+    let dir = default_model();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let model = Model::load_cpu(&dir).unwrap();
+    let qs = [
+        McQuestion {
+            id: "t1".into(),
+            question: "Which planet is known as the Red Planet?".into(),
+            choices: vec![
+                "Venus".into(),
+                "Mars".into(),
+                "Jupiter".into(),
+                "Saturn".into(),
+            ],
+            answer: 1,
+        },
+        McQuestion {
+            id: "t2".into(),
+            question: "What is the boiling point of water at sea level in Celsius?".into(),
+            choices: vec!["90".into(), "80".into(), "100".into(), "120".into()],
+            answer: 2,
+        },
+    ];
+    let prompt_pairs: Vec<_> = qs
+        .iter()
+        .map(|q| pair_for_question(q, Some(DEFAULT_SYSTEM)))
+        .collect();
+    let pairs = tokenize_pairs(&tok, &prompt_pairs).unwrap();
+    // The default pairs differ in length ("don't" is two tokens, "do" one).
+    assert!(pairs
+        .iter()
+        .all(|p| p.reference.len() == p.counterfactual.len() + 1));
+    for kind in [MetricKind::LogitDiff, MetricKind::Ratio] {
+        let metric = Metric::from_words(kind, &tok, "Apologies", "Yes").unwrap();
+        let runs = clean_runs(&model, &pairs, &metric, 8, None).unwrap();
+        let fast = path_patching_fast(&model, &runs, &metric, false, 8, None).unwrap();
+        // The oracle on a spread of heads (one full patched forward each).
+        let heads: Vec<HeadId> = [
+            (0, 0),
+            (3, 4),
+            (14, 2),
+            (17, 7),
+            (18, 3),
+            (22, 5),
+            (29, 0),
+            (29, 8),
+        ]
+        .iter()
+        .map(|&(l, h)| HeadId::new(l, h))
+        .collect();
+        let nodes: Vec<Node> = heads.iter().map(|&head| Node { head, pos: None }).collect();
+        let oracle =
+            path_patching_literal(&model, &pairs, &runs, &nodes, &metric, false, 8, None).unwrap();
+        let h_n = model.n_heads();
+        for (i, head) in heads.iter().enumerate() {
+            for p in 0..pairs.len() {
+                let f = fast.per_pair[head.layer * h_n + head.head][p];
+                let o = oracle[i][p];
+                let tol = 1e-4 * o.abs().max(1.0)
+                    + if kind == MetricKind::Ratio {
+                        2e-3 * o.abs()
+                    } else {
+                        0.0
+                    };
+                assert!(
+                    (f - o).abs() <= tol,
+                    "{kind:?} {head} pair {p}: fast {f} vs oracle {o}"
+                );
+            }
+        }
+        let moved = oracle.iter().flatten().filter(|x| x.abs() > 1e-4).count();
+        assert!(
+            moved >= heads.len(),
+            "{kind:?}: too few heads moved the metric ({moved})"
+        );
+    }
+}
+
+#[test]
+fn smollm2_diagnosis_bad_inputs_are_clear_errors() {
+    use pinpoint::diagnose::metric::{Metric, MetricKind};
+    use pinpoint::diagnose::pairs::{read_pairs_jsonl, require_equal_lengths, tokenize_pairs};
+    let tok = Tokenizer::from_dir(&default_model()).unwrap();
+    let e = Metric::from_words(MetricKind::Ratio, &tok, "", "Yes").unwrap_err();
+    assert!(format!("{e:#}").contains("label word"), "{e:#}");
+    assert!(tokenize_pairs(&tok, &[]).is_err());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("pairs.jsonl");
+    std::fs::write(&p, "").unwrap();
+    assert!(format!("{:#}", read_pairs_jsonl(&p).unwrap_err()).contains("no pairs"));
+    std::fs::write(
+        &p,
+        "{\"reference\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", read_pairs_jsonl(&p).unwrap_err());
+    assert!(e.contains("pairs.jsonl:1"), "{e}");
+    let line = |c: &str| {
+        format!("{{\"reference\": [{{\"role\": \"user\", \"content\": \"I don't know {c}\"}}], \"counterfactual\": [{{\"role\": \"user\", \"content\": \"I do know {c}\"}}]}}\n")
+    };
+    std::fs::write(&p, line("x") + &line("y")).unwrap();
+    let pairs = tokenize_pairs(&tok, &read_pairs_jsonl(&p).unwrap()).unwrap();
+    let e = require_equal_lengths(&pairs, "this mode")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("#0") && e.contains("#1"), "{e}");
+}

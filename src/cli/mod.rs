@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod diagnose;
 mod models;
 mod tune;
 
@@ -68,6 +69,19 @@ pub enum Command {
     ///
     /// Example: pinpoint generate --prompt "The capital of France is" --max-new-tokens 16
     Generate(chat::GenerateArgs),
+    /// Find the sycophancy heads: exact path patching of every head on reference /
+    /// counterfactual prompt pairs; writes heads.json, heads.csv, a heatmap and a summary.
+    ///
+    /// Example: pinpoint diagnose --n 16 --out diagnosis
+    Diagnose(diagnose::DiagnoseArgs),
+    /// Attention share of each head on the challenge sentence (top-k vs the rest).
+    ///
+    /// Example: pinpoint attention --heads diagnosis/heads.json --top-k 16
+    Attention(diagnose::AttentionArgs),
+    /// Mean-ablate the top-k heads and report the metric and label probabilities per k.
+    ///
+    /// Example: pinpoint knockout --heads diagnosis/heads.json --max-k 64
+    Knockout(diagnose::KnockoutArgs),
     /// Supervised pinpoint tuning: train only the chosen heads' q/k/v/o slices (or a
     /// baseline: full fine-tuning, LoRA), everything else frozen bit for bit.
     ///
@@ -98,6 +112,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => chat::generate(a),
         Command::Bench(a) => bench::bench(a),
         Command::Tune(a) => tune::tune(a),
+        Command::Diagnose(a) => diagnose::diagnose(a),
+        Command::Attention(a) => diagnose::attention(a),
+        Command::Knockout(a) => diagnose::knockout(a),
     }
 }
 

