@@ -66,9 +66,52 @@ pub fn clean_runs<B: Backend>(
     let mut runs = Vec::with_capacity(pairs.len());
     for group in pairs.chunks(chunk.max(1)) {
         let n = group.len();
-        let mut seqs: Vec<Vec<u32>> = group.iter().map(|p| p.reference.clone()).collect();
-        seqs.extend(group.iter().map(|p| p.counterfactual.clone()));
-        let out = model.forward(&seqs, &taps)?;
+        // The two prompts of a pair share everything before the challenge: run that common
+        // prefix once into a KV cache, then both suffixes on top of it (seq i = X_r of
+        // pair i, seq n + i = its X_c).
+        let common: Vec<usize> = group
+            .iter()
+            .map(|p| {
+                let lcp = p
+                    .reference
+                    .iter()
+                    .zip(&p.counterfactual)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                lcp.min(p.reference.len() - 1)
+                    .min(p.counterfactual.len() - 1)
+            })
+            .collect();
+        let longest = common.iter().copied().max().unwrap_or(0).max(1);
+        let mut cache = model.new_cache(n, longest)?;
+        let prefixes: Vec<(usize, &[u32])> = group
+            .iter()
+            .zip(&common)
+            .enumerate()
+            .filter(|(_, (_, &c))| c > 0)
+            .map(|(i, (p, &c))| (i, &p.reference[..c]))
+            .collect();
+        if !prefixes.is_empty() {
+            model.forward_cached(
+                &prefixes,
+                &mut cache,
+                &Taps::new().with_logits(Positions::None),
+            )?;
+        }
+        let mut inputs: Vec<(usize, &[u32])> = group
+            .iter()
+            .zip(&common)
+            .enumerate()
+            .map(|(i, (p, &c))| (i, &p.reference[c..]))
+            .collect();
+        inputs.extend(
+            group
+                .iter()
+                .zip(&common)
+                .enumerate()
+                .map(|(i, (p, &c))| (i, &p.counterfactual[c..])),
+        );
+        let out = model.forward_on_prefix(&inputs, &cache, &taps, None)?;
         let last = |point: HookPoint, s: usize| {
             out.captures[&point].last_of(s).expect("captured").to_vec()
         };
