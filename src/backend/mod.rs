@@ -8,6 +8,8 @@
 
 pub mod cpu;
 pub mod cpu_gemm;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::model::HostTensor;
 use anyhow::Result;
