@@ -46,6 +46,10 @@ export PINPOINT_HOME=/tmp/pinpoint-home        # PTX cache
 export PINPOINT_REPO=$ROOT                     # fixtures (the binaries were built elsewhere)
 export PINPOINT_REQUIRE_GPU=1                  # a missing GPU fails instead of skipping
 export RUST_BACKTRACE=1
+# The toolkit's NVRTC matches the driver (PTX from a newer NVRTC may not load).
+if ls /usr/local/cuda/lib64/libnvrtc.so* >/dev/null 2>&1; then
+  export PINPOINT_NVRTC=/usr/local/cuda/lib64
+fi
 : >"$LOG"
 declare -A RC SECS
 
@@ -83,7 +87,7 @@ for name, rc, secs in re.findall(r"==== (\w+): rc=(\d+) in (\d+)s", text):
 res["errors"] = sorted({float(e) for e in re.findall(r"rel err ([0-9.e+-]+)", text)})[-5:]
 res["worst_rel_err"] = res["errors"][-1] if res["errors"] else None
 res["skipped"] = len(re.findall(r"SKIPPED", text))
-res["failed_tests"] = re.findall(r"---- (\S+) stdout ----", text)
+res["failed_tests"] = sorted(set(re.findall(r"thread '(\w+)' \(\d+\) panicked", text)))
 for f in ("bench.json", "torch_baseline.json"):
     p = os.path.join(out, f)
     if os.path.exists(p):

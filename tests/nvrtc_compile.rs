@@ -148,3 +148,23 @@ fn ptx_cache_key_covers_source_arch_and_nvrtc() {
     assert_ne!(a, registry::cache_path(&edited, "sm_90", (13, 0)));
     assert!(a.starts_with(pinpoint::util::cache_dir().join("ptx")));
 }
+
+#[test]
+fn hot_kernels_do_not_spill_registers() {
+    if !have_nvrtc("hot_kernels_do_not_spill_registers") {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        for module in ["gemm", "attention"] {
+            let k = registry::source(module).unwrap();
+            let log = registry::ptxas_report(k, arch).unwrap();
+            eprintln!("---- {arch} {module}.cu\n{log}");
+            assert!(log.contains("Used"), "no ptxas report in the log: {log}");
+            assert!(
+                !log.lines()
+                    .any(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores")),
+                "{arch} {module}.cu spills registers:\n{log}"
+            );
+        }
+    }
+}

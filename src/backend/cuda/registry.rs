@@ -176,6 +176,30 @@ pub fn compile_ptx(k: &KernelSource, arch: &str) -> Result<String> {
     Ok(ptx.to_src())
 }
 
+/// The assembler's resource report (registers, shared memory, spills per kernel) of `k`
+/// for `arch`: NVRTC's log with `--ptxas-options=-v`. No device needed.
+pub fn ptxas_report(k: &KernelSource, arch: &str) -> Result<String> {
+    use cudarc::nvrtc::result as nv;
+    ensure_nvrtc().map_err(|e| anyhow!(e))?;
+    let src = std::ffi::CString::new(k.source).context("kernel source has a NUL byte")?;
+    let name = std::ffi::CString::new(format!("{}.cu", k.module)).unwrap();
+    let prog = nv::create_program(&src, Some(&name)).map_err(|e| anyhow!("{e:?}"))?;
+    let mut opts = compile_options(arch);
+    opts.push("--ptxas-options=-v".into());
+    // SAFETY: `prog` is a live program; it is destroyed once, below.
+    let compiled = unsafe { nv::compile_program(prog, &opts) };
+    let log = unsafe { nv::get_program_log(prog) }.map_err(|e| anyhow!("{e:?}"));
+    let _ = unsafe { nv::destroy_program(prog) };
+    let log: Vec<u8> = log?
+        .into_iter()
+        .take_while(|&c| c != 0)
+        .map(|c| c as u8)
+        .collect();
+    let log = String::from_utf8_lossy(&log).into_owned();
+    compiled.map_err(|e| anyhow!("NVRTC failed on {}.cu: {e:?}\n{log}", k.module))?;
+    Ok(log)
+}
+
 /// The disk cache file of `k` compiled for `arch` by NVRTC `ver`.
 pub fn cache_path(k: &KernelSource, arch: &str, ver: (i32, i32)) -> PathBuf {
     use sha2::{Digest, Sha256};
