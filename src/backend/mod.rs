@@ -8,6 +8,8 @@
 
 pub mod cpu;
 pub mod cpu_gemm;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod train;
 
 use crate::model::HostTensor;

@@ -1,0 +1,830 @@
+//! The CUDA backend: bf16 storage, f32 accumulation, hand-written kernels (`kernels/*.cu`)
+//! compiled at run time by NVRTC (see [`registry`]).
+//!
+//! Dtypes: every device tensor is bf16 (weights and activations alike, as a bf16 HF model
+//! runs); `upload` rounds f32 to bf16 (nearest even) and `download` widens to f32. Inside
+//! kernels everything is f32 (norms, softmax, GEMM accumulators) and rounded once on store.
+//! Attention probabilities (`Pattern`) are computed and returned in f32.
+//!
+//! Linear layers use the engine's own tensor-core GEMM ([`Gemm::Engine`], the default);
+//! cuBLAS ([`Gemm::Cublas`]) is there only as an oracle and a speed yardstick.
+//!
+//! Work is queued on one stream; errors of a launch show up at the latest at the next
+//! download or [`CudaBackend::synchronize`].
+
+pub mod registry;
+
+use super::{AttnShape, Backend, Pattern, SeqSpan};
+use crate::model::HostTensor;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use registry::{KernelFn, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Why CUDA cannot be used here, or `Ok` if a device, its driver and NVRTC are present.
+/// Probes the libraries before any cudarc call (cudarc panics on a missing library).
+pub fn cuda_available() -> Result<(), String> {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("libcuda (the NVIDIA driver library) is not on the library path".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => return Err("the NVIDIA driver reports no CUDA device".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("the CUDA driver failed to start: {e:?}")),
+    }
+    registry::ensure_nvrtc()
+}
+
+/// Which GEMM `linear` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gemm {
+    /// The engine's kernels: `gemm_bf16_tn` (tensor cores, cp.async double buffering), and
+    /// `gemv_bf16_tn` for at most 8 rows (decode).
+    #[default]
+    Engine,
+    /// cuBLAS `cublasGemmEx` (bf16 in/out, f32 compute): a reference, not the default.
+    Cublas,
+}
+
+/// A device tensor: bf16 elements, row-major, and its shape (1-D or 2-D).
+pub struct CudaTensor {
+    buf: CudaSlice<u16>,
+    shape: Vec<usize>,
+}
+
+impl CudaTensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+fn dims2(shape: &[usize]) -> Result<(usize, usize)> {
+    match shape {
+        [r, c] => Ok((*r, *c)),
+        [c] => Ok((1, *c)),
+        s => bail!("expected a 2-D tensor, got shape {s:?}"),
+    }
+}
+
+/// A size as a kernel `int`.
+fn int(x: usize, what: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| anyhow!("{what} = {x} does not fit a kernel's 32-bit int"))
+}
+
+fn u32s(v: &[usize], what: &str) -> Result<Vec<u32>> {
+    v.iter()
+        .map(|&x| u32::try_from(x).map_err(|_| anyhow!("{what}: {x} does not fit u32")))
+        .collect()
+}
+
+fn bf16_bits(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+fn bf16_value(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+const ELEM_THREADS: u32 = 256;
+
+fn elem_cfg(len: usize) -> LaunchConfig {
+    let blocks = len.div_ceil(ELEM_THREADS as usize).clamp(1, 8192) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+// Launch geometry shared with the kernels (keep in sync with the #defines there).
+const GEMM_BM: usize = 64;
+const GEMM_BN: usize = 64;
+const GEMV_MAXN: usize = 8;
+const GEMV_WARPS: usize = 8;
+const ATT_QPB: usize = 4;
+const ATT_MAXD: usize = 256;
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    reg: Registry,
+    gemm: Gemm,
+    blas: OnceLock<Result<cudarc::cublas::CudaBlas, String>>,
+    poison: AtomicBool,
+    device: String,
+}
+
+impl CudaBackend {
+    /// Open device `ordinal`. Fails with the reason of [`cuda_available`] when CUDA cannot
+    /// be used, and on devices older than compute capability 8.0 (bf16 mma, cp.async).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        cuda_available().map_err(|e| anyhow!("CUDA is not available: {e}"))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow!("opening CUDA device {ordinal}: {e:?}"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| anyhow!("reading the compute capability: {e:?}"))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        ensure!(
+            major >= 8,
+            "{name} has compute capability {major}.{minor}; pinpoint's kernels need 8.0 or newer"
+        );
+        let arch = format!("sm_{major}{minor}");
+        let stream = ctx.default_stream();
+        Ok(Self {
+            reg: Registry::new(ctx.clone(), arch.clone()),
+            device: format!("cuda:{ordinal} {name} ({arch})"),
+            ctx,
+            stream,
+            gemm: Gemm::Engine,
+            blas: OnceLock::new(),
+            poison: AtomicBool::new(false),
+        })
+    }
+
+    /// Use `gemm` for `linear`.
+    pub fn with_gemm(mut self, gemm: Gemm) -> Self {
+        self.gemm = gemm;
+        self
+    }
+
+    pub fn gemm(&self) -> Gemm {
+        self.gemm
+    }
+
+    /// Tests: fill every freshly allocated output with NaN before the kernel writes it, so
+    /// an element a kernel forgets to write shows up.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Compile (or read from the PTX cache) and load every kernel now.
+    pub fn load_kernels(&self) -> Result<()> {
+        self.reg.load_all()
+    }
+
+    /// Wait for queued work; returns the first asynchronous error, if any.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("CUDA error: {e:?}"))
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    fn func(&self, f: KernelFn) -> Result<cudarc::driver::CudaFunction> {
+        self.reg.get(f)
+    }
+
+    fn htod<T: DeviceRepr + Default + Clone>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+        let r = if v.is_empty() {
+            self.stream.clone_htod(&[T::default()])
+        } else {
+            self.stream.clone_htod(v)
+        };
+        r.map_err(|e| anyhow!("host-to-device copy: {e:?}"))
+    }
+
+    /// `len` elements of `T` (at least one allocated), NaN-filled when poisoning.
+    fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller has a kernel write the `len` elements before any read.
+        let mut buf = unsafe { self.stream.alloc::<T>(len.max(1)) }
+            .map_err(|e| anyhow!("allocating {len} elements on the GPU: {e:?}"))?;
+        if self.poison.load(Ordering::Relaxed) {
+            let halves = (len.max(1) * std::mem::size_of::<T>() / 2) as i64;
+            let f = self.func(registry::FILL_U16)?;
+            let value = 0xffffu32;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&mut buf).arg(&value).arg(&halves);
+            unsafe { b.launch(elem_cfg(halves as usize)) }.context("fill_u16")?;
+        }
+        Ok(buf)
+    }
+
+    fn tensor(&self, shape: Vec<usize>) -> Result<CudaTensor> {
+        let buf = self.alloc::<u16>(shape.iter().product())?;
+        Ok(CudaTensor { buf, shape })
+    }
+
+    /// `x += y; out = rmsnorm(x) * w` in one pass (the residual add fused with the next
+    /// norm). Same result as `add_assign` then `rmsnorm`.
+    pub fn add_rmsnorm(
+        &self,
+        x: &mut CudaTensor,
+        y: &CudaTensor,
+        w: &CudaTensor,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        ensure!(
+            x.shape == y.shape,
+            "add_rmsnorm: shapes {:?} and {:?} differ",
+            x.shape,
+            y.shape
+        );
+        let (n, d) = dims2(&x.shape)?;
+        ensure!(
+            w.numel() == d,
+            "rmsnorm weight has {} elements, rows have {d}",
+            w.numel()
+        );
+        let mut out = self.tensor(vec![n, d])?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let (ni, di) = (int(n, "rows")?, int(d, "cols")?);
+        let f = self.func(registry::ADD_RMSNORM)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.buf)
+            .arg(&y.buf)
+            .arg(&w.buf)
+            .arg(&mut out.buf)
+            .arg(&ni)
+            .arg(&di)
+            .arg(&eps);
+        unsafe { b.launch(rows_cfg(n, 256)) }.context("add_rmsnorm")?;
+        Ok(out)
+    }
+
+    /// Index of the largest value of each row of `logits [n, vocab]` (lowest on ties).
+    pub fn argmax_rows(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
+        let (n, v) = dims2(&logits.shape)?;
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut out = self.alloc::<u32>(n)?;
+        let (ni, vi) = (int(n, "rows")?, int(v, "vocab")?);
+        let f = self.func(registry::ARGMAX_ROWS)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&logits.buf).arg(&mut out).arg(&ni).arg(&vi);
+        unsafe { b.launch(rows_cfg(n, 256)) }.context("argmax_rows")?;
+        let mut ids = self
+            .stream
+            .clone_dtoh(&out)
+            .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
+        ids.truncate(n);
+        Ok(ids)
+    }
+
+    /// `x @ w^T` with an explicit GEMM choice.
+    pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, gemm: Gemm) -> Result<CudaTensor> {
+        let (n, k) = dims2(&x.shape)?;
+        let (m, k2) = dims2(&w.shape)?;
+        ensure!(
+            k == k2,
+            "linear: input has {k} columns, weight expects {k2}"
+        );
+        let mut out = self.tensor(vec![n, m])?;
+        if n == 0 || m == 0 {
+            return Ok(out);
+        }
+        let (ni, mi, ki) = (
+            int(n, "rows")?,
+            int(m, "out features")?,
+            int(k, "in features")?,
+        );
+        match gemm {
+            Gemm::Cublas => self.cublas_gemm(x, w, &mut out, ni, mi, ki)?,
+            Gemm::Engine if n <= GEMV_MAXN => {
+                let f = self.func(registry::GEMV_BF16_TN)?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&x.buf)
+                    .arg(&w.buf)
+                    .arg(&mut out.buf)
+                    .arg(&ni)
+                    .arg(&mi)
+                    .arg(&ki);
+                let cfg = LaunchConfig {
+                    grid_dim: (m.div_ceil(GEMV_WARPS) as u32, 1, 1),
+                    block_dim: ((GEMV_WARPS * 32) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { b.launch(cfg) }.context("gemv_bf16_tn")?;
+            }
+            Gemm::Engine => {
+                let f = self.func(registry::GEMM_BF16_TN)?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&x.buf)
+                    .arg(&w.buf)
+                    .arg(&mut out.buf)
+                    .arg(&ni)
+                    .arg(&mi)
+                    .arg(&ki);
+                ensure!(
+                    n.div_ceil(GEMM_BM) < 65536,
+                    "linear: {n} rows is too many for one call"
+                );
+                let cfg = LaunchConfig {
+                    grid_dim: (m.div_ceil(GEMM_BN) as u32, n.div_ceil(GEMM_BM) as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { b.launch(cfg) }.context("gemm_bf16_tn")?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn cublas_gemm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        out: &mut CudaTensor,
+        n: i32,
+        m: i32,
+        k: i32,
+    ) -> Result<()> {
+        use cudarc::cublas::sys;
+        let blas = self
+            .blas
+            .get_or_init(|| {
+                // SAFETY: only tries to dlopen libcublas by its usual names.
+                if !unsafe { sys::is_culib_present() } {
+                    return Err("libcublas is not on the library path".into());
+                }
+                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| format!("{e:?}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow!("cuBLAS: {e}"))?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (wp, _rw) = w.buf.device_ptr(&self.stream);
+        let (xp, _rx) = x.buf.device_ptr(&self.stream);
+        let (cp, _wc) = out.buf.device_ptr_mut(&self.stream);
+        // Row-major C[n, m] = X[n, k] W[m, k]^T is column-major C^T[m, n] = W X^T:
+        // A = W (k x m column-major, transposed), B = X^T (k x n column-major).
+        // SAFETY: the pointers are live buffers of the checked sizes; alpha/beta are host f32.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                m,
+                n,
+                k,
+                &alpha as *const f32 as *const _,
+                wp as *const _,
+                sys::cudaDataType::CUDA_R_16BF,
+                k,
+                xp as *const _,
+                sys::cudaDataType::CUDA_R_16BF,
+                k,
+                &beta as *const f32 as *const _,
+                cp as *mut _,
+                sys::cudaDataType::CUDA_R_16BF,
+                m,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| anyhow!("cublasGemmEx: {e:?}"))
+    }
+
+    fn gather(&self, x: &CudaTensor, rows: &[u32], c: usize) -> Result<CudaTensor> {
+        let mut out = self.tensor(vec![rows.len(), c])?;
+        if rows.is_empty() || c == 0 {
+            return Ok(out);
+        }
+        let idx = self.htod(rows)?;
+        let (ni, ci) = (int(rows.len(), "rows")?, int(c, "cols")?);
+        let f = self.func(registry::GATHER_ROWS)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.buf).arg(&idx).arg(&mut out.buf).arg(&ni).arg(&ci);
+        unsafe { b.launch(rows_cfg(rows.len(), 128)) }.context("gather_rows")?;
+        Ok(out)
+    }
+
+    fn elementwise2(
+        &self,
+        f: KernelFn,
+        a: &CudaTensor,
+        b_in: &CudaTensor,
+        what: &str,
+    ) -> Result<CudaTensor> {
+        ensure!(
+            a.shape == b_in.shape,
+            "{what}: shapes {:?} and {:?} differ",
+            a.shape,
+            b_in.shape
+        );
+        let len = a.numel();
+        let mut out = self.tensor(a.shape.clone())?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let li = int(len, "elements")?;
+        let func = self.func(f)?;
+        let mut b = self.stream.launch_builder(&func);
+        b.arg(&a.buf).arg(&b_in.buf).arg(&mut out.buf).arg(&li);
+        unsafe { b.launch(elem_cfg(len)) }.with_context(|| what.to_string())?;
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+
+    fn name(&self) -> String {
+        let gemm = match self.gemm {
+            Gemm::Engine => "engine",
+            Gemm::Cublas => "cublas",
+        };
+        format!("{} (bf16, gemm: {gemm})", self.device)
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<CudaTensor> {
+        let n: usize = t.shape.iter().product();
+        ensure!(
+            n == t.data.len(),
+            "upload: shape {:?} for {} values",
+            t.shape,
+            t.data.len()
+        );
+        let bits: Vec<u16> = t.data.iter().map(|&x| bf16_bits(x)).collect();
+        Ok(CudaTensor {
+            buf: self.htod(&bits)?,
+            shape: t.shape.clone(),
+        })
+    }
+
+    fn download(&self, t: &CudaTensor) -> Result<HostTensor> {
+        let n = t.numel();
+        if n == 0 {
+            return Ok(HostTensor::new(t.shape.clone(), vec![]));
+        }
+        let bits = self
+            .stream
+            .clone_dtoh(&t.buf.slice(0..n))
+            .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
+        Ok(HostTensor::new(
+            t.shape.clone(),
+            bits.into_iter().map(bf16_value).collect(),
+        ))
+    }
+
+    fn shape<'a>(&self, t: &'a CudaTensor) -> &'a [usize] {
+        &t.shape
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<CudaTensor> {
+        let n: usize = shape.iter().product();
+        let buf = self
+            .stream
+            .alloc_zeros::<u16>(n.max(1))
+            .map_err(|e| anyhow!("allocating {n} zeros on the GPU: {e:?}"))?;
+        Ok(CudaTensor {
+            buf,
+            shape: shape.to_vec(),
+        })
+    }
+
+    fn embed(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
+        let (v, d) = dims2(&table.shape)?;
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= v) {
+            bail!("token id {id} is outside the vocabulary of {v}");
+        }
+        self.gather(table, ids, d)
+    }
+
+    fn rmsnorm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32) -> Result<CudaTensor> {
+        let (n, d) = dims2(&x.shape)?;
+        ensure!(
+            w.numel() == d,
+            "rmsnorm weight has {} elements, rows have {d}",
+            w.numel()
+        );
+        let mut out = self.tensor(vec![n, d])?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let (ni, di) = (int(n, "rows")?, int(d, "cols")?);
+        let null = 0u64; // no residual: the kernel reads and writes only x's values
+        let f = self.func(registry::ADD_RMSNORM)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.buf)
+            .arg(&null)
+            .arg(&w.buf)
+            .arg(&mut out.buf)
+            .arg(&ni)
+            .arg(&di)
+            .arg(&eps);
+        unsafe { b.launch(rows_cfg(n, 256)) }.context("rmsnorm")?;
+        Ok(out)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        self.linear_with(x, w, self.gemm)
+    }
+
+    fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
+        ensure!(
+            x.shape == y.shape,
+            "add: shapes {:?} and {:?} differ",
+            x.shape,
+            y.shape
+        );
+        let len = x.numel();
+        if len == 0 {
+            return Ok(());
+        }
+        let li = int(len, "elements")?;
+        let f = self.func(registry::ADD_INPLACE)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.buf).arg(&y.buf).arg(&li);
+        unsafe { b.launch(elem_cfg(len)) }.context("add_inplace")?;
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaTensor,
+        head_dim: usize,
+        positions: &[usize],
+        theta: f64,
+    ) -> Result<()> {
+        let (n, c) = dims2(&x.shape)?;
+        ensure!(
+            positions.len() == n && head_dim > 0 && head_dim.is_multiple_of(2) && c % head_dim == 0,
+            "rope: {n} rows of width {c}, {} positions, head_dim {head_dim}",
+            positions.len()
+        );
+        if n == 0 || c == 0 {
+            return Ok(());
+        }
+        let pos = self.htod(&u32s(positions, "rope position")?)?;
+        let inv = self.htod(&super::cpu::rope_inv_freq(head_dim, theta))?;
+        let (ni, ci, di) = (int(n, "rows")?, int(c, "cols")?, int(head_dim, "head_dim")?);
+        let f = self.func(registry::ROPE_ROTATE_HALF)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.buf)
+            .arg(&pos)
+            .arg(&inv)
+            .arg(&ni)
+            .arg(&ci)
+            .arg(&di);
+        unsafe { b.launch(elem_cfg(n * c / 2)) }.context("rope_rotate_half")?;
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+        want: &[(usize, usize)],
+    ) -> Result<(CudaTensor, Vec<Pattern>)> {
+        let AttnShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: dh,
+            window,
+        } = shape;
+        let (n, qc) = dims2(&q.shape)?;
+        let (kr, kc) = dims2(&k.shape)?;
+        ensure!(
+            qc == n_heads * dh && kc == n_kv_heads * dh,
+            "attention: bad q/k widths {qc}/{kc}"
+        );
+        ensure!(k.shape == v.shape, "attention: k and v shapes differ");
+        ensure!(
+            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+            "attention: {n_heads} query heads over {n_kv_heads} key/value heads"
+        );
+        ensure!(
+            dh.is_multiple_of(2) && dh <= ATT_MAXD,
+            "attention: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
+        );
+        ensure!(
+            window != Some(0),
+            "attention: a sliding window of 0 hides every key"
+        );
+        let mut tiles: Vec<i32> = Vec::new();
+        for s in spans {
+            ensure!(
+                s.q_start + s.q_len <= n,
+                "attention: span {s:?} runs past {n} query rows"
+            );
+            ensure!(
+                s.kv_end() <= kr,
+                "attention: span {s:?} runs past {kr} key rows"
+            );
+            let kv_new = match s.kv_new {
+                Some(r) => int(r, "kv_new")?,
+                None => -1,
+            };
+            for i0 in (0..s.q_len).step_by(ATT_QPB) {
+                tiles.extend([
+                    int(s.q_start, "q_start")?,
+                    int(i0, "query")?,
+                    int(ATT_QPB.min(s.q_len - i0), "tile")?,
+                    int(s.kv_start, "kv_start")?,
+                    int(s.pos0, "pos0")?,
+                    kv_new,
+                ]);
+            }
+        }
+        let mut z = self.tensor(vec![n, qc])?;
+        let mut lse = self.alloc::<f32>(n * n_heads)?;
+        let (hi, gi, di) = (
+            int(n_heads, "heads")?,
+            int(n_kv_heads, "kv heads")?,
+            int(dh, "head_dim")?,
+        );
+        let wi = int(window.unwrap_or(0), "window")?;
+        let ntiles = tiles.len() / 6;
+        if ntiles > 0 {
+            let tiles_dev = self.htod(&tiles)?;
+            let f = self.func(registry::FLASH_ATTN_FWD)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&q.buf)
+                .arg(&k.buf)
+                .arg(&v.buf)
+                .arg(&mut z.buf)
+                .arg(&mut lse)
+                .arg(&tiles_dev)
+                .arg(&hi)
+                .arg(&gi)
+                .arg(&di)
+                .arg(&wi);
+            ensure!(n_heads < 65536, "attention: too many heads");
+            let cfg = LaunchConfig {
+                grid_dim: (ntiles as u32, n_heads as u32, 1),
+                block_dim: ((ATT_QPB * 32) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.context("flash_attn_fwd")?;
+        }
+        let mut patterns = Vec::new();
+        for (si, s) in spans.iter().enumerate() {
+            for h in 0..n_heads {
+                if !want.contains(&(si, h)) {
+                    continue;
+                }
+                let kv_len = s.pos0 + s.q_len;
+                let mut probs = self.alloc::<f32>(s.q_len * kv_len)?;
+                if s.q_len > 0 {
+                    let f = self.func(registry::ATTN_PROBS)?;
+                    let (qs, ql, ks, p0, hh) = (
+                        int(s.q_start, "q_start")?,
+                        int(s.q_len, "q_len")?,
+                        int(s.kv_start, "kv_start")?,
+                        int(s.pos0, "pos0")?,
+                        int(h, "head")?,
+                    );
+                    let kn: i32 = match s.kv_new {
+                        Some(r) => int(r, "kv_new")?,
+                        None => -1,
+                    };
+                    let mut b = self.stream.launch_builder(&f);
+                    b.arg(&q.buf)
+                        .arg(&k.buf)
+                        .arg(&lse)
+                        .arg(&mut probs)
+                        .arg(&qs)
+                        .arg(&ql)
+                        .arg(&ks)
+                        .arg(&p0)
+                        .arg(&kn)
+                        .arg(&hh)
+                        .arg(&hi)
+                        .arg(&gi)
+                        .arg(&di)
+                        .arg(&wi);
+                    unsafe { b.launch(rows_cfg(s.q_len, 128)) }.context("attn_probs")?;
+                }
+                let mut data = self
+                    .stream
+                    .clone_dtoh(&probs)
+                    .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
+                data.truncate(s.q_len * kv_len);
+                patterns.push(Pattern {
+                    seq: si,
+                    head: h,
+                    probs: HostTensor::new(vec![s.q_len, kv_len], data),
+                });
+            }
+        }
+        Ok((z, patterns))
+    }
+
+    fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
+        self.elementwise2(registry::SWIGLU, gate, up, "swiglu")
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
+        let (n, c) = dims2(&x.shape)?;
+        if let Some(r) = rows.iter().find(|&&r| r >= n) {
+            bail!("gather: row {r} out of {n}");
+        }
+        self.gather(x, &u32s(rows, "row")?, c)
+    }
+
+    fn scatter_rows(&self, dst: &mut CudaTensor, rows: &[usize], src: &CudaTensor) -> Result<()> {
+        let (n, c) = dims2(&dst.shape)?;
+        let (sn, sc) = dims2(&src.shape)?;
+        ensure!(
+            sc == c && sn == rows.len(),
+            "scatter: src {:?} for {} rows of width {c}",
+            src.shape,
+            rows.len()
+        );
+        if let Some(r) = rows.iter().find(|&&r| r >= n) {
+            bail!("scatter: row {r} out of {n}");
+        }
+        if rows.is_empty() || c == 0 {
+            return Ok(());
+        }
+        let idx = self.htod(&u32s(rows, "row")?)?;
+        let (ni, ci) = (int(rows.len(), "rows")?, int(c, "cols")?);
+        let f = self.func(registry::SCATTER_ROWS)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut dst.buf)
+            .arg(&idx)
+            .arg(&src.buf)
+            .arg(&ni)
+            .arg(&ci);
+        unsafe { b.launch(rows_cfg(rows.len(), 128)) }.context("scatter_rows")?;
+        Ok(())
+    }
+
+    fn write_slices(
+        &self,
+        x: &mut CudaTensor,
+        rows: &[usize],
+        col0: &[usize],
+        values: &HostTensor,
+    ) -> Result<()> {
+        let (n, c) = dims2(&x.shape)?;
+        let (vn, width) = match values.shape.as_slice() {
+            [r, w] => (*r, *w),
+            [w] => (1, *w),
+            s => bail!("write_slices: values of shape {s:?}"),
+        };
+        ensure!(
+            rows.len() == vn && col0.len() == vn,
+            "write_slices: {vn} values for {} rows",
+            rows.len()
+        );
+        for i in 0..vn {
+            ensure!(
+                rows[i] < n && col0[i] + width <= c,
+                "write_slices: slice ({}, {}) out of {:?}",
+                rows[i],
+                col0[i],
+                x.shape
+            );
+        }
+        if vn == 0 || width == 0 {
+            return Ok(());
+        }
+        // Mean-ablation repeats one slice for every row: send it once, read it with stride 0.
+        let first = &values.data[..width];
+        let same = values.data.chunks_exact(width).all(|r| r == first);
+        let (vals, stride) = if same {
+            (first, 0)
+        } else {
+            (&values.data[..], width)
+        };
+        let bits: Vec<u16> = vals.iter().map(|&v| bf16_bits(v)).collect();
+        let vals_dev = self.htod(&bits)?;
+        let rows_dev = self.htod(&u32s(rows, "row")?)?;
+        let cols_dev = self.htod(&u32s(col0, "col")?)?;
+        let (ci, ni, wi, si) = (
+            int(c, "cols")?,
+            int(vn, "slices")?,
+            int(width, "width")?,
+            int(stride, "stride")?,
+        );
+        let f = self.func(registry::WRITE_SLICES)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.buf)
+            .arg(&ci)
+            .arg(&rows_dev)
+            .arg(&cols_dev)
+            .arg(&vals_dev)
+            .arg(&ni)
+            .arg(&wi)
+            .arg(&si);
+        unsafe { b.launch(rows_cfg(vn, 128)) }.context("write_slices")?;
+        Ok(())
+    }
+}
