@@ -230,16 +230,14 @@ impl Backend for CpuBackend {
                     scores.clear();
                     for j in lo..=pos {
                         let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
-                        let dot: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
+                        let dot = super::simd::dot(qrow, krow);
                         scores.push(dot * scale);
                     }
                     softmax_in_place(&mut scores);
                     let zi = &mut zh[i * dh..(i + 1) * dh];
                     for (jj, &p) in scores.iter().enumerate() {
                         let vrow = &v.data[s.kv_row(lo + jj) * kc + g * dh..][..dh];
-                        for (z, vv) in zi.iter_mut().zip(vrow) {
-                            *z += p * vv;
-                        }
+                        super::simd::axpy(p, vrow, zi);
                     }
                     if keep {
                         probs[i * kv_len + lo..i * kv_len + pos + 1].copy_from_slice(&scores);

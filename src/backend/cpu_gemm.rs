@@ -27,8 +27,12 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
         return out;
     }
     #[cfg(target_arch = "x86_64")]
-    if n < SMALL_N && std::arch::is_x86_feature_detected!("avx512f") {
-        matmul_t_blocked(x, w, n, k, m, &mut out);
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        if n < SMALL_N {
+            matmul_t_blocked(x, w, n, k, m, &mut out);
+        } else {
+            matmul_t_packed(x, w, n, k, m, &mut out);
+        }
         return out;
     }
     matmul_t_gemm_crate(x, w, n, k, m, &mut out);
@@ -173,6 +177,150 @@ unsafe fn tile<const R: usize, const C: usize>(
         for j in 0..C {
             *out.add((r + i) * m + c + j) = _mm512_reduce_add_ps(acc[i][j]);
         }
+    }
+}
+
+/// Output columns per packed panel (two 16-lane vectors) and rows per micro-tile.
+const NR: usize = 32;
+const MR: usize = 14;
+/// Reduction depth per pass: a 32-column panel of KC rows (32 KiB) stays in L1.
+const KC: usize = 256;
+/// Rows per parallel task.
+const MC: usize = MR * 8;
+
+/// `W [m, k]` packed as panels of NR output columns: `panel[p][kk][j] = W[p*NR + j][kk]`,
+/// zero-padded past m. `[ceil(m/NR), k, NR]`.
+fn pack_panels(w: &[f32], k: usize, m: usize) -> Vec<f32> {
+    let panels = m.div_ceil(NR);
+    let mut out = vec![0.0f32; panels * k * NR];
+    out.par_chunks_mut(k * NR)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for j in 0..NR.min(m - p * NR) {
+                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * NR + j] = v;
+                }
+            }
+        });
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+fn matmul_t_packed(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
+    let packed = pack_panels(w, k, m);
+    let panels = m.div_ceil(NR);
+    let row_blocks = n.div_ceil(MC);
+    // Split columns too when there are few row blocks, so both cores have work.
+    let col_groups = if row_blocks >= 2 * rayon::current_num_threads() {
+        1
+    } else {
+        panels.min(8)
+    };
+    let per_group = panels.div_ceil(col_groups);
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
+        let (rb, cg) = (t % row_blocks, t / row_blocks);
+        let (r0, r1) = (rb * MC, ((rb + 1) * MC).min(n));
+        let (p0, p1) = (cg * per_group, ((cg + 1) * per_group).min(panels));
+        let p = ptr;
+        // SAFETY: avx512f was detected; this task writes only out[r0..r1, p0*NR..p1*NR) (clipped to m).
+        unsafe { packed_block(x, &packed, k, m, r0, r1, p0, p1, p.0) };
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_block(
+    x: &[f32],
+    packed: &[f32],
+    k: usize,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    p0: usize,
+    p1: usize,
+    out: *mut f32,
+) {
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        for p in p0..p1 {
+            let b = packed.as_ptr().add(p * k * NR + k0 * NR);
+            let cols = NR.min(m - p * NR);
+            let mut r = r0;
+            while r < r1 {
+                let rows = (r1 - r).min(MR);
+                match rows {
+                    MR => micro::<MR>(x, b, k, k0, kc, m, r, p * NR, cols, out),
+                    8..=13 => micro::<8>(x, b, k, k0, kc, m, r, p * NR, cols, out),
+                    4..=7 => micro::<4>(x, b, k, k0, kc, m, r, p * NR, cols, out),
+                    _ => micro::<1>(x, b, k, k0, kc, m, r, p * NR, cols, out),
+                }
+                r += match rows {
+                    MR => MR,
+                    8..=13 => 8,
+                    4..=7 => 4,
+                    _ => 1,
+                };
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// `out[r..r+R, c..c+cols] (+)= x[r..r+R, k0..k0+kc] @ panel`; the first k pass stores,
+/// later passes accumulate. Broadcasts of x fold into the FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn micro<const R: usize>(
+    x: &[f32],
+    b: *const f32,
+    k: usize,
+    k0: usize,
+    kc: usize,
+    m: usize,
+    r: usize,
+    c: usize,
+    cols: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let xp = x.as_ptr().add(r * k + k0);
+    let mut lo = [_mm512_setzero_ps(); R];
+    let mut hi = [_mm512_setzero_ps(); R];
+    for kk in 0..kc {
+        let b0 = _mm512_loadu_ps(b.add(kk * NR));
+        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        for i in 0..R {
+            let a = _mm512_set1_ps(*xp.add(i * k + kk));
+            lo[i] = _mm512_fmadd_ps(a, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(a, b1, hi[i]);
+        }
+    }
+    let m_lo: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as __mmask16
+    };
+    let m_hi: __mmask16 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        ((1u32 << (cols - 16)) - 1) as __mmask16
+    } else {
+        0
+    };
+    for i in 0..R {
+        let o = out.add((r + i) * m + c);
+        if k0 > 0 {
+            lo[i] = _mm512_add_ps(lo[i], _mm512_maskz_loadu_ps(m_lo, o));
+            hi[i] = _mm512_add_ps(hi[i], _mm512_maskz_loadu_ps(m_hi, o.add(16)));
+        }
+        _mm512_mask_storeu_ps(o, m_lo, lo[i]);
+        _mm512_mask_storeu_ps(o.add(16), m_hi, hi[i]);
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod simd;
 pub mod train;
 
 use crate::model::HostTensor;
