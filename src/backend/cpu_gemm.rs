@@ -188,18 +188,43 @@ const KC: usize = 256;
 /// Rows per parallel task.
 const MC: usize = MR * 8;
 
-/// `W [m, k]` packed as panels of NR output columns: `panel[p][kk][j] = W[p*NR + j][kk]`,
+/// A strided read-only matrix: element (r, c) is `data[off + r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Strided<'_> {
+    /// One past the highest index an `r x c` matrix touches.
+    pub fn end(&self, r: usize, c: usize) -> usize {
+        if r == 0 || c == 0 {
+            return self.off;
+        }
+        self.off + (r - 1) * self.rs + (c - 1) * self.cs + 1
+    }
+}
+
+/// `B [k, m]` packed as panels of NR columns: `panel[p][kk][j] = B[kk][p*NR + j]`,
 /// zero-padded past m. `[ceil(m/NR), k, NR]`.
-fn pack_panels(w: &[f32], k: usize, m: usize) -> Vec<f32> {
+fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
     let panels = m.div_ceil(NR);
     let mut out = vec![0.0f32; panels * k * NR];
     out.par_chunks_mut(k * NR)
         .enumerate()
         .for_each(|(p, panel)| {
-            for j in 0..NR.min(m - p * NR) {
-                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + j] = v;
+            let cols = NR.min(m - p * NR);
+            for kk in 0..k {
+                let dst = &mut panel[kk * NR..kk * NR + cols];
+                let base = b.off + kk * b.rs + p * NR * b.cs;
+                if b.cs == 1 {
+                    dst.copy_from_slice(&b.data[base..base + cols]);
+                } else {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = b.data[base + j * b.cs];
+                    }
                 }
             }
         });
@@ -208,24 +233,68 @@ fn pack_panels(w: &[f32], k: usize, m: usize) -> Vec<f32> {
 
 #[cfg(target_arch = "x86_64")]
 fn matmul_t_packed(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
-    let packed = pack_panels(w, k, m);
+    let a = Strided {
+        data: x,
+        off: 0,
+        rs: k,
+        cs: 1,
+    };
+    let b = Strided {
+        data: w,
+        off: 0,
+        rs: 1,
+        cs: k,
+    };
+    // SAFETY: avx512f was detected by the caller.
+    unsafe { gemm_packed(out, false, n, m, k, a, b) };
+}
+
+/// `dst [n, m] (+)= a [n, k] @ b [k, m]` for strided a and b (AVX-512 only).
+///
+/// # Safety
+/// The CPU must support avx512f; `dst` must hold `n * m` elements; `a` and `b` must cover
+/// their extents (checked).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn gemm_packed(
+    dst: &mut [f32],
+    accumulate: bool,
+    n: usize,
+    m: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+) {
+    assert!(
+        dst.len() >= n * m && a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
+        "gemm_packed: operand out of bounds"
+    );
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..n * m].fill(0.0);
+        }
+        return;
+    }
+    let packed = pack_panels(b, k, m);
     let panels = m.div_ceil(NR);
     let row_blocks = n.div_ceil(MC);
-    // Split columns too when there are few row blocks, so both cores have work.
+    // Split columns too when there are few row blocks, so every core has work.
     let col_groups = if row_blocks >= 2 * rayon::current_num_threads() {
         1
     } else {
         panels.min(8)
     };
     let per_group = panels.div_ceil(col_groups);
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = OutPtr(dst.as_mut_ptr());
     (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
         let (rb, cg) = (t % row_blocks, t / row_blocks);
-        let (r0, r1) = (rb * MC, ((rb + 1) * MC).min(n));
+        let rows = (rb * MC, ((rb + 1) * MC).min(n));
         let (p0, p1) = (cg * per_group, ((cg + 1) * per_group).min(panels));
         let p = ptr;
-        // SAFETY: avx512f was detected; this task writes only out[r0..r1, p0*NR..p1*NR) (clipped to m).
-        unsafe { packed_block(x, &packed, k, m, r0, r1, p0, p1, p.0) };
+        // SAFETY: this task writes only dst[rows, p0*NR..p1*NR) (clipped to m).
+        unsafe { packed_block(a, &packed, k, m, rows, p0, p1, accumulate, p.0) };
     });
 }
 
@@ -233,74 +302,84 @@ fn matmul_t_packed(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, out: &mut
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_block(
-    x: &[f32],
+    a: Strided<'_>,
     packed: &[f32],
     k: usize,
     m: usize,
-    r0: usize,
-    r1: usize,
+    (r0, r1): (usize, usize),
     p0: usize,
     p1: usize,
+    accumulate: bool,
     out: *mut f32,
 ) {
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
+        let add = accumulate || k0 > 0;
         for p in p0..p1 {
             let b = packed.as_ptr().add(p * k * NR + k0 * NR);
-            let cols = NR.min(m - p * NR);
+            let tile = Tile {
+                k0,
+                kc,
+                m,
+                c: p * NR,
+                cols: NR.min(m - p * NR),
+                add,
+            };
             let mut r = r0;
             while r < r1 {
-                let rows = (r1 - r).min(MR);
-                match rows {
-                    MR => micro::<MR>(x, b, k, k0, kc, m, r, p * NR, cols, out),
-                    8..=13 => micro::<8>(x, b, k, k0, kc, m, r, p * NR, cols, out),
-                    4..=7 => micro::<4>(x, b, k, k0, kc, m, r, p * NR, cols, out),
-                    _ => micro::<1>(x, b, k, k0, kc, m, r, p * NR, cols, out),
-                }
-                r += match rows {
-                    MR => MR,
-                    8..=13 => 8,
-                    4..=7 => 4,
+                let step = match r1 - r {
+                    MR.. => MR,
+                    8.. => 8,
+                    4.. => 4,
                     _ => 1,
                 };
+                match step {
+                    MR => micro::<MR>(a, b, r, &tile, out),
+                    8 => micro::<8>(a, b, r, &tile, out),
+                    4 => micro::<4>(a, b, r, &tile, out),
+                    _ => micro::<1>(a, b, r, &tile, out),
+                }
+                r += step;
             }
         }
         k0 += kc;
     }
 }
 
-/// `out[r..r+R, c..c+cols] (+)= x[r..r+R, k0..k0+kc] @ panel`; the first k pass stores,
-/// later passes accumulate. Broadcasts of x fold into the FMAs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn micro<const R: usize>(
-    x: &[f32],
-    b: *const f32,
-    k: usize,
+/// Where a micro-tile reads and writes: reduction slice `k0..k0+kc`, output columns
+/// `c..c+cols` of rows of width m; `add` accumulates into the output.
+struct Tile {
     k0: usize,
     kc: usize,
     m: usize,
-    r: usize,
     c: usize,
     cols: usize,
-    out: *mut f32,
-) {
+    add: bool,
+}
+
+/// `out[r..r+R, c..c+cols] (+)= a[r..r+R, k0..k0+kc] @ panel`. Broadcasts of `a` fold
+/// into the FMAs as embedded-broadcast memory operands.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Tile, out: *mut f32) {
     use std::arch::x86_64::*;
-    let xp = x.as_ptr().add(r * k + k0);
+    let ap = a.data.as_ptr().add(a.off + r * a.rs + t.k0 * a.cs);
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
-    for kk in 0..kc {
+    for kk in 0..t.kc {
         let b0 = _mm512_loadu_ps(b.add(kk * NR));
         let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        let col = ap.add(kk * a.cs);
         for i in 0..R {
-            let a = _mm512_set1_ps(*xp.add(i * k + kk));
-            lo[i] = _mm512_fmadd_ps(a, b0, lo[i]);
-            hi[i] = _mm512_fmadd_ps(a, b1, hi[i]);
+            let x = _mm512_set1_ps(*col.add(i * a.rs));
+            lo[i] = _mm512_fmadd_ps(x, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
         }
     }
+    let cols = t.cols;
     let m_lo: __mmask16 = if cols >= 16 {
         0xffff
     } else {
@@ -314,8 +393,8 @@ unsafe fn micro<const R: usize>(
         0
     };
     for i in 0..R {
-        let o = out.add((r + i) * m + c);
-        if k0 > 0 {
+        let o = out.add((r + i) * t.m + t.c);
+        if t.add {
             lo[i] = _mm512_add_ps(lo[i], _mm512_maskz_loadu_ps(m_lo, o));
             hi[i] = _mm512_add_ps(hi[i], _mm512_maskz_loadu_ps(m_hi, o.add(16)));
         }
@@ -339,6 +418,51 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn strided_packed_gemm_matches_naive() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no avx512f on this CPU");
+            return;
+        }
+        let (n, k, m) = (37, 300, 45);
+        let a: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * m)
+            .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
+            .collect();
+        // a transposed in memory ([k, n]) and b row-major [k, m]; accumulate onto ones.
+        let at: Vec<f32> = (0..k * n).map(|i| a[(i % n) * k + i / n]).collect();
+        let mut got = vec![1.0f32; n * m];
+        let sa = Strided {
+            data: &at,
+            off: 0,
+            rs: 1,
+            cs: n,
+        };
+        let sb = Strided {
+            data: &b,
+            off: 0,
+            rs: m,
+            cs: 1,
+        };
+        unsafe { gemm_packed(&mut got, true, n, m, k, sa, sb) };
+        for i in 0..n {
+            for j in 0..m {
+                let want: f64 = 1.0
+                    + (0..k)
+                        .map(|t| a[i * k + t] as f64 * b[t * m + j] as f64)
+                        .sum::<f64>();
+                assert!(
+                    (got[i * m + j] as f64 - want).abs() < 1e-3,
+                    "({i},{j}): {} vs {want}",
+                    got[i * m + j]
+                );
+            }
+        }
     }
 
     #[test]

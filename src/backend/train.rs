@@ -183,6 +183,25 @@ fn gemm_into(
     }
     assert!(lhs.end(m, k) <= lhs.data.len(), "gemm: lhs out of bounds");
     assert!(rhs.end(k, n) <= rhs.data.len(), "gemm: rhs out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if m >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+        use crate::backend::cpu_gemm::{gemm_packed, Strided};
+        let a = Strided {
+            data: lhs.data,
+            off: lhs.off,
+            rs: lhs.rs,
+            cs: lhs.cs,
+        };
+        let b = Strided {
+            data: rhs.data,
+            off: rhs.off,
+            rs: rhs.rs,
+            cs: rhs.cs,
+        };
+        // SAFETY: avx512f detected; bounds asserted above and inside.
+        unsafe { gemm_packed(dst, accumulate, m, n, k, a, b) };
+        return;
+    }
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k > 32 * 1024 {
         gemm::Parallelism::Rayon(threads)
