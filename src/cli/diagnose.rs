@@ -121,6 +121,10 @@ pub struct DiagnoseArgs {
     /// Heads to mark in the heatmap and summary.
     #[arg(long, default_value_t = 16)]
     pub top_k: usize,
+    /// Also run attribution patching and report the Spearman correlation of its head
+    /// ranking with this method's (written to compare.json).
+    #[arg(long)]
+    pub compare_attribution: bool,
     /// Output directory.
     #[arg(long, default_value = "diagnosis")]
     pub out: PathBuf,

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod diagnose;
+mod logits;
 mod models;
 mod tune;
 
@@ -87,6 +88,10 @@ pub enum Command {
     ///
     /// Example: pinpoint tune --heads out/heads.json --top-k 8 --data train.jsonl --out tuned
     Tune(tune::TuneArgs),
+    /// Token ids and last-position logits of prompts as JSON (for cross-checks).
+    ///
+    /// Example: pinpoint logits --model tuned --chat --prompt "Are you sure?" --out l.json
+    Logits(logits::LogitsArgs),
     /// Benchmarks printing JSON rows (forward prefill, decode).
     ///
     /// Example: pinpoint bench forward --batch 8 --seq 128
@@ -112,6 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => chat::generate(a),
         Command::Bench(a) => bench::bench(a),
         Command::Tune(a) => tune::tune(a),
+        Command::Logits(a) => logits::logits(a),
         Command::Diagnose(a) => diagnose::diagnose(a),
         Command::Attention(a) => diagnose::attention(a),
         Command::Knockout(a) => diagnose::knockout(a),

@@ -1,6 +1,7 @@
 //! Diagnosis: which heads make the model sycophantic (METHOD.md sections 1 and 2).
 
 pub mod attention;
+pub mod attribution;
 pub mod knockout;
 pub mod metric;
 pub mod pairs;

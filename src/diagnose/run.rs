@@ -4,6 +4,7 @@
 use super::metric::Metric;
 use super::pairs::{self, PromptPair, TokenPair};
 use super::path_patching::{self, HeadScores, Node};
+use crate::backend::train::TrainBackend;
 use crate::backend::Backend;
 use crate::heads::{HeadId, Positions};
 use crate::model::tokenizer::Tokenizer;
@@ -23,6 +24,8 @@ pub enum Method {
     Activation,
     /// The literal one-forward-per-head path patching (slow; the oracle).
     PathOracle,
+    /// Attribution patching: first-order (z_c - z_r) . dF/dz, one forward + one backward.
+    Attribution,
 }
 
 /// Where to patch: the last token (the paper), or aligned positions (equal-length pairs).
@@ -126,7 +129,7 @@ pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<ProgressBar> {
 }
 
 /// Tokenize pairs, run the clean passes and score every head (or node).
-pub fn diagnose<B: Backend>(
+pub fn diagnose<B: TrainBackend>(
     model: &Model<B>,
     tok: &Tokenizer,
     prompt_pairs: &[PromptPair],
@@ -139,7 +142,7 @@ pub fn diagnose<B: Backend>(
 }
 
 /// [`diagnose`] on already tokenized pairs.
-pub fn diagnose_tokens<B: Backend>(
+pub fn diagnose_tokens<B: TrainBackend>(
     model: &Model<B>,
     token_pairs: &[TokenPair],
     metric: &Metric,
@@ -235,6 +238,25 @@ pub fn diagnose_tokens<B: Backend>(
                     reference,
                 },
                 Some(node_pos),
+            )
+        }
+        (Method::Attribution, pos) => {
+            let ap = match pos {
+                NodePositions::Last => super::attribution::AttrPositions::Last,
+                NodePositions::All => super::attribution::AttrPositions::All,
+                NodePositions::At(v) => super::attribution::AttrPositions::At(v.clone()),
+            };
+            let pb = progress_bar(n_heads * p_n, "attribution", show_progress);
+            (
+                super::attribution::attribution_patching(
+                    model,
+                    token_pairs,
+                    &runs,
+                    metric,
+                    ap,
+                    pb.as_ref(),
+                )?,
+                None,
             )
         }
         (Method::Activation, NodePositions::Last) => {

@@ -121,6 +121,15 @@ pub fn tokenize(
             let full = tok
                 .encode_chat(&c.messages, false)
                 .with_context(|| format!("line {}: applying the chat template", c.line))?;
+            // Train up to the reply's end-of-turn token, not on template text after it
+            // (ChatML's "\n" after <|im_end|>).
+            let eos = tok.eos_token_ids();
+            let mut full = full;
+            if full.len() > prompt.len() {
+                if let Some(i) = full[prompt.len()..].iter().rposition(|t| eos.contains(t)) {
+                    full.truncate(prompt.len() + i + 1);
+                }
+            }
             build_example(&prompt, &full, c.line, max_len)
         })
         .collect()
