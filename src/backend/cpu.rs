@@ -41,6 +41,33 @@ pub fn rope_cos_sin(pos: usize, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
+/// Rotate-half RoPE in place on rows of width `c` (heads of `head_dim`), row i at
+/// `positions[i]`: a' = a cos - b sin, b' = b cos + a sin. `inverse` applies the transpose
+/// (the backward): a = a' cos + b' sin, b = b' cos - a' sin.
+pub fn rotate_half(
+    data: &mut [f32],
+    c: usize,
+    head_dim: usize,
+    positions: &[usize],
+    theta: f64,
+    inverse: bool,
+) {
+    let inv = rope_inv_freq(head_dim, theta);
+    let half = head_dim / 2;
+    let sign = if inverse { -1.0f32 } else { 1.0 };
+    data.par_chunks_mut(c).zip(positions).for_each(|(row, &p)| {
+        let (cos, sin) = rope_cos_sin(p, &inv);
+        for head in row.chunks_exact_mut(head_dim) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
+                a[i] = x1 * cos[i] - x2 * s;
+                b[i] = x2 * cos[i] + x1 * s;
+            }
+        }
+    });
+}
+
 /// Softmax of `row` in place (max-subtracted, f32).
 pub fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -152,22 +179,7 @@ impl Backend for CpuBackend {
             "rope: {n} rows, {} positions",
             positions.len()
         );
-        let inv = rope_inv_freq(head_dim, theta);
-        let half = head_dim / 2;
-        x.data
-            .par_chunks_mut(c)
-            .zip(positions)
-            .for_each(|(row, &p)| {
-                let (cos, sin) = rope_cos_sin(p, &inv);
-                for head in row.chunks_exact_mut(head_dim) {
-                    let (a, b) = head.split_at_mut(half);
-                    for i in 0..half {
-                        let (x1, x2) = (a[i], b[i]);
-                        a[i] = x1 * cos[i] - x2 * sin[i];
-                        b[i] = x2 * cos[i] + x1 * sin[i];
-                    }
-                }
-            });
+        rotate_half(&mut x.data, c, head_dim, positions, theta, false);
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 //! (Compiled as `crate::backend::train` via `#[path]` in lib.rs while `backend/mod.rs` is
 //! owned elsewhere; on merge it can become `backend::train`.)
 
-use crate::backend::cpu::{rope_cos_sin, rope_inv_freq, softmax_in_place, CpuBackend};
+use crate::backend::cpu::{rotate_half, softmax_in_place, CpuBackend};
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::model::HostTensor;
 use anyhow::{bail, ensure, Result};
@@ -405,24 +405,7 @@ impl TrainBackend for CpuBackend {
             "rope_bwd: {n} rows, {} positions",
             positions.len()
         );
-        let inv = rope_inv_freq(head_dim, theta);
-        let half = head_dim / 2;
-        // Forward: a' = a cos - b sin, b' = b cos + a sin. Transpose:
-        // da = da' cos + db' sin, db = db' cos - da' sin.
-        dx.data
-            .par_chunks_mut(c)
-            .zip(positions)
-            .for_each(|(row, &p)| {
-                let (cos, sin) = rope_cos_sin(p, &inv);
-                for head in row.chunks_exact_mut(head_dim) {
-                    let (a, b) = head.split_at_mut(half);
-                    for i in 0..half {
-                        let (ga, gb) = (a[i], b[i]);
-                        a[i] = ga * cos[i] + gb * sin[i];
-                        b[i] = gb * cos[i] - ga * sin[i];
-                    }
-                }
-            });
+        rotate_half(&mut dx.data, c, head_dim, positions, theta, true);
         Ok(())
     }
 
