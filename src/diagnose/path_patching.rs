@@ -153,6 +153,24 @@ pub struct HeadScores {
 }
 
 impl HeadScores {
+    /// Scores with each pair's clean reference metric taken from `runs`.
+    pub fn new(
+        heads: Vec<HeadId>,
+        per_pair: Vec<Vec<f64>>,
+        runs: &[CleanRun],
+        metric: &Metric,
+    ) -> Self {
+        let reference = runs
+            .iter()
+            .map(|r| metric_of(metric, r.ref_labels))
+            .collect();
+        Self {
+            heads,
+            per_pair,
+            reference,
+        }
+    }
+
     pub fn mean(&self, i: usize) -> f64 {
         let v = &self.per_pair[i];
         v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -271,15 +289,7 @@ pub fn path_patching_fast<B: Backend>(
             per_pair[l * h_n + h][c * chunk.max(1) + p] = metric.score(f, f_ref);
         }
     }
-    let reference = runs
-        .iter()
-        .map(|r| metric_of(metric, r.ref_labels))
-        .collect();
-    Ok(HeadScores {
-        heads,
-        per_pair,
-        reference,
-    })
+    Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
 
 /// A patched node: a head, at the last position (`None`) or at an aligned position.
@@ -414,15 +424,7 @@ pub fn path_patching_oracle<B: Backend>(
     let nodes: Vec<Node> = heads.iter().map(|&head| Node { head, pos: None }).collect();
     let per_pair =
         path_patching_literal(model, pairs, runs, &nodes, metric, freeze_mlp, 16, progress)?;
-    let reference = runs
-        .iter()
-        .map(|r| metric_of(metric, r.ref_labels))
-        .collect();
-    Ok(HeadScores {
-        heads,
-        per_pair,
-        reference,
-    })
+    Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
 
 /// Activation patching (total effect, nothing frozen) of every head at the last position:
@@ -498,15 +500,7 @@ pub fn activation_patching_last<B: Backend>(
             pb.inc((h_n * pairs.len()) as u64);
         }
     }
-    let reference = runs
-        .iter()
-        .map(|r| metric_of(metric, r.ref_labels))
-        .collect();
-    Ok(HeadScores {
-        heads,
-        per_pair,
-        reference,
-    })
+    Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
 
 /// Activation patching at chosen positions (or all), recomputing every position from layer
@@ -583,13 +577,5 @@ pub fn activation_patching_positions<B: Backend>(
             }
         }
     }
-    let reference = runs
-        .iter()
-        .map(|r| metric_of(metric, r.ref_labels))
-        .collect();
-    Ok(HeadScores {
-        heads,
-        per_pair,
-        reference,
-    })
+    Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
