@@ -378,3 +378,61 @@ fn continuations_of_a_shared_prefix_equal_full_forwards() {
         );
     }
 }
+
+#[test]
+fn generation_with_taps_equals_a_loop_of_full_forwards() {
+    use pinpoint::generate::{argmax, generate, GenConfig};
+    for name in MODELS {
+        let (m, r) = load(name);
+        let ids = id_rows(&r["input_ids"]);
+        let prompts = vec![ids[0][..5].to_vec(), ids[1][..8].to_vec()];
+        let d = m.head_dim();
+        // Knockout during generation: a head mean-ablated at every position.
+        let taps = Taps::new().ablate_z(HeadId::new(1, 1), d, vec![0.25; d]);
+        let cfg = GenConfig {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
+        let gens = generate(&m, &prompts, &cfg, &taps, None, &mut |_, _| {}).unwrap();
+        let plain = generate(&m, &prompts, &cfg, &Taps::new(), None, &mut |_, _| {}).unwrap();
+        for (p, g) in prompts.iter().zip(&gens) {
+            let mut seq = p.clone();
+            for _ in 0..6 {
+                let out = m.forward(std::slice::from_ref(&seq), &taps).unwrap();
+                seq.push(argmax(out.logits.row_at(0)));
+            }
+            assert_eq!(
+                g.tokens,
+                seq[p.len()..],
+                "{name}: cached generation differs from full forwards"
+            );
+        }
+        assert_ne!(
+            gens.iter().map(|g| g.tokens.clone()).collect::<Vec<_>>(),
+            plain.iter().map(|g| g.tokens.clone()).collect::<Vec<_>>(),
+            "{name}: the ablation should change some tokens"
+        );
+        // Seeded sampling is reproducible and stops at an EOS id.
+        let cfg = GenConfig {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 7,
+            ..Default::default()
+        };
+        let a = generate(&m, &prompts, &cfg, &Taps::new(), None, &mut |_, _| {}).unwrap();
+        let b = generate(&m, &prompts, &cfg, &Taps::new(), None, &mut |_, _| {}).unwrap();
+        assert_eq!(a, b);
+        let eos = a[0].tokens[2];
+        let cfg = GenConfig {
+            eos_ids: vec![eos],
+            ..cfg
+        };
+        let c = generate(&m, &prompts, &cfg, &Taps::new(), None, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            c[0].tokens,
+            a[0].tokens[..=a[0].tokens.iter().position(|&t| t == eos).unwrap()]
+        );
+        assert_eq!(c[0].stop, pinpoint::generate::StopReason::Eos);
+    }
+}
