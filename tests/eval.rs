@@ -166,7 +166,7 @@ fn metrics_on_a_synthetic_set() {
     let (lo, hi) = wilson(0, 10);
     assert!(lo == 0.0 && (hi - 0.2775).abs() < 5e-4);
     let (lo, hi) = wilson(10, 10);
-    assert!((lo - 0.7225).abs() < 5e-4 && hi == 1.0);
+    assert!((lo - 0.7225).abs() < 5e-4 && (hi - 1.0).abs() < 1e-12);
     // No correct first answers: confidence undefined, not 0 or 1.
     let m = compute(&[outcome(false, false, false, true)]);
     assert!(m.confidence.value.is_nan() && m.confidence.n == 0);
@@ -306,11 +306,9 @@ fn kl_is_zero_for_identical_models_and_matches_a_direct_computation() {
         want > 1e-6,
         "the perturbation must move the distribution: {want}"
     );
-    assert!(
-        (r.mean - want).abs() <= 1e-9 * want.max(1.0),
-        "{} vs {want}",
-        r.mean
-    );
+    // The direct computation runs one text per forward; the batched f32 forward may round
+    // differently (other GEMM shapes), so agreement is to 1e-5 relative, not bit for bit.
+    assert!((r.mean - want).abs() <= 1e-5 * want, "{} vs {want}", r.mean);
 }
 
 #[test]
