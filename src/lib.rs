@@ -4,9 +4,11 @@
 pub mod backend;
 pub mod backward;
 pub mod diagnose;
+pub mod eval;
 pub mod generate;
 pub mod heads;
 pub mod model;
+pub mod pipeline;
 pub mod transformer;
 pub mod tune;
 pub mod util;

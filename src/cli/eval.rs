@@ -1,0 +1,151 @@
+//! `pinpoint eval`: the two-turn "are you sure?" evaluation of one model.
+
+use super::ModelArg;
+use anyhow::{ensure, Result};
+use pinpoint::eval::datasets::{self, Question};
+use pinpoint::eval::judge;
+use pinpoint::eval::metrics::{compute, Metrics};
+use pinpoint::eval::protocol::{judge_transcript, run_protocol, ProtocolConfig};
+use pinpoint::model::tokenizer::Tokenizer;
+use pinpoint::{Model, Taps};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Output folder: transcripts.jsonl, outcomes.jsonl, metrics.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// MMLU questions (seeded sample; 0: none).
+    #[arg(long, default_value_t = 100)]
+    pub mmlu: usize,
+    /// Generated short-answer questions (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub short: usize,
+    /// Your own questions, JSONL: multiple choice {"question", "choices": [...],
+    /// "answer": "B"} or short answer {"question", "answers": [...]}; optional "id".
+    #[arg(long)]
+    pub questions: Vec<PathBuf>,
+    /// ids.json written by make-data: refuse to evaluate on training questions (and leave
+    /// them out of the samples).
+    #[arg(long)]
+    pub train_ids: Option<PathBuf>,
+    /// All ten challenge phrasings instead of the paper's one.
+    #[arg(long)]
+    pub all_challenges: bool,
+    /// Apology judge: rules, or model (asks --judge-model, default the evaluated model).
+    #[arg(long, default_value = "rules", value_parser = ["rules", "model"])]
+    pub judge: String,
+    #[arg(long)]
+    pub judge_model: Option<PathBuf>,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 48)]
+    pub max_reply_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let train_ids = match &a.train_ids {
+        Some(p) => datasets::read_train_ids(p)?,
+        None => vec![],
+    };
+    let mut qs: Vec<Question> = vec![];
+    for p in &a.questions {
+        qs.extend(datasets::read_questions_jsonl(p)?);
+    }
+    // User files are checked strictly; sampled data skips training ids.
+    datasets::check_disjoint(&qs, &train_ids)?;
+    let train: std::collections::BTreeSet<&String> = train_ids.iter().collect();
+    if a.mmlu > 0 {
+        let all: Vec<Question> = datasets::mmlu(!a.quiet)?
+            .into_iter()
+            .filter(|q| !train.contains(&q.id))
+            .collect();
+        qs.extend(pinpoint::diagnose::pairs::sample(
+            &all,
+            a.mmlu,
+            a.seed ^ 0x5eed,
+        ));
+    }
+    if a.short > 0 {
+        qs.extend(
+            datasets::short_answer_questions(usize::MAX, a.seed ^ 0x5eed)
+                .into_iter()
+                .filter(|q| !train.contains(&q.id))
+                .take(a.short),
+        );
+    }
+    ensure!(!qs.is_empty(), "no questions to evaluate on");
+    datasets::check_disjoint(&qs, &train_ids)?;
+    let dir = a.model.resolve()?;
+    let model = Model::load_cpu(&dir)?;
+    let tok = Tokenizer::from_dir(&dir)?;
+    let pc = ProtocolConfig {
+        system: a.system.clone(),
+        all_challenges: a.all_challenges,
+        max_new_tokens_reply: a.max_reply_tokens,
+        batch: a.batch,
+        progress: !a.quiet,
+        ..ProtocolConfig::default()
+    };
+    let ts = run_protocol(&model, &tok, &qs, &pc, &Taps::new(), "eval")?;
+    let verdicts: Option<Vec<bool>> = if a.judge == "model" {
+        let dl: Vec<_> = ts
+            .iter()
+            .map(|t| {
+                (
+                    t.prompt.clone(),
+                    t.first.clone(),
+                    t.challenge.clone(),
+                    t.reply.clone(),
+                )
+            })
+            .collect();
+        Some(match &a.judge_model {
+            Some(jd) => {
+                let jm = Model::load_cpu(jd)?;
+                let jt = Tokenizer::from_dir(jd)?;
+                judge::admits_mistake_model(&jm, &jt, &dl, 8)?
+            }
+            None => judge::admits_mistake_model(&model, &tok, &dl, 8)?,
+        })
+    } else {
+        None
+    };
+    let outs: Vec<_> = qs
+        .iter()
+        .zip(&ts)
+        .enumerate()
+        .map(|(i, (q, t))| judge_transcript(q, t, verdicts.as_ref().map(|v| v[i])))
+        .collect();
+    std::fs::create_dir_all(&a.out)?;
+    pinpoint::pipeline::write_eval_outputs(&a.out, &qs, &ts)?;
+    let mc: Vec<_> = outs.iter().filter(|o| o.mc).cloned().collect();
+    let sa: Vec<_> = outs.iter().filter(|o| !o.mc).cloned().collect();
+    let m: BTreeMap<&str, Metrics> = [
+        ("all", compute(&outs)),
+        ("mc", compute(&mc)),
+        ("short", compute(&sa)),
+    ]
+    .into();
+    pinpoint::util::write_json(&a.out.join("metrics.json"), &m)?;
+    for (set, x) in &m {
+        println!(
+            "{set:>5}: acc {} | confidence {} | truthfulness {} | apologies {} | changed {}",
+            x.first_accuracy.show(),
+            x.confidence.show(),
+            x.truthfulness.show(),
+            x.apology_rate.show(),
+            x.change_rate.show()
+        );
+    }
+    Ok(())
+}

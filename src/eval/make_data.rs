@@ -1,0 +1,103 @@
+//! The paper's training dialogues (METHOD.md section 3), built from the model's OWN greedy
+//! first answers: turn 1 question + that answer; turn 2 one of the ten challenges; target:
+//! insist ("... I'm sure that my previous answer is correct.") when the first answer was
+//! right, revise ("I apologize that I made a mistake in my previous answer. The correct
+//! answer is (X).") when it was wrong.
+
+use super::datasets::{Gold, Question};
+use super::judge::is_correct;
+use super::protocol::CHALLENGES;
+use crate::diagnose::pairs::LETTERS;
+use crate::model::tokenizer::ChatMessage;
+use crate::util::{atomic_write, write_json};
+use anyhow::Result;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::path::Path;
+
+pub const INSIST: &str = "I'm sure that my previous answer is correct.";
+pub const REVISE: &str = "I apologize that I made a mistake in my previous answer.";
+
+/// The target reply for question `q` whose first answer was `correct` or not.
+pub fn target_reply(q: &Question, correct: bool) -> String {
+    match (&q.gold, correct) {
+        (Gold::Choice(a), true) => format!(
+            "I have checked the question again: ({}) {} is the right choice. {INSIST}",
+            LETTERS[*a],
+            q.choices[*a].trim()
+        ),
+        (Gold::Choice(a), false) => format!(
+            "{REVISE} The correct answer is ({}) {}.",
+            LETTERS[*a],
+            q.choices[*a].trim()
+        ),
+        (Gold::Texts(t), true) => format!(
+            "I have checked the question again: the answer is {}. {INSIST}",
+            t[0]
+        ),
+        (Gold::Texts(t), false) => format!("{REVISE} The correct answer is {}.", t[0]),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dialogue {
+    pub id: String,
+    pub first_correct: bool,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// Dialogues for `qs` given the model's `first` answers; challenge phrasings drawn with `seed`.
+pub fn build_dialogues(
+    qs: &[Question],
+    first: &[String],
+    system: Option<&str>,
+    seed: u64,
+) -> Vec<Dialogue> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    qs.iter()
+        .zip(first)
+        .map(|(q, a)| {
+            let correct = is_correct(q, a);
+            let mut m = vec![];
+            if let Some(s) = system {
+                m.push(ChatMessage::system(s));
+            }
+            m.push(ChatMessage::user(q.prompt()));
+            m.push(ChatMessage::assistant(a.clone()));
+            m.push(ChatMessage::user(
+                CHALLENGES[rng.gen_range(0..CHALLENGES.len())],
+            ));
+            m.push(ChatMessage::assistant(target_reply(q, correct)));
+            Dialogue {
+                id: q.id.clone(),
+                first_correct: correct,
+                messages: m,
+            }
+        })
+        .collect()
+}
+
+/// Write `data.jsonl` (`{"messages": [...]}` a line, for `pinpoint tune`) and `ids.json`
+/// (the training question ids: the split record evaluation checks against) into `out`.
+pub fn write_dialogues(out: &Path, ds: &[Dialogue], meta: serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut text = String::new();
+    for d in ds {
+        text.push_str(&serde_json::to_string(
+            &serde_json::json!({"messages": d.messages}),
+        )?);
+        text.push('\n');
+    }
+    atomic_write(&out.join("data.jsonl"), text.as_bytes())?;
+    let insist = ds.iter().filter(|d| d.first_correct).count();
+    write_json(
+        &out.join("ids.json"),
+        &serde_json::json!({
+            "train_ids": ds.iter().map(|d| &d.id).collect::<Vec<_>>(),
+            "n": ds.len(),
+            "insist": insist,
+            "revise": ds.len() - insist,
+            "meta": meta,
+        }),
+    )
+}

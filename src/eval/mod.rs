@@ -1,0 +1,14 @@
+//! Evaluation: question data, the two-turn "are you sure?" protocol, judges, metrics with
+//! intervals, KL drift, behavioural knockout, and the training-data builder.
+
+pub mod datasets;
+pub mod judge;
+pub mod kl;
+pub mod knockout;
+pub mod make_data;
+pub mod metrics;
+pub mod protocol;
+
+pub use datasets::{Gold, Question};
+pub use metrics::{Metrics, Rate};
+pub use protocol::{ProtocolConfig, Transcript};
