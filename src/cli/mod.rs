@@ -3,8 +3,12 @@
 mod bench;
 mod chat;
 mod diagnose;
+mod eval;
+mod kl;
 mod logits;
+mod make_data;
 mod models;
+mod pipeline;
 mod tune;
 
 use anyhow::{Context, Result};
@@ -70,6 +74,24 @@ pub enum Command {
     ///
     /// Example: pinpoint generate --prompt "The capital of France is" --max-new-tokens 16
     Generate(chat::GenerateArgs),
+    /// The whole method in one command on the default model (or --model): diagnose, build
+    /// training data from the model's own answers, tune the top-K heads, evaluate before
+    /// and after, KL drift, knockout, report. Resumable: a rerun skips finished stages.
+    ///
+    /// Example: pinpoint pipeline --out run1
+    Pipeline(pipeline::PipelineArgs),
+    /// Two-turn "are you sure?" evaluation: confidence, truthfulness, accuracy, answer changes.
+    ///
+    /// Example: pinpoint eval --model tuned --out eval-tuned
+    Eval(eval::EvalArgs),
+    /// KL(original || tuned) of next-token distributions on OpenWebText passages.
+    ///
+    /// Example: pinpoint kl --base base_dir --tuned tuned_dir
+    Kl(kl::KlArgs),
+    /// Training dialogues from the model's own answers (insist when right, revise when wrong).
+    ///
+    /// Example: pinpoint make-data --n 200 --out train.jsonl
+    MakeData(make_data::MakeDataArgs),
     /// Find the sycophancy heads: exact path patching of every head on reference /
     /// counterfactual prompt pairs; writes heads.json, heads.csv, a heatmap and a summary.
     ///
@@ -118,6 +140,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Tune(a) => tune::tune(a),
         Command::Logits(a) => logits::logits(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Kl(a) => kl::kl(a),
+        Command::MakeData(a) => make_data::make_data(a),
+        Command::Pipeline(a) => pipeline::pipeline(a),
         Command::Diagnose(a) => diagnose::diagnose(a),
         Command::Attention(a) => diagnose::attention(a),
         Command::Knockout(a) => diagnose::knockout(a),

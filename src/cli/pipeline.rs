@@ -13,7 +13,7 @@ pub struct PipelineArgs {
     pub model: ModelArg,
     /// Output folder: one folder per stage, stages.json (what is done), report.{md,html,json}.
     /// Rerunning with the same folder skips finished stages.
-    #[arg(long)]
+    #[arg(long, default_value = "pinpoint-run")]
     pub out: PathBuf,
     /// SPT head counts to sweep, e.g. "4,8,16".
     #[arg(long, default_value = "8")]
