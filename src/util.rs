@@ -57,3 +57,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(h.finalize()))
 }
+
+/// The JSON values of a JSONL file with their 1-based line numbers; blank lines are skipped
+/// and a line that is not JSON is an error naming `file:line`.
+pub fn read_jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}

@@ -206,14 +206,7 @@ impl Backend for CpuBackend {
         );
         ensure!(k.shape == v.shape, "attention: k and v shapes differ");
         for s in spans {
-            ensure!(
-                s.q_start + s.q_len <= n,
-                "attention: span {s:?} runs past {n} query rows"
-            );
-            ensure!(
-                s.kv_end() <= kr,
-                "attention: span {s:?} runs past {kr} key rows"
-            );
+            s.check(n, kr)?;
         }
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (dh as f32).sqrt();

@@ -41,6 +41,19 @@ impl SeqSpan {
             _ => self.kv_start + j,
         }
     }
+    /// Check the span against `q_rows` query rows and `kv_rows` key/value rows.
+    pub fn check(&self, q_rows: usize, kv_rows: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.q_start + self.q_len <= q_rows,
+            "attention: span {self:?} runs past {q_rows} query rows"
+        );
+        anyhow::ensure!(
+            self.kv_end() <= kv_rows,
+            "attention: span {self:?} runs past {kv_rows} key rows"
+        );
+        Ok(())
+    }
+
     /// Largest key/value row this span reads, plus one.
     pub fn kv_end(&self) -> usize {
         let last = self.pos0 + self.q_len - 1;

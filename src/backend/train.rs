@@ -433,10 +433,7 @@ impl TrainBackend for CpuBackend {
         );
         ensure!(k.shape == v.shape, "attention_bwd: k and v shapes differ");
         for s in spans {
-            ensure!(
-                s.q_start + s.q_len <= n && s.kv_end() <= kr,
-                "attention_bwd: span {s:?} out of range"
-            );
+            s.check(n, kr)?;
         }
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (dh as f32).sqrt();

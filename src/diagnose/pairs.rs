@@ -45,15 +45,9 @@ impl McQuestion {
 /// Read MMLU rows (`question`, `answer_a..answer_d`, `correct_answer`), dropping rows whose
 /// answer is not A-D. A line that is not JSON is an error naming the line.
 pub fn read_mmlu(path: &Path) -> Result<Vec<McQuestion>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+    for (ln, v) in crate::util::read_jsonl_values(path)? {
+        let i = ln - 1;
         let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let (Some(q), Some(ans)) = (get("question"), get("correct_answer")) else {
             bail!(

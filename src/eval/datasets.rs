@@ -93,15 +93,9 @@ pub fn owt_texts(show_progress: bool) -> Result<Vec<String>> {
 
 /// Parse an OWT JSONL file: the string under key "0" of each line; other keys are ignored.
 pub fn read_owt(path: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+    for (ln, v) in crate::util::read_jsonl_values(path)? {
+        let i = ln - 1;
         let Some(s) = v.get("0").and_then(|x| x.as_str()) else {
             bail!("{}:{}: no string under key \"0\"", path.display(), i + 1);
         };

@@ -619,14 +619,7 @@ impl Backend for CudaBackend {
         );
         let mut tiles: Vec<i32> = Vec::new();
         for s in spans {
-            ensure!(
-                s.q_start + s.q_len <= n,
-                "attention: span {s:?} runs past {n} query rows"
-            );
-            ensure!(
-                s.kv_end() <= kr,
-                "attention: span {s:?} runs past {kr} key rows"
-            );
+            s.check(n, kr)?;
             let kv_new = match s.kv_new {
                 Some(r) => int(r, "kv_new")?,
                 None => -1,
