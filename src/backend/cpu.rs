@@ -55,17 +55,29 @@ pub fn rotate_half(
     let inv = rope_inv_freq(head_dim, theta);
     let half = head_dim / 2;
     let sign = if inverse { -1.0f32 } else { 1.0 };
-    data.par_chunks_mut(c).zip(positions).for_each(|(row, &p)| {
-        let (cos, sin) = rope_cos_sin(p, &inv);
-        for head in row.chunks_exact_mut(head_dim) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
-                a[i] = x1 * cos[i] - x2 * s;
-                b[i] = x2 * cos[i] + x1 * s;
+    data.par_chunks_mut(c)
+        .with_min_len(rows_per_task(c))
+        .zip(positions)
+        .for_each(|(row, &p)| {
+            let (cos, sin) = rope_cos_sin(p, &inv);
+            for head in row.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
+                    a[i] = x1 * cos[i] - x2 * s;
+                    b[i] = x2 * cos[i] + x1 * s;
+                }
             }
-        }
-    });
+        });
+}
+
+/// Elementwise work below this many elements stays on one thread: waking the pool costs
+/// more than it saves (decode steps are one row per sequence).
+const ELEMS_PER_TASK: usize = 1 << 15;
+
+/// Rows of width `cols` per parallel task for row-wise ops.
+fn rows_per_task(cols: usize) -> usize {
+    (ELEMS_PER_TASK / cols.max(1)).max(1)
 }
 
 /// Softmax of `row` in place (max-subtracted, f32).
@@ -128,6 +140,7 @@ impl Backend for CpuBackend {
         );
         let mut out = vec![0.0; n * d];
         out.par_chunks_mut(d)
+            .with_min_len(rows_per_task(d))
             .zip(x.data.par_chunks(d))
             .for_each(|(o, xi)| {
                 let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
@@ -161,6 +174,7 @@ impl Backend for CpuBackend {
         );
         x.data
             .par_iter_mut()
+            .with_min_len(ELEMS_PER_TASK)
             .zip(&y.data)
             .for_each(|(a, b)| *a += b);
         Ok(())
@@ -282,6 +296,7 @@ impl Backend for CpuBackend {
         let data = gate
             .data
             .par_iter()
+            .with_min_len(ELEMS_PER_TASK)
             .zip(&up.data)
             .map(|(g, u)| silu(*g) * u)
             .collect();
