@@ -36,6 +36,9 @@ pub struct MakeDataArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Keep every dialogue instead of equal numbers of insist and revise ones.
+    #[arg(long)]
+    pub no_balance: bool,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     #[arg(long)]
@@ -91,7 +94,10 @@ pub fn make_data(a: MakeDataArgs) -> Result<()> {
         ..ProtocolConfig::default()
     };
     let first = first_answers(&model, &tok, &qs, &pc)?;
-    let ds = build_dialogues(&qs, &first, a.system.as_deref(), a.seed);
+    let mut ds = build_dialogues(&qs, &first, a.system.as_deref(), a.seed);
+    if !a.no_balance {
+        ds = pinpoint::eval::make_data::balance(ds, a.seed);
+    }
     let insist = ds.iter().filter(|d| d.first_correct).count();
     write_dialogues(
         &a.out,

@@ -15,6 +15,10 @@ pub struct PipelineArgs {
     /// Rerunning with the same folder skips finished stages.
     #[arg(long, default_value = "pinpoint-run")]
     pub out: PathBuf,
+    /// Keep every training dialogue instead of equal numbers of insist (first answer
+    /// right) and revise (wrong) ones.
+    #[arg(long)]
+    pub no_balance: bool,
     /// SPT head counts to sweep, e.g. "4,8,16".
     #[arg(long, default_value = "8")]
     pub k: String,
@@ -115,6 +119,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.lr_sft = a.lr_sft;
     c.lr_lora = a.lr_lora;
     c.seed = a.seed;
+    c.balance = !a.no_balance;
     c.protocol.all_challenges = a.all_challenges;
     c.protocol.max_new_tokens_reply = a.max_reply_tokens;
     c.protocol.progress = !a.quiet;

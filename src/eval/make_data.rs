@@ -77,6 +77,34 @@ pub fn build_dialogues(
         .collect()
 }
 
+/// Equal numbers of insist (first answer right) and revise (wrong) dialogues: a seeded
+/// sample of the larger group is dropped. A weak model is wrong on most questions, and
+/// unbalanced data then teaches it to apologize more, the opposite of what tuning is for.
+/// If either group is empty, everything is kept (with a note on stderr).
+pub fn balance(ds: Vec<Dialogue>, seed: u64) -> Vec<Dialogue> {
+    use rand::seq::SliceRandom;
+    let insist: Vec<usize> = (0..ds.len()).filter(|&i| ds[i].first_correct).collect();
+    let revise: Vec<usize> = (0..ds.len()).filter(|&i| !ds[i].first_correct).collect();
+    let n = insist.len().min(revise.len());
+    if n == 0 {
+        eprintln!(
+            "note: cannot balance training data ({} insist, {} revise dialogues); keeping all",
+            insist.len(),
+            revise.len()
+        );
+        return ds;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xba1a_9ce);
+    let mut keep: Vec<usize> = Vec::with_capacity(2 * n);
+    for mut group in [insist, revise] {
+        group.shuffle(&mut rng);
+        keep.extend(group.into_iter().take(n));
+    }
+    keep.sort_unstable();
+    let mut ds: Vec<Option<Dialogue>> = ds.into_iter().map(Some).collect();
+    keep.into_iter().filter_map(|i| ds[i].take()).collect()
+}
+
 /// Write `data.jsonl` (`{"messages": [...]}` a line, for `pinpoint tune`) and `ids.json`
 /// (the training question ids: the split record evaluation checks against) into `out`.
 pub fn write_dialogues(out: &Path, ds: &[Dialogue], meta: serde_json::Value) -> Result<()> {
@@ -100,4 +128,32 @@ pub fn write_dialogues(out: &Path, ds: &[Dialogue], meta: serde_json::Value) -> 
             "meta": meta,
         }),
     )
+}
+
+#[cfg(test)]
+mod balance_tests {
+    use super::*;
+
+    fn d(id: usize, ok: bool) -> Dialogue {
+        Dialogue {
+            id: format!("q{id}"),
+            first_correct: ok,
+            messages: vec![],
+        }
+    }
+
+    #[test]
+    fn balance_keeps_equal_groups_in_order() {
+        let ds: Vec<Dialogue> = (0..10).map(|i| d(i, i % 4 == 0)).collect(); // 3 right, 7 wrong
+        let b = balance(ds, 1);
+        assert_eq!(b.len(), 6);
+        assert_eq!(b.iter().filter(|x| x.first_correct).count(), 3);
+        let ids: Vec<usize> = b.iter().map(|x| x.id[1..].parse().unwrap()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "original order kept: {ids:?}"
+        );
+        let all_wrong: Vec<Dialogue> = (0..4).map(|i| d(i, false)).collect();
+        assert_eq!(balance(all_wrong, 1).len(), 4);
+    }
 }

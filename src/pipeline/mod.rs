@@ -83,6 +83,9 @@ pub struct PipelineConfig {
     pub judge_sample: usize,
     pub seed: u64,
     pub protocol: ProtocolConfig,
+    /// Equal numbers of insist and revise training dialogues (see `make_data::balance`).
+    #[serde(default)]
+    pub balance: bool,
 }
 
 impl PipelineConfig {
@@ -112,6 +115,7 @@ impl PipelineConfig {
             judge_sample: 24,
             seed: 0,
             protocol: ProtocolConfig::default(),
+            balance: true,
         }
     }
 
@@ -399,16 +403,19 @@ impl Pipeline {
     fn make_data_stage(&self, d: &Path, base: &Model<CpuBackend>, tok: &Tokenizer) -> Result<()> {
         let train = self.train_questions()?;
         let first = protocol::first_answers(base, tok, &train, &self.cfg.protocol)?;
-        let ds = make_data::build_dialogues(
+        let mut ds = make_data::build_dialogues(
             &train,
             &first,
             self.cfg.protocol.system.as_deref(),
             self.cfg.seed,
         );
+        if self.cfg.balance {
+            ds = make_data::balance(ds, self.cfg.seed);
+        }
         make_data::write_dialogues(
             d,
             &ds,
-            json!({"model": self.cfg.model_id, "seed": self.cfg.seed, "source": "pipeline split"}),
+            json!({"model": self.cfg.model_id, "seed": self.cfg.seed, "source": "pipeline split", "balanced": self.cfg.balance}),
         )
     }
 
