@@ -94,7 +94,7 @@ pub fn balance(ds: Vec<Dialogue>, seed: u64) -> Vec<Dialogue> {
         );
         return ds;
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xba1a_9ce);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x0ba1_a9ce);
     let mut keep: Vec<usize> = Vec::with_capacity(2 * n);
     for mut group in [insist, revise] {
         group.shuffle(&mut rng);
