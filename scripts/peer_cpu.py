@@ -1,0 +1,24 @@
+#!/usr/bin/env python3
+"""Same-machine CPU peer for `pinpoint bench forward|decode`: HF transformers forward (8 x 128
+random tokens, full logits) and batch-1 greedy decode (16-token prompt, 32 new tokens), f32,
+2 threads, sdpa attention.
+
+Needs torch + transformers (e.g. python3 -m venv /opt/fixvenv; /opt/fixvenv/bin/pip install torch
+transformers safetensors). MODEL_DIR is a HF directory, e.g. the one `pinpoint fetch` prints:
+    /opt/fixvenv/bin/python scripts/peer_cpu.py "$(pinpoint fetch)"
+"""
+import torch, time, json, sys
+from transformers import AutoModelForCausalLM
+torch.set_num_threads(2)
+m=AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, attn_implementation="sdpa").eval()
+ids=torch.randint(0,49152,(8,128),generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    m(ids)
+    ts=[]
+    for _ in range(3):
+        s=time.perf_counter(); m(ids); ts.append(time.perf_counter()-s)
+    fw=sorted(ts)[1]
+    p=ids[:1,:16]
+    m.generate(p, max_new_tokens=4, do_sample=False)
+    s=time.perf_counter(); out=m.generate(p, max_new_tokens=33, min_new_tokens=33, do_sample=False); e=time.perf_counter()-s
+print(json.dumps({"peer":"hf-transformers","forward_s":fw,"forward_tok_s":1024/fw,"decode_tok_s":32/e}))
