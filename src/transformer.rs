@@ -50,6 +50,19 @@ struct Input<'a> {
     pos0: usize,
 }
 
+/// Whole sequences from position 0, sequence i in slot i.
+fn whole_sequences(seqs: &[Vec<u32>]) -> Vec<Input<'_>> {
+    seqs.iter()
+        .enumerate()
+        .map(|(i, s)| Input {
+            seq: i,
+            slot: i,
+            tokens: s,
+            pos0: 0,
+        })
+        .collect()
+}
+
 /// How a forward call uses a KV cache.
 enum KvMode<'c, B: Backend> {
     /// No cache: each sequence starts at position 0.
@@ -147,16 +160,7 @@ impl<B: Backend> Model<B> {
 
     /// Forward of whole sequences (no cache). Sequence i of `seqs` is `seq` i in taps.
     pub fn forward(&self, seqs: &[Vec<u32>], taps: &Taps) -> Result<ForwardOutput> {
-        let inputs: Vec<Input<'_>> = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Input {
-                seq: i,
-                slot: i,
-                tokens: s,
-                pos0: 0,
-            })
-            .collect();
+        let inputs = whole_sequences(seqs);
         self.run_from(&inputs, KvMode::None, taps, None)
     }
 
@@ -171,27 +175,8 @@ impl<B: Backend> Model<B> {
         resid: &HostTensor,
         taps: &Taps,
     ) -> Result<ForwardOutput> {
-        ensure!(
-            layer <= self.n_layers(),
-            "forward_from: layer {layer} past the last layer"
-        );
-        let rows: usize = seqs.iter().map(Vec::len).sum();
-        ensure!(
-            resid.shape == [rows, self.cfg.hidden_size],
-            "forward_from: residual has shape {:?}, expected [{rows}, {}]",
-            resid.shape,
-            self.cfg.hidden_size
-        );
-        let inputs: Vec<Input<'_>> = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Input {
-                seq: i,
-                slot: i,
-                tokens: s,
-                pos0: 0,
-            })
-            .collect();
+        self.check_start(layer, seqs.iter().map(Vec::len).sum(), resid)?;
+        let inputs = whole_sequences(seqs);
         self.run_from(
             &inputs,
             KvMode::None,
@@ -228,22 +213,27 @@ impl<B: Backend> Model<B> {
         }
         let start = match start {
             Some((l, r)) => {
-                ensure!(
-                    l <= self.n_layers(),
-                    "forward_on_prefix: layer {l} past the last layer"
-                );
-                let rows: usize = inputs.iter().map(|i| i.1.len()).sum();
-                ensure!(
-                    r.shape == [rows, self.cfg.hidden_size],
-                    "forward_on_prefix: residual has shape {:?}, expected [{rows}, {}]",
-                    r.shape,
-                    self.cfg.hidden_size
-                );
+                self.check_start(l, inputs.iter().map(|i| i.1.len()).sum(), r)?;
                 Some((l, self.backend.upload(r)?))
             }
             None => None,
         };
         self.run_from(&ins, KvMode::Read(cache), taps, start)
+    }
+
+    /// A start at layer `layer` needs a residual of `[rows, d_model]`.
+    fn check_start(&self, layer: usize, rows: usize, resid: &HostTensor) -> Result<()> {
+        ensure!(
+            layer <= self.n_layers(),
+            "start layer {layer} is past the last layer"
+        );
+        ensure!(
+            resid.shape == [rows, self.cfg.hidden_size],
+            "start residual has shape {:?}, expected [{rows}, {}]",
+            resid.shape,
+            self.cfg.hidden_size
+        );
+        Ok(())
     }
 
     /// `[a; b]` along rows.
