@@ -4,7 +4,7 @@ use super::ModelArg;
 use anyhow::{Context, Result};
 use pinpoint::generate::{generate as run_generate, GenConfig};
 use pinpoint::model::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
-use pinpoint::{Model, Taps};
+use pinpoint::Taps;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -59,9 +59,7 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let dir = a.model.resolve()?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let model = Model::load_cpu(&dir)?;
+    let super::Loaded { tok, model, .. } = a.model.load()?;
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(ChatMessage::system(s));
@@ -123,9 +121,7 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let dir = a.model.resolve()?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let model = Model::load_cpu(&dir)?;
+    let super::Loaded { tok, model, .. } = a.model.load()?;
     let mut prompts = a.prompts.clone();
     if let Some(f) = &a.file {
         let text =

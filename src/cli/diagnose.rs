@@ -131,9 +131,7 @@ pub struct DiagnoseArgs {
 }
 
 pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
-    let dir = a.model.resolve()?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let model = Model::load_cpu(&dir)?;
+    let super::Loaded { dir, tok, model } = a.model.load()?;
     let loaded = load_pairs(&a.pairs)?;
     let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
     let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;
@@ -201,9 +199,7 @@ pub struct AttentionArgs {
 }
 
 pub fn attention(a: AttentionArgs) -> Result<()> {
-    let dir = a.model.resolve()?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let model = Model::load_cpu(&dir)?;
+    let super::Loaded { dir, tok, model } = a.model.load()?;
     let all = model.all_heads().len();
     let ranked = ranked_heads(&a.heads, &model.cfg, all.min(count_heads(&a.heads)?))?;
     let top: Vec<HeadId> = ranked.iter().take(a.top_k).copied().collect();
@@ -285,9 +281,7 @@ pub struct KnockoutArgs {
 }
 
 pub fn knockout(a: KnockoutArgs) -> Result<()> {
-    let dir = a.model.resolve()?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let model = Model::load_cpu(&dir)?;
+    let super::Loaded { dir, tok, model } = a.model.load()?;
     let n = count_heads(&a.heads)?;
     let max_k = a.max_k.min(n);
     let order = ranked_heads(&a.heads, &model.cfg, max_k.max(1))?;

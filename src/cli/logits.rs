@@ -3,8 +3,8 @@
 
 use super::ModelArg;
 use anyhow::{ensure, Result};
-use pinpoint::model::tokenizer::{ChatMessage, Tokenizer};
-use pinpoint::{Model, Taps};
+use pinpoint::model::tokenizer::ChatMessage;
+use pinpoint::Taps;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -65,9 +65,7 @@ struct LogitsFile {
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
-    let dir = a.model.resolve()?;
-    let tok = Tokenizer::from_dir(&dir)?;
-    let model = Model::load_cpu(&dir)?;
+    let super::Loaded { dir, tok, model } = a.model.load()?;
     let mut texts = vec![];
     let mut seqs = vec![];
     for p in &a.prompts {

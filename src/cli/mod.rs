@@ -38,7 +38,22 @@ pub struct ModelArg {
     pub model: Option<PathBuf>,
 }
 
+/// A model on the CPU backend with its tokenizer and directory.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub tok: pinpoint::model::tokenizer::Tokenizer,
+    pub model: pinpoint::Model<pinpoint::backend::cpu::CpuBackend>,
+}
+
 impl ModelArg {
+    /// Resolve, then load the tokenizer and the weights.
+    pub fn load(&self) -> Result<Loaded> {
+        let dir = self.resolve()?;
+        let tok = pinpoint::model::tokenizer::Tokenizer::from_dir(&dir)?;
+        let model = pinpoint::Model::load_cpu(&dir)?;
+        Ok(Loaded { dir, tok, model })
+    }
+
     pub fn resolve(&self) -> Result<PathBuf> {
         match &self.model {
             Some(p) => Ok(p.clone()),
