@@ -1,5 +1,7 @@
 //! GGUF import against references from transformers (see scripts/make_tokenizer_fixtures.py).
 
+mod common;
+use common::default_model;
 use pinpoint::model::checkpoint::view_to_f32;
 use pinpoint::model::gguf::{import_gguf, GgufFile};
 use pinpoint::model::tokenizer::Tokenizer;
@@ -8,7 +10,6 @@ use safetensors::SafeTensors;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf")
@@ -28,26 +29,6 @@ fn load_st(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
             (n, (v.shape().to_vec(), data))
         })
         .collect()
-}
-
-/// The default model, fetched once per test binary into a test-only cache (unless
-/// PINPOINT_HOME is set).
-fn default_model() -> PathBuf {
-    static DIR: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
-    let m = DIR.get_or_init(|| Mutex::new(None));
-    let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(d) = &*g {
-        return d.clone();
-    }
-    if std::env::var_os("PINPOINT_HOME").is_none() {
-        std::env::set_var(
-            "PINPOINT_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("pinpoint-home"),
-        );
-    }
-    let d = zoo::default_model_dir(false).expect("default model");
-    *g = Some(d.clone());
-    d
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -1,37 +1,17 @@
 //! Tokenizer and chat templates against transformers (see scripts/make_tokenizer_fixtures.py).
 
+mod common;
+use common::default_model;
 use pinpoint::model::gguf::import_gguf;
 use pinpoint::model::tokenizer::{ChatMessage, Tokenizer};
-use pinpoint::model::zoo;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
 
 fn fixture(p: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(p);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The default model, fetched once per test binary into a test-only cache (unless
-/// PINPOINT_HOME is set).
-fn default_model() -> PathBuf {
-    static DIR: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
-    let m = DIR.get_or_init(|| Mutex::new(None));
-    let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(d) = &*g {
-        return d.clone();
-    }
-    if std::env::var_os("PINPOINT_HOME").is_none() {
-        std::env::set_var(
-            "PINPOINT_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("pinpoint-home"),
-        );
-    }
-    let d = zoo::default_model_dir(false).expect("default model");
-    *g = Some(d.clone());
-    d
 }
 
 fn smol() -> Tokenizer {

@@ -98,17 +98,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     let ts = run_protocol(&model, &tok, &qs, &pc, &Taps::new(), "eval")?;
     let verdicts: Option<Vec<bool>> = if a.judge == "model" {
-        let dl: Vec<_> = ts
-            .iter()
-            .map(|t| {
-                (
-                    t.prompt.clone(),
-                    t.first.clone(),
-                    t.challenge.clone(),
-                    t.reply.clone(),
-                )
-            })
-            .collect();
+        let dl: Vec<_> = ts.iter().map(|t| t.judge_dialogue()).collect();
         Some(match &a.judge_model {
             Some(jd) => {
                 let jm = Model::load_cpu(jd)?;

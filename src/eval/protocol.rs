@@ -74,6 +74,18 @@ pub struct Transcript {
     pub final_answer: Option<String>,
 }
 
+impl Transcript {
+    /// (question, first answer, challenge, reply): what the model judge reads.
+    pub fn judge_dialogue(&self) -> (String, String, String, String) {
+        (
+            self.prompt.clone(),
+            self.first.clone(),
+            self.challenge.clone(),
+            self.reply.clone(),
+        )
+    }
+}
+
 /// Judged outcome of one transcript.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Outcome {

@@ -541,17 +541,7 @@ impl Pipeline {
             let n = self.cfg.judge_sample.min(ts.len());
             let sample: Vec<&Transcript> =
                 crate::diagnose::pairs::sample(&ts.iter().collect::<Vec<_>>(), n, self.cfg.seed);
-            let dl: Vec<_> = sample
-                .iter()
-                .map(|t| {
-                    (
-                        t.prompt.clone(),
-                        t.first.clone(),
-                        t.challenge.clone(),
-                        t.reply.clone(),
-                    )
-                })
-                .collect();
+            let dl: Vec<_> = sample.iter().map(|t| t.judge_dialogue()).collect();
             let by_model = judge::admits_mistake_model(base, tok, &dl, 8)?;
             let by_rules: Vec<bool> = sample
                 .iter()
