@@ -69,14 +69,20 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert_eq!(
         modules,
         [
+            "adamw",
             "attention",
+            "attention_bwd",
+            "elem_bwd",
             "embed",
+            "embed_bwd",
             "gemm",
             "heads",
+            "norm_bwd",
             "rmsnorm",
             "rope",
             "sample",
-            "swiglu"
+            "swiglu",
+            "xent_bwd"
         ],
         "kernel files embedded by build.rs"
     );
@@ -99,7 +105,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                     // Register arrays must stay in registers where speed matters (rope's
                     // double sincos keeps a small local array for huge arguments: allowed).
                     assert!(
-                        !(matches!(k.module, "gemm" | "attention") && ptx.contains(".local")),
+                        !(matches!(k.module, "gemm" | "attention" | "attention_bwd")
+                            && ptx.contains(".local")),
                         "{arch} {}.cu: PTX uses local memory (a spilled register array?)",
                         k.module
                     );
@@ -155,7 +162,7 @@ fn hot_kernels_do_not_spill_registers() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        for module in ["gemm", "attention"] {
+        for module in ["gemm", "attention", "attention_bwd", "xent_bwd", "norm_bwd"] {
             let k = registry::source(module).unwrap();
             let log = registry::ptxas_report(k, arch).unwrap();
             eprintln!("---- {arch} {module}.cu\n{log}");
