@@ -13,6 +13,7 @@
 //! download or [`CudaBackend::synchronize`].
 
 pub mod registry;
+mod train;
 
 use super::{AttnShape, Backend, Pattern, SeqSpan};
 use crate::model::HostTensor;
@@ -343,6 +344,77 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// The cuBLAS handle (on this backend's stream), created on first use.
+    fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
+        self.blas
+            .get_or_init(|| {
+                // SAFETY: only tries to dlopen libcublas by its usual names.
+                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    return Err("libcublas is not on the library path".into());
+                }
+                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| format!("{e:?}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow!("cuBLAS: {e}"))
+    }
+
+    /// Row-major bf16 GEMM by cuBLAS (f32 compute): `C[m, n] = op(A)[m, k] op(B)[k, n] +
+    /// beta * C`. `a`, `b`, `c` are device addresses of element (0, 0) and `lda`, `ldb`,
+    /// `ldc` their row strides in elements; `ta` means A is stored `[k, m]` (op = transpose),
+    /// likewise `tb` for B stored `[n, k]`.
+    ///
+    /// Row-major X with row stride ld is column-major X^T with the same ld, so this is the
+    /// column-major `C^T[n, m] = op(B)^T op(A)^T`: cuBLAS gets B first, then A.
+    ///
+    /// # Safety
+    /// The addresses must be live device buffers of this context holding every element the
+    /// strides address (`ld >= ` the row length used), and stay alive until the stream has
+    /// run the call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_rm(
+        &self,
+        ta: bool,
+        tb: bool,
+        (m, n, k): (i32, i32, i32),
+        (a, lda): (u64, i32),
+        (b, ldb): (u64, i32),
+        (c, ldc): (u64, i32),
+        beta: f32,
+    ) -> Result<()> {
+        use cudarc::cublas::sys;
+        let blas = self.blas()?;
+        let op = |t: bool| {
+            if t {
+                sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let alpha = 1.0f32;
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle(),
+            op(tb),
+            op(ta),
+            n,
+            m,
+            k,
+            &alpha as *const f32 as *const _,
+            b as *const _,
+            sys::cudaDataType::CUDA_R_16BF,
+            ldb,
+            a as *const _,
+            sys::cudaDataType::CUDA_R_16BF,
+            lda,
+            &beta as *const f32 as *const _,
+            c as *mut _,
+            sys::cudaDataType::CUDA_R_16BF,
+            ldc,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(|e| anyhow!("cublasGemmEx (m {m}, n {n}, k {k}): {e:?}"))
+    }
+
     fn cublas_gemm(
         &self,
         x: &CudaTensor,
@@ -352,49 +424,12 @@ impl CudaBackend {
         m: i32,
         k: i32,
     ) -> Result<()> {
-        use cudarc::cublas::sys;
-        let blas = self
-            .blas
-            .get_or_init(|| {
-                // SAFETY: only tries to dlopen libcublas by its usual names.
-                if !unsafe { sys::is_culib_present() } {
-                    return Err("libcublas is not on the library path".into());
-                }
-                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| format!("{e:?}"))
-            })
-            .as_ref()
-            .map_err(|e| anyhow!("cuBLAS: {e}"))?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let (wp, _rw) = w.buf.device_ptr(&self.stream);
         let (xp, _rx) = x.buf.device_ptr(&self.stream);
         let (cp, _wc) = out.buf.device_ptr_mut(&self.stream);
-        // Row-major C[n, m] = X[n, k] W[m, k]^T is column-major C^T[m, n] = W X^T:
-        // A = W (k x m column-major, transposed), B = X^T (k x n column-major).
-        // SAFETY: the pointers are live buffers of the checked sizes; alpha/beta are host f32.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *blas.handle(),
-                sys::cublasOperation_t::CUBLAS_OP_T,
-                sys::cublasOperation_t::CUBLAS_OP_N,
-                m,
-                n,
-                k,
-                &alpha as *const f32 as *const _,
-                wp as *const _,
-                sys::cudaDataType::CUDA_R_16BF,
-                k,
-                xp as *const _,
-                sys::cudaDataType::CUDA_R_16BF,
-                k,
-                &beta as *const f32 as *const _,
-                cp as *mut _,
-                sys::cudaDataType::CUDA_R_16BF,
-                m,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| anyhow!("cublasGemmEx: {e:?}"))
+        // out[n, m] = x[n, k] @ w[m, k]^T.
+        // SAFETY: live buffers of the checked sizes; the guards outlive the queued call.
+        unsafe { self.gemm_rm(false, true, (n, m, k), (xp, k), (wp, k), (cp, m), 0.0) }
     }
 
     fn gather(&self, x: &CudaTensor, rows: &[u32], c: usize) -> Result<CudaTensor> {
