@@ -52,6 +52,60 @@ impl Region {
     }
 }
 
+/// f32 master copy and AdamW moments of one trainable buffer (a mask slice or a LoRA
+/// factor), on the host; all three of the buffer's length, row-major like its region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamState {
+    pub master: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl ParamState {
+    /// State starting at `master` with zero moments.
+    pub fn new(master: Vec<f32>) -> Self {
+        let n = master.len();
+        Self {
+            master,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+}
+
+/// The scalars of one AdamW update (`torch.optim.AdamW`, decoupled decay), the same for
+/// every buffer of the step; computed once on the host by `tune::optim::AdamW::next`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub bc2_sqrt: f32,
+    /// `1 - lr * weight_decay`.
+    pub decay: f32,
+    /// Gradient scale from global-norm clipping (1: none).
+    pub clip: f32,
+}
+
+impl AdamStep {
+    /// The update on host buffers (the reference every backend matches):
+    /// `g' = g * clip; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
+    /// master = master * decay - step_size * m / (sqrt(v) / bc2_sqrt + eps)`.
+    pub fn apply(&self, s: &mut ParamState, g: &[f32]) {
+        let it = s.master.iter_mut().zip(s.m.iter_mut()).zip(s.v.iter_mut());
+        for (((w, m), v), &g) in it.zip(g) {
+            let gi = g * self.clip;
+            *m = self.beta1 * *m + (1.0 - self.beta1) * gi;
+            *v = self.beta2 * *v + (1.0 - self.beta2) * gi * gi;
+            let denom = v.sqrt() / self.bc2_sqrt + self.eps;
+            *w = *w * self.decay - self.step_size * *m / denom;
+        }
+    }
+}
+
 /// Backward ops. Shapes: `n` rows (tokens), weights `[out, in]` as in HF.
 pub trait TrainBackend: Backend {
     /// A copy of `t`.
@@ -132,6 +186,30 @@ pub trait TrainBackend: Backend {
     fn read_region(&self, t: &Self::Tensor, reg: Region) -> Result<HostTensor>;
     /// Overwrite region `reg` of `t` with `src` (shape `reg.shape(t.shape)`).
     fn write_region(&self, t: &mut Self::Tensor, reg: Region, src: &HostTensor) -> Result<()>;
+
+    // ---- The optimizer, where the weights live (masked AdamW on the tuned slices only).
+
+    /// Where the backend keeps one buffer's [`ParamState`] (f32).
+    type OptState: Send + Sync;
+    /// State starting at `master` (flattened) with zero moments.
+    fn opt_new(&self, master: &HostTensor) -> Result<Self::OptState>;
+    /// A host copy of the state.
+    fn opt_read(&self, s: &Self::OptState) -> Result<ParamState>;
+    /// Overwrite the state (same length).
+    fn opt_write(&self, s: &mut Self::OptState, host: &ParamState) -> Result<()>;
+    /// Sum of squares of `g` (for the global gradient norm).
+    fn sum_squares(&self, g: &Self::Tensor) -> Result<f64>;
+    /// One AdamW update of `s` by gradient `g` (shape `reg.shape(w.shape)`, row-major like
+    /// the master), then `w[reg] = master` (rounded to `w`'s dtype). Every value of `w`
+    /// outside `reg` keeps its exact bits.
+    fn adamw_update(
+        &self,
+        s: &mut Self::OptState,
+        g: &Self::Tensor,
+        w: &mut Self::Tensor,
+        reg: Region,
+        a: &AdamStep,
+    ) -> Result<()>;
 }
 
 fn dims2(t: &HostTensor) -> Result<(usize, usize)> {
@@ -656,5 +734,53 @@ impl TrainBackend for CpuBackend {
             }
         }
         Ok(())
+    }
+
+    type OptState = ParamState;
+
+    fn opt_new(&self, master: &HostTensor) -> Result<ParamState> {
+        Ok(ParamState::new(master.data.clone()))
+    }
+
+    fn opt_read(&self, s: &ParamState) -> Result<ParamState> {
+        Ok(s.clone())
+    }
+
+    fn opt_write(&self, s: &mut ParamState, host: &ParamState) -> Result<()> {
+        let n = s.master.len();
+        ensure!(
+            host.master.len() == n && host.m.len() == n && host.v.len() == n,
+            "optimizer state of {} values written with {}/{}/{}",
+            n,
+            host.master.len(),
+            host.m.len(),
+            host.v.len()
+        );
+        *s = host.clone();
+        Ok(())
+    }
+
+    fn sum_squares(&self, g: &HostTensor) -> Result<f64> {
+        Ok(g.data.iter().map(|&x| x as f64 * x as f64).sum())
+    }
+
+    fn adamw_update(
+        &self,
+        s: &mut ParamState,
+        g: &HostTensor,
+        w: &mut HostTensor,
+        reg: Region,
+        a: &AdamStep,
+    ) -> Result<()> {
+        ensure!(
+            g.numel() == s.master.len() && reg.numel(&w.shape) == s.master.len(),
+            "adamw: gradient of {} values, state of {}, region {reg:?} of {:?}",
+            g.numel(),
+            s.master.len(),
+            w.shape
+        );
+        a.apply(s, &g.data);
+        let shape = reg.shape(&w.shape);
+        self.write_region(w, reg, &HostTensor::new(shape, s.master.clone()))
     }
 }

@@ -82,14 +82,7 @@ impl AdamWConfig {
     }
 }
 
-/// Optimizer state of one trainable buffer (a mask slice or a LoRA factor).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamState {
-    /// f32 master copy of the trainable values.
-    pub master: Vec<f32>,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-}
+pub use crate::backend::train::{AdamStep, ParamState};
 
 /// What one update did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,39 +92,24 @@ pub struct StepInfo {
     pub grad_norm: f64,
 }
 
+/// The AdamW schedule and step count. The per-buffer state (f32 master and moments) lives
+/// where the weights live (`TrainBackend::OptState`); this computes each update's scalars.
 #[derive(Debug, Clone)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
     /// Updates done so far.
     pub step: usize,
-    pub states: Vec<ParamState>,
 }
 
 impl AdamW {
-    /// State for buffers starting at `masters` (their current values).
-    pub fn new(cfg: AdamWConfig, masters: Vec<Vec<f32>>) -> Result<Self> {
+    pub fn new(cfg: AdamWConfig) -> Result<Self> {
         cfg.validate()?;
-        let states = masters
-            .into_iter()
-            .map(|m| ParamState {
-                m: vec![0.0; m.len()],
-                v: vec![0.0; m.len()],
-                master: m,
-            })
-            .collect();
-        Ok(Self {
-            cfg,
-            step: 0,
-            states,
-        })
+        Ok(Self { cfg, step: 0 })
     }
 
-    /// Scalars of optimizer state (master + m + v).
-    pub fn state_numel(&self) -> usize {
-        self.states
-            .iter()
-            .map(|s| s.master.len() + s.m.len() + s.v.len())
-            .sum()
+    /// Global L2 norm from per-buffer sums of squares.
+    pub fn norm_of(sum_squares: &[f64]) -> f64 {
+        sum_squares.iter().sum::<f64>().sqrt()
     }
 
     /// Global L2 norm of `grads` (f64).
@@ -144,16 +122,48 @@ impl AdamW {
             .sqrt()
     }
 
-    /// One update with `grads` (one per state, same lengths). Clips by the global norm,
-    /// then AdamW. Refuses a non-finite gradient norm without touching any state.
-    pub fn update(&mut self, grads: &[&[f32]]) -> Result<StepInfo> {
+    /// The scalars of the next update for global gradient norm `norm` (clipping as
+    /// `clip_grad_norm_`), and advance the step count. Refuses a non-finite norm without
+    /// advancing.
+    pub fn next(&mut self, norm: f64) -> Result<(AdamStep, StepInfo)> {
+        if !norm.is_finite() {
+            bail!("gradient norm is {norm}");
+        }
+        let c = self.cfg;
+        let clip = match c.max_grad_norm {
+            Some(m) if norm > m as f64 => (m as f64 / (norm + 1e-6)) as f32,
+            _ => 1.0,
+        };
+        let lr = c.lr_at(self.step);
+        self.step += 1;
+        let t = self.step as i32;
+        let a = AdamStep {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step_size: lr / (1.0 - c.beta1.powi(t)),
+            bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
+            decay: 1.0 - lr * c.weight_decay,
+            clip,
+        };
+        Ok((
+            a,
+            StepInfo {
+                lr,
+                grad_norm: norm,
+            },
+        ))
+    }
+
+    /// One update of host buffers `states` by `grads` (same lengths): the reference path.
+    pub fn update(&mut self, states: &mut [ParamState], grads: &[&[f32]]) -> Result<StepInfo> {
         ensure!(
-            grads.len() == self.states.len(),
+            grads.len() == states.len(),
             "{} gradients for {} buffers",
             grads.len(),
-            self.states.len()
+            states.len()
         );
-        for (g, s) in grads.iter().zip(&self.states) {
+        for (g, s) in grads.iter().zip(states.iter()) {
             ensure!(
                 g.len() == s.master.len(),
                 "gradient of {} for a buffer of {}",
@@ -161,36 +171,11 @@ impl AdamW {
                 s.master.len()
             );
         }
-        let norm = Self::grad_norm(grads);
-        if !norm.is_finite() {
-            bail!("gradient norm is {norm}");
+        let (a, info) = self.next(Self::grad_norm(grads))?;
+        for (s, g) in states.iter_mut().zip(grads) {
+            a.apply(s, g);
         }
-        let clip = match self.cfg.max_grad_norm {
-            Some(c) if norm > c as f64 => (c as f64 / (norm + 1e-6)) as f32,
-            _ => 1.0,
-        };
-        let c = self.cfg;
-        let lr = c.lr_at(self.step);
-        self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
-        let step_size = lr / bc1;
-        let bc2_sqrt = bc2.sqrt();
-        let decay = 1.0 - lr * c.weight_decay;
-        for (s, g) in self.states.iter_mut().zip(grads) {
-            for i in 0..g.len() {
-                let gi = g[i] * clip;
-                s.m[i] = c.beta1 * s.m[i] + (1.0 - c.beta1) * gi;
-                s.v[i] = c.beta2 * s.v[i] + (1.0 - c.beta2) * gi * gi;
-                let denom = s.v[i].sqrt() / bc2_sqrt + c.eps;
-                s.master[i] = s.master[i] * decay - step_size * s.m[i] / denom;
-            }
-        }
-        Ok(StepInfo {
-            lr,
-            grad_norm: norm,
-        })
+        Ok(info)
     }
 }
 
@@ -225,15 +210,16 @@ mod tests {
             max_grad_norm: None,
             ..Default::default()
         };
-        let mut o = AdamW::new(c, vec![vec![1.0, -2.0]]).unwrap();
-        o.update(&[&[0.5, 0.0]]).unwrap();
-        let w = &o.states[0].master;
+        let mut o = AdamW::new(c).unwrap();
+        let mut st = vec![ParamState::new(vec![1.0, -2.0])];
+        o.update(&mut st, &[&[0.5, 0.0]]).unwrap();
+        let w = &st[0].master;
         assert!(
             (w[0] - (0.99 - 0.1 * 0.5 / (0.5 + 1e-8))).abs() < 1e-6,
             "{w:?}"
         );
         assert!((w[1] - (-2.0 * 0.99)).abs() < 1e-6, "{w:?}");
-        assert!(o.update(&[&[f32::NAN, 0.0]]).is_err());
+        assert!(o.update(&mut st, &[&[f32::NAN, 0.0]]).is_err());
         assert_eq!(o.step, 1);
     }
 }

@@ -12,7 +12,7 @@
 //! epochs, each a permutation drawn from `(seed, epoch)`. The RNG state is therefore
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
-use crate::backend::train::{Region, TrainBackend};
+use crate::backend::train::{ParamState, Region, TrainBackend};
 use crate::backward::{loss_and_grads, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
@@ -106,6 +106,10 @@ pub struct Trainer<B: TrainBackend> {
     pub mask: Mask,
     pub adapters: Vec<Adapter<B::Tensor>>,
     pub opt: AdamW,
+    /// AdamW state of each trainable buffer (mask slices, then adapters' A and B), kept
+    /// where the weights are.
+    pub states: Vec<B::OptState>,
+    state_lens: Vec<usize>,
     pub cfg: TuneConfig,
     /// The heads the mask came from (recorded in checkpoints; may be empty).
     pub heads: Vec<HeadId>,
@@ -161,23 +165,31 @@ impl<B: TrainBackend> Trainer<B> {
             !mask.is_empty() || !adapters.is_empty(),
             "nothing to train: the mask is empty and there are no LoRA adapters"
         );
+        let b = &model.backend;
         let mut masters = vec![];
         for s in &mask.slices {
             let t = param(&model.weights, s.param)?;
-            masters.push(model.backend.read_region(t, s.region)?.data);
+            masters.push(b.read_region(t, s.region)?);
         }
         for a in &adapters {
-            masters.push(model.backend.download(&a.a)?.data);
-            masters.push(model.backend.download(&a.b)?.data);
+            masters.push(b.download(&a.a)?);
+            masters.push(b.download(&a.b)?);
         }
+        let state_lens = masters.iter().map(|m| m.numel()).collect();
+        let states = masters
+            .iter()
+            .map(|m| b.opt_new(m))
+            .collect::<Result<Vec<_>>>()?;
         let mut optim = cfg.optim;
         optim.total_steps = cfg.steps;
-        let opt = AdamW::new(optim, masters)?;
+        let opt = AdamW::new(optim)?;
         Ok(Self {
             model,
             mask,
             adapters,
             opt,
+            states,
+            state_lens,
             cfg,
             heads,
             out: out.to_path_buf(),
@@ -212,7 +224,15 @@ impl<B: TrainBackend> Trainer<B> {
 
     /// Total parameters in the trainable slices and adapters.
     pub fn trainable_numel(&self) -> usize {
-        self.opt.states.iter().map(|s| s.master.len()).sum()
+        self.state_lens.iter().sum()
+    }
+
+    /// Host copies of the optimizer state of every trainable buffer.
+    pub fn host_states(&self) -> Result<Vec<ParamState>> {
+        self.states
+            .iter()
+            .map(|s| self.model.backend.opt_read(s))
+            .collect()
     }
 
     /// One update. A non-finite loss or gradient stops with an error naming the step; the
@@ -255,16 +275,15 @@ impl<B: TrainBackend> Trainer<B> {
             );
         }
         let b = &self.model.backend;
-        let mut host: Vec<Vec<f32>> = Vec::with_capacity(self.opt.states.len());
+        let mut sq = Vec::with_capacity(self.states.len());
         for g in &grads.slices {
-            host.push(b.download(g)?.data);
+            sq.push(b.sum_squares(g)?);
         }
         for (ga, gb) in &grads.adapters {
-            host.push(b.download(ga)?.data);
-            host.push(b.download(gb)?.data);
+            sq.push(b.sum_squares(ga)?);
+            sq.push(b.sum_squares(gb)?);
         }
-        let refs: Vec<&[f32]> = host.iter().map(|v| v.as_slice()).collect();
-        let norm = AdamW::grad_norm(&refs);
+        let norm = AdamW::norm_of(&sq);
         if !norm.is_finite() {
             bail!(
                 "step {}: the gradient norm is {norm} (not finite); training stopped, {}",
@@ -272,24 +291,24 @@ impl<B: TrainBackend> Trainer<B> {
                 hint()
             );
         }
-        let info = self.opt.update(&refs)?;
-        if let Some((i, _)) = self
-            .opt
-            .states
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.master.iter().any(|x| !x.is_finite()))
-        {
-            bail!(
-                "step {}: the update made buffer {i} non-finite; training stopped, {}",
-                k + 1,
-                hint()
-            );
+        // Scalars first (refuses without side effects), then every buffer on the backend.
+        let (adam, info) = self.opt.next(norm)?;
+        let ns = self.mask.slices.len();
+        let Model {
+            backend, weights, ..
+        } = &mut self.model;
+        for (i, s) in self.mask.slices.iter().enumerate() {
+            let w = param_mut(weights, s.param)?;
+            backend.adamw_update(&mut self.states[i], &grads.slices[i], w, s.region, &adam)?;
+        }
+        for (i, (a, (ga, gb))) in self.adapters.iter_mut().zip(&grads.adapters).enumerate() {
+            let (sa, sb) = self.states[ns + 2 * i..].split_at_mut(1);
+            backend.adamw_update(&mut sa[0], ga, &mut a.a, Region::Full, &adam)?;
+            backend.adamw_update(&mut sb[0], gb, &mut a.b, Region::Full, &adam)?;
         }
         if self.cfg.authors_decay {
             self.decay_frozen_remainder(info.lr)?;
         }
-        self.write_masters()?;
         let log = StepLog {
             step: k + 1,
             loss,
@@ -336,24 +355,29 @@ impl<B: TrainBackend> Trainer<B> {
 
     /// Copy the optimizer's master values into the model (slices) and the adapters.
     fn write_masters(&mut self) -> Result<()> {
+        let host = self.host_states()?;
         let ns = self.mask.slices.len();
-        for (s, st) in self.mask.slices.iter().zip(&self.opt.states) {
-            let t = param_mut(&mut self.model.weights, s.param)?;
-            let shape = s.region.shape(self.model.backend.shape(t));
-            self.model.backend.write_region(
-                t,
-                s.region,
-                &HostTensor::new(shape, st.master.clone()),
-            )?;
+        let Model {
+            backend, weights, ..
+        } = &mut self.model;
+        for (s, st) in self.mask.slices.iter().zip(&host) {
+            let t = param_mut(weights, s.param)?;
+            let shape = s.region.shape(backend.shape(t));
+            backend.write_region(t, s.region, &HostTensor::new(shape, st.master.clone()))?;
         }
         for (i, a) in self.adapters.iter_mut().enumerate() {
-            let (sa, sb) = (
-                &self.opt.states[ns + 2 * i],
-                &self.opt.states[ns + 2 * i + 1],
-            );
-            let b = &self.model.backend;
-            a.a = b.upload(&HostTensor::new(b.shape(&a.a).to_vec(), sa.master.clone()))?;
-            a.b = b.upload(&HostTensor::new(b.shape(&a.b).to_vec(), sb.master.clone()))?;
+            let (sa, sb) = (&host[ns + 2 * i], &host[ns + 2 * i + 1]);
+            let (shape_a, shape_b) = (backend.shape(&a.a).to_vec(), backend.shape(&a.b).to_vec());
+            backend.write_region(
+                &mut a.a,
+                Region::Full,
+                &HostTensor::new(shape_a, sa.master.clone()),
+            )?;
+            backend.write_region(
+                &mut a.b,
+                Region::Full,
+                &HostTensor::new(shape_b, sb.master.clone()),
+            )?;
         }
         Ok(())
     }
@@ -396,7 +420,7 @@ impl<B: TrainBackend> Trainer<B> {
         )?;
         // Optimizer state of the tuned slices only.
         let mut named: Vec<(String, HostTensor)> = vec![];
-        for (i, s) in self.opt.states.iter().enumerate() {
+        for (i, s) in self.host_states()?.iter().enumerate() {
             let n = s.master.len();
             named.push((
                 format!("state.{i}.master"),
@@ -530,12 +554,14 @@ impl<B: TrainBackend> Trainer<B> {
             "the checkpoint's authors_decay setting differs"
         );
         let mut t = load_tensors(&[dir.join("tune_state.safetensors")])?;
-        for i in 0..self.opt.states.len() {
-            let n = self.opt.states[i].master.len();
-            let s = &mut self.opt.states[i];
-            s.master = t.take(&format!("state.{i}.master"), &[n])?.data;
-            s.m = t.take(&format!("state.{i}.m"), &[n])?.data;
-            s.v = t.take(&format!("state.{i}.v"), &[n])?.data;
+        for i in 0..self.states.len() {
+            let n = self.state_lens[i];
+            let host = ParamState {
+                master: t.take(&format!("state.{i}.master"), &[n])?.data,
+                m: t.take(&format!("state.{i}.m"), &[n])?.data,
+                v: t.take(&format!("state.{i}.v"), &[n])?.data,
+            };
+            self.model.backend.opt_write(&mut self.states[i], &host)?;
         }
         if self.cfg.authors_decay {
             for p in self.mask.partial_params() {
