@@ -15,10 +15,12 @@ extern "C" __global__ void adamw_region(float* __restrict__ master, float* __res
                                         float bc2_sqrt, float decay, float clip) {
     for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < len;
          e += (long)gridDim.x * blockDim.x) {
+        // Same operations in the same order as the host (AdamStep::apply).
         const float g = bf16_to_f32(grad[e]) * clip;
         const float mm = b1 * m[e] + (1.0f - b1) * g;
-        const float vv = b2 * v[e] + (1.0f - b2) * (g * g);
-        const float x = master[e] * decay - step_size * mm / (sqrtf(vv) / bc2_sqrt + eps);
+        const float vv = b2 * v[e] + (1.0f - b2) * g * g;
+        const float denom = sqrtf(vv) / bc2_sqrt + eps;
+        const float x = master[e] * decay - step_size * mm / denom;
         m[e] = mm;
         v[e] = vv;
         master[e] = x;
@@ -29,17 +31,24 @@ extern "C" __global__ void adamw_region(float* __restrict__ master, float* __res
 
 #define SS_THREADS 256
 
-// Per-block partial sums of g^2 over len elements: part[blockIdx.x] (f32); the host adds the
-// gridDim.x partials in f64.
+// Per-block partial sums of g^2 over len elements, accumulated in f64: part[blockIdx.x];
+// the host adds the gridDim.x partials. blockDim.x == SS_THREADS.
 extern "C" __global__ void __launch_bounds__(SS_THREADS)
-    sum_squares_part(const bf16_t* __restrict__ g, long len, float* __restrict__ part) {
-    __shared__ float scratch[32];
-    float acc = 0.0f;
+    sum_squares_part(const bf16_t* __restrict__ g, long len, double* __restrict__ part) {
+    __shared__ double warp_part[SS_THREADS / 32];
+    double acc = 0.0;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < len;
          i += (long)gridDim.x * blockDim.x) {
-        const float x = bf16_to_f32(g[i]);
-        acc = fmaf(x, x, acc);
+        const double x = (double)bf16_to_f32(g[i]);
+        acc = fma(x, x, acc);
     }
-    acc = block_sum(acc, scratch);
-    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) warp_part[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int w = 0; w < SS_THREADS / 32; ++w) s += warp_part[w];
+        part[blockIdx.x] = s;
+    }
 }

@@ -15,6 +15,8 @@
 pub mod registry;
 mod train;
 
+pub use train::CudaOptState;
+
 use super::{AttnShape, Backend, Pattern, SeqSpan};
 use crate::model::HostTensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
