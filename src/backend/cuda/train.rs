@@ -136,6 +136,14 @@ impl CudaBackend {
 /// between spans (each output row has one writer).
 fn check_packed_spans(spans: &[SeqSpan], n: usize, kv_rows: usize) -> Result<()> {
     for s in spans {
+        if s.q_len == 0 {
+            // SeqSpan::check assumes at least one query (pos0 + q_len - 1).
+            ensure!(
+                s.q_start <= n,
+                "attention_bwd: span {s:?} starts past {n} rows"
+            );
+            continue;
+        }
         s.check(n, kv_rows)?;
         ensure!(
             s.pos0 == 0 && s.kv_new.is_none(),
