@@ -86,9 +86,8 @@ impl<T> Grads<T> {
     }
 }
 
-/// What the forward keeps of one layer.
+/// What the backward needs of one layer besides its input residual.
 struct LayerActs<T> {
-    x_in: T,  // [n, d] residual entering the layer
     h: T,     // [n, d] attn_norm(x_in)
     q: T,     // [n, H*D] after rope
     k: T,     // [n, G*D] after rope
@@ -107,9 +106,32 @@ struct Packed {
     spans: Vec<SeqSpan>,
 }
 
+/// One layer as the forward left it: nothing (below the lowest layer the backward visits),
+/// only its input residual (activations recomputed during backward), or everything.
+enum Kept<T> {
+    Nothing,
+    Input(T),
+    All(T, LayerActs<T>),
+}
+
+/// How the training forward keeps activations for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActMemory {
+    /// Keep every layer whose activations fit in the backend's free memory (less a
+    /// margin); recompute the rest from their input residual during backward.
+    #[default]
+    Auto,
+    /// Keep every layer.
+    KeepAll,
+    /// Keep only input residuals; recompute every layer during backward.
+    RecomputeAll,
+    /// Keep layers while their activations fit in this many bytes.
+    Budget(usize),
+}
+
 struct Forward<T> {
     packed: Packed,
-    layers: Vec<LayerActs<T>>,
+    layers: Vec<Kept<T>>,
     /// Per adapter: `scale * x A^T` `[n, r]`.
     lora_u: Vec<Option<T>>,
     x_final: T,
@@ -178,40 +200,80 @@ fn lin<B: TrainBackend>(
     Ok(y)
 }
 
-fn forward<B: TrainBackend>(
+/// Bytes of one layer's [`LayerActs`] for `n` rows.
+fn layer_act_bytes<B: TrainBackend>(m: &Model<B>, n: usize) -> usize {
+    let c = &m.cfg;
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let (hd, gd) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    n * (3 * d + 2 * hd + 2 * gd + 3 * f) * m.backend.elem_bytes()
+}
+
+/// Which layers keep all activations: `first` is the lowest layer the backward visits
+/// (None: none). Layers are kept from the top down (the first the backward needs).
+fn keep_plan<B: TrainBackend>(
     m: &Model<B>,
+    n: usize,
+    first: Option<usize>,
+    mem: ActMemory,
+) -> Vec<bool> {
+    let nl = m.cfg.num_hidden_layers;
+    let Some(first) = first else {
+        return vec![false; nl];
+    };
+    let per_layer = layer_act_bytes(m, n).max(1);
+    let budget = match mem {
+        ActMemory::KeepAll => usize::MAX,
+        ActMemory::RecomputeAll => 0,
+        ActMemory::Budget(b) => b,
+        ActMemory::Auto => match m.backend.free_memory() {
+            // Leave room for the logits, their gradient and the backward's temporaries.
+            Some(free) => free.saturating_sub(free / 10 + (1 << 30) + 4 * per_layer),
+            None => usize::MAX,
+        },
+    };
+    let fit = budget / per_layer;
+    (0..nl)
+        .map(|l| l >= first && l >= nl.saturating_sub(fit))
+        .collect()
+}
+
+/// The activations of layer `l` from its input residual `x` (the forward's op order).
+/// Returns them and the layer's output residual.
+fn layer_forward<B: TrainBackend>(
+    m: &Model<B>,
+    l: usize,
+    x: &B::Tensor,
+    packed: &Packed,
     adapters: &[Adapter<B::Tensor>],
-    seqs: &[&[u32]],
-) -> Result<Forward<B::Tensor>> {
+    lora_u: &mut [Option<B::Tensor>],
+) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
     let cfg = &m.cfg;
     let b = &m.backend;
-    let w = &m.weights;
-    let packed = pack(seqs, cfg.vocab_size)?;
-    let shape = attn_shape(m);
+    let lw = &m.weights.layers[l];
     let eps = cfg.rms_norm_eps as f32;
-    let mut lora_u: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    let mut x = b.embed(&w.embed, &packed.ids)?; // [n, d]
-    for (l, lw) in w.layers.iter().enumerate() {
-        let h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
-        let mut q = lin(m, &h, l, LayerParam::Q, adapters, &mut lora_u)?; // [n, H*D]
-        let mut k = lin(m, &h, l, LayerParam::K, adapters, &mut lora_u)?; // [n, G*D]
-        let v = lin(m, &h, l, LayerParam::V, adapters, &mut lora_u)?;
-        b.rope(&mut q, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
-        b.rope(&mut k, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
-        let (z, _) = b.attention(&q, &k, &v, &packed.spans, shape, &[])?;
-        let attn_out = lin(m, &z, l, LayerParam::O, adapters, &mut lora_u)?; // [n, d]
-        let mut x_mid = b.copy(&x)?;
-        b.add_assign(&mut x_mid, &attn_out)?;
-        let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
-        let gate = lin(m, &h2, l, LayerParam::Gate, adapters, &mut lora_u)?; // [n, F]
-        let up = lin(m, &h2, l, LayerParam::Up, adapters, &mut lora_u)?;
-        let act = b.swiglu(&gate, &up)?;
-        let mlp_out = lin(m, &act, l, LayerParam::Down, adapters, &mut lora_u)?; // [n, d]
-        let mut x_out = b.copy(&x_mid)?;
-        b.add_assign(&mut x_out, &mlp_out)?;
-        layers.push(LayerActs {
-            x_in: x,
+    let h = b.rmsnorm(x, &lw.attn_norm, eps)?;
+    let mut q = lin(m, &h, l, LayerParam::Q, adapters, lora_u)?; // [n, H*D]
+    let mut k = lin(m, &h, l, LayerParam::K, adapters, lora_u)?; // [n, G*D]
+    let v = lin(m, &h, l, LayerParam::V, adapters, lora_u)?;
+    b.rope(&mut q, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+    b.rope(&mut k, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+    let (z, _) = b.attention(&q, &k, &v, &packed.spans, attn_shape(m), &[])?;
+    let attn_out = lin(m, &z, l, LayerParam::O, adapters, lora_u)?; // [n, d]
+    let mut x_mid = b.copy(x)?;
+    b.add_assign(&mut x_mid, &attn_out)?;
+    drop(attn_out);
+    let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
+    let gate = lin(m, &h2, l, LayerParam::Gate, adapters, lora_u)?; // [n, F]
+    let up = lin(m, &h2, l, LayerParam::Up, adapters, lora_u)?;
+    let act = b.swiglu(&gate, &up)?;
+    let mlp_out = lin(m, &act, l, LayerParam::Down, adapters, lora_u)?; // [n, d]
+    let mut x_out = b.copy(&x_mid)?;
+    b.add_assign(&mut x_out, &mlp_out)?;
+    Ok((
+        LayerActs {
             h,
             q,
             k,
@@ -222,6 +284,35 @@ fn forward<B: TrainBackend>(
             gate,
             up,
             act,
+        },
+        x_out,
+    ))
+}
+
+/// The training forward. `first`: the lowest layer the backward will visit (None: no
+/// backward); `mem`: which of those layers keep their activations.
+fn forward<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[&[u32]],
+    first: Option<usize>,
+    mem: ActMemory,
+) -> Result<Forward<B::Tensor>> {
+    let cfg = &m.cfg;
+    let b = &m.backend;
+    let w = &m.weights;
+    let packed = pack(seqs, cfg.vocab_size)?;
+    let plan = keep_plan(m, packed.ids.len(), first, mem);
+    let mut lora_u: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut x = b.embed(&w.embed, &packed.ids)?; // [n, d]
+    for (l, &keep) in plan.iter().enumerate() {
+        let (acts, x_out) = layer_forward(m, l, &x, &packed, adapters, &mut lora_u)?;
+        layers.push(match (first, keep) {
+            (Some(f), _) if l < f => Kept::Nothing,
+            (None, _) => Kept::Nothing,
+            (_, true) => Kept::All(x, acts),
+            (_, false) => Kept::Input(x),
         });
         x = x_out;
     }
@@ -313,7 +404,7 @@ fn backward_layers<B: TrainBackend>(
     m: &Model<B>,
     adapters: &[Adapter<B::Tensor>],
     mask: &Mask,
-    fw: &Forward<B::Tensor>,
+    fw: &mut Forward<B::Tensor>,
     mut dres: B::Tensor,
     s_min: usize,
     grads: &mut Grads<B::Tensor>,
@@ -324,9 +415,22 @@ fn backward_layers<B: TrainBackend>(
     let eps = cfg.rms_norm_eps as f32;
     let nl = cfg.num_hidden_layers;
     let mut dzs: Vec<Option<B::Tensor>> = (0..nl).map(|_| None).collect();
-    let u = &fw.lora_u;
     for l in (0..nl).rev() {
-        let a = &fw.layers[l];
+        if 2 + 2 * l < s_min {
+            break;
+        }
+        // This layer's activations, kept or recomputed; freed when the layer is done.
+        let (x_in, a) = match std::mem::replace(&mut fw.layers[l], Kept::Nothing) {
+            Kept::All(x, a) => (x, a),
+            Kept::Input(x) => {
+                let mut scratch: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
+                let (a, _) = layer_forward(m, l, &x, &fw.packed, adapters, &mut scratch)?;
+                (x, a)
+            }
+            Kept::Nothing => bail!("layer {l}: the forward kept no activations for the backward"),
+        };
+        let a = &a;
+        let u = &fw.lora_u;
         let lw = &m.weights.layers[l];
         // ---- MLP stage: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid).
         let st = 2 + 2 * l;
@@ -439,7 +543,7 @@ fn backward_layers<B: TrainBackend>(
             }
             if let Some(dh) = dh {
                 let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::AttnNorm))?;
-                let dx = b.rmsnorm_bwd(&dh, &a.x_in, &lw.attn_norm, eps, dw)?;
+                let dx = b.rmsnorm_bwd(&dh, &x_in, &lw.attn_norm, eps, dw)?;
                 if need_dx {
                     b.add_assign(&mut dres, &dx)?; // dres is now dL/dx_in
                 }
@@ -492,6 +596,24 @@ pub fn loss_and_grads<B: TrainBackend>(
     scale: f32,
     grads: &mut Grads<B::Tensor>,
 ) -> Result<(f64, usize)> {
+    loss_and_grads_with(m, adapters, mask, seqs, scale, grads, ActMemory::Auto)
+}
+
+/// The lowest layer a backward from stage `s_min` visits.
+fn first_layer(s_min: Option<usize>) -> Option<usize> {
+    s_min.map(|s| s.saturating_sub(1) / 2)
+}
+
+/// [`loss_and_grads`] with an explicit activation-memory policy.
+pub fn loss_and_grads_with<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    mask: &Mask,
+    seqs: &[TrainSeq],
+    scale: f32,
+    grads: &mut Grads<B::Tensor>,
+    mem: ActMemory,
+) -> Result<(f64, usize)> {
     ensure!(
         grads.slices.len() == mask.slices.len(),
         "grads do not match the mask"
@@ -510,7 +632,9 @@ pub fn loss_and_grads<B: TrainBackend>(
             s.ids.len()
         );
     }
-    let fw = forward(m, adapters, &ids)?;
+    let nl = m.cfg.num_hidden_layers;
+    let s_min = lowest_stage(nl, mask, adapters);
+    let mut fw = forward(m, adapters, &ids, first_layer(s_min), mem)?;
     // Rows with a target.
     let mut rows = vec![];
     let mut tg = vec![];
@@ -534,8 +658,7 @@ pub fn loss_and_grads<B: TrainBackend>(
     let logits = b.linear(&hn, hw)?; // [t, V]
     let (loss, dlogits) = b.xent_fwd_bwd(&logits, &tg, scale)?;
     drop(logits);
-    let nl = m.cfg.num_hidden_layers;
-    let Some(s_min) = lowest_stage(nl, mask, adapters) else {
+    let Some(s_min) = s_min else {
         return Ok((loss, rows.len()));
     };
     // ---- Final stage: logits = norm(x_final[rows]) @ head^T.
@@ -558,7 +681,7 @@ pub fn loss_and_grads<B: TrainBackend>(
         if need_dx {
             let mut dres = b.zeros(b.shape(&fw.x_final))?;
             b.scatter_rows(&mut dres, &rows, &dx_sel)?;
-            backward_layers(m, adapters, mask, &fw, dres, s_min, grads, false)?;
+            backward_layers(m, adapters, mask, &mut fw, dres, s_min, grads, false)?;
         }
     }
     Ok((loss, rows.len()))
@@ -582,7 +705,7 @@ pub fn logits_with<B: TrainBackend>(
     seqs: &[Vec<u32>],
 ) -> Result<HostTensor> {
     let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-    let fw = forward(m, adapters, &ids)?;
+    let fw = forward(m, adapters, &ids, None, ActMemory::KeepAll)?;
     let b = &m.backend;
     let logits = m.logits_of_residual(&fw.x_final)?;
     b.download(&logits)
@@ -606,7 +729,7 @@ pub fn backward_to_z<B: TrainBackend>(
         seqs.len()
     );
     let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-    let fw = forward(m, &[], &ids)?;
+    let mut fw = forward(m, &[], &ids, Some(0), ActMemory::Auto)?;
     let rows: Vec<usize> = fw
         .packed
         .spans
@@ -626,7 +749,7 @@ pub fn backward_to_z<B: TrainBackend>(
         slices: vec![],
         adapters: vec![],
     };
-    let dzs = backward_layers(m, &[], &mask, &fw, dres, 1, &mut grads, true)?;
+    let dzs = backward_layers(m, &[], &mask, &mut fw, dres, 1, &mut grads, true)?;
     dzs.into_iter()
         .enumerate()
         .map(|(l, d)| d.ok_or_else(|| anyhow::anyhow!("no dz for layer {l}")))

@@ -23,8 +23,15 @@ pub struct Model<B: Backend> {
 impl Model<CpuBackend> {
     /// Load a HF model directory onto the CPU backend.
     pub fn load_cpu(dir: &Path) -> Result<Self> {
+        Model::load_on(dir, CpuBackend)
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Load a HF model directory onto `backend`.
+    pub fn load_on(dir: &Path, backend: B) -> Result<Self> {
         let (cfg, w, dtype) = load_model_dir(dir)?;
-        let mut m = Model::from_host(cfg, &w, CpuBackend)?;
+        let mut m = Model::from_host(cfg, &w, backend)?;
         m.dtype = dtype;
         m.dir = Some(dir.to_path_buf());
         Ok(m)

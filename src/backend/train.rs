@@ -187,6 +187,15 @@ pub trait TrainBackend: Backend {
     /// Overwrite region `reg` of `t` with `src` (shape `reg.shape(t.shape)`).
     fn write_region(&self, t: &mut Self::Tensor, reg: Region, src: &HostTensor) -> Result<()>;
 
+    /// Bytes of one activation element (the training forward sizes its memory plan by it).
+    fn elem_bytes(&self) -> usize {
+        4
+    }
+    /// Free device memory in bytes, where it is limited (None: plan as if unlimited).
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
+
     // ---- The optimizer, where the weights live (masked AdamW on the tuned slices only).
 
     /// Where the backend keeps one buffer's [`ParamState`] (f32).

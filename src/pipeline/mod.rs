@@ -7,7 +7,7 @@
 
 pub mod report;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::train::TrainBackend;
 use crate::diagnose::metric::{Metric, MetricKind};
 use crate::diagnose::pairs::{pair_for_question, McQuestion};
 use crate::diagnose::run::{diagnose, DiagnoseConfig, Diagnosis};
@@ -262,9 +262,19 @@ impl Pipeline {
             .collect()
     }
 
-    /// Run every stage (up to `stop_after`, if given: for tests and partial runs).
+    /// Run every stage (up to `stop_after`, if given: for tests and partial runs) on the CPU.
     pub fn run_all(&mut self, stop_after: Option<&str>) -> Result<()> {
-        let base = Model::load_cpu(&self.cfg.model_dir)?;
+        self.run_all_on(stop_after, &|dir: &Path| Model::load_cpu(dir))
+    }
+
+    /// Run every stage with models loaded by `load` (a directory onto one backend: the
+    /// CPU, or a GPU).
+    pub fn run_all_on<B: TrainBackend>(
+        &mut self,
+        stop_after: Option<&str>,
+        load: &dyn Fn(&Path) -> Result<Model<B>>,
+    ) -> Result<()> {
+        let base = load(&self.cfg.model_dir)?;
         let tok = Tokenizer::from_dir(&self.cfg.model_dir)?;
         macro_rules! stop {
             ($n:expr) => {
@@ -282,19 +292,19 @@ impl Pipeline {
         for v in self.cfg.variants() {
             if v != Variant::Base {
                 let name = format!("tune-{}", v.name());
-                self.stage(&name, |p, d| p.tune_stage(d, &v, &tok))?;
+                self.stage(&name, |p, d| p.tune_stage(d, &v, &tok, load))?;
                 stop!(name.as_str());
             }
         }
         for v in self.cfg.variants() {
             let name = format!("eval-{}", v.name());
-            self.stage(&name, |p, d| p.eval_stage(d, &v, &base, &tok))?;
+            self.stage(&name, |p, d| p.eval_stage(d, &v, &base, &tok, load))?;
             stop!(name.as_str());
         }
         for v in self.cfg.variants() {
             if v != Variant::Base {
                 let name = format!("kl-{}", v.name());
-                self.stage(&name, |p, d| p.kl_stage(d, &v, &base, &tok))?;
+                self.stage(&name, |p, d| p.kl_stage(d, &v, &base, &tok, load))?;
                 stop!(name.as_str());
             }
         }
@@ -341,7 +351,12 @@ impl Pipeline {
         )
     }
 
-    fn diagnose_stage(&self, d: &Path, base: &Model<CpuBackend>, tok: &Tokenizer) -> Result<()> {
+    fn diagnose_stage<B: TrainBackend>(
+        &self,
+        d: &Path,
+        base: &Model<B>,
+        tok: &Tokenizer,
+    ) -> Result<()> {
         let train = self.train_questions()?;
         let mcs: Vec<McQuestion> = train
             .iter()
@@ -400,7 +415,12 @@ impl Pipeline {
         write_json(&d.join("diagnosis.json"), &dg)
     }
 
-    fn make_data_stage(&self, d: &Path, base: &Model<CpuBackend>, tok: &Tokenizer) -> Result<()> {
+    fn make_data_stage<B: TrainBackend>(
+        &self,
+        d: &Path,
+        base: &Model<B>,
+        tok: &Tokenizer,
+    ) -> Result<()> {
         let train = self.train_questions()?;
         let first = protocol::first_answers(base, tok, &train, &self.cfg.protocol)?;
         let mut ds = make_data::build_dialogues(
@@ -426,9 +446,15 @@ impl Pipeline {
         }
     }
 
-    fn tune_stage(&self, d: &Path, v: &Variant, tok: &Tokenizer) -> Result<()> {
+    fn tune_stage<B: TrainBackend>(
+        &self,
+        d: &Path,
+        v: &Variant,
+        tok: &Tokenizer,
+        load: &dyn Fn(&Path) -> Result<Model<B>>,
+    ) -> Result<()> {
         let c = &self.cfg;
-        let model = Model::load_cpu(&c.model_dir)?;
+        let model = load(&c.model_dir)?;
         let cfg = model.cfg.clone();
         let (mask, heads, lora, lr) = match v {
             Variant::Spt(k) => {
@@ -509,12 +535,13 @@ impl Pipeline {
         Ok(())
     }
 
-    fn eval_stage(
+    fn eval_stage<B: TrainBackend>(
         &self,
         d: &Path,
         v: &Variant,
-        base: &Model<CpuBackend>,
+        base: &Model<B>,
         tok: &Tokenizer,
+        load: &dyn Fn(&Path) -> Result<Model<B>>,
     ) -> Result<()> {
         let qs = self.eval_questions()?;
         let train_ids = datasets::read_train_ids(&self.dir("make-data").join("ids.json"))?;
@@ -523,7 +550,7 @@ impl Pipeline {
         let model = if *v == Variant::Base {
             base
         } else {
-            owned = Model::load_cpu(&self.variant_dir(v))?;
+            owned = load(&self.variant_dir(v))?;
             kl::check_same_base(&base.cfg, &owned.cfg)?;
             &owned
         };
@@ -557,14 +584,15 @@ impl Pipeline {
         Ok(())
     }
 
-    fn kl_stage(
+    fn kl_stage<B: TrainBackend>(
         &self,
         d: &Path,
         v: &Variant,
-        base: &Model<CpuBackend>,
+        base: &Model<B>,
         tok: &Tokenizer,
+        load: &dyn Fn(&Path) -> Result<Model<B>>,
     ) -> Result<()> {
-        let tuned = Model::load_cpu(&self.variant_dir(v))?;
+        let tuned = load(&self.variant_dir(v))?;
         let texts = datasets::owt_texts(self.progress)?;
         let texts: Vec<String> = texts.into_iter().take(self.cfg.kl_texts).collect();
         let seqs = kl::tokenize_texts(tok, &texts, self.cfg.kl_len)?;
@@ -572,7 +600,12 @@ impl Pipeline {
         write_json(&d.join("kl.json"), &r)
     }
 
-    fn knockout_stage(&self, d: &Path, base: &Model<CpuBackend>, tok: &Tokenizer) -> Result<()> {
+    fn knockout_stage<B: TrainBackend>(
+        &self,
+        d: &Path,
+        base: &Model<B>,
+        tok: &Tokenizer,
+    ) -> Result<()> {
         let qs: Vec<Question> = self
             .eval_questions()?
             .into_iter()
