@@ -174,6 +174,17 @@ fn check_packed_spans(spans: &[SeqSpan], n: usize, kv_rows: usize) -> Result<()>
 }
 
 impl TrainBackend for CudaBackend {
+    fn elem_bytes(&self) -> usize {
+        2 // bf16 activations
+    }
+
+    fn free_memory(&self) -> Option<usize> {
+        self.context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _total)| free)
+    }
+
     fn copy(&self, t: &CudaTensor) -> Result<CudaTensor> {
         let buf = self
             .stream
