@@ -27,6 +27,13 @@ const OP_TOL: f32 = 2e-2;
 /// Whole tiny models: bf16 rounding at every op boundary, forward and backward.
 const LOSS_TOL: f32 = 1e-2;
 const MODEL_TOL: f32 = 3e-2;
+/// A few rows/columns of a gradient against the oracle: the bf16 noise of the whole model
+/// concentrates there (measured on an H100: 4.6e-2 for an 8-row q slice of tiny-mistral
+/// whose full-matrix error was 2.5e-2); a wrong region would be off by O(1).
+const SLICE_TOL: f32 = 6e-2;
+/// A region gradient against the same region of the full gradient, both on the GPU from
+/// the same forward: only the GEMM's summation order and bf16 output rounding differ.
+const REGION_TOL: f32 = 1e-2;
 
 /// A fixture folder. `PINPOINT_REPO` points at the checkout when the test binary was built
 /// elsewhere (prebuilt binaries on the device machine).
@@ -660,13 +667,15 @@ fn train_seqs(vocab: usize, seed: u64) -> Vec<TrainSeq> {
         .collect()
 }
 
+/// Loss and gradients of `mask` on both backends, compared (`tol`); returns the GPU's.
 fn grads_both(
     cpu: &Model<CpuBackend>,
     gpu: &Model<CudaBackend>,
     mask: &Mask,
     seqs: &[TrainSeq],
     what: &str,
-) {
+    tol: f32,
+) -> Vec<HostTensor> {
     let n: usize = seqs.iter().map(|s| s.n_targets()).sum();
     let scale = 1.0 / n as f32;
     let mut gc = Grads::zeros(cpu, mask, &[]).unwrap();
@@ -677,11 +686,14 @@ fn grads_both(
     let e = ((lg - lc) / lc).abs() as f32;
     eprintln!("{what} loss: rel err {e:.2e}");
     assert!(e <= LOSS_TOL, "{what}: loss {lg} vs {lc}");
+    let mut out = vec![];
     for ((s, a), b) in mask.slices.iter().zip(&gg.slices).zip(&gc.slices) {
         let a = gpu.backend.download(a).unwrap();
         assert_eq!(a.shape, b.shape, "{what} {s}");
-        check(&format!("{what} grad {s}"), &a.data, &b.data, MODEL_TOL);
+        check(&format!("{what} grad {s}"), &a.data, &b.data, tol);
+        out.push(a);
     }
+    out
 }
 
 #[test]
@@ -695,7 +707,7 @@ fn tiny_models_loss_and_grads_match_cpu() {
         let seqs = train_seqs(cfg.vocab_size, 7);
         // Every parameter, whole.
         let all = Mask::all(&cfg, cpu.weights.lm_head.is_none());
-        grads_both(&cpu, &gpu, &all, &seqs, &format!("{name} all"));
+        let full = grads_both(&cpu, &gpu, &all, &seqs, &format!("{name} all"), MODEL_TOL);
         // Head slices (row / column regions of q, k, v, o) and MLP rows / columns: region
         // GEMMs inside the model, and a backward that stops above the embedding.
         let heads = [HeadId::new(1, 1), HeadId::new(2, 0), HeadId::new(2, 3)];
@@ -725,7 +737,28 @@ fn tiny_models_loss_and_grads_match_cpu() {
                 &cfg,
             )
             .unwrap();
-        grads_both(&cpu, &gpu, &mask, &seqs, &format!("{name} heads"));
+        let part = grads_both(
+            &cpu,
+            &gpu,
+            &mask,
+            &seqs,
+            &format!("{name} heads"),
+            SLICE_TOL,
+        );
+        for (s, g) in mask.slices.iter().zip(&part) {
+            let i = all
+                .slices
+                .iter()
+                .position(|a| a.param == s.param)
+                .expect("the full mask has every parameter");
+            let want = CpuBackend.read_region(&full[i], s.region).unwrap();
+            check(
+                &format!("{name} heads grad {s} vs the full GPU gradient"),
+                &g.data,
+                &want.data,
+                REGION_TOL,
+            );
+        }
     }
 }
 
