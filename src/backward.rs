@@ -115,7 +115,7 @@ enum Kept<T> {
 }
 
 /// How the training forward keeps activations for the backward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ActMemory {
     /// Keep every layer whose activations fit in the backend's free memory (less a
     /// margin); recompute the rest from their input residual during backward.
@@ -127,6 +127,15 @@ pub enum ActMemory {
     RecomputeAll,
     /// Keep layers while their activations fit in this many bytes.
     Budget(usize),
+    /// Keep layers while the whole device use (weights, optimizer state and everything
+    /// else already allocated, plus the activations) stays under this many bytes.
+    DeviceCap(usize),
+}
+
+/// Bytes left for kept activations: `available` less room for the logits, their
+/// gradient and the backward's temporaries (a recomputed layer included).
+fn after_margin(available: usize, per_layer: usize) -> usize {
+    available.saturating_sub(available / 10 + (1 << 30) + 4 * per_layer)
 }
 
 struct Forward<T> {
@@ -228,11 +237,17 @@ fn keep_plan<B: TrainBackend>(
         ActMemory::KeepAll => usize::MAX,
         ActMemory::RecomputeAll => 0,
         ActMemory::Budget(b) => b,
-        ActMemory::Auto => match m.backend.free_memory() {
-            // Leave room for the logits, their gradient and the backward's temporaries.
-            Some(free) => free.saturating_sub(free / 10 + (1 << 30) + 4 * per_layer),
+        ActMemory::Auto => match m.backend.memory_info() {
+            Some((free, _)) => after_margin(free, per_layer),
             None => usize::MAX,
         },
+        ActMemory::DeviceCap(cap) => {
+            let in_use = m
+                .backend
+                .memory_info()
+                .map_or(0, |(free, total)| total - free);
+            after_margin(cap.saturating_sub(in_use), per_layer)
+        }
     };
     let fit = budget / per_layer;
     (0..nl)

@@ -191,8 +191,9 @@ pub trait TrainBackend: Backend {
     fn elem_bytes(&self) -> usize {
         4
     }
-    /// Free device memory in bytes, where it is limited (None: plan as if unlimited).
-    fn free_memory(&self) -> Option<usize> {
+    /// `(free, total)` device memory in bytes, where it is limited (None: plan as if
+    /// unlimited).
+    fn memory_info(&self) -> Option<(usize, usize)> {
         None
     }
 

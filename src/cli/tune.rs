@@ -3,6 +3,7 @@
 
 use super::ModelArg;
 use anyhow::{bail, ensure, Context, Result};
+use pinpoint::backward::ActMemory;
 use pinpoint::heads::HeadId;
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::model::StoreDtype;
@@ -113,6 +114,14 @@ pub struct TuneArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Cap a step's device memory (GiB): layers whose activations do not fit are
+    /// recomputed during backward. Default: keep what fits in free memory; on the CPU
+    /// everything is kept.
+    #[arg(long)]
+    pub mem_cap_gib: Option<f64>,
+    /// Recompute every layer's activations during backward (least memory).
+    #[arg(long, conflicts_with = "mem_cap_gib")]
+    pub recompute: bool,
 }
 
 fn parse_layers(s: &str) -> Result<Vec<usize>> {
@@ -226,6 +235,14 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         save_dtype,
         lora,
         progress: !a.quiet,
+        act_memory: match (a.mem_cap_gib, a.recompute) {
+            (_, true) => ActMemory::RecomputeAll,
+            (Some(g), _) => {
+                ensure!(g > 0.0 && g.is_finite(), "--mem-cap-gib must be positive");
+                ActMemory::DeviceCap((g * (1u64 << 30) as f64) as usize)
+            }
+            (None, false) => ActMemory::Auto,
+        },
     };
     let numel_total: usize = model
         .host_weights()?

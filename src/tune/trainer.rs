@@ -13,7 +13,7 @@
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
 use crate::backend::train::{ParamState, Region, TrainBackend};
-use crate::backward::{loss_and_grads, Adapter, Grads, TrainSeq};
+use crate::backward::{loss_and_grads_with, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
 use crate::model::{HostTensor, ModelWeights, StoreDtype};
@@ -52,6 +52,10 @@ pub struct TuneConfig {
     pub lora: Option<LoraConfig>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Which layers' activations the forward keeps for the backward (the rest are
+    /// recomputed): the memory/speed trade of a step.
+    #[serde(default)]
+    pub act_memory: ActMemory,
 }
 
 impl Default for TuneConfig {
@@ -68,6 +72,7 @@ impl Default for TuneConfig {
             save_dtype: None,
             lora: None,
             progress: true,
+            act_memory: ActMemory::Auto,
         }
     }
 }
@@ -252,13 +257,14 @@ impl<B: TrainBackend> Trainer<B> {
         };
         let mut sum = 0.0;
         for chunk in seqs.chunks(micro) {
-            let (l, _) = loss_and_grads(
+            let (l, _) = loss_and_grads_with(
                 &self.model,
                 &self.adapters,
                 &self.mask,
                 chunk,
                 1.0 / n_targets as f32,
                 &mut grads,
+                self.cfg.act_memory,
             )?;
             sum += l;
         }
@@ -650,6 +656,17 @@ pub fn bench_train_step<B: TrainBackend>(
     batch: usize,
     seq: usize,
 ) -> Result<f64> {
+    bench_train_step_with(model, k, batch, seq, ActMemory::Auto)
+}
+
+/// [`bench_train_step`] with an explicit activation-memory policy.
+pub fn bench_train_step_with<B: TrainBackend>(
+    model: Model<B>,
+    k: usize,
+    batch: usize,
+    seq: usize,
+    act_memory: ActMemory,
+) -> Result<f64> {
     use rand::Rng;
     let heads: Vec<HeadId> = model.all_heads().into_iter().take(k).collect();
     ensure!(heads.len() == k, "the model has fewer than {k} heads");
@@ -672,6 +689,7 @@ pub fn bench_train_step<B: TrainBackend>(
         batch,
         progress: false,
         checkpoint_every: 0,
+        act_memory,
         ..Default::default()
     };
     let tmp = std::env::temp_dir().join("pinpoint-bench-unused");

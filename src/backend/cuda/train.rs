@@ -178,11 +178,8 @@ impl TrainBackend for CudaBackend {
         2 // bf16 activations
     }
 
-    fn free_memory(&self) -> Option<usize> {
-        self.context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, _total)| free)
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.context().mem_get_info().ok()
     }
 
     fn copy(&self, t: &CudaTensor) -> Result<CudaTensor> {
