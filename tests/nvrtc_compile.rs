@@ -73,6 +73,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             "embed",
             "gemm",
             "heads",
+            "init",
             "rmsnorm",
             "rope",
             "sample",
