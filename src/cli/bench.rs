@@ -636,9 +636,26 @@ fn bench_patching<B: Dev>(cx: &mut Ctx, src: &Source, model: &Model<B>) -> Resul
     let (c, s, ac) = (median(clean), median(sweep), median(act));
     let p_n = token_pairs.len();
     let seq_mean = tokens as f64 / (2 * p_n).max(1) as f64;
-    // Clean runs: the prompts' tokens through the model, 2P label-logit rows.
-    let clean_flops = tokens as f64 * model.cfg.num_hidden_layers as f64 * layer_flops(&model.cfg)
-        + forward_flops(&model.cfg, 0, 0, 2 * p_n);
+    // Clean runs: each pair's common prefix once and both suffixes (as `clean_runs`),
+    // all-vocabulary logits of 2P last rows; attention not counted.
+    let processed: usize = token_pairs
+        .iter()
+        .map(|p| {
+            let (r, c) = (p.reference.len(), p.counterfactual.len());
+            let lcp = p
+                .reference
+                .iter()
+                .zip(&p.counterfactual)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(r - 1)
+                .min(c - 1);
+            r + c - lcp
+        })
+        .sum();
+    let clean_flops =
+        processed as f64 * model.cfg.num_hidden_layers as f64 * layer_flops(&model.cfg)
+            + forward_flops(&model.cfg, 0, 0, 2 * p_n);
     let (sf, af) = (
         sweep_flops(&model.cfg, p_n),
         activation_flops(&model.cfg, p_n, seq_mean as usize),
@@ -646,6 +663,7 @@ fn bench_patching<B: Dev>(cx: &mut Ctx, src: &Source, model: &Model<B>) -> Resul
     let oracle_all = oracle_per_head.map(|o| o * n_heads as f64);
     let row = json!({
         "bench": "patching", "pairs": p_n, "prompt_tokens": tokens, "seq": seq_mean,
+        "clean_tokens_processed": processed,
         "heads": n_heads, "metric": format!("{:?}", metric.kind), "reps": a.reps,
         "clean_runs_s": c, "fast_sweep_s": s, "total_s": c + s,
         "heads_per_s": n_heads as f64 / (c + s),
