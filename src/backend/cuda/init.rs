@@ -83,19 +83,24 @@ impl CudaBackend {
             .ctx
             .mem_get_info()
             .map_err(|e| anyhow!("cuMemGetInfo: {e:?}"))?;
-        let pool_used_high = self.pool().and_then(|p| {
+        let attr = |p: sys::CUmemoryPool, a: sys::CUmemPool_attribute| {
             let mut v: u64 = 0;
-            // SAFETY: `p` is the device's current pool; the attribute is a cuuint64_t.
-            unsafe {
-                sys::cuMemPoolGetAttribute(
-                    p,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                    &mut v as *mut u64 as *mut _,
-                )
-            }
-            .result()
-            .ok()
-            .map(|_| v)
+            // SAFETY: `p` is the device's current pool; both attributes are cuuint64_t.
+            unsafe { sys::cuMemPoolGetAttribute(p, a, &mut v as *mut u64 as *mut _) }
+                .result()
+                .ok()
+                .map(|_| v)
+        };
+        // The high-water mark, and at least what is in use now (a mark reset to 0 rises
+        // only at the next allocation).
+        let pool_used_high = self.pool().and_then(|p| {
+            let high = attr(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+            let now = attr(
+                p,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            )
+            .unwrap_or(0);
+            Some(high.max(now))
         });
         Ok(MemInfo {
             free,
