@@ -5,12 +5,12 @@
 //! them all to that file. `PINPOINT_BENCH_SHAPES=smollm2-135m,llama2-7b` picks shapes.
 #![cfg(feature = "cuda")]
 
-use pinpoint::backend::cuda::{cuda_available, CudaBackend, Gemm};
+use pinpoint::backend::cuda::{cuda_available, init, CudaBackend, Gemm};
 use pinpoint::backend::Backend;
 use pinpoint::generate::{generate, GenConfig};
 use pinpoint::heads::{Positions, Taps};
 use pinpoint::model::checkpoint::{LayerWeights, ModelWeights};
-use pinpoint::model::{HostTensor, ModelConfig, StoreDtype};
+use pinpoint::model::{ModelConfig, StoreDtype};
 use pinpoint::Model;
 use std::time::Instant;
 
@@ -54,15 +54,8 @@ fn randn(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn t(shape: &[usize], seed: u64, scale: f32) -> HostTensor {
-    HostTensor::new(shape.to_vec(), randn(shape.iter().product(), seed, scale))
-}
-
-fn ones(d: usize) -> HostTensor {
-    HostTensor::new(vec![d], vec![1.0; d])
-}
-
-/// A random model of `cfg`'s shapes on `b`: one host layer, uploaded once per layer.
+/// A random model of `cfg`'s shapes on `b`, made on the device by `init_uniform` (host
+/// generation plus upload of 7B weights took 16 s); every tensor has its own seed.
 fn random_model(cfg: ModelConfig, b: CudaBackend) -> Model<CudaBackend> {
     let (d, f, q, kv, v) = (
         cfg.hidden_size,
@@ -72,43 +65,73 @@ fn random_model(cfg: ModelConfig, b: CudaBackend) -> Model<CudaBackend> {
         cfg.vocab_size,
     );
     let s = 0.02;
-    let host = LayerWeights {
-        attn_norm: ones(d),
-        wq: t(&[q, d], 1, s),
-        wk: t(&[kv, d], 2, s),
-        wv: t(&[kv, d], 3, s),
-        wo: t(&[d, q], 4, s),
-        mlp_norm: ones(d),
-        w_gate: t(&[f, d], 5, s),
-        w_up: t(&[f, d], 6, s),
-        w_down: t(&[d, f], 7, s),
+    let mut seed = 0u64;
+    let mut r = |shape: &[usize], scale: f32, offset: f32| {
+        seed += 1;
+        b.uniform(shape, seed, scale, offset).unwrap()
     };
-    let up = |x: &HostTensor| b.upload(x).unwrap();
     let layers = (0..cfg.num_hidden_layers)
         .map(|_| LayerWeights {
-            attn_norm: up(&host.attn_norm),
-            wq: up(&host.wq),
-            wk: up(&host.wk),
-            wv: up(&host.wv),
-            wo: up(&host.wo),
-            mlp_norm: up(&host.mlp_norm),
-            w_gate: up(&host.w_gate),
-            w_up: up(&host.w_up),
-            w_down: up(&host.w_down),
+            attn_norm: r(&[d], 0.0, 1.0),
+            wq: r(&[q, d], s, 0.0),
+            wk: r(&[kv, d], s, 0.0),
+            wv: r(&[kv, d], s, 0.0),
+            wo: r(&[d, q], s, 0.0),
+            mlp_norm: r(&[d], 0.0, 1.0),
+            w_gate: r(&[f, d], s, 0.0),
+            w_up: r(&[f, d], s, 0.0),
+            w_down: r(&[d, f], s, 0.0),
         })
         .collect();
-    let weights = ModelWeights {
-        embed: up(&t(&[v, d], 8, 1.0)),
-        layers,
-        final_norm: up(&ones(d)),
-        lm_head: (!cfg.tie_word_embeddings).then(|| up(&t(&[v, d], 9, s))),
-    };
+    let embed = r(&[v, d], 1.0, 0.0);
+    let final_norm = r(&[d], 0.0, 1.0);
+    let lm_head = (!cfg.tie_word_embeddings).then(|| r(&[v, d], s, 0.0));
     Model {
         cfg,
-        weights,
+        weights: ModelWeights {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        },
         backend: b,
-        dtype: StoreDtype::F32,
+        dtype: StoreDtype::BF16,
         dir: None,
+    }
+}
+
+/// `init_uniform` on the device gives exactly the host reference's values, whatever the
+/// launch geometry (sizes across the grid-stride boundary), for weights and constants.
+#[test]
+fn device_init_matches_the_host_reference() {
+    if let Err(why) = cuda_available() {
+        if std::env::var("PINPOINT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!("no CUDA device: {why}");
+        }
+        eprintln!("SKIPPED: no CUDA device ({why})");
+        return;
+    }
+    let b = CudaBackend::new(0).unwrap();
+    for (n, seed, scale, offset) in [
+        (1usize, 1u64, 0.02f32, 0.0f32),
+        (1000, 7, 1.0, 0.0),
+        (256 * 8192 + 77, 3, 0.02, 0.0),
+        (4099, 9, 0.0, 1.0),
+    ] {
+        let dev = b
+            .download(&b.uniform(&[n], seed, scale, offset).unwrap())
+            .unwrap();
+        let host = init::uniform_host(n, seed, scale, offset);
+        assert_eq!(dev.data.len(), n);
+        let bad = (0..n).find(|&i| dev.data[i].to_bits() != host[i].to_bits());
+        assert!(
+            bad.is_none(),
+            "n={n} seed={seed}: first mismatch at {bad:?}"
+        );
+        let (lo, hi) = host
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
+        assert!(lo >= offset - scale && hi <= offset + scale, "{lo} {hi}");
     }
 }
 

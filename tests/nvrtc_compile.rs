@@ -77,6 +77,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             "embed_bwd",
             "gemm",
             "heads",
+            "init",
             "norm_bwd",
             "rmsnorm",
             "rope",

@@ -1,12 +1,14 @@
 //! `pinpoint diagnose`, `pinpoint attention`, `pinpoint knockout`.
 
-use super::ModelArg;
+use super::{Device, DeviceArg, ModelArg};
 use anyhow::{bail, Context, Result};
+use pinpoint::backend::Backend;
 use pinpoint::diagnose::attention::{attention_shares, challenge_span};
 use pinpoint::diagnose::knockout::{doubling_ks, knockout_curve, mean_z};
 use pinpoint::diagnose::metric::{Metric, MetricKind};
 use pinpoint::diagnose::pairs::{self, PromptPair};
 use pinpoint::diagnose::report::{bars_svg, lines_svg, model_header, write_diagnosis};
+use pinpoint::diagnose::run::Diagnosis;
 use pinpoint::diagnose::run::{
     auto_syc_label, diagnose_tokens, progress_bar, DiagnoseConfig, Method, NodePositions,
 };
@@ -78,9 +80,9 @@ pub fn load_pairs(a: &PairArgs) -> Result<LoadedPairs> {
 }
 
 /// The metric with its label tokens, and the label strings for reports.
-pub fn build_metric(
+pub fn build_metric<B: Backend>(
     a: &PairArgs,
-    model: &Model<pinpoint::backend::cpu::CpuBackend>,
+    model: &Model<B>,
     tok: &Tokenizer,
     token_pairs: &[pairs::TokenPair],
 ) -> Result<(Metric, String, String)> {
@@ -109,6 +111,8 @@ pub struct DiagnoseArgs {
     #[command(flatten)]
     pub model: ModelArg,
     #[command(flatten)]
+    pub device: DeviceArg,
+    #[command(flatten)]
     pub pairs: PairArgs,
     #[arg(long, value_enum, default_value_t = Method::Path)]
     pub method: Method,
@@ -130,14 +134,46 @@ pub struct DiagnoseArgs {
     pub out: PathBuf,
 }
 
+/// How the sweep runs on a backend: with backward ops (every method) or without.
+type Runner<B> =
+    fn(&Model<B>, &[pairs::TokenPair], &Metric, &DiagnoseConfig, bool) -> Result<Diagnosis>;
+
 pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
-    let super::Loaded { dir, tok, model } = a.model.load()?;
+    match a.device.device {
+        Device::Cpu => {
+            let super::Loaded { dir, tok, model } = a.model.load()?;
+            diagnose_on(&a, &dir, &tok, &model, diagnose_tokens)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let dir = a.model.resolve()?;
+            let tok = Tokenizer::from_dir(&dir)?;
+            let (cfg, w, _) = pinpoint::model::checkpoint::load_model_dir(&dir)?;
+            let b = a.device.cuda(cfg.hidden_size)?;
+            let model = Model::from_host(cfg, &w, b)?;
+            drop(w);
+            diagnose_on(&a, &dir, &tok, &model, diagnose_tokens)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(super::no_cuda()),
+    }
+}
+
+fn diagnose_on<B: Backend>(
+    a: &DiagnoseArgs,
+    dir: &Path,
+    tok: &Tokenizer,
+    model: &Model<B>,
+    run: Runner<B>,
+) -> Result<()> {
+    let dir = dir.to_path_buf();
     let loaded = load_pairs(&a.pairs)?;
-    let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
-    let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;
+    let token_pairs = pairs::tokenize_pairs(tok, &loaded.pairs)?;
+    let (metric, syc, anti) = build_metric(&a.pairs, model, tok, &token_pairs)?;
     eprintln!(
-        "diagnosing {} with {} pairs: {:?} patching, labels {syc:?} ({}) vs {anti:?} ({})",
+        "diagnosing {} on {} with {} pairs: {:?} patching, labels {syc:?} ({}) vs {anti:?} ({})",
         model_id(&dir),
+        model.backend_name(),
         token_pairs.len(),
         a.method,
         metric.syc,
@@ -149,7 +185,7 @@ pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
         freeze_mlp: a.freeze_mlp,
         chunk: 16,
     };
-    let d = diagnose_tokens(&model, &token_pairs, &metric, &cfg, true)?;
+    let d = run(model, &token_pairs, &metric, &cfg, true)?;
     write_diagnosis(
         &a.out,
         &model.cfg,

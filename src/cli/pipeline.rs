@@ -72,6 +72,8 @@ pub struct PipelineArgs {
     pub stop_after: Option<String>,
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 pub fn pipeline(a: PipelineArgs) -> Result<()> {
@@ -124,7 +126,21 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.protocol.max_new_tokens_reply = a.max_reply_tokens;
     c.protocol.progress = !a.quiet;
     let mut p = Pipeline::open(c, &a.out, !a.quiet)?;
-    p.run_all(a.stop_after.as_deref())?;
+    let stop = a.stop_after.as_deref();
+    match a.device.device {
+        super::Device::Cpu => p.run_all(stop)?,
+        #[cfg(feature = "cuda")]
+        super::Device::Cuda => {
+            let hidden =
+                pinpoint::model::ModelConfig::from_file(&p.cfg.model_dir.join("config.json"))?
+                    .hidden_size;
+            p.run_all_on(stop, &|d: &std::path::Path| {
+                pinpoint::Model::load_on(d, a.device.cuda(hidden)?)
+            })?
+        }
+        #[cfg(not(feature = "cuda"))]
+        super::Device::Cuda => return Err(super::no_cuda()),
+    }
     eprintln!(
         "pipeline finished in {:.1} s; report: {}",
         t0.elapsed().as_secs_f64(),

@@ -1,8 +1,9 @@
 //! `pinpoint tune`: supervised pinpoint tuning of chosen heads (and the baselines: full
 //! fine-tuning, attention-only, MLP-only, LoRA, pinpoint + LoRA).
 
-use super::ModelArg;
+use super::{Device, DeviceArg, ModelArg};
 use anyhow::{bail, ensure, Context, Result};
+use pinpoint::backend::train::TrainBackend;
 use pinpoint::backward::ActMemory;
 use pinpoint::heads::HeadId;
 use pinpoint::model::tokenizer::Tokenizer;
@@ -14,6 +15,7 @@ use pinpoint::tune::{
     TuneConfig,
 };
 use pinpoint::Model;
+use std::path::Path;
 use std::path::PathBuf;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +124,8 @@ pub struct TuneArgs {
     /// Recompute every layer's activations during backward (least memory).
     #[arg(long, conflicts_with = "mem_cap_gib")]
     pub recompute: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 fn parse_layers(s: &str) -> Result<Vec<usize>> {
@@ -157,12 +161,33 @@ fn select_heads(a: &TuneArgs, cfg: &pinpoint::model::ModelConfig) -> Result<Vec<
 
 pub fn tune(a: TuneArgs) -> Result<()> {
     let dir = a.model.resolve()?;
-    let model = Model::load_cpu(&dir)?;
+    match a.device.device {
+        Device::Cpu => tune_on(&a, &dir, &|d: &Path| Model::load_cpu(d)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => {
+            let hidden =
+                pinpoint::model::ModelConfig::from_file(&dir.join("config.json"))?.hidden_size;
+            tune_on(&a, &dir, &|d: &Path| {
+                Model::load_on(d, a.device.cuda(hidden)?)
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(super::no_cuda()),
+    }
+}
+
+fn tune_on<B: TrainBackend>(
+    a: &TuneArgs,
+    dir: &Path,
+    load: &dyn Fn(&Path) -> Result<Model<B>>,
+) -> Result<()> {
+    let dir = dir.to_path_buf();
+    let model = load(&dir)?;
     let cfg = model.cfg.clone();
     let layers = a.layers.as_deref().map(parse_layers).transpose()?;
     let needs_heads = matches!(a.mode, TuneMode::Spt | TuneMode::SptLora);
     let heads = if needs_heads {
-        select_heads(&a, &cfg)?
+        select_heads(a, &cfg)?
     } else {
         vec![]
     };
@@ -245,10 +270,10 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         },
     };
     let numel_total: usize = model
-        .host_weights()?
+        .weights
         .named()
         .iter()
-        .map(|(_, t)| t.numel())
+        .map(|(_, t)| model.backend.shape(t).iter().product::<usize>())
         .sum();
     let mut t = Trainer::new(model, mask, heads.clone(), data, tc, &a.out)?;
     if a.resume {

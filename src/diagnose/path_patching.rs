@@ -215,56 +215,66 @@ pub fn path_patching_fast<B: Backend>(
         cfg.hidden_size,
     );
     let eps = cfg.rms_norm_eps as f32;
-    let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
-    let label_w = b.gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?; // [2, d]
+    let label_w = label_weights(model, metric)?;
     let heads = model.all_heads();
     let mut per_pair = vec![vec![0.0; runs.len()]; heads.len()];
     for (c, group) in runs.chunks(chunk.max(1)).enumerate() {
         let p_n = group.len();
-        let mut x: Option<B::Tensor> = None; // [active rows, d]; rows ordered (layer, head, pair)
+        // Per layer only per-pair tables go to the device ([P, d] and [H*P, D]); the
+        // expansion to one row per (head, pair) is a row gather there. Rows are ordered
+        // (layer, head, pair); `row_pair[r]` is row r's pair.
+        let mut x: Option<B::Tensor> = None; // [active rows, d]
         let mut row_pair: Vec<usize> = vec![];
+        let new_pairs: Vec<usize> = (0..h_n).flat_map(|_| 0..p_n).collect(); // (head, pair) -> pair
+        let table = |f: &dyn Fn(&CleanRun) -> Vec<f32>| -> Result<B::Tensor> {
+            let data: Vec<f32> = group.iter().flat_map(f).collect();
+            b.upload(&HostTensor::new(vec![p_n, d], data))
+        };
         for l in 0..l_n {
-            if let (Some(x), false) = (x.as_mut(), freeze_mlp) {
+            let attn_out = (!freeze_mlp)
+                .then(|| table(&|r: &CleanRun| r.attn_out[l].clone()))
+                .transpose()?;
+            if let (Some(x), Some(a)) = (x.as_mut(), attn_out.as_ref()) {
                 // Rows of earlier layers: this layer's attention output is the frozen X_r value.
-                let add: Vec<f32> = row_pair
-                    .iter()
-                    .flat_map(|&p| group[p].attn_out[l].iter().copied())
-                    .collect();
-                b.add_assign(
-                    x,
-                    &b.upload(&HostTensor::new(vec![row_pair.len(), d], add))?,
-                )?;
+                b.add_assign(x, &b.gather_rows(a, &row_pair)?)?;
             }
-            // New rows: dz has only head h's slice non-zero; delta = dz @ W_o^T. [H*P, d]
-            let mut dz = vec![0.0f32; h_n * p_n * h_n * dh];
-            let mut base = Vec::with_capacity(h_n * p_n * d);
+            // New rows (h, p): z delta with only head h's slice non-zero (written into a
+            // zero [H*P, H*D] on the device), delta = dz @ W_o^T, plus the row's base.
+            let mut dz_vals = Vec::with_capacity(h_n * p_n * dh);
+            let (mut rows, mut col0) =
+                (Vec::with_capacity(h_n * p_n), Vec::with_capacity(h_n * p_n));
             for h in 0..h_n {
-                for (p, run) in group.iter().enumerate() {
-                    let row = (h * p_n + p) * h_n * dh + h * dh;
-                    for i in 0..dh {
-                        dz[row + i] = run.z_cf[l][h * dh + i] - run.z_ref[l][h * dh + i];
-                    }
-                    if freeze_mlp {
-                        base.extend_from_slice(&run.resid_pre[l_n]);
-                    } else {
-                        base.extend(
-                            run.resid_pre[l]
-                                .iter()
-                                .zip(&run.attn_out[l])
-                                .map(|(r, a)| r + a),
-                        );
-                    }
-                    row_pair.push(p);
+                for run in group {
+                    let (zc, zr) = (
+                        &run.z_cf[l][h * dh..(h + 1) * dh],
+                        &run.z_ref[l][h * dh..(h + 1) * dh],
+                    );
+                    dz_vals.extend(zc.iter().zip(zr).map(|(c, r)| c - r));
+                    rows.push(rows.len());
+                    col0.push(h * dh);
                 }
             }
-            let mut delta = b.linear(
-                &b.upload(&HostTensor::new(vec![h_n * p_n, h_n * dh], dz))?,
-                &w.layers[l].wo,
+            let mut dz = b.zeros(&[h_n * p_n, h_n * dh])?;
+            b.write_slices(
+                &mut dz,
+                &rows,
+                &col0,
+                &HostTensor::new(vec![h_n * p_n, dh], dz_vals),
             )?;
-            b.add_assign(
-                &mut delta,
-                &b.upload(&HostTensor::new(vec![h_n * p_n, d], base))?,
-            )?;
+            let mut delta = b.linear(&dz, &w.layers[l].wo)?;
+            let base = if freeze_mlp {
+                table(&|r: &CleanRun| r.resid_pre[l_n].clone())?
+            } else {
+                table(&|r: &CleanRun| {
+                    r.resid_pre[l]
+                        .iter()
+                        .zip(&r.attn_out[l])
+                        .map(|(x, a)| x + a)
+                        .collect()
+                })?
+            };
+            b.add_assign(&mut delta, &b.gather_rows(&base, &new_pairs)?)?;
+            row_pair.extend_from_slice(&new_pairs);
             let mut xs = match x.take() {
                 Some(prev) => model.concat_rows(&prev, &delta)?,
                 None => delta,
@@ -281,7 +291,7 @@ pub fn path_patching_fast<B: Backend>(
             }
         }
         let x = x.expect("at least one layer");
-        let logits = b.download(&b.linear(&b.rmsnorm(&x, &w.final_norm, eps)?, &label_w)?)?; // [rows, 2]
+        let logits = label_logits(model, &label_w, &x)?; // [rows, 2]
         for (r, &p) in row_pair.iter().enumerate() {
             let (l, h) = (r / (h_n * p_n), (r / p_n) % h_n);
             let f_ref = metric_of(metric, group[p].ref_labels);
@@ -290,6 +300,27 @@ pub fn path_patching_fast<B: Backend>(
         }
     }
     Ok(HeadScores::new(heads, per_pair, runs, metric))
+}
+
+/// The lm_head rows of the two label tokens, `[2, d]` (syc, anti).
+fn label_weights<B: Backend>(model: &Model<B>, metric: &Metric) -> Result<B::Tensor> {
+    let w = &model.weights;
+    let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
+    model
+        .backend
+        .gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])
+}
+
+/// The two label logits of final residual rows `[n, d]`: final norm, then only the label
+/// rows of lm_head (the full vocabulary is never computed nor downloaded). `[n, 2]`.
+fn label_logits<B: Backend>(
+    model: &Model<B>,
+    label_w: &B::Tensor,
+    resid: &B::Tensor,
+) -> Result<HostTensor> {
+    let b = &model.backend;
+    let eps = model.cfg.rms_norm_eps as f32;
+    b.download(&b.linear(&b.rmsnorm(resid, &model.weights.final_norm, eps)?, label_w)?)
 }
 
 /// A patched node: a head, at the last position (`None`) or at an aligned position.
@@ -445,6 +476,7 @@ pub fn activation_patching_last<B: Backend>(
         model.cfg.hidden_size,
     );
     let heads = model.all_heads();
+    let label_w = label_weights(model, metric)?;
     let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
     let longest = pairs.iter().map(|p| p.reference.len()).max().unwrap_or(1);
     let mut cache = model.new_cache(pairs.len(), longest)?;
@@ -482,18 +514,30 @@ pub fn activation_patching_last<B: Backend>(
             }
         }
         let resid = HostTensor::new(vec![inputs.len(), d], resid);
+        // Keep the final residual (one row per input) rather than all-vocabulary logits:
+        // only the two label logits are needed.
         let out = model.forward_on_prefix(
             &inputs,
             &cache,
             &Taps {
                 patches,
                 ..Taps::new()
+                    .with_logits(Positions::None)
+                    .capture(HookPoint::ResidPre(l_n), Positions::Last)
             },
             Some((l, &resid)),
         )?;
+        let fin = &out.captures[&HookPoint::ResidPre(l_n)];
+        ensure!(
+            fin.index.len() == inputs.len(),
+            "activation patching: {} final rows for {} inputs",
+            fin.index.len(),
+            inputs.len()
+        );
+        let logits = label_logits(model, &label_w, &model.backend.upload(&fin.data)?)?;
         for (s, &(p, _)) in inputs.iter().enumerate() {
             let h = s / pairs.len();
-            let f = metric.of_logits(out.logits.last_of(s).expect("logits"));
+            let f = metric.value(logits.data[2 * s] as f64, logits.data[2 * s + 1] as f64);
             per_pair[l * h_n + h][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
         }
         if let Some(pb) = progress {

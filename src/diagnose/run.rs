@@ -1,9 +1,10 @@
 //! The whole diagnosis as one library call: pairs -> clean runs -> head scores -> ranking,
 //! used by `pinpoint diagnose` and the pipeline.
 
+use super::attribution::AttrPositions;
 use super::metric::Metric;
 use super::pairs::{self, PromptPair, TokenPair};
-use super::path_patching::{self, HeadScores, Node};
+use super::path_patching::{self, CleanRun, HeadScores, Node};
 use crate::backend::train::TrainBackend;
 use crate::backend::Backend;
 use crate::heads::{HeadId, Positions};
@@ -149,6 +150,43 @@ pub fn diagnose_tokens<B: TrainBackend>(
     cfg: &DiagnoseConfig,
     show_progress: bool,
 ) -> Result<Diagnosis> {
+    let attribution = |runs: &[CleanRun], ap, pb: Option<&ProgressBar>| {
+        super::attribution::attribution_patching(model, token_pairs, runs, metric, ap, pb)
+    };
+    diagnose_with(
+        model,
+        token_pairs,
+        metric,
+        cfg,
+        show_progress,
+        Some(&attribution),
+    )
+}
+
+/// [`diagnose_tokens`] on a backend without backward ops: every method but attribution
+/// patching (which then fails with a clear error).
+pub fn diagnose_tokens_forward<B: Backend>(
+    model: &Model<B>,
+    token_pairs: &[TokenPair],
+    metric: &Metric,
+    cfg: &DiagnoseConfig,
+    show_progress: bool,
+) -> Result<Diagnosis> {
+    diagnose_with(model, token_pairs, metric, cfg, show_progress, None)
+}
+
+/// Attribution patching of the clean runs (needs a backward pass).
+type AttributionFn<'a> =
+    dyn Fn(&[CleanRun], AttrPositions, Option<&ProgressBar>) -> Result<HeadScores> + 'a;
+
+fn diagnose_with<B: Backend>(
+    model: &Model<B>,
+    token_pairs: &[TokenPair],
+    metric: &Metric,
+    cfg: &DiagnoseConfig,
+    show_progress: bool,
+    attribution: Option<&AttributionFn<'_>>,
+) -> Result<Diagnosis> {
     if token_pairs.is_empty() {
         bail!("no prompt pairs to diagnose with");
     }
@@ -242,22 +280,18 @@ pub fn diagnose_tokens<B: TrainBackend>(
         }
         (Method::Attribution, pos) => {
             let ap = match pos {
-                NodePositions::Last => super::attribution::AttrPositions::Last,
-                NodePositions::All => super::attribution::AttrPositions::All,
-                NodePositions::At(v) => super::attribution::AttrPositions::At(v.clone()),
+                NodePositions::Last => AttrPositions::Last,
+                NodePositions::All => AttrPositions::All,
+                NodePositions::At(v) => AttrPositions::At(v.clone()),
+            };
+            let Some(attribution) = attribution else {
+                bail!(
+                    "attribution patching needs backward ops, which {} does not have",
+                    model.backend_name()
+                );
             };
             let pb = progress_bar(n_heads * p_n, "attribution", show_progress);
-            (
-                super::attribution::attribution_patching(
-                    model,
-                    token_pairs,
-                    &runs,
-                    metric,
-                    ap,
-                    pb.as_ref(),
-                )?,
-                None,
-            )
+            (attribution(&runs, ap, pb.as_ref())?, None)
         }
         (Method::Activation, NodePositions::Last) => {
             let pb = progress_bar(n_heads * p_n, "activation", show_progress);

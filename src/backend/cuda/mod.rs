@@ -12,6 +12,7 @@
 //! Work is queued on one stream; errors of a launch show up at the latest at the next
 //! download or [`CudaBackend::synchronize`].
 
+pub mod init;
 pub mod registry;
 mod train;
 
