@@ -138,10 +138,15 @@ step nvrtc_compile 60 .gpu/bin/nvrtc_compile --nocapture --test-threads=1
 step cuda_kernels 90 .gpu/bin/cuda_kernels --nocapture --test-threads=1
 step cuda_train 120 .gpu/bin/cuda_train --nocapture --test-threads=1
 
-# 2. Benchmarks, random weights in real shapes (JSON rows into $OUT/bench-*.json).
-for shape in smollm2-135m llama2-7b; do
-  step "bench_${shape//-/_}" 150 "$PP" bench all --device cuda --shape "$shape" --out "$OUT/bench-$shape.json"
-done
+# 2. Benchmarks, random weights made on the device in real shapes (JSON rows into
+#    $OUT/bench-*.json). The train step tunes K = 32 heads; the 7B step runs twice: keeping
+#    what fits on the card, and under a 16 GiB cap (layers that do not fit recomputed).
+step bench_smollm2 120 "$PP" bench gemm,forward,patching,decode,train --device cuda \
+  --shape smollm2-135m --k 32 --reps 5 --new-tokens 16 --out "$OUT/bench-smollm2-135m.json"
+step bench_llama2_7b 150 "$PP" bench gemm,forward,patching,decode,train --device cuda \
+  --shape llama2-7b --k 32 --reps 3 --new-tokens 16 --out "$OUT/bench-llama2-7b.json"
+step bench_llama2_7b_cap16 90 "$PP" bench train --device cuda --shape llama2-7b --k 32 \
+  --reps 3 --mem-cap-gib 16 --out "$OUT/bench-llama2-7b-cap16.json"
 
 # 3. The PyTorch peers on the same card, in the same run.
 [[ -f .gpu/torch_peer.py ]] && (cd "$OUT" && step torch_peer 120 python3 "$ROOT/.gpu/torch_peer.py")
