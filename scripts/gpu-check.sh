@@ -11,10 +11,10 @@
 #    98 MB, so it travels in two parts: .gpu1/ holds the first, .gpu/ the rest.
 # 2. Two device calls, back to back (the machine stays warm 30 s between calls):
 #        run(command="bash scripts/gpu-check.sh --upload", carry=[".gpu1"], timeout_s=60)
-#        run(command="bash scripts/gpu-check.sh", carry=[".gpu"], timeout_s=560)
+#        run(command="bash scripts/gpu-check.sh", carry=[".gpu"], timeout_s=540)
 #    Without the first call (or if the machine was given back in between) the SmolLM2
 #    steps are skipped and everything else runs. Budget: tests ~1 min, benches ~2 min,
-#    peers ~1.5 min, SmolLM2 ~2.5 min, profile ~1 min; GPU_CHECK_BUDGET (s, default 500)
+#    peers ~1.5 min, SmolLM2 ~2.5 min, profile ~1 min; GPU_CHECK_BUDGET (s, default 460)
 #    skips the steps that would start after it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +75,7 @@ fi
 OUT=${OUT:-$ROOT/.gpu/out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu-check.log
-BUDGET=${GPU_CHECK_BUDGET:-500}
+BUDGET=${GPU_CHECK_BUDGET:-460}
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PINPOINT_HOME=/tmp/pinpoint-home        # PTX cache, model and data
 export PINPOINT_REPO=$ROOT                     # fixtures (the binaries were built elsewhere)
@@ -155,7 +155,7 @@ step bench_llama2_7b_cap16 90 "$PP" bench train --device cuda --shape llama2-7b 
 # 4. The real model.
 if ((HAVE_MODEL)); then
   step cuda_smollm2 150 .gpu/bin/cuda_smollm2 --nocapture --test-threads=1
-  step pipeline 200 "$PP" pipeline --device cuda --out /tmp/pp-run
+  step pipeline 180 "$PP" pipeline --device cuda --out /tmp/pp-run
   tuned=$(ls -d /tmp/pp-run/tune-spt-k*/ 2>/dev/null | head -1)
   if [[ -n $tuned ]]; then
     step check_tuned_hf 90 python3 scripts/check_tuned_hf.py "$tuned" --pinpoint "$PP" --json "$OUT/check_tuned_hf.json"
