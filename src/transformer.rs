@@ -38,6 +38,10 @@ impl<B: Backend> Model<B> {
     }
 }
 
+/// A capture gathered on the device, downloaded when the forward ends: the hook point,
+/// the rows `[n, width]`, and the (sequence, position) of each row.
+type PendingCapture<T> = (HookPoint, T, Vec<(usize, usize)>);
+
 /// KV cache: per layer, keys and values `[slots * capacity, G * D]`; slot s, position p
 /// lives at row `s * capacity + p`. `lens[s]` tokens of slot s are filled.
 pub struct KvCache<B: Backend> {
@@ -324,7 +328,7 @@ impl<B: Backend> Model<B> {
         inputs: &[Input<'_>],
         layout: &Layout,
         taps: &Taps,
-        out: &mut ForwardOutput,
+        pending: &mut Vec<PendingCapture<B::Tensor>>,
     ) -> Result<()> {
         if !taps.touches(point) {
             return Ok(());
@@ -360,11 +364,12 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
+        // Gathered on the device now, downloaded after the forward: a download waits for
+        // the device, and one per hook point would stall the launch queue every layer.
         for (p, pos) in taps.capture.iter().filter(|(p, _)| *p == point) {
             let rows = layout.select(inputs, pos);
-            let data = b.download(&b.gather_rows(x, &rows)?)?;
             let index = rows.iter().map(|&r| layout.row_id[r]).collect();
-            out.captures.insert(*p, Capture { index, data });
+            pending.push((*p, b.gather_rows(x, &rows)?, index));
         }
         Ok(())
     }
@@ -432,6 +437,7 @@ impl<B: Backend> Model<B> {
             _ => vec![],
         };
         let mut out = ForwardOutput::default();
+        let mut pending: Vec<PendingCapture<B::Tensor>> = vec![];
         let (first_layer, mut x) = match start {
             Some((l, resid)) => (l, resid),
             None => (0, b.embed(&w.embed, &ids)?), // [n, d]
@@ -443,7 +449,7 @@ impl<B: Backend> Model<B> {
                 inputs,
                 &layout,
                 taps,
-                &mut out,
+                &mut pending,
             )?;
             let mut h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
             self.hook(
@@ -452,7 +458,7 @@ impl<B: Backend> Model<B> {
                 inputs,
                 &layout,
                 taps,
-                &mut out,
+                &mut pending,
             )?;
             let mut q = b.linear(&h, &lw.wq)?; // [n, H*D]
             let mut k = b.linear(&h, &lw.wk)?; // [n, G*D]
@@ -482,7 +488,7 @@ impl<B: Backend> Model<B> {
                 out.patterns
                     .insert((HeadId::new(l, p.head), inputs[p.seq].seq), p.probs);
             }
-            self.hook(HookPoint::Z(l), &mut z, inputs, &layout, taps, &mut out)?;
+            self.hook(HookPoint::Z(l), &mut z, inputs, &layout, taps, &mut pending)?;
             let mut attn_out = b.linear(&z, &lw.wo)?; // [n, d]
             self.hook(
                 HookPoint::AttnOut(l),
@@ -490,7 +496,7 @@ impl<B: Backend> Model<B> {
                 inputs,
                 &layout,
                 taps,
-                &mut out,
+                &mut pending,
             )?;
             b.add_assign(&mut x, &attn_out)?;
             let h2 = b.rmsnorm(&x, &lw.mlp_norm, eps)?;
@@ -504,7 +510,7 @@ impl<B: Backend> Model<B> {
                 inputs,
                 &layout,
                 taps,
-                &mut out,
+                &mut pending,
             )?;
             b.add_assign(&mut x, &mlp_out)?;
         }
@@ -514,7 +520,7 @@ impl<B: Backend> Model<B> {
             inputs,
             &layout,
             taps,
-            &mut out,
+            &mut pending,
         )?;
         let rows = layout.select(inputs, &taps.logits);
         if !rows.is_empty() {
@@ -524,6 +530,10 @@ impl<B: Backend> Model<B> {
                 index: rows.iter().map(|&r| layout.row_id[r]).collect(),
                 data: b.download(&logits)?,
             };
+        }
+        for (point, rows, index) in pending {
+            let data = b.download(&rows)?;
+            out.captures.insert(point, Capture { index, data });
         }
         Ok(out)
     }
