@@ -215,9 +215,12 @@ pub fn path_patching_fast<B: Backend>(
         cfg.hidden_size,
     );
     let eps = cfg.rms_norm_eps as f32;
-    let label_w = label_weights(model, metric)?;
+    let label = LabelHead::new(model, metric)?;
     let heads = model.all_heads();
     let mut per_pair = vec![vec![0.0; runs.len()]; heads.len()];
+    // Per layer, H blocks of P rows (head h patched) and one block of P null rows (nothing
+    // patched, the same numerical path): a head's score is against its layer's null row,
+    // so the rounding of a low-precision backend's row path cancels.
     for (c, group) in runs.chunks(chunk.max(1)).enumerate() {
         let p_n = group.len();
         // Per layer only per-pair tables go to the device ([P, d] and [H*P, D]); the
@@ -225,7 +228,7 @@ pub fn path_patching_fast<B: Backend>(
         // (layer, head, pair); `row_pair[r]` is row r's pair.
         let mut x: Option<B::Tensor> = None; // [active rows, d]
         let mut row_pair: Vec<usize> = vec![];
-        let new_pairs: Vec<usize> = (0..h_n).flat_map(|_| 0..p_n).collect(); // (head, pair) -> pair
+        let new_pairs: Vec<usize> = (0..=h_n).flat_map(|_| 0..p_n).collect(); // (head, pair) -> pair
         let table = |f: &dyn Fn(&CleanRun) -> Vec<f32>| -> Result<B::Tensor> {
             let data: Vec<f32> = group.iter().flat_map(f).collect();
             b.upload(&HostTensor::new(vec![p_n, d], data))
@@ -254,7 +257,7 @@ pub fn path_patching_fast<B: Backend>(
                     col0.push(h * dh);
                 }
             }
-            let mut dz = b.zeros(&[h_n * p_n, h_n * dh])?;
+            let mut dz = b.zeros(&[(h_n + 1) * p_n, h_n * dh])?; // null rows stay 0
             b.write_slices(
                 &mut dz,
                 &rows,
@@ -290,37 +293,68 @@ pub fn path_patching_fast<B: Backend>(
                 pb.inc((h_n * p_n) as u64);
             }
         }
-        let x = x.expect("at least one layer");
-        let logits = label_logits(model, &label_w, &x)?; // [rows, 2]
+        let x = b.download(&x.expect("at least one layer"))?;
+        let y = label.logits(&x); // per row (syc, anti)
+        let block = (h_n + 1) * p_n;
         for (r, &p) in row_pair.iter().enumerate() {
-            let (l, h) = (r / (h_n * p_n), (r / p_n) % h_n);
-            let f_ref = metric_of(metric, group[p].ref_labels);
-            let f = metric.value(logits.data[2 * r] as f64, logits.data[2 * r + 1] as f64);
-            per_pair[l * h_n + h][c * chunk.max(1) + p] = metric.score(f, f_ref);
+            let (l, h) = (r / block, (r % block) / p_n);
+            if h == h_n {
+                continue; // a null row
+            }
+            let null = y[l * block + h_n * p_n + p];
+            let f_null = metric.value(null.0, null.1);
+            let f = metric.value(y[r].0, y[r].1);
+            per_pair[l * h_n + h][c * chunk.max(1) + p] = metric.score(f, f_null);
         }
     }
     Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
 
-/// The lm_head rows of the two label tokens, `[2, d]` (syc, anti).
-fn label_weights<B: Backend>(model: &Model<B>, metric: &Metric) -> Result<B::Tensor> {
-    let w = &model.weights;
-    let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
-    model
-        .backend
-        .gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])
+/// The final norm and the lm_head rows of the two label tokens, on the host.
+///
+/// Path patching scores small differences of label logits that are themselves large
+/// (|y| ~ 10): a bf16 output (a GPU backend's) would round them to 1/16, so the last step
+/// runs here in f64 on the final residual rows.
+struct LabelHead {
+    norm: Vec<f32>,
+    /// `[2, d]`: syc, anti.
+    rows: Vec<f32>,
+    eps: f64,
 }
 
-/// The two label logits of final residual rows `[n, d]`: final norm, then only the label
-/// rows of lm_head (the full vocabulary is never computed nor downloaded). `[n, 2]`.
-fn label_logits<B: Backend>(
-    model: &Model<B>,
-    label_w: &B::Tensor,
-    resid: &B::Tensor,
-) -> Result<HostTensor> {
-    let b = &model.backend;
-    let eps = model.cfg.rms_norm_eps as f32;
-    b.download(&b.linear(&b.rmsnorm(resid, &model.weights.final_norm, eps)?, label_w)?)
+impl LabelHead {
+    fn new<B: Backend>(model: &Model<B>, metric: &Metric) -> Result<Self> {
+        let b = &model.backend;
+        let w = &model.weights;
+        let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
+        let rows = b.gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?;
+        Ok(Self {
+            norm: b.download(&w.final_norm)?.data,
+            rows: b.download(&rows)?.data,
+            eps: model.cfg.rms_norm_eps,
+        })
+    }
+
+    /// `(y_syc, y_anti)` of each final residual row of `x [n, d]`.
+    fn logits(&self, x: &HostTensor) -> Vec<(f64, f64)> {
+        use rayon::prelude::*;
+        let d = self.norm.len();
+        let (syc, anti) = self.rows.split_at(d);
+        x.data
+            .par_chunks(d)
+            .map(|row| {
+                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+                let inv = 1.0 / (ms + self.eps).sqrt();
+                let (mut a, mut c) = (0.0f64, 0.0f64);
+                for i in 0..d {
+                    let h = row[i] as f64 * inv * self.norm[i] as f64;
+                    a += h * syc[i] as f64;
+                    c += h * anti[i] as f64;
+                }
+                (a, c)
+            })
+            .collect()
+    }
 }
 
 /// A patched node: a head, at the last position (`None`) or at an aligned position.
@@ -476,7 +510,7 @@ pub fn activation_patching_last<B: Backend>(
         model.cfg.hidden_size,
     );
     let heads = model.all_heads();
-    let label_w = label_weights(model, metric)?;
+    let label = LabelHead::new(model, metric)?;
     let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
     let longest = pairs.iter().map(|p| p.reference.len()).max().unwrap_or(1);
     let mut cache = model.new_cache(pairs.len(), longest)?;
@@ -534,10 +568,10 @@ pub fn activation_patching_last<B: Backend>(
             fin.index.len(),
             inputs.len()
         );
-        let logits = label_logits(model, &label_w, &model.backend.upload(&fin.data)?)?;
+        let y = label.logits(&fin.data);
         for (s, &(p, _)) in inputs.iter().enumerate() {
             let h = s / pairs.len();
-            let f = metric.value(logits.data[2 * s] as f64, logits.data[2 * s + 1] as f64);
+            let f = metric.value(y[s].0, y[s].1);
             per_pair[l * h_n + h][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
         }
         if let Some(pb) = progress {

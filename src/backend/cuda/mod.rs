@@ -511,10 +511,14 @@ impl Backend for CudaBackend {
             .stream
             .clone_dtoh(&t.buf.slice(0..n))
             .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
-        Ok(HostTensor::new(
-            t.shape.clone(),
-            bits.into_iter().map(bf16_value).collect(),
-        ))
+        // Widening is a pass over every element: parallel for big tensors.
+        let data: Vec<f32> = if n >= 1 << 20 {
+            use rayon::prelude::*;
+            bits.par_iter().map(|&b| bf16_value(b)).collect()
+        } else {
+            bits.into_iter().map(bf16_value).collect()
+        };
+        Ok(HostTensor::new(t.shape.clone(), data))
     }
 
     fn shape<'a>(&self, t: &'a CudaTensor) -> &'a [usize] {
