@@ -15,7 +15,7 @@
 #    Without the first call (or if the machine was given back in between) the SmolLM2
 #    steps are skipped and everything else runs. Budget: tests ~1 min, benches ~2 min,
 #    peers ~1.5 min, SmolLM2 ~2.5 min, profile ~1 min; GPU_CHECK_BUDGET (s, default 460)
-#    skips the steps that would start after it.
+#    skips the steps that would start after it; GPU_CHECK_ONLY="step ..." runs only those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -90,6 +90,10 @@ declare -A RC SECS
 
 step() {  # step NAME TIMEOUT CMD...
   local name=$1 limit=$2; shift 2
+  # GPU_CHECK_ONLY="name1 name2": run only these steps (a partial rerun).
+  if [[ -n ${GPU_CHECK_ONLY:-} && " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    return
+  fi
   if ((SECONDS + 10 > BUDGET)); then
     echo "==== $name: skipped (budget ${BUDGET}s reached at ${SECONDS}s)" | tee -a "$LOG"
     return

@@ -812,7 +812,7 @@ fn run_cuda(a: &BenchArgs, rows: &mut Vec<Value>) -> Result<()> {
             }
             Source::Shape(s) => (shape_config(s)?, None),
         };
-        let b: CudaBackend = a.device.cuda(cfg.hidden_size)?;
+        let b: CudaBackend = a.device.cuda()?;
         let ceil = match ceil {
             Some(c) => c,
             None => *ceil.insert(ceilings(&b, a.reps)?),
@@ -844,7 +844,7 @@ fn run_cuda(a: &BenchArgs, rows: &mut Vec<Value>) -> Result<()> {
             } = model;
             drop(weights);
             let make = || -> Result<Model<CudaBackend>> {
-                let b = a.device.cuda(cfg.hidden_size)?;
+                let b = a.device.cuda()?;
                 match &host {
                     Some(w) => Model::from_host(cfg.clone(), w, b),
                     None => random_model(cfg.clone(), b),

@@ -149,7 +149,7 @@ pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
             let dir = a.model.resolve()?;
             let tok = Tokenizer::from_dir(&dir)?;
             let (cfg, w, _) = pinpoint::model::checkpoint::load_model_dir(&dir)?;
-            let b = a.device.cuda(cfg.hidden_size)?;
+            let b = a.device.cuda()?;
             let model = Model::from_host(cfg, &w, b)?;
             drop(w);
             diagnose_on(&a, &dir, &tok, &model, diagnose_tokens)

@@ -130,14 +130,9 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     match a.device.device {
         super::Device::Cpu => p.run_all(stop)?,
         #[cfg(feature = "cuda")]
-        super::Device::Cuda => {
-            let hidden =
-                pinpoint::model::ModelConfig::from_file(&p.cfg.model_dir.join("config.json"))?
-                    .hidden_size;
-            p.run_all_on(stop, &|d: &std::path::Path| {
-                pinpoint::Model::load_on(d, a.device.cuda(hidden)?)
-            })?
-        }
+        super::Device::Cuda => p.run_all_on(stop, &|d: &std::path::Path| {
+            pinpoint::Model::load_on(d, a.device.cuda()?)
+        })?,
         #[cfg(not(feature = "cuda"))]
         super::Device::Cuda => return Err(super::no_cuda()),
     }

@@ -164,13 +164,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     match a.device.device {
         Device::Cpu => tune_on(&a, &dir, &|d: &Path| Model::load_cpu(d)),
         #[cfg(feature = "cuda")]
-        Device::Cuda => {
-            let hidden =
-                pinpoint::model::ModelConfig::from_file(&dir.join("config.json"))?.hidden_size;
-            tune_on(&a, &dir, &|d: &Path| {
-                Model::load_on(d, a.device.cuda(hidden)?)
-            })
-        }
+        Device::Cuda => tune_on(&a, &dir, &|d: &Path| Model::load_on(d, a.device.cuda()?)),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => Err(super::no_cuda()),
     }
