@@ -507,3 +507,39 @@ fn tiny_models_kv_cache_decode_matches_cpu() {
         }
     }
 }
+
+/// Label logits for path patching: norm and dot in f32 on the device against the f64 host
+/// version on the same (bf16-exact) inputs. Nothing is rounded to bf16, so the error is
+/// f32 summation order only (1e-5), far below a bf16 output's 4e-3.
+#[test]
+fn norm_dot_is_f32_end_to_end() {
+    let Some(g) = gpu("norm_dot_is_f32_end_to_end") else {
+        return;
+    };
+    let mut r = rng(21);
+    for (n, d, m) in [(1, 64, 2), (37, 576, 2), (300, 4096, 2), (5, 130, 7)] {
+        // Residual-like rows: a large offset, so bf16 outputs would visibly round.
+        let mut x = rand_t(&mut r, &[n, d], 4.0);
+        for v in x.data.iter_mut().step_by(3) {
+            *v = bf16r(*v + 20.0);
+        }
+        let norm = rand_t(&mut r, &[d], 1.0);
+        let w = rand_t(&mut r, &[m, d], 1.0);
+        let want = pinpoint::backend::norm_dot_host(&x, &norm, 1e-5, &w).unwrap();
+        let got = g
+            .norm_dot(
+                &g.upload(&x).unwrap(),
+                &g.upload(&norm).unwrap(),
+                1e-5,
+                &g.upload(&w).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(got.shape, vec![n, m]);
+        check(
+            &format!("norm_dot {n}x{d}x{m}"),
+            &got.data,
+            &want.data,
+            1e-5,
+        );
+    }
+}

@@ -143,4 +143,57 @@ pub trait Backend: Send + Sync {
         col0: &[usize],
         values: &HostTensor,
     ) -> Result<()>;
+
+    /// `rmsnorm(x) * norm` of rows `x [n, d]`, times `w [m, d]^T` (m small: label rows of
+    /// lm_head), with nothing rounded on the way (the normalized rows and the outputs
+    /// stay f32 or better): `[n, m]` on the host. Path patching scores small differences
+    /// of large label logits, which a bf16 output would round to 1/16.
+    fn norm_dot(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Tensor,
+        eps: f32,
+        w: &Self::Tensor,
+    ) -> Result<HostTensor> {
+        norm_dot_host(
+            &self.download(x)?,
+            &self.download(norm)?,
+            eps,
+            &self.download(w)?,
+        )
+    }
+}
+
+/// [`Backend::norm_dot`] on host tensors, in f64.
+pub fn norm_dot_host(
+    x: &HostTensor,
+    norm: &HostTensor,
+    eps: f32,
+    w: &HostTensor,
+) -> Result<HostTensor> {
+    use rayon::prelude::*;
+    let d = norm.numel();
+    anyhow::ensure!(
+        d > 0 && x.numel().is_multiple_of(d) && w.numel().is_multiple_of(d),
+        "norm_dot: rows of {:?}, norm of {d}, weights of {:?}",
+        x.shape,
+        w.shape
+    );
+    let (n, m) = (x.numel() / d, w.numel() / d);
+    let data: Vec<f32> = x
+        .data
+        .par_chunks(d)
+        .flat_map_iter(|row| {
+            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            w.data.chunks(d).map(move |wr| {
+                let mut acc = 0.0f64;
+                for ((&xv, &g), &wv) in row.iter().zip(&norm.data).zip(wr) {
+                    acc += xv as f64 * inv * g as f64 * wv as f64;
+                }
+                acc as f32
+            })
+        })
+        .collect();
+    Ok(HostTensor::new(vec![n, m], data))
 }

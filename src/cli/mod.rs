@@ -75,7 +75,7 @@ pub enum Device {
 /// Which GEMM the CUDA backend's linear layers use.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemmArg {
-    /// The engine's GEMV for decode (at most 8 rows), cuBLAS for everything else
+    /// The engine's GEMV for single-sequence decode (at most 2 rows), cuBLAS for the rest
     /// (measured on an H100: cuBLAS 550-740 TFLOP/s at prefill/training shapes, the
     /// engine GEMM ~125).
     #[default]

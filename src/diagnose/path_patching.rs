@@ -293,8 +293,7 @@ pub fn path_patching_fast<B: Backend>(
                 pb.inc((h_n * p_n) as u64);
             }
         }
-        let x = b.download(&x.expect("at least one layer"))?;
-        let y = label.logits(&x); // per row (syc, anti)
+        let y = label.logits(&x.expect("at least one layer"))?; // per row (syc, anti)
         let block = (h_n + 1) * p_n;
         for (r, &p) in row_pair.iter().enumerate() {
             let (l, h) = (r / block, (r % block) / p_n);
@@ -310,50 +309,55 @@ pub fn path_patching_fast<B: Backend>(
     Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
 
-/// The final norm and the lm_head rows of the two label tokens, on the host.
+/// The final norm and the lm_head rows of the two label tokens.
 ///
 /// Path patching scores small differences of label logits that are themselves large
-/// (|y| ~ 10): a bf16 output (a GPU backend's) would round them to 1/16, so the last step
-/// runs here in f64 on the final residual rows.
-struct LabelHead {
-    norm: Vec<f32>,
+/// (|y| ~ 10): a bf16 output (a GPU backend's) would round them to 1/16, so this last step
+/// never rounds ([`Backend::norm_dot`]).
+struct LabelHead<'m, B: Backend> {
+    model: &'m Model<B>,
     /// `[2, d]`: syc, anti.
-    rows: Vec<f32>,
-    eps: f64,
+    rows: B::Tensor,
 }
 
-impl LabelHead {
-    fn new<B: Backend>(model: &Model<B>, metric: &Metric) -> Result<Self> {
-        let b = &model.backend;
+impl<'m, B: Backend> LabelHead<'m, B> {
+    fn new(model: &'m Model<B>, metric: &Metric) -> Result<Self> {
         let w = &model.weights;
         let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
-        let rows = b.gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?;
-        Ok(Self {
-            norm: b.download(&w.final_norm)?.data,
-            rows: b.download(&rows)?.data,
-            eps: model.cfg.rms_norm_eps,
-        })
+        let rows = model
+            .backend
+            .gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?;
+        Ok(Self { model, rows })
     }
 
-    /// `(y_syc, y_anti)` of each final residual row of `x [n, d]`.
-    fn logits(&self, x: &HostTensor) -> Vec<(f64, f64)> {
-        use rayon::prelude::*;
-        let d = self.norm.len();
-        let (syc, anti) = self.rows.split_at(d);
-        x.data
-            .par_chunks(d)
-            .map(|row| {
-                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
-                let inv = 1.0 / (ms + self.eps).sqrt();
-                let (mut a, mut c) = (0.0f64, 0.0f64);
-                for i in 0..d {
-                    let h = row[i] as f64 * inv * self.norm[i] as f64;
-                    a += h * syc[i] as f64;
-                    c += h * anti[i] as f64;
-                }
-                (a, c)
-            })
+    fn pairs(y: HostTensor) -> Vec<(f64, f64)> {
+        y.data
+            .chunks(2)
+            .map(|r| (r[0] as f64, r[1] as f64))
             .collect()
+    }
+
+    /// `(y_syc, y_anti)` of each final residual row of `x [n, d]` on the device.
+    fn logits(&self, x: &B::Tensor) -> Result<Vec<(f64, f64)>> {
+        let m = self.model;
+        let eps = m.cfg.rms_norm_eps as f32;
+        Ok(Self::pairs(m.backend.norm_dot(
+            x,
+            &m.weights.final_norm,
+            eps,
+            &self.rows,
+        )?))
+    }
+
+    /// The same for rows already on the host.
+    fn logits_host(&self, x: &HostTensor) -> Result<Vec<(f64, f64)>> {
+        let m = self.model;
+        let b = &m.backend;
+        let eps = m.cfg.rms_norm_eps as f32;
+        let (norm, rows) = (b.download(&m.weights.final_norm)?, b.download(&self.rows)?);
+        Ok(Self::pairs(crate::backend::norm_dot_host(
+            x, &norm, eps, &rows,
+        )?))
     }
 }
 
@@ -568,7 +572,7 @@ pub fn activation_patching_last<B: Backend>(
             fin.index.len(),
             inputs.len()
         );
-        let y = label.logits(&fin.data);
+        let y = label.logits_host(&fin.data)?;
         for (s, &(p, _)) in inputs.iter().enumerate() {
             let h = s / pairs.len();
             let f = metric.value(y[s].0, y[s].1);
