@@ -112,8 +112,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                         !(matches!(
                             k.module,
                             "gemm" | "attention" | "attention_bwd" | "attention_tc"
-                        )
-                            && ptx.contains(".local")),
+                        ) && ptx.contains(".local")),
                         "{arch} {}.cu: PTX uses local memory (a spilled register array?)",
                         k.module
                     );
