@@ -9,7 +9,7 @@
 #![cfg(feature = "cuda")]
 
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::cuda::{cuda_available, CudaBackend, Gemm};
+use pinpoint::backend::cuda::{attn_tensor_cores, cuda_available, AttnKernels, CudaBackend, Gemm};
 use pinpoint::backend::{AttnShape, Backend, SeqSpan};
 use pinpoint::heads::{HeadId, Positions, Taps};
 use pinpoint::model::checkpoint::load_model_dir;
@@ -232,7 +232,17 @@ fn attention_matches_cpu_with_gqa_windows_and_cache_layout() {
         (9, 3, 64, None, vec![1, 1, 2], vec![40, 7, 0]),
         (8, 2, 8, Some(5), vec![1, 3], vec![12, 2]),
         (2, 2, 256, None, vec![9], vec![0]),
+        // Tensor-core path (whole packed sequences, head_dim 64 / 128): unequal lengths,
+        // not multiples of 64, length 1, GQA, windows shorter and longer than a tile.
+        (9, 3, 64, None, vec![1, 70, 130, 64], vec![0, 0, 0, 0]),
+        (8, 2, 64, Some(40), vec![129, 1, 65], vec![0, 0, 0]),
+        (4, 4, 128, None, vec![64, 17, 1], vec![0, 0, 0]),
+        (6, 1, 128, Some(70), vec![150, 2], vec![0, 0]),
+        (2, 1, 64, Some(1), vec![70], vec![0]),
+        // head_dim 64 but a cache layout: the CUDA-core kernels.
+        (4, 2, 64, Some(40), vec![3, 66], vec![70, 5]),
     ];
+    let mut tc_cases = 0;
     for (h, gq, d, window, lens, pos0s) in cases {
         let cached = pos0s.iter().any(|&p| p > 0);
         let n: usize = lens.iter().sum();
@@ -266,30 +276,42 @@ fn attention_matches_cpu_with_gqa_windows_and_cache_layout() {
             g.upload(&k).unwrap(),
             g.upload(&v).unwrap(),
         );
-        let (zg, pg) = g.attention(&qd, &kd, &vd, &spans, shape, &want).unwrap();
-        let what = format!("attention H{h} G{gq} D{d} w{window:?} lens{lens:?} pos0{pos0s:?}");
-        check(
-            &format!("{what} z"),
-            &g.download(&zg).unwrap().data,
-            &zc.data,
-            KERNEL_TOL,
-        );
-        assert_eq!(pg.len(), pc.len(), "{what}: pattern count");
-        for (a, b) in pg.iter().zip(&pc) {
-            assert_eq!((a.seq, a.head), (b.seq, b.head));
-            assert_eq!(a.probs.shape, b.probs.shape);
+        for kernels in [AttnKernels::Auto, AttnKernels::Simple] {
+            let tc = kernels == AttnKernels::Auto && attn_tensor_cores(&spans, shape);
+            if kernels == AttnKernels::Simple && !attn_tensor_cores(&spans, shape) {
+                continue; // Auto already ran the CUDA-core kernels
+            }
+            tc_cases += usize::from(tc);
+            let (zg, pg) = g
+                .attention_with(&qd, &kd, &vd, &spans, shape, &want, kernels)
+                .unwrap();
+            let path = if tc { "tc" } else { "simple" };
+            let what =
+                format!("attention[{path}] H{h} G{gq} D{d} w{window:?} lens{lens:?} pos0{pos0s:?}");
             check(
-                &format!("{what} probs s{} h{}", a.seq, a.head),
-                &a.probs.data,
-                &b.probs.data,
+                &format!("{what} z"),
+                &g.download(&zg).unwrap().data,
+                &zc.data,
                 KERNEL_TOL,
             );
-            // Masked entries are exactly zero on both sides.
-            for (x, y) in a.probs.data.iter().zip(&b.probs.data) {
-                assert_eq!(*x == 0.0, *y == 0.0, "{what}: mask differs");
+            assert_eq!(pg.len(), pc.len(), "{what}: pattern count");
+            for (a, b) in pg.iter().zip(&pc) {
+                assert_eq!((a.seq, a.head), (b.seq, b.head));
+                assert_eq!(a.probs.shape, b.probs.shape);
+                check(
+                    &format!("{what} probs s{} h{}", a.seq, a.head),
+                    &a.probs.data,
+                    &b.probs.data,
+                    KERNEL_TOL,
+                );
+                // Masked entries are exactly zero on both sides.
+                for (x, y) in a.probs.data.iter().zip(&b.probs.data) {
+                    assert_eq!(*x == 0.0, *y == 0.0, "{what}: mask differs");
+                }
             }
         }
     }
+    assert_eq!(tc_cases, 7, "cases that took the tensor-core kernels");
 }
 
 #[test]

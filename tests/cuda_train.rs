@@ -11,7 +11,7 @@
 #![cfg(feature = "cuda")]
 
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::cuda::{cuda_available, CudaBackend};
+use pinpoint::backend::cuda::{attn_tensor_cores, cuda_available, AttnKernels, CudaBackend};
 use pinpoint::backend::train::{AdamStep, ParamState, Region, TrainBackend};
 use pinpoint::backend::{AttnShape, Backend, SeqSpan};
 use pinpoint::backward::{self, Grads, TrainSeq};
@@ -312,7 +312,16 @@ fn attention_bwd_matches_cpu_with_gqa_windows_and_packing() {
         (9, 3, 8, Some(3), vec![10, 2]),
         (2, 2, 256, None, vec![9, 40]),
         (8, 8, 64, None, vec![130]),
+        // More tensor-core shapes (head_dim 64 / 128): length 1 first, lengths around
+        // tile edges, GQA with 3 and 4 heads per group, windows shorter and longer than a
+        // tile, a window of 1 (dq = dk = 0).
+        (9, 3, 64, None, vec![1, 64, 129, 65]),
+        (8, 2, 64, Some(40), vec![130, 1, 66]),
+        (4, 4, 128, None, vec![64, 17, 1]),
+        (6, 2, 128, Some(70), vec![150, 2]),
+        (2, 1, 64, Some(1), vec![70]),
     ];
+    let mut tc_cases = 0;
     for (h, gq, d, window, lens) in cases {
         let mut spans = Vec::new();
         let mut row = 0;
@@ -345,23 +354,34 @@ fn attention_bwd_matches_cpu_with_gqa_windows_and_packing() {
             g.upload(&v).unwrap(),
             g.upload(&dz).unwrap(),
         );
-        let (dq, dk, dv) = g.attention_bwd(&dzd, &qd, &kd, &vd, &spans, shape).unwrap();
-        let what = format!("attention_bwd H{h} G{gq} D{d} w{window:?} lens{lens:?}");
-        for (name, a, b) in [("dq", &dq, &dqc), ("dk", &dk, &dkc), ("dv", &dv, &dvc)] {
-            let a = down(&g, a);
-            assert_eq!(a.shape, b.shape, "{what} {name} shape");
-            check(&format!("{what} {name}"), &a.data, &b.data, OP_TOL);
-            // The gap rows are exactly zero.
-            let w = a.shape[1];
-            for s in &spans {
-                let gap = s.q_start - 1;
-                assert!(
-                    a.data[gap * w..(gap + 1) * w].iter().all(|&x| x == 0.0),
-                    "{what} {name}: gap row {gap} not zero"
-                );
+        for kernels in [AttnKernels::Auto, AttnKernels::Simple] {
+            let tc = kernels == AttnKernels::Auto && attn_tensor_cores(&spans, shape);
+            if kernels == AttnKernels::Simple && !attn_tensor_cores(&spans, shape) {
+                continue; // Auto already ran the CUDA-core kernels
+            }
+            tc_cases += usize::from(tc);
+            let (dq, dk, dv) = g
+                .attention_bwd_with(&dzd, &qd, &kd, &vd, &spans, shape, kernels)
+                .unwrap();
+            let path = if tc { "tc" } else { "simple" };
+            let what = format!("attention_bwd[{path}] H{h} G{gq} D{d} w{window:?} lens{lens:?}");
+            for (name, a, b) in [("dq", &dq, &dqc), ("dk", &dk, &dkc), ("dv", &dv, &dvc)] {
+                let a = down(&g, a);
+                assert_eq!(a.shape, b.shape, "{what} {name} shape");
+                check(&format!("{what} {name}"), &a.data, &b.data, OP_TOL);
+                // The gap rows are exactly zero.
+                let w = a.shape[1];
+                for s in &spans {
+                    let gap = s.q_start - 1;
+                    assert!(
+                        a.data[gap * w..(gap + 1) * w].iter().all(|&x| x == 0.0),
+                        "{what} {name}: gap row {gap} not zero"
+                    );
+                }
             }
         }
     }
+    assert_eq!(tc_cases, 10, "cases that took the tensor-core kernels");
     // Cached layouts are refused with a readable error, not a wrong answer.
     let shape = AttnShape {
         n_heads: 2,

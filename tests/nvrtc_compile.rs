@@ -72,6 +72,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             "adamw",
             "attention",
             "attention_bwd",
+            "attention_tc",
             "elem_bwd",
             "embed",
             "embed_bwd",
@@ -99,15 +100,19 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                             k.module
                         );
                     }
-                    if k.module == "gemm" {
+                    if matches!(k.module, "gemm" | "attention_tc") {
                         assert!(ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+                    }
+                    if k.module == "gemm" {
                         assert!(ptx.contains("cp.async.cg.shared.global"));
                     }
                     // Register arrays must stay in registers where speed matters (rope's
                     // double sincos keeps a small local array for huge arguments: allowed).
                     assert!(
-                        !(matches!(k.module, "gemm" | "attention" | "attention_bwd")
-                            && ptx.contains(".local")),
+                        !(matches!(
+                            k.module,
+                            "gemm" | "attention" | "attention_bwd" | "attention_tc"
+                        ) && ptx.contains(".local")),
                         "{arch} {}.cu: PTX uses local memory (a spilled register array?)",
                         k.module
                     );
@@ -163,7 +168,14 @@ fn hot_kernels_do_not_spill_registers() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        for module in ["gemm", "attention", "attention_bwd", "xent_bwd", "norm_bwd"] {
+        for module in [
+            "gemm",
+            "attention",
+            "attention_bwd",
+            "attention_tc",
+            "xent_bwd",
+            "norm_bwd",
+        ] {
             let k = registry::source(module).unwrap();
             let log = registry::ptxas_report(k, arch).unwrap();
             eprintln!("---- {arch} {module}.cu\n{log}");

@@ -486,6 +486,236 @@ impl CudaBackend {
     }
 }
 
+/// Which attention kernels a call may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernels {
+    /// Tensor-core kernels (`attention_tc.cu`) where they apply, the CUDA-core ones elsewhere.
+    Auto,
+    /// Always the CUDA-core kernels (`attention.cu`, `attention_bwd.cu`).
+    Simple,
+}
+
+impl AttnKernels {
+    /// `PINPOINT_ATTN=simple` forces [`AttnKernels::Simple`] (a safety switch); read once.
+    pub fn from_env() -> Self {
+        static K: OnceLock<AttnKernels> = OnceLock::new();
+        *K.get_or_init(|| match std::env::var("PINPOINT_ATTN") {
+            Ok(v) if v.eq_ignore_ascii_case("simple") => AttnKernels::Simple,
+            _ => AttnKernels::Auto,
+        })
+    }
+}
+
+/// Threads of a tensor-core attention CTA (4 warps).
+const ATT_TC_THREADS: u32 = 128;
+/// Positions per tensor-core attention tile (queries of a forward / dq CTA, keys of a dkv CTA).
+const ATT_TC_TILE: usize = 64;
+
+/// Whether the tensor-core attention kernels apply: head_dim 64 or 128 and every span a
+/// whole packed sequence whose keys are its own rows (`pos0 == 0`, no `kv_new`,
+/// `kv_start == q_start`). Shape checks (GQA divisibility, widths) are the caller's.
+pub fn attn_tensor_cores(spans: &[SeqSpan], shape: AttnShape) -> bool {
+    matches!(shape.head_dim, 64 | 128)
+        && spans
+            .iter()
+            .all(|s| s.pos0 == 0 && s.kv_new.is_none() && s.kv_start == s.q_start)
+}
+
+/// Tiles of the tensor-core kernels: `{row0, i0, len}` per 64 positions of every span.
+fn attn_tc_tiles(spans: &[SeqSpan]) -> Result<Vec<i32>> {
+    let mut tiles = Vec::new();
+    for s in spans {
+        for i0 in (0..s.q_len).step_by(ATT_TC_TILE) {
+            tiles.extend([
+                int(s.q_start, "q_start")?,
+                int(i0, "query")?,
+                int(s.q_len, "q_len")?,
+            ]);
+        }
+    }
+    ensure!(
+        tiles.len() / 3 < i32::MAX as usize,
+        "attention: too many tiles"
+    );
+    Ok(tiles)
+}
+
+impl CudaBackend {
+    /// [`Backend::attention`] with the kernel choice explicit (tests run both paths):
+    /// `Auto` takes the tensor-core kernels where [`attn_tensor_cores`] says they apply.
+    /// Probabilities in `want` always come from `attn_probs` on the lse of the forward run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_with(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+        want: &[(usize, usize)],
+        kernels: AttnKernels,
+    ) -> Result<(CudaTensor, Vec<Pattern>)> {
+        let AttnShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: dh,
+            window,
+        } = shape;
+        let (n, qc) = dims2(&q.shape)?;
+        let (kr, kc) = dims2(&k.shape)?;
+        ensure!(
+            qc == n_heads * dh && kc == n_kv_heads * dh,
+            "attention: bad q/k widths {qc}/{kc}"
+        );
+        ensure!(k.shape == v.shape, "attention: k and v shapes differ");
+        ensure!(
+            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+            "attention: {n_heads} query heads over {n_kv_heads} key/value heads"
+        );
+        ensure!(
+            dh.is_multiple_of(2) && dh <= ATT_MAXD,
+            "attention: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
+        );
+        ensure!(
+            window != Some(0),
+            "attention: a sliding window of 0 hides every key"
+        );
+        let tc = kernels == AttnKernels::Auto && attn_tensor_cores(spans, shape);
+        let mut tiles: Vec<i32> = Vec::new();
+        for s in spans {
+            s.check(n, kr)?;
+            if tc {
+                continue;
+            }
+            let kv_new = match s.kv_new {
+                Some(r) => int(r, "kv_new")?,
+                None => -1,
+            };
+            for i0 in (0..s.q_len).step_by(ATT_QPB) {
+                tiles.extend([
+                    int(s.q_start, "q_start")?,
+                    int(i0, "query")?,
+                    int(ATT_QPB.min(s.q_len - i0), "tile")?,
+                    int(s.kv_start, "kv_start")?,
+                    int(s.pos0, "pos0")?,
+                    kv_new,
+                ]);
+            }
+        }
+        let mut z = self.tensor(vec![n, qc])?;
+        let mut lse = self.alloc::<f32>(n * n_heads)?;
+        let (hi, gi, di) = (
+            int(n_heads, "heads")?,
+            int(n_kv_heads, "kv heads")?,
+            int(dh, "head_dim")?,
+        );
+        let wi = int(window.unwrap_or(0), "window")?;
+        let ntiles = tiles.len() / 6;
+        if tc {
+            let tiles = attn_tc_tiles(spans)?;
+            if !tiles.is_empty() {
+                ensure!(n_heads < 65536, "attention: too many heads");
+                let tiles_dev = self.htod(&tiles)?;
+                let f = self.func(if dh == 64 {
+                    registry::ATTN_TC_FWD_D64
+                } else {
+                    registry::ATTN_TC_FWD_D128
+                })?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&q.buf)
+                    .arg(&k.buf)
+                    .arg(&v.buf)
+                    .arg(&mut z.buf)
+                    .arg(&mut lse)
+                    .arg(&tiles_dev)
+                    .arg(&hi)
+                    .arg(&gi)
+                    .arg(&wi);
+                let cfg = LaunchConfig {
+                    grid_dim: ((tiles.len() / 3) as u32, n_heads as u32, 1),
+                    block_dim: (ATT_TC_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { b.launch(cfg) }.with_context(|| {
+                    format!("attn_tc_fwd: q {:?}, k {:?}, {shape:?}", q.shape, k.shape)
+                })?;
+            }
+        } else if ntiles > 0 {
+            let tiles_dev = self.htod(&tiles)?;
+            let f = self.func(registry::FLASH_ATTN_FWD)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&q.buf)
+                .arg(&k.buf)
+                .arg(&v.buf)
+                .arg(&mut z.buf)
+                .arg(&mut lse)
+                .arg(&tiles_dev)
+                .arg(&hi)
+                .arg(&gi)
+                .arg(&di)
+                .arg(&wi);
+            ensure!(n_heads < 65536, "attention: too many heads");
+            let cfg = LaunchConfig {
+                grid_dim: (ntiles as u32, n_heads as u32, 1),
+                block_dim: ((ATT_QPB * 32) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.context("flash_attn_fwd")?;
+        }
+        let mut patterns = Vec::new();
+        for (si, s) in spans.iter().enumerate() {
+            for h in 0..n_heads {
+                if !want.contains(&(si, h)) {
+                    continue;
+                }
+                let kv_len = s.pos0 + s.q_len;
+                let mut probs = self.alloc::<f32>(s.q_len * kv_len)?;
+                if s.q_len > 0 {
+                    let f = self.func(registry::ATTN_PROBS)?;
+                    let (qs, ql, ks, p0, hh) = (
+                        int(s.q_start, "q_start")?,
+                        int(s.q_len, "q_len")?,
+                        int(s.kv_start, "kv_start")?,
+                        int(s.pos0, "pos0")?,
+                        int(h, "head")?,
+                    );
+                    let kn: i32 = match s.kv_new {
+                        Some(r) => int(r, "kv_new")?,
+                        None => -1,
+                    };
+                    let mut b = self.stream.launch_builder(&f);
+                    b.arg(&q.buf)
+                        .arg(&k.buf)
+                        .arg(&lse)
+                        .arg(&mut probs)
+                        .arg(&qs)
+                        .arg(&ql)
+                        .arg(&ks)
+                        .arg(&p0)
+                        .arg(&kn)
+                        .arg(&hh)
+                        .arg(&hi)
+                        .arg(&gi)
+                        .arg(&di)
+                        .arg(&wi);
+                    unsafe { b.launch(rows_cfg(s.q_len, 128)) }.context("attn_probs")?;
+                }
+                let mut data = self
+                    .stream
+                    .clone_dtoh(&probs)
+                    .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
+                data.truncate(s.q_len * kv_len);
+                patterns.push(Pattern {
+                    seq: si,
+                    head: h,
+                    probs: HostTensor::new(vec![s.q_len, kv_len], data),
+                });
+            }
+        }
+        Ok((z, patterns))
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
 
@@ -645,131 +875,7 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         want: &[(usize, usize)],
     ) -> Result<(CudaTensor, Vec<Pattern>)> {
-        let AttnShape {
-            n_heads,
-            n_kv_heads,
-            head_dim: dh,
-            window,
-        } = shape;
-        let (n, qc) = dims2(&q.shape)?;
-        let (kr, kc) = dims2(&k.shape)?;
-        ensure!(
-            qc == n_heads * dh && kc == n_kv_heads * dh,
-            "attention: bad q/k widths {qc}/{kc}"
-        );
-        ensure!(k.shape == v.shape, "attention: k and v shapes differ");
-        ensure!(
-            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-            "attention: {n_heads} query heads over {n_kv_heads} key/value heads"
-        );
-        ensure!(
-            dh.is_multiple_of(2) && dh <= ATT_MAXD,
-            "attention: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
-        );
-        ensure!(
-            window != Some(0),
-            "attention: a sliding window of 0 hides every key"
-        );
-        let mut tiles: Vec<i32> = Vec::new();
-        for s in spans {
-            s.check(n, kr)?;
-            let kv_new = match s.kv_new {
-                Some(r) => int(r, "kv_new")?,
-                None => -1,
-            };
-            for i0 in (0..s.q_len).step_by(ATT_QPB) {
-                tiles.extend([
-                    int(s.q_start, "q_start")?,
-                    int(i0, "query")?,
-                    int(ATT_QPB.min(s.q_len - i0), "tile")?,
-                    int(s.kv_start, "kv_start")?,
-                    int(s.pos0, "pos0")?,
-                    kv_new,
-                ]);
-            }
-        }
-        let mut z = self.tensor(vec![n, qc])?;
-        let mut lse = self.alloc::<f32>(n * n_heads)?;
-        let (hi, gi, di) = (
-            int(n_heads, "heads")?,
-            int(n_kv_heads, "kv heads")?,
-            int(dh, "head_dim")?,
-        );
-        let wi = int(window.unwrap_or(0), "window")?;
-        let ntiles = tiles.len() / 6;
-        if ntiles > 0 {
-            let tiles_dev = self.htod(&tiles)?;
-            let f = self.func(registry::FLASH_ATTN_FWD)?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&q.buf)
-                .arg(&k.buf)
-                .arg(&v.buf)
-                .arg(&mut z.buf)
-                .arg(&mut lse)
-                .arg(&tiles_dev)
-                .arg(&hi)
-                .arg(&gi)
-                .arg(&di)
-                .arg(&wi);
-            ensure!(n_heads < 65536, "attention: too many heads");
-            let cfg = LaunchConfig {
-                grid_dim: (ntiles as u32, n_heads as u32, 1),
-                block_dim: ((ATT_QPB * 32) as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { b.launch(cfg) }.context("flash_attn_fwd")?;
-        }
-        let mut patterns = Vec::new();
-        for (si, s) in spans.iter().enumerate() {
-            for h in 0..n_heads {
-                if !want.contains(&(si, h)) {
-                    continue;
-                }
-                let kv_len = s.pos0 + s.q_len;
-                let mut probs = self.alloc::<f32>(s.q_len * kv_len)?;
-                if s.q_len > 0 {
-                    let f = self.func(registry::ATTN_PROBS)?;
-                    let (qs, ql, ks, p0, hh) = (
-                        int(s.q_start, "q_start")?,
-                        int(s.q_len, "q_len")?,
-                        int(s.kv_start, "kv_start")?,
-                        int(s.pos0, "pos0")?,
-                        int(h, "head")?,
-                    );
-                    let kn: i32 = match s.kv_new {
-                        Some(r) => int(r, "kv_new")?,
-                        None => -1,
-                    };
-                    let mut b = self.stream.launch_builder(&f);
-                    b.arg(&q.buf)
-                        .arg(&k.buf)
-                        .arg(&lse)
-                        .arg(&mut probs)
-                        .arg(&qs)
-                        .arg(&ql)
-                        .arg(&ks)
-                        .arg(&p0)
-                        .arg(&kn)
-                        .arg(&hh)
-                        .arg(&hi)
-                        .arg(&gi)
-                        .arg(&di)
-                        .arg(&wi);
-                    unsafe { b.launch(rows_cfg(s.q_len, 128)) }.context("attn_probs")?;
-                }
-                let mut data = self
-                    .stream
-                    .clone_dtoh(&probs)
-                    .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
-                data.truncate(s.q_len * kv_len);
-                patterns.push(Pattern {
-                    seq: si,
-                    head: h,
-                    probs: HostTensor::new(vec![s.q_len, kv_len], data),
-                });
-            }
-        }
-        Ok((z, patterns))
+        self.attention_with(q, k, v, spans, shape, want, AttnKernels::from_env())
     }
 
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {

@@ -7,6 +7,7 @@
 //! without atomics: one owner per output element (embedding rows grouped on the host,
 //! dK/dV key-major, the norm weight column-major).
 
+use super::{attn_tc_tiles, attn_tensor_cores, AttnKernels, ATT_TC_THREADS};
 use super::{bf16_bits, bf16_value, ATT_MAXD};
 use super::{dims2, elem_cfg, int, registry, rows_cfg, u32s, CudaBackend, CudaTensor};
 use crate::backend::train::{AdamStep, ParamState, Region, TrainBackend};
@@ -405,125 +406,7 @@ impl TrainBackend for CudaBackend {
         spans: &[SeqSpan],
         shape: AttnShape,
     ) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
-        let AttnShape {
-            n_heads,
-            n_kv_heads,
-            head_dim: dh,
-            window,
-        } = shape;
-        let (n, qc) = dims2(&q.shape)?;
-        let (kr, kc) = dims2(&k.shape)?;
-        ensure!(
-            qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
-            "attention_bwd: bad widths: q {:?}, k {:?}, dz {:?} for {n_heads} heads, \
-             {n_kv_heads} kv heads of {dh}",
-            q.shape,
-            k.shape,
-            dz.shape
-        );
-        ensure!(
-            k.shape == v.shape,
-            "attention_bwd: k {:?} and v {:?} differ",
-            k.shape,
-            v.shape
-        );
-        ensure!(
-            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-            "attention_bwd: {n_heads} query heads over {n_kv_heads} key/value heads"
-        );
-        ensure!(
-            dh > 0 && dh.is_multiple_of(2) && dh <= ATT_MAXD,
-            "attention_bwd: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
-        );
-        ensure!(
-            window != Some(0),
-            "attention_bwd: a sliding window of 0 hides every key"
-        );
-        ensure!(
-            n_heads < 65536,
-            "attention_bwd: {n_heads} heads is too many"
-        );
-        check_packed_spans(spans, n, kr)?;
-        // Rows outside every span get zero gradients, as the oracle.
-        let mut dq = self.zeros(&[n, qc])?;
-        let mut dk = self.zeros(&[kr, kc])?;
-        let mut dv = self.zeros(&[kr, kc])?;
-        let mut qtiles: Vec<i32> = Vec::new(); // {q_start, i0, nq, kv_start}
-        let mut ktiles: Vec<i32> = Vec::new(); // {q_start, j0, nk, kv_start, q_len}
-        for s in spans {
-            let (qs, ks, ql) = (
-                int(s.q_start, "q_start")?,
-                int(s.kv_start, "kv_start")?,
-                int(s.q_len, "q_len")?,
-            );
-            for i0 in (0..s.q_len).step_by(AB_WPB) {
-                let nt = int(AB_WPB.min(s.q_len - i0), "tile")?;
-                let i0 = int(i0, "query")?;
-                qtiles.extend([qs, i0, nt, ks]);
-                ktiles.extend([qs, i0, nt, ks, ql]);
-            }
-        }
-        let ntiles = qtiles.len() / 4;
-        if ntiles == 0 {
-            return Ok((dq, dk, dv));
-        }
-        ensure!(ntiles < i32::MAX as usize, "attention_bwd: too many tiles");
-        let (hi, gi, di) = (
-            int(n_heads, "heads")?,
-            int(n_kv_heads, "kv heads")?,
-            int(dh, "head_dim")?,
-        );
-        let wi = int(window.unwrap_or(0), "window")?;
-        // lse and D = sum_j P_ij dP_ij of every (query row, head), for the second kernel.
-        let mut lse = self.alloc::<f32>(n * n_heads)?;
-        let mut dsum = self.alloc::<f32>(n * n_heads)?;
-        let qt = self.htod(&qtiles)?;
-        let kt = self.htod(&ktiles)?;
-        let f = self.func(registry::ATTN_BWD_DQ)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&q.buf)
-            .arg(&k.buf)
-            .arg(&v.buf)
-            .arg(&dz.buf)
-            .arg(&mut dq.buf)
-            .arg(&mut lse)
-            .arg(&mut dsum)
-            .arg(&qt)
-            .arg(&hi)
-            .arg(&gi)
-            .arg(&di)
-            .arg(&wi);
-        let cfg = LaunchConfig {
-            grid_dim: (ntiles as u32, n_heads as u32, 1),
-            block_dim: ((AB_WPB * 32) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { b.launch(cfg) }
-            .with_context(|| format!("attn_bwd_dq: q {:?}, k {:?}, {shape:?}", q.shape, k.shape))?;
-        let f = self.func(registry::ATTN_BWD_DKV)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&q.buf)
-            .arg(&k.buf)
-            .arg(&v.buf)
-            .arg(&dz.buf)
-            .arg(&lse)
-            .arg(&dsum)
-            .arg(&mut dk.buf)
-            .arg(&mut dv.buf)
-            .arg(&kt)
-            .arg(&hi)
-            .arg(&gi)
-            .arg(&di)
-            .arg(&wi);
-        let cfg = LaunchConfig {
-            grid_dim: (ntiles as u32, n_kv_heads as u32, 1),
-            block_dim: ((AB_WPB * 32) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { b.launch(cfg) }.with_context(|| {
-            format!("attn_bwd_dkv: q {:?}, k {:?}, {shape:?}", q.shape, k.shape)
-        })?;
-        Ok((dq, dk, dv))
+        self.attention_bwd_with(dz, q, k, v, spans, shape, AttnKernels::from_env())
     }
 
     fn swiglu_bwd(
@@ -830,6 +713,244 @@ impl TrainBackend for CudaBackend {
             .arg(&a.clip);
         unsafe { b.launch(elem_cfg(n)) }
             .with_context(|| format!("adamw_region: {reg:?} of {:?}", w.shape))?;
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// [`TrainBackend::attention_bwd`] with the kernel choice explicit (tests run both):
+    /// `Auto` takes the tensor-core kernels where [`attn_tensor_cores`] says they apply.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bwd_with(
+        &self,
+        dz: &CudaTensor,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+        kernels: AttnKernels,
+    ) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
+        let AttnShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: dh,
+            window,
+        } = shape;
+        let (n, qc) = dims2(&q.shape)?;
+        let (kr, kc) = dims2(&k.shape)?;
+        ensure!(
+            qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
+            "attention_bwd: bad widths: q {:?}, k {:?}, dz {:?} for {n_heads} heads, \
+             {n_kv_heads} kv heads of {dh}",
+            q.shape,
+            k.shape,
+            dz.shape
+        );
+        ensure!(
+            k.shape == v.shape,
+            "attention_bwd: k {:?} and v {:?} differ",
+            k.shape,
+            v.shape
+        );
+        ensure!(
+            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+            "attention_bwd: {n_heads} query heads over {n_kv_heads} key/value heads"
+        );
+        ensure!(
+            dh > 0 && dh.is_multiple_of(2) && dh <= ATT_MAXD,
+            "attention_bwd: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
+        );
+        ensure!(
+            window != Some(0),
+            "attention_bwd: a sliding window of 0 hides every key"
+        );
+        ensure!(
+            n_heads < 65536,
+            "attention_bwd: {n_heads} heads is too many"
+        );
+        check_packed_spans(spans, n, kr)?;
+        // Rows outside every span get zero gradients, as the oracle.
+        let mut dq = self.zeros(&[n, qc])?;
+        let mut dk = self.zeros(&[kr, kc])?;
+        let mut dv = self.zeros(&[kr, kc])?;
+        if kernels == AttnKernels::Auto && attn_tensor_cores(spans, shape) {
+            self.attention_bwd_tc(dz, q, k, v, spans, shape, &mut dq, &mut dk, &mut dv)?;
+            return Ok((dq, dk, dv));
+        }
+        let mut qtiles: Vec<i32> = Vec::new(); // {q_start, i0, nq, kv_start}
+        let mut ktiles: Vec<i32> = Vec::new(); // {q_start, j0, nk, kv_start, q_len}
+        for s in spans {
+            let (qs, ks, ql) = (
+                int(s.q_start, "q_start")?,
+                int(s.kv_start, "kv_start")?,
+                int(s.q_len, "q_len")?,
+            );
+            for i0 in (0..s.q_len).step_by(AB_WPB) {
+                let nt = int(AB_WPB.min(s.q_len - i0), "tile")?;
+                let i0 = int(i0, "query")?;
+                qtiles.extend([qs, i0, nt, ks]);
+                ktiles.extend([qs, i0, nt, ks, ql]);
+            }
+        }
+        let ntiles = qtiles.len() / 4;
+        if ntiles == 0 {
+            return Ok((dq, dk, dv));
+        }
+        ensure!(ntiles < i32::MAX as usize, "attention_bwd: too many tiles");
+        let (hi, gi, di) = (
+            int(n_heads, "heads")?,
+            int(n_kv_heads, "kv heads")?,
+            int(dh, "head_dim")?,
+        );
+        let wi = int(window.unwrap_or(0), "window")?;
+        // lse and D = sum_j P_ij dP_ij of every (query row, head), for the second kernel.
+        let mut lse = self.alloc::<f32>(n * n_heads)?;
+        let mut dsum = self.alloc::<f32>(n * n_heads)?;
+        let qt = self.htod(&qtiles)?;
+        let kt = self.htod(&ktiles)?;
+        let f = self.func(registry::ATTN_BWD_DQ)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.buf)
+            .arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&dz.buf)
+            .arg(&mut dq.buf)
+            .arg(&mut lse)
+            .arg(&mut dsum)
+            .arg(&qt)
+            .arg(&hi)
+            .arg(&gi)
+            .arg(&di)
+            .arg(&wi);
+        let cfg = LaunchConfig {
+            grid_dim: (ntiles as u32, n_heads as u32, 1),
+            block_dim: ((AB_WPB * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }
+            .with_context(|| format!("attn_bwd_dq: q {:?}, k {:?}, {shape:?}", q.shape, k.shape))?;
+        let f = self.func(registry::ATTN_BWD_DKV)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.buf)
+            .arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&dz.buf)
+            .arg(&lse)
+            .arg(&dsum)
+            .arg(&mut dk.buf)
+            .arg(&mut dv.buf)
+            .arg(&kt)
+            .arg(&hi)
+            .arg(&gi)
+            .arg(&di)
+            .arg(&wi);
+        let cfg = LaunchConfig {
+            grid_dim: (ntiles as u32, n_kv_heads as u32, 1),
+            block_dim: ((AB_WPB * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.with_context(|| {
+            format!("attn_bwd_dkv: q {:?}, k {:?}, {shape:?}", q.shape, k.shape)
+        })?;
+        Ok((dq, dk, dv))
+    }
+
+    /// Tensor-core backward (`attention_tc.cu`), after `attention_bwd_with`'s checks: the
+    /// stats kernel recomputes lse and `dsum_i = dz_i . z_i` (z in f32), then `dq` per
+    /// (64-query tile, head) and `dk`, `dv` per (64-key tile, kv group), each element one
+    /// writer. Rows outside every span keep the zeros they came with.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd_tc(
+        &self,
+        dz: &CudaTensor,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+        dq: &mut CudaTensor,
+        dk: &mut CudaTensor,
+        dv: &mut CudaTensor,
+    ) -> Result<()> {
+        let n = q.shape[0];
+        let tiles = attn_tc_tiles(spans)?;
+        if tiles.is_empty() {
+            return Ok(());
+        }
+        let (hi, gi) = (
+            int(shape.n_heads, "heads")?,
+            int(shape.n_kv_heads, "kv heads")?,
+        );
+        let wi = int(shape.window.unwrap_or(0), "window")?;
+        let d64 = shape.head_dim == 64;
+        let mut lse = self.alloc::<f32>(n * shape.n_heads)?;
+        let mut dsum = self.alloc::<f32>(n * shape.n_heads)?;
+        let td = self.htod(&tiles)?;
+        let ntiles = (tiles.len() / 3) as u32;
+        let cfg = |y: usize| LaunchConfig {
+            grid_dim: (ntiles, y as u32, 1),
+            block_dim: (ATT_TC_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ctx = |what: &str| format!("{what}: q {:?}, k {:?}, {shape:?}", q.shape, k.shape);
+
+        let f = self.func(if d64 {
+            registry::ATTN_TC_STATS_D64
+        } else {
+            registry::ATTN_TC_STATS_D128
+        })?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.buf)
+            .arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&dz.buf)
+            .arg(&mut lse)
+            .arg(&mut dsum)
+            .arg(&td)
+            .arg(&hi)
+            .arg(&gi)
+            .arg(&wi);
+        unsafe { b.launch(cfg(shape.n_heads)) }.with_context(|| ctx("attn_tc_stats"))?;
+
+        let f = self.func(if d64 {
+            registry::ATTN_TC_DQ_D64
+        } else {
+            registry::ATTN_TC_DQ_D128
+        })?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.buf)
+            .arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&dz.buf)
+            .arg(&lse)
+            .arg(&dsum)
+            .arg(&mut dq.buf)
+            .arg(&td)
+            .arg(&hi)
+            .arg(&gi)
+            .arg(&wi);
+        unsafe { b.launch(cfg(shape.n_heads)) }.with_context(|| ctx("attn_tc_dq"))?;
+
+        let f = self.func(if d64 {
+            registry::ATTN_TC_DKV_D64
+        } else {
+            registry::ATTN_TC_DKV_D128
+        })?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.buf)
+            .arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&dz.buf)
+            .arg(&lse)
+            .arg(&dsum)
+            .arg(&mut dk.buf)
+            .arg(&mut dv.buf)
+            .arg(&td)
+            .arg(&hi)
+            .arg(&gi)
+            .arg(&wi);
+        unsafe { b.launch(cfg(shape.n_kv_heads)) }.with_context(|| ctx("attn_tc_dkv"))?;
         Ok(())
     }
 }
