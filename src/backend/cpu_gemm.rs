@@ -185,8 +185,11 @@ const NR: usize = 32;
 const MR: usize = 14;
 /// Reduction depth per pass: a 32-column panel of KC rows (32 KiB) stays in L1.
 const KC: usize = 256;
-/// Rows per parallel task.
+/// Rows of A per inner block (its KC-slice, 112 KiB, stays in L2 across a task's panels).
 const MC: usize = MR * 8;
+/// A task's slice of B for one reduction pass (KC rows by its panels) stays in L2 while
+/// all the task's rows go by: at most this many bytes of it.
+const B_BLOCK_BYTES: usize = 640 << 10;
 
 /// A strided read-only matrix: element (r, c) is `data[off + r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -277,33 +280,50 @@ pub unsafe fn gemm_packed(
         }
         return;
     }
+    // B is packed into panels of NR columns (contiguous, no cache-set aliasing of long
+    // row strides; measured as fast or faster than reading contiguous rows in place).
     let packed = pack_panels(b, k, m);
-    let panels = m.div_ceil(NR);
-    let row_blocks = n.div_ceil(MC);
-    // Split columns too when there are few row blocks, so every core has work.
-    let col_groups = if row_blocks >= 2 * rayon::current_num_threads() {
-        1
-    } else {
-        panels.min(8)
+    let src = BSrc {
+        ptr: packed.as_ptr(),
+        panel: k * NR,
+        rs: NR,
     };
+    let panels = m.div_ceil(NR);
+    let threads = rayon::current_num_threads();
+    // Tasks: row blocks (about two per thread, so a descheduled thread's share can be taken
+    // over) by column groups (as many panels as keep the B block within budget).
+    let row_block = n.div_ceil(2 * threads).div_ceil(MR).max(1) * MR;
+    let row_blocks = n.div_ceil(row_block);
+    let per_group = (B_BLOCK_BYTES / (KC * NR * 4)).clamp(1, panels);
+    let col_groups = panels.div_ceil(per_group);
     let per_group = panels.div_ceil(col_groups);
     let ptr = OutPtr(dst.as_mut_ptr());
     (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
         let (rb, cg) = (t % row_blocks, t / row_blocks);
-        let rows = (rb * MC, ((rb + 1) * MC).min(n));
+        let rows = (rb * row_block, ((rb + 1) * row_block).min(n));
         let (p0, p1) = (cg * per_group, ((cg + 1) * per_group).min(panels));
         let p = ptr;
         // SAFETY: this task writes only dst[rows, p0*NR..p1*NR) (clipped to m).
-        unsafe { packed_block(a, &packed, k, m, rows, p0, p1, accumulate, p.0) };
+        unsafe { packed_block(a, src, k, m, rows, p0, p1, accumulate, p.0) };
     });
 }
+
+/// Where panel p's rows live: row kk of panel p at `ptr + p * panel + kk * rs`.
+#[derive(Clone, Copy)]
+struct BSrc {
+    ptr: *const f32,
+    panel: usize,
+    rs: usize,
+}
+unsafe impl Send for BSrc {}
+unsafe impl Sync for BSrc {}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_block(
     a: Strided<'_>,
-    packed: &[f32],
+    src: BSrc,
     k: usize,
     m: usize,
     (r0, r1): (usize, usize),
@@ -312,53 +332,91 @@ unsafe fn packed_block(
     accumulate: bool,
     out: *mut f32,
 ) {
+    // Reduction passes outside (the pass's B block stays in L2), then blocks of MC rows
+    // (their A slice stays in L2 across the panels), then panels (a KC x NR panel in L1).
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
         let add = accumulate || k0 > 0;
-        for p in p0..p1 {
-            let b = packed.as_ptr().add(p * k * NR + k0 * NR);
-            let tile = Tile {
-                k0,
-                kc,
-                m,
-                c: p * NR,
-                cols: NR.min(m - p * NR),
-                add,
-            };
-            let mut r = r0;
-            while r < r1 {
-                let step = match r1 - r {
-                    MR.. => MR,
-                    8.. => 8,
-                    4.. => 4,
-                    _ => 1,
-                };
-                match step {
-                    MR => micro::<MR>(a, b, r, &tile, out),
-                    8 => micro::<8>(a, b, r, &tile, out),
-                    4 => micro::<4>(a, b, r, &tile, out),
-                    _ => micro::<1>(a, b, r, &tile, out),
-                }
-                r += step;
+        let mut rb = r0;
+        while rb < r1 {
+            let re = (rb + MC).min(r1);
+            for p in p0..p1 {
+                let b = src.ptr.add(p * src.panel + k0 * src.rs);
+                let tile = Tile::new(k0, kc, m, p * NR, NR.min(m - p * NR), add, src.rs);
+                micro_rows(a, b, rb, re, &tile, out);
             }
+            rb = re;
         }
         k0 += kc;
     }
 }
 
+/// Micro-tiles down rows `r0..r1` of one column panel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_rows(a: Strided<'_>, b: *const f32, r0: usize, r1: usize, t: &Tile, out: *mut f32) {
+    let mut r = r0;
+    while r < r1 {
+        let step = match r1 - r {
+            MR.. => MR,
+            8.. => 8,
+            4.. => 4,
+            _ => 1,
+        };
+        match step {
+            MR => micro::<MR>(a, b, r, t, out),
+            8 => micro::<8>(a, b, r, t, out),
+            4 => micro::<4>(a, b, r, t, out),
+            _ => micro::<1>(a, b, r, t, out),
+        }
+        r += step;
+    }
+}
+
 /// Where a micro-tile reads and writes: reduction slice `k0..k0+kc`, output columns
-/// `c..c+cols` of rows of width m; `add` accumulates into the output.
+/// `c..c+cols` of rows of width m; `add` accumulates into the output; B rows at stride
+/// `bs`, lanes past `cols` masked off.
 struct Tile {
     k0: usize,
     kc: usize,
     m: usize,
     c: usize,
-    cols: usize,
     add: bool,
+    bs: usize,
+    m_lo: u16,
+    m_hi: u16,
 }
 
-/// `out[r..r+R, c..c+cols] (+)= a[r..r+R, k0..k0+kc] @ panel`. Broadcasts of `a` fold
+impl Tile {
+    fn new(k0: usize, kc: usize, m: usize, c: usize, cols: usize, add: bool, bs: usize) -> Self {
+        let m_lo = if cols >= 16 {
+            0xffff
+        } else {
+            ((1u32 << cols) - 1) as u16
+        };
+        let m_hi = if cols >= 32 {
+            0xffff
+        } else if cols > 16 {
+            ((1u32 << (cols - 16)) - 1) as u16
+        } else {
+            0
+        };
+        Tile {
+            k0,
+            kc,
+            m,
+            c,
+            add,
+            bs,
+            m_lo,
+            m_hi,
+        }
+    }
+}
+
+/// `out[r..r+R, c..c+cols] (+)= a[r..r+R, k0..k0+kc] @ b`. Broadcasts of `a` fold
 /// into the FMAs as embedded-broadcast memory operands.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -369,9 +427,10 @@ unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Til
     let ap = a.data.as_ptr().add(a.off + r * a.rs + t.k0 * a.cs);
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
+    let (m_lo, m_hi): (__mmask16, __mmask16) = (t.m_lo, t.m_hi);
     for kk in 0..t.kc {
-        let b0 = _mm512_loadu_ps(b.add(kk * NR));
-        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        let b0 = _mm512_maskz_loadu_ps(m_lo, b.add(kk * t.bs));
+        let b1 = _mm512_maskz_loadu_ps(m_hi, b.add(kk * t.bs + 16));
         let col = ap.add(kk * a.cs);
         for i in 0..R {
             let x = _mm512_set1_ps(*col.add(i * a.rs));
@@ -379,19 +438,6 @@ unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Til
             hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
         }
     }
-    let cols = t.cols;
-    let m_lo: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as __mmask16
-    };
-    let m_hi: __mmask16 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        ((1u32 << (cols - 16)) - 1) as __mmask16
-    } else {
-        0
-    };
     for i in 0..R {
         let o = out.add((r + i) * t.m + t.c);
         if t.add {
@@ -482,6 +528,7 @@ mod tests {
             (130, 64, 9),
             (1, 576, 131),
             (8, 15, 65),
+            (150, 530, 700),
         ] {
             let x: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
