@@ -308,6 +308,54 @@ pub unsafe fn gemm_packed(
     });
 }
 
+/// `dst[i * ld + j] (+)= sum_kk a(i, kk) * b(kk, j)` for `i < n`, `j < m`, serially and
+/// without packing: for small blocks inside a parallel task (attention). `b`'s rows must be
+/// contiguous (`b.cs == 1`).
+///
+/// # Safety
+/// The CPU must support avx512f; `dst` must be valid for reads and writes of `n` rows of
+/// `m` elements at stride `ld`, and not overlap `a` or `b`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_small(
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+    n: usize,
+    m: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+) {
+    assert!(
+        b.cs == 1 && a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
+        "gemm_small: operand out of bounds"
+    );
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..n {
+                std::ptr::write_bytes(dst.add(i * ld), 0, m);
+            }
+        }
+        return;
+    }
+    let bp = b.data.as_ptr().add(b.off);
+    for p in 0..m.div_ceil(NR) {
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let add = accumulate || k0 > 0;
+            let tile = Tile::new(k0, kc, ld, p * NR, NR.min(m - p * NR), add, b.rs);
+            micro_rows(a, bp.add(k0 * b.rs + p * NR), 0, n, &tile, dst);
+            k0 += kc;
+        }
+    }
+}
+
 /// Where panel p's rows live: row kk of panel p at `ptr + p * panel + kk * rs`.
 #[derive(Clone, Copy)]
 struct BSrc {
@@ -507,6 +555,49 @@ mod tests {
                     "({i},{j}): {} vs {want}",
                     got[i * m + j]
                 );
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn small_gemm_matches_naive() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no avx512f on this CPU");
+            return;
+        }
+        // a transposed in memory, b row-major with a row stride wider than m, dst strided.
+        let (n, k, m, ld, brs) = (19, 300, 45, 50, 47);
+        let at: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 31) % 53) as f32 / 53.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * brs)
+            .map(|i| ((i * 17) % 41) as f32 / 41.0 - 0.5)
+            .collect();
+        let mut got = vec![2.0f32; n * ld];
+        let sa = Strided {
+            data: &at,
+            off: 0,
+            rs: 1,
+            cs: n,
+        };
+        let sb = Strided {
+            data: &b,
+            off: 1,
+            rs: brs,
+            cs: 1,
+        };
+        unsafe { gemm_small(got.as_mut_ptr(), ld, true, n, m, k, sa, sb) };
+        for i in 0..n {
+            for j in 0..ld {
+                let want: f64 = if j < m {
+                    2.0 + (0..k)
+                        .map(|t| at[t * n + i] as f64 * b[1 + t * brs + j] as f64)
+                        .sum::<f64>()
+                } else {
+                    2.0
+                };
+                assert!((got[i * ld + j] as f64 - want).abs() < 1e-3, "({i},{j})");
             }
         }
     }

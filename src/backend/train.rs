@@ -10,6 +10,8 @@
 //! (Compiled as `crate::backend::train` via `#[path]` in lib.rs while `backend/mod.rs` is
 //! owned elsewhere; on merge it can become `backend::train`.)
 
+#[cfg(target_arch = "x86_64")]
+use crate::backend::cpu::{gather_kv, key_lo, softmax_masked, ATT_QB};
 use crate::backend::cpu::{rotate_half, softmax_in_place, CpuBackend};
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::model::HostTensor;
@@ -235,6 +237,133 @@ fn gemm_into(
     }
 }
 
+/// Blocked attention backward of span `s`, kv group `g` (AVX-512): per head of the group
+/// and block of [`ATT_QB`] queries, the probabilities are recomputed (`S = Q K^T`) and
+/// `dP = dZ V^T`, `dQ = dS K`, `dK += dS^T Q`, `dV += P^T dZ` run as GEMMs over the block's
+/// causal key range. Returns `dq [group, q_len, dh]`, `dk`, `dv [kv_len, dh]`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd_group_blocked(
+    dz: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &SeqSpan,
+    g: usize,
+    shape: AttnShape,
+    qc: usize,
+    kc: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use crate::backend::cpu_gemm::{gemm_small, Strided};
+    let dh = shape.head_dim;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let kv_len = s.pos0 + s.q_len;
+    let kg = gather_kv(k, kc, s, g, dh, false);
+    let kt = gather_kv(k, kc, s, g, dh, true);
+    let vt = gather_kv(v, kc, s, g, dh, true);
+    let mut dq = vec![0.0f32; group * s.q_len * dh];
+    let mut dk = vec![0.0f32; kv_len * dh];
+    let mut dv = vec![0.0f32; kv_len * dh];
+    let mut p = vec![0.0f32; ATT_QB * kv_len];
+    let mut ds = vec![0.0f32; ATT_QB * kv_len];
+    fn rows(data: &[f32], off: usize, rs: usize) -> Strided<'_> {
+        Strided {
+            data,
+            off,
+            rs,
+            cs: 1,
+        }
+    }
+    // A transposed: element (i, j) at data[j * cs + i].
+    fn t(data: &[f32], cs: usize) -> Strided<'_> {
+        Strided {
+            data,
+            off: 0,
+            rs: 1,
+            cs,
+        }
+    }
+    for hh in 0..group {
+        let h = g * group + hh;
+        for i0 in (0..s.q_len).step_by(ATT_QB) {
+            let nb = ATT_QB.min(s.q_len - i0);
+            let lo = key_lo(s.pos0 + i0, shape.window);
+            let w = s.pos0 + i0 + nb - lo;
+            let qoff = (s.q_start + i0) * qc + h * dh;
+            // SAFETY (all gemm_small calls): avx512f checked by the caller; destinations are
+            // local buffers holding the rows written, disjoint from the operands.
+            unsafe {
+                gemm_small(
+                    p.as_mut_ptr(),
+                    w,
+                    false,
+                    nb,
+                    w,
+                    dh,
+                    rows(q, qoff, qc),
+                    rows(&kt, lo, kv_len),
+                );
+                gemm_small(
+                    ds.as_mut_ptr(),
+                    w,
+                    false,
+                    nb,
+                    w,
+                    dh,
+                    rows(dz, qoff, qc),
+                    rows(&vt, lo, kv_len),
+                );
+            }
+            for r in 0..nb {
+                let pos = s.pos0 + i0 + r;
+                let (a, b) = (key_lo(pos, shape.window) - lo, pos + 1 - lo);
+                let prow = &mut p[r * w..(r + 1) * w];
+                softmax_masked(prow, a, b, scale);
+                // dS_j = P_j (dP_j - sum_j P_j dP_j) * scale; masked entries have P = 0.
+                let drow = &mut ds[r * w..(r + 1) * w];
+                let pdp: f32 = prow[a..b].iter().zip(&drow[a..b]).map(|(x, y)| x * y).sum();
+                for (d, &pj) in drow.iter_mut().zip(prow.iter()) {
+                    *d = pj * (*d - pdp) * scale;
+                }
+            }
+            unsafe {
+                gemm_small(
+                    dq[(hh * s.q_len + i0) * dh..].as_mut_ptr(),
+                    dh,
+                    false,
+                    nb,
+                    dh,
+                    w,
+                    rows(&ds, 0, w),
+                    rows(&kg, lo * dh, dh),
+                );
+                gemm_small(
+                    dk[lo * dh..].as_mut_ptr(),
+                    dh,
+                    true,
+                    w,
+                    dh,
+                    nb,
+                    t(&ds, w),
+                    rows(q, qoff, qc),
+                );
+                gemm_small(
+                    dv[lo * dh..].as_mut_ptr(),
+                    dh,
+                    true,
+                    w,
+                    dh,
+                    nb,
+                    t(&p, w),
+                    rows(dz, qoff, qc),
+                );
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
 impl TrainBackend for CpuBackend {
     fn copy(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())
@@ -437,6 +566,10 @@ impl TrainBackend for CpuBackend {
         }
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (dh as f32).sqrt();
+        #[cfg(target_arch = "x86_64")]
+        let blocked = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let blocked = false;
         // One task per (span, kv group): it owns dK/dV of that group over the span's keys and
         // dQ of the group's query heads. Probabilities are recomputed as in the forward.
         let tasks: Vec<(usize, usize)> = (0..spans.len())
@@ -451,6 +584,13 @@ impl TrainBackend for CpuBackend {
             .par_iter()
             .map(|&(si, g)| {
                 let s = spans[si];
+                #[cfg(target_arch = "x86_64")]
+                if blocked {
+                    let (dq, dk, dv) = attention_bwd_group_blocked(
+                        &dz.data, &q.data, &k.data, &v.data, &s, g, shape, qc, kc,
+                    );
+                    return Out { dq, dk, dv };
+                }
                 let kv_len = s.pos0 + s.q_len;
                 let mut o = Out {
                     dq: vec![0.0; group * s.q_len * dh],
