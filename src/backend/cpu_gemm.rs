@@ -210,17 +210,62 @@ impl Strided<'_> {
     }
 }
 
+/// Packing buffers kept between calls: a fresh multi-MiB buffer per GEMM costs a page
+/// fault per 4 KiB page (the lm_head's packed weight is 113 MB).
+static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer of `len` elements from the pool (contents unspecified; every caller overwrites
+/// all of it).
+fn scratch_take(len: usize) -> Vec<f32> {
+    let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    let best = (0..pool.len())
+        .filter(|&i| pool[i].capacity() >= len)
+        .min_by_key(|&i| pool[i].capacity());
+    let mut v = match best {
+        Some(i) => pool.swap_remove(i),
+        None => pool
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)
+            .map(|i| pool.swap_remove(i))
+            .unwrap_or_default(),
+    };
+    drop(pool);
+    v.resize(len, 0.0);
+    v
+}
+
+/// Return a buffer to the pool (at most a few are kept).
+fn scratch_give(v: Vec<f32>) {
+    let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    pool.push(v);
+    if pool.len() > 4 {
+        let i = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).unwrap();
+        pool.swap_remove(i);
+    }
+}
+
 /// `B [k, m]` packed as panels of NR columns: `panel[p][kk][j] = B[kk][p*NR + j]`,
 /// zero-padded past m. `[ceil(m/NR), k, NR]`.
 fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
     let panels = m.div_ceil(NR);
-    let mut out = vec![0.0f32; panels * k * NR];
+    let mut out = scratch_take(panels * k * NR);
     out.par_chunks_mut(k * NR)
         .enumerate()
         .for_each(|(p, panel)| {
             let cols = NR.min(m - p * NR);
+            #[cfg(target_arch = "x86_64")]
+            if b.rs == 1 && cols == NR && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: avx512f detected; the panel's 32 columns of b are in bounds
+                // (checked by the caller) and `panel` holds k * NR elements.
+                unsafe { pack_transposed_avx512(b, k, p * NR, panel) };
+                return;
+            }
             for kk in 0..k {
-                let dst = &mut panel[kk * NR..kk * NR + cols];
+                let dst = &mut panel[kk * NR..(kk + 1) * NR];
+                dst[cols..].fill(0.0);
+                let dst = &mut dst[..cols];
                 let base = b.off + kk * b.rs + p * NR * b.cs;
                 if b.cs == 1 {
                     dst.copy_from_slice(&b.data[base..base + cols]);
@@ -231,6 +276,82 @@ fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
                 }
             }
         });
+    out
+}
+
+/// One full panel of a column-major B (`b.rs == 1`: column j is contiguous along k at
+/// `b.off + j * b.cs`, e.g. a weight `[m, k]` used as `W^T`): 16 x 16 blocks transposed in
+/// registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_transposed_avx512(b: Strided<'_>, k: usize, c0: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(panel.len() >= k * NR && b.end(k, c0 + NR) <= b.data.len());
+    let src = b.data.as_ptr().add(b.off);
+    let dst = panel.as_mut_ptr();
+    for half in 0..2 {
+        let col = |j: usize| src.add((c0 + half * 16 + j) * b.cs);
+        let mut kk = 0;
+        while kk < k {
+            let w = (k - kk).min(16);
+            let mask: __mmask16 = if w == 16 {
+                0xffff
+            } else {
+                ((1u32 << w) - 1) as __mmask16
+            };
+            // r[j] = column j's elements kk..kk+16.
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (j, x) in r.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(mask, col(j).add(kk));
+            }
+            let t = transpose16(r);
+            for (i, x) in t.iter().enumerate().take(w) {
+                _mm512_storeu_ps(dst.add((kk + i) * NR + half * 16), *x);
+            }
+            kk += 16;
+        }
+    }
+}
+
+/// 16 x 16 transpose: `out[i]` lane j = `r[j]` lane i.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    // 32-bit interleave of row pairs.
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // 64-bit interleave of pair-pairs.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (a0, a1, b0, b1) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        let pd = _mm512_castps_pd;
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a0), pd(b0)));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a0), pd(b0)));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a1), pd(b1)));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a1), pd(b1)));
+    }
+    // Now u[4i + q] holds, in each 128-bit lane L, column 4L + q of rows 4i..4i+4.
+    // 128-bit lane shuffles: gather lanes across the four row groups.
+    let mut v = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        v[q] = _mm512_shuffle_f32x4::<0x88>(u[q], u[4 + q]); // lanes 0,2 of u[q], u[4+q]
+        v[4 + q] = _mm512_shuffle_f32x4::<0xdd>(u[q], u[4 + q]); // lanes 1,3
+        v[8 + q] = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
+        v[12 + q] = _mm512_shuffle_f32x4::<0xdd>(u[8 + q], u[12 + q]);
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        // Column 4L + q for L = 0..4: lanes (L=0: v[q] lanes 0,2 -> out[q]), ...
+        out[q] = _mm512_shuffle_f32x4::<0x88>(v[q], v[8 + q]);
+        out[8 + q] = _mm512_shuffle_f32x4::<0xdd>(v[q], v[8 + q]);
+        out[4 + q] = _mm512_shuffle_f32x4::<0x88>(v[4 + q], v[12 + q]);
+        out[12 + q] = _mm512_shuffle_f32x4::<0xdd>(v[4 + q], v[12 + q]);
+    }
     out
 }
 
@@ -283,8 +404,9 @@ pub unsafe fn gemm_packed(
     // B is packed into panels of NR columns (contiguous, no cache-set aliasing of long
     // row strides; measured as fast or faster than reading contiguous rows in place).
     let packed = pack_panels(b, k, m);
+    let packed = ScratchGuard(packed);
     let src = BSrc {
-        ptr: packed.as_ptr(),
+        ptr: packed.0.as_ptr(),
         panel: k * NR,
         rs: NR,
     };
@@ -353,6 +475,14 @@ pub unsafe fn gemm_small(
             micro_rows(a, bp.add(k0 * b.rs + p * NR), 0, n, &tile, dst);
             k0 += kc;
         }
+    }
+}
+
+/// Returns a packing buffer to the pool when the GEMM is done.
+struct ScratchGuard(Vec<f32>);
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        scratch_give(std::mem::take(&mut self.0));
     }
 }
 
@@ -598,6 +728,30 @@ mod tests {
                     2.0
                 };
                 assert!((got[i * ld + j] as f64 - want).abs() < 1e-3, "({i},{j})");
+            }
+        }
+    }
+
+    #[test]
+    fn pack_panels_of_transposed_and_row_major_b() {
+        let (k, m) = (37, 75);
+        let w: Vec<f32> = (0..k * m).map(|i| i as f32).collect();
+        for (rs, cs) in [(1, k), (m, 1)] {
+            let b = Strided {
+                data: &w,
+                off: 0,
+                rs,
+                cs,
+            };
+            let p = pack_panels(b, k, m);
+            for pi in 0..m.div_ceil(NR) {
+                for kk in 0..k {
+                    for j in 0..NR {
+                        let c = pi * NR + j;
+                        let want = if c < m { w[kk * rs + c * cs] } else { 0.0 };
+                        assert_eq!(p[(pi * k + kk) * NR + j], want, "p{pi} k{kk} j{j}");
+                    }
+                }
             }
         }
     }
