@@ -82,16 +82,9 @@ fn rows_per_task(cols: usize) -> usize {
 
 /// Softmax of `row` in place (max-subtracted, f32).
 pub fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
+    let max = super::simd::max(row);
+    let sum = super::simd::exp_shifted_sum(row, max);
+    super::simd::scale(row, 1.0 / sum);
 }
 
 /// Scale `row[a..b]` and softmax it in place (as [`softmax_in_place`] of the scaled
@@ -468,13 +461,11 @@ impl Backend for CpuBackend {
             gate.shape,
             up.shape
         );
-        let data = gate
-            .data
-            .par_iter()
-            .with_min_len(ELEMS_PER_TASK)
-            .zip(&up.data)
-            .map(|(g, u)| silu(*g) * u)
-            .collect();
+        let mut data = vec![0.0f32; gate.data.len()];
+        data.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(gate.data.par_chunks(ELEMS_PER_TASK))
+            .zip(up.data.par_chunks(ELEMS_PER_TASK))
+            .for_each(|((o, g), u)| super::simd::silu_mul(g, u, o));
         Ok(HostTensor::new(gate.shape.clone(), data))
     }
 

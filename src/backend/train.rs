@@ -478,44 +478,57 @@ impl TrainBackend for CpuBackend {
         );
         // y = w * x * r, r = (mean(x^2) + eps)^-1/2; with g = w * dy:
         // dx = r * g - x * r^3 * (g . x) / d;  dw += dy * x * r (summed over rows).
-        let per_row: Vec<(Vec<f32>, Vec<f32>)> = x
-            .data
-            .par_chunks(d)
-            .zip(dy.data.par_chunks(d))
-            .map(|(xi, dyi)| {
-                let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let r = 1.0 / (ms + eps).sqrt();
-                let gx: f32 = xi
-                    .iter()
-                    .zip(dyi)
-                    .zip(&w.data)
-                    .map(|((x, dy), w)| w * dy * x)
-                    .sum();
-                let c = r * r * r * gx / d as f32;
-                let dx = xi
-                    .iter()
-                    .zip(dyi)
-                    .zip(&w.data)
-                    .map(|((x, dy), w)| r * w * dy - x * c)
-                    .collect();
-                let dwr = xi.iter().zip(dyi).map(|(x, dy)| dy * x * r).collect();
-                (dx, dwr)
-            })
-            .collect();
-        let mut dx = Vec::with_capacity(n * d);
-        for (r, _) in &per_row {
-            dx.extend_from_slice(r);
-        }
-        if let Some(dw) = dw {
+        if let Some(dw) = dw.as_ref() {
             ensure!(
                 dw.numel() == d,
                 "rmsnorm_bwd: dw has {} elements, rows {d}",
                 dw.numel()
             );
-            for (_, g) in &per_row {
-                for (a, b) in dw.data.iter_mut().zip(g) {
+        }
+        let want_dw = dw.is_some();
+        let rows_per_task = (1usize << 14).div_ceil(d).max(1);
+        let mut dx = vec![0.0f32; n * d];
+        // Per task: dx of its rows (=) and their dw partial sum.
+        let dw_sum = dx
+            .par_chunks_mut(d * rows_per_task)
+            .zip(x.data.par_chunks(d * rows_per_task))
+            .zip(dy.data.par_chunks(d * rows_per_task))
+            .map(|((dxs, xs), dys)| {
+                let mut dw_part = if want_dw { vec![0.0f32; d] } else { vec![] };
+                for ((dxi, xi), dyi) in dxs
+                    .chunks_exact_mut(d)
+                    .zip(xs.chunks_exact(d))
+                    .zip(dys.chunks_exact(d))
+                {
+                    let ms = crate::backend::simd::dot(xi, xi) / d as f32;
+                    let r = 1.0 / (ms + eps).sqrt();
+                    let mut gx = 0.0f32;
+                    for ((o, (x, dy)), w) in dxi.iter_mut().zip(xi.iter().zip(dyi)).zip(&w.data) {
+                        *o = w * dy;
+                        gx += *o * x;
+                    }
+                    let c = r * r * r * gx / d as f32;
+                    for (o, x) in dxi.iter_mut().zip(xi) {
+                        *o = r * *o - x * c;
+                    }
+                    for ((a, x), dy) in dw_part.iter_mut().zip(xi).zip(dyi) {
+                        *a += dy * x * r;
+                    }
+                }
+                dw_part
+            })
+            .reduce(Vec::new, |mut a, b| {
+                if a.is_empty() {
+                    return b;
+                }
+                for (a, b) in a.iter_mut().zip(&b) {
                     *a += b;
                 }
+                a
+            });
+        if let Some(dw) = dw {
+            for (a, b) in dw.data.iter_mut().zip(&dw_sum) {
+                *a += b;
             }
         }
         Ok(HostTensor::new(vec![n, d], dx))
@@ -680,16 +693,16 @@ impl TrainBackend for CpuBackend {
             up.shape
         );
         // act = g * sigmoid(g) * u;  dact/dg = u * s * (1 + g (1 - s)), dact/du = silu(g).
-        let (dg, du): (Vec<f32>, Vec<f32>) = dact
-            .data
-            .par_iter()
-            .zip(&gate.data)
-            .zip(&up.data)
-            .map(|((d, g), u)| {
-                let s = 1.0 / (1.0 + (-g).exp());
-                (d * u * s * (1.0 + g * (1.0 - s)), d * g * s)
-            })
-            .unzip();
+        const CHUNK: usize = 1 << 15;
+        let len = gate.data.len();
+        let (mut dg, mut du) = (vec![0.0f32; len], vec![0.0f32; len]);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .zip(dact.data.par_chunks(CHUNK))
+            .zip(gate.data.par_chunks(CHUNK).zip(up.data.par_chunks(CHUNK)))
+            .for_each(|(((dg, du), d), (g, u))| {
+                crate::backend::simd::silu_mul_bwd(d, g, u, dg, du)
+            });
         Ok((
             HostTensor::new(gate.shape.clone(), dg),
             HostTensor::new(gate.shape.clone(), du),
@@ -735,16 +748,11 @@ impl TrainBackend for CpuBackend {
             .zip(targets)
             .map(|((drow, lrow), t)| {
                 let Some(t) = *t else { return 0.0 };
-                let max = lrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for (dv, &l) in drow.iter_mut().zip(lrow) {
-                    *dv = (l - max).exp();
-                    sum += *dv;
-                }
+                let max = crate::backend::simd::max(lrow);
+                drow.copy_from_slice(lrow);
+                let sum = crate::backend::simd::exp_shifted_sum(drow, max);
                 let inv = 1.0 / sum;
-                for dv in drow.iter_mut() {
-                    *dv *= inv * scale;
-                }
+                crate::backend::simd::scale(drow, inv * scale);
                 drow[t as usize] -= scale;
                 // -log softmax(t) = log(sum) + max - l_t
                 sum.ln() + max - lrow[t as usize]
