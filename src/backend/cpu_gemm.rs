@@ -22,7 +22,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
         x.len() >= n * k && w.len() >= m * k,
         "matmul_t: operands shorter than their shapes"
     );
-    let mut out = vec![0.0f32; n * m];
+    let mut out = zeroed(n * m);
     if n == 0 || m == 0 || k == 0 {
         return out;
     }
@@ -37,6 +37,27 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
     }
     matmul_t_gemm_crate(x, w, n, k, m, &mut out);
     out
+}
+
+/// `vec![0.0; len]`, on transparent huge pages when large: such a buffer is a fresh
+/// mapping (glibc maps allocations above 32 MiB), and 4 KiB pages would cost one page fault
+/// each on first touch (the lm_head's 200 MB of logits: ~50k faults).
+pub fn zeroed(len: usize) -> Vec<f32> {
+    let v = vec![0.0f32; len];
+    #[cfg(target_os = "linux")]
+    if len * 4 >= 32 << 20 {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let (a, b) = (
+            start.next_multiple_of(HUGE),
+            (start + len * 4) / HUGE * HUGE,
+        );
+        if b > a {
+            // SAFETY: advice only, on whole pages inside the allocation.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
 }
 
 /// Portable path through the `gemm` crate.

@@ -162,6 +162,9 @@ pub fn silu_mul_bwd(d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f
 
 /// `exp(x)` in 16 lanes, within 2 ulp of the f32 result (Cephes' expf polynomial, 2^n by
 /// `scalef`): `exp(-inf) = 0`, `exp(+inf) = inf`, NaN stays NaN.
+///
+/// # Safety
+/// The CPU must support avx512f.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]

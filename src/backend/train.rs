@@ -741,7 +741,7 @@ impl TrainBackend for CpuBackend {
         if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
             bail!("xent: target {t} outside the vocabulary of {vocab}");
         }
-        let mut d = vec![0.0f32; n * vocab];
+        let mut d = crate::backend::cpu_gemm::zeroed(n * vocab);
         let losses: Vec<f32> = d
             .par_chunks_mut(vocab)
             .zip(logits.data.par_chunks(vocab))
