@@ -22,7 +22,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
         x.len() >= n * k && w.len() >= m * k,
         "matmul_t: operands shorter than their shapes"
     );
-    let mut out = vec![0.0f32; n * m];
+    let mut out = zeroed(n * m);
     if n == 0 || m == 0 || k == 0 {
         return out;
     }
@@ -37,6 +37,27 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
     }
     matmul_t_gemm_crate(x, w, n, k, m, &mut out);
     out
+}
+
+/// `vec![0.0; len]`, on transparent huge pages when large: such a buffer is a fresh
+/// mapping (glibc maps allocations above 32 MiB), and 4 KiB pages would cost one page fault
+/// each on first touch (the lm_head's 200 MB of logits: ~50k faults).
+pub fn zeroed(len: usize) -> Vec<f32> {
+    let v = vec![0.0f32; len];
+    #[cfg(target_os = "linux")]
+    if len * 4 >= 32 << 20 {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let (a, b) = (
+            start.next_multiple_of(HUGE),
+            (start + len * 4) / HUGE * HUGE,
+        );
+        if b > a {
+            // SAFETY: advice only, on whole pages inside the allocation.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
 }
 
 /// Portable path through the `gemm` crate.
@@ -185,8 +206,11 @@ const NR: usize = 32;
 const MR: usize = 14;
 /// Reduction depth per pass: a 32-column panel of KC rows (32 KiB) stays in L1.
 const KC: usize = 256;
-/// Rows per parallel task.
+/// Rows of A per inner block (its KC-slice, 112 KiB, stays in L2 across a task's panels).
 const MC: usize = MR * 8;
+/// A task's slice of B for one reduction pass (KC rows by its panels) stays in L2 while
+/// all the task's rows go by: at most this many bytes of it.
+const B_BLOCK_BYTES: usize = 640 << 10;
 
 /// A strided read-only matrix: element (r, c) is `data[off + r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -207,17 +231,62 @@ impl Strided<'_> {
     }
 }
 
+/// Packing buffers kept between calls: a fresh multi-MiB buffer per GEMM costs a page
+/// fault per 4 KiB page (the lm_head's packed weight is 113 MB).
+static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer of `len` elements from the pool (contents unspecified; every caller overwrites
+/// all of it).
+fn scratch_take(len: usize) -> Vec<f32> {
+    let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    let best = (0..pool.len())
+        .filter(|&i| pool[i].capacity() >= len)
+        .min_by_key(|&i| pool[i].capacity());
+    let mut v = match best {
+        Some(i) => pool.swap_remove(i),
+        None => pool
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)
+            .map(|i| pool.swap_remove(i))
+            .unwrap_or_default(),
+    };
+    drop(pool);
+    v.resize(len, 0.0);
+    v
+}
+
+/// Return a buffer to the pool (at most a few are kept).
+fn scratch_give(v: Vec<f32>) {
+    let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    pool.push(v);
+    if pool.len() > 4 {
+        let i = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).unwrap();
+        pool.swap_remove(i);
+    }
+}
+
 /// `B [k, m]` packed as panels of NR columns: `panel[p][kk][j] = B[kk][p*NR + j]`,
 /// zero-padded past m. `[ceil(m/NR), k, NR]`.
 fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
     let panels = m.div_ceil(NR);
-    let mut out = vec![0.0f32; panels * k * NR];
+    let mut out = scratch_take(panels * k * NR);
     out.par_chunks_mut(k * NR)
         .enumerate()
         .for_each(|(p, panel)| {
             let cols = NR.min(m - p * NR);
+            #[cfg(target_arch = "x86_64")]
+            if b.rs == 1 && cols == NR && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: avx512f detected; the panel's 32 columns of b are in bounds
+                // (checked by the caller) and `panel` holds k * NR elements.
+                unsafe { pack_transposed_avx512(b, k, p * NR, panel) };
+                return;
+            }
             for kk in 0..k {
-                let dst = &mut panel[kk * NR..kk * NR + cols];
+                let dst = &mut panel[kk * NR..(kk + 1) * NR];
+                dst[cols..].fill(0.0);
+                let dst = &mut dst[..cols];
                 let base = b.off + kk * b.rs + p * NR * b.cs;
                 if b.cs == 1 {
                     dst.copy_from_slice(&b.data[base..base + cols]);
@@ -228,6 +297,82 @@ fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
                 }
             }
         });
+    out
+}
+
+/// One full panel of a column-major B (`b.rs == 1`: column j is contiguous along k at
+/// `b.off + j * b.cs`, e.g. a weight `[m, k]` used as `W^T`): 16 x 16 blocks transposed in
+/// registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_transposed_avx512(b: Strided<'_>, k: usize, c0: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(panel.len() >= k * NR && b.end(k, c0 + NR) <= b.data.len());
+    let src = b.data.as_ptr().add(b.off);
+    let dst = panel.as_mut_ptr();
+    for half in 0..2 {
+        let col = |j: usize| src.add((c0 + half * 16 + j) * b.cs);
+        let mut kk = 0;
+        while kk < k {
+            let w = (k - kk).min(16);
+            let mask: __mmask16 = if w == 16 {
+                0xffff
+            } else {
+                ((1u32 << w) - 1) as __mmask16
+            };
+            // r[j] = column j's elements kk..kk+16.
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (j, x) in r.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(mask, col(j).add(kk));
+            }
+            let t = transpose16(r);
+            for (i, x) in t.iter().enumerate().take(w) {
+                _mm512_storeu_ps(dst.add((kk + i) * NR + half * 16), *x);
+            }
+            kk += 16;
+        }
+    }
+}
+
+/// 16 x 16 transpose: `out[i]` lane j = `r[j]` lane i.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    // 32-bit interleave of row pairs.
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // 64-bit interleave of pair-pairs.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (a0, a1, b0, b1) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        let pd = _mm512_castps_pd;
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a0), pd(b0)));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a0), pd(b0)));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a1), pd(b1)));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a1), pd(b1)));
+    }
+    // Now u[4i + q] holds, in each 128-bit lane L, column 4L + q of rows 4i..4i+4.
+    // 128-bit lane shuffles: gather lanes across the four row groups.
+    let mut v = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        v[q] = _mm512_shuffle_f32x4::<0x88>(u[q], u[4 + q]); // lanes 0,2 of u[q], u[4+q]
+        v[4 + q] = _mm512_shuffle_f32x4::<0xdd>(u[q], u[4 + q]); // lanes 1,3
+        v[8 + q] = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
+        v[12 + q] = _mm512_shuffle_f32x4::<0xdd>(u[8 + q], u[12 + q]);
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        // Column 4L + q for L = 0..4: lanes (L=0: v[q] lanes 0,2 -> out[q]), ...
+        out[q] = _mm512_shuffle_f32x4::<0x88>(v[q], v[8 + q]);
+        out[8 + q] = _mm512_shuffle_f32x4::<0xdd>(v[q], v[8 + q]);
+        out[4 + q] = _mm512_shuffle_f32x4::<0x88>(v[4 + q], v[12 + q]);
+        out[12 + q] = _mm512_shuffle_f32x4::<0xdd>(v[4 + q], v[12 + q]);
+    }
     out
 }
 
@@ -277,33 +422,107 @@ pub unsafe fn gemm_packed(
         }
         return;
     }
+    // B is packed into panels of NR columns (contiguous, no cache-set aliasing of long
+    // row strides; measured as fast or faster than reading contiguous rows in place).
     let packed = pack_panels(b, k, m);
-    let panels = m.div_ceil(NR);
-    let row_blocks = n.div_ceil(MC);
-    // Split columns too when there are few row blocks, so every core has work.
-    let col_groups = if row_blocks >= 2 * rayon::current_num_threads() {
-        1
-    } else {
-        panels.min(8)
+    let packed = ScratchGuard(packed);
+    let src = BSrc {
+        ptr: packed.0.as_ptr(),
+        panel: k * NR,
+        rs: NR,
     };
+    let panels = m.div_ceil(NR);
+    let threads = rayon::current_num_threads();
+    // Tasks: row blocks (about two per thread, so a descheduled thread's share can be taken
+    // over) by column groups (as many panels as keep the B block within budget).
+    let row_block = n.div_ceil(2 * threads).div_ceil(MR).max(1) * MR;
+    let row_blocks = n.div_ceil(row_block);
+    let per_group = (B_BLOCK_BYTES / (KC * NR * 4)).clamp(1, panels);
+    let col_groups = panels.div_ceil(per_group);
     let per_group = panels.div_ceil(col_groups);
     let ptr = OutPtr(dst.as_mut_ptr());
     (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
         let (rb, cg) = (t % row_blocks, t / row_blocks);
-        let rows = (rb * MC, ((rb + 1) * MC).min(n));
+        let rows = (rb * row_block, ((rb + 1) * row_block).min(n));
         let (p0, p1) = (cg * per_group, ((cg + 1) * per_group).min(panels));
         let p = ptr;
         // SAFETY: this task writes only dst[rows, p0*NR..p1*NR) (clipped to m).
-        unsafe { packed_block(a, &packed, k, m, rows, p0, p1, accumulate, p.0) };
+        unsafe { packed_block(a, src, k, m, rows, p0, p1, accumulate, p.0) };
     });
 }
+
+/// `dst[i * ld + j] (+)= sum_kk a(i, kk) * b(kk, j)` for `i < n`, `j < m`, serially and
+/// without packing: for small blocks inside a parallel task (attention). `b`'s rows must be
+/// contiguous (`b.cs == 1`).
+///
+/// # Safety
+/// The CPU must support avx512f; `dst` must be valid for reads and writes of `n` rows of
+/// `m` elements at stride `ld`, and not overlap `a` or `b`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_small(
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+    n: usize,
+    m: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+) {
+    assert!(
+        b.cs == 1 && a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
+        "gemm_small: operand out of bounds"
+    );
+    if n == 0 || m == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..n {
+                std::ptr::write_bytes(dst.add(i * ld), 0, m);
+            }
+        }
+        return;
+    }
+    let bp = b.data.as_ptr().add(b.off);
+    for p in 0..m.div_ceil(NR) {
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let add = accumulate || k0 > 0;
+            let tile = Tile::new(k0, kc, ld, p * NR, NR.min(m - p * NR), add, b.rs);
+            micro_rows(a, bp.add(k0 * b.rs + p * NR), 0, n, &tile, dst);
+            k0 += kc;
+        }
+    }
+}
+
+/// Returns a packing buffer to the pool when the GEMM is done.
+struct ScratchGuard(Vec<f32>);
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        scratch_give(std::mem::take(&mut self.0));
+    }
+}
+
+/// Where panel p's rows live: row kk of panel p at `ptr + p * panel + kk * rs`.
+#[derive(Clone, Copy)]
+struct BSrc {
+    ptr: *const f32,
+    panel: usize,
+    rs: usize,
+}
+unsafe impl Send for BSrc {}
+unsafe impl Sync for BSrc {}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_block(
     a: Strided<'_>,
-    packed: &[f32],
+    src: BSrc,
     k: usize,
     m: usize,
     (r0, r1): (usize, usize),
@@ -312,53 +531,91 @@ unsafe fn packed_block(
     accumulate: bool,
     out: *mut f32,
 ) {
+    // Reduction passes outside (the pass's B block stays in L2), then blocks of MC rows
+    // (their A slice stays in L2 across the panels), then panels (a KC x NR panel in L1).
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
         let add = accumulate || k0 > 0;
-        for p in p0..p1 {
-            let b = packed.as_ptr().add(p * k * NR + k0 * NR);
-            let tile = Tile {
-                k0,
-                kc,
-                m,
-                c: p * NR,
-                cols: NR.min(m - p * NR),
-                add,
-            };
-            let mut r = r0;
-            while r < r1 {
-                let step = match r1 - r {
-                    MR.. => MR,
-                    8.. => 8,
-                    4.. => 4,
-                    _ => 1,
-                };
-                match step {
-                    MR => micro::<MR>(a, b, r, &tile, out),
-                    8 => micro::<8>(a, b, r, &tile, out),
-                    4 => micro::<4>(a, b, r, &tile, out),
-                    _ => micro::<1>(a, b, r, &tile, out),
-                }
-                r += step;
+        let mut rb = r0;
+        while rb < r1 {
+            let re = (rb + MC).min(r1);
+            for p in p0..p1 {
+                let b = src.ptr.add(p * src.panel + k0 * src.rs);
+                let tile = Tile::new(k0, kc, m, p * NR, NR.min(m - p * NR), add, src.rs);
+                micro_rows(a, b, rb, re, &tile, out);
             }
+            rb = re;
         }
         k0 += kc;
     }
 }
 
+/// Micro-tiles down rows `r0..r1` of one column panel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_rows(a: Strided<'_>, b: *const f32, r0: usize, r1: usize, t: &Tile, out: *mut f32) {
+    let mut r = r0;
+    while r < r1 {
+        let step = match r1 - r {
+            MR.. => MR,
+            8.. => 8,
+            4.. => 4,
+            _ => 1,
+        };
+        match step {
+            MR => micro::<MR>(a, b, r, t, out),
+            8 => micro::<8>(a, b, r, t, out),
+            4 => micro::<4>(a, b, r, t, out),
+            _ => micro::<1>(a, b, r, t, out),
+        }
+        r += step;
+    }
+}
+
 /// Where a micro-tile reads and writes: reduction slice `k0..k0+kc`, output columns
-/// `c..c+cols` of rows of width m; `add` accumulates into the output.
+/// `c..c+cols` of rows of width m; `add` accumulates into the output; B rows at stride
+/// `bs`, lanes past `cols` masked off.
 struct Tile {
     k0: usize,
     kc: usize,
     m: usize,
     c: usize,
-    cols: usize,
     add: bool,
+    bs: usize,
+    m_lo: u16,
+    m_hi: u16,
 }
 
-/// `out[r..r+R, c..c+cols] (+)= a[r..r+R, k0..k0+kc] @ panel`. Broadcasts of `a` fold
+impl Tile {
+    fn new(k0: usize, kc: usize, m: usize, c: usize, cols: usize, add: bool, bs: usize) -> Self {
+        let m_lo = if cols >= 16 {
+            0xffff
+        } else {
+            ((1u32 << cols) - 1) as u16
+        };
+        let m_hi = if cols >= 32 {
+            0xffff
+        } else if cols > 16 {
+            ((1u32 << (cols - 16)) - 1) as u16
+        } else {
+            0
+        };
+        Tile {
+            k0,
+            kc,
+            m,
+            c,
+            add,
+            bs,
+            m_lo,
+            m_hi,
+        }
+    }
+}
+
+/// `out[r..r+R, c..c+cols] (+)= a[r..r+R, k0..k0+kc] @ b`. Broadcasts of `a` fold
 /// into the FMAs as embedded-broadcast memory operands.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -369,9 +626,10 @@ unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Til
     let ap = a.data.as_ptr().add(a.off + r * a.rs + t.k0 * a.cs);
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
+    let (m_lo, m_hi): (__mmask16, __mmask16) = (t.m_lo, t.m_hi);
     for kk in 0..t.kc {
-        let b0 = _mm512_loadu_ps(b.add(kk * NR));
-        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        let b0 = _mm512_maskz_loadu_ps(m_lo, b.add(kk * t.bs));
+        let b1 = _mm512_maskz_loadu_ps(m_hi, b.add(kk * t.bs + 16));
         let col = ap.add(kk * a.cs);
         for i in 0..R {
             let x = _mm512_set1_ps(*col.add(i * a.rs));
@@ -379,19 +637,6 @@ unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Til
             hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
         }
     }
-    let cols = t.cols;
-    let m_lo: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        ((1u32 << cols) - 1) as __mmask16
-    };
-    let m_hi: __mmask16 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        ((1u32 << (cols - 16)) - 1) as __mmask16
-    } else {
-        0
-    };
     for i in 0..R {
         let o = out.add((r + i) * t.m + t.c);
         if t.add {
@@ -466,6 +711,73 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn small_gemm_matches_naive() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no avx512f on this CPU");
+            return;
+        }
+        // a transposed in memory, b row-major with a row stride wider than m, dst strided.
+        let (n, k, m, ld, brs) = (19, 300, 45, 50, 47);
+        let at: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 31) % 53) as f32 / 53.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * brs)
+            .map(|i| ((i * 17) % 41) as f32 / 41.0 - 0.5)
+            .collect();
+        let mut got = vec![2.0f32; n * ld];
+        let sa = Strided {
+            data: &at,
+            off: 0,
+            rs: 1,
+            cs: n,
+        };
+        let sb = Strided {
+            data: &b,
+            off: 1,
+            rs: brs,
+            cs: 1,
+        };
+        unsafe { gemm_small(got.as_mut_ptr(), ld, true, n, m, k, sa, sb) };
+        for i in 0..n {
+            for j in 0..ld {
+                let want: f64 = if j < m {
+                    2.0 + (0..k)
+                        .map(|t| at[t * n + i] as f64 * b[1 + t * brs + j] as f64)
+                        .sum::<f64>()
+                } else {
+                    2.0
+                };
+                assert!((got[i * ld + j] as f64 - want).abs() < 1e-3, "({i},{j})");
+            }
+        }
+    }
+
+    #[test]
+    fn pack_panels_of_transposed_and_row_major_b() {
+        let (k, m) = (37, 75);
+        let w: Vec<f32> = (0..k * m).map(|i| i as f32).collect();
+        for (rs, cs) in [(1, k), (m, 1)] {
+            let b = Strided {
+                data: &w,
+                off: 0,
+                rs,
+                cs,
+            };
+            let p = pack_panels(b, k, m);
+            for pi in 0..m.div_ceil(NR) {
+                for kk in 0..k {
+                    for j in 0..NR {
+                        let c = pi * NR + j;
+                        let want = if c < m { w[kk * rs + c * cs] } else { 0.0 };
+                        assert_eq!(p[(pi * k + kk) * NR + j], want, "p{pi} k{kk} j{j}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn matches_naive_on_awkward_shapes() {
         let mut seed = 1u64;
         let mut rnd = || {
@@ -482,6 +794,7 @@ mod tests {
             (130, 64, 9),
             (1, 576, 131),
             (8, 15, 65),
+            (150, 530, 700),
         ] {
             let x: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..m * k).map(|_| rnd()).collect();

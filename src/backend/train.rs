@@ -10,6 +10,8 @@
 //! (Compiled as `crate::backend::train` via `#[path]` in lib.rs while `backend/mod.rs` is
 //! owned elsewhere; on merge it can become `backend::train`.)
 
+#[cfg(target_arch = "x86_64")]
+use crate::backend::cpu::{gather_kv, key_lo, softmax_masked, ATT_QB};
 use crate::backend::cpu::{rotate_half, softmax_in_place, CpuBackend};
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::model::HostTensor;
@@ -323,6 +325,133 @@ fn gemm_into(
     }
 }
 
+/// Blocked attention backward of span `s`, kv group `g` (AVX-512): per head of the group
+/// and block of [`ATT_QB`] queries, the probabilities are recomputed (`S = Q K^T`) and
+/// `dP = dZ V^T`, `dQ = dS K`, `dK += dS^T Q`, `dV += P^T dZ` run as GEMMs over the block's
+/// causal key range. Returns `dq [group, q_len, dh]`, `dk`, `dv [kv_len, dh]`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd_group_blocked(
+    dz: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &SeqSpan,
+    g: usize,
+    shape: AttnShape,
+    qc: usize,
+    kc: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use crate::backend::cpu_gemm::{gemm_small, Strided};
+    let dh = shape.head_dim;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let kv_len = s.pos0 + s.q_len;
+    let kg = gather_kv(k, kc, s, g, dh, false);
+    let kt = gather_kv(k, kc, s, g, dh, true);
+    let vt = gather_kv(v, kc, s, g, dh, true);
+    let mut dq = vec![0.0f32; group * s.q_len * dh];
+    let mut dk = vec![0.0f32; kv_len * dh];
+    let mut dv = vec![0.0f32; kv_len * dh];
+    let mut p = vec![0.0f32; ATT_QB * kv_len];
+    let mut ds = vec![0.0f32; ATT_QB * kv_len];
+    fn rows(data: &[f32], off: usize, rs: usize) -> Strided<'_> {
+        Strided {
+            data,
+            off,
+            rs,
+            cs: 1,
+        }
+    }
+    // A transposed: element (i, j) at data[j * cs + i].
+    fn t(data: &[f32], cs: usize) -> Strided<'_> {
+        Strided {
+            data,
+            off: 0,
+            rs: 1,
+            cs,
+        }
+    }
+    for hh in 0..group {
+        let h = g * group + hh;
+        for i0 in (0..s.q_len).step_by(ATT_QB) {
+            let nb = ATT_QB.min(s.q_len - i0);
+            let lo = key_lo(s.pos0 + i0, shape.window);
+            let w = s.pos0 + i0 + nb - lo;
+            let qoff = (s.q_start + i0) * qc + h * dh;
+            // SAFETY (all gemm_small calls): avx512f checked by the caller; destinations are
+            // local buffers holding the rows written, disjoint from the operands.
+            unsafe {
+                gemm_small(
+                    p.as_mut_ptr(),
+                    w,
+                    false,
+                    nb,
+                    w,
+                    dh,
+                    rows(q, qoff, qc),
+                    rows(&kt, lo, kv_len),
+                );
+                gemm_small(
+                    ds.as_mut_ptr(),
+                    w,
+                    false,
+                    nb,
+                    w,
+                    dh,
+                    rows(dz, qoff, qc),
+                    rows(&vt, lo, kv_len),
+                );
+            }
+            for r in 0..nb {
+                let pos = s.pos0 + i0 + r;
+                let (a, b) = (key_lo(pos, shape.window) - lo, pos + 1 - lo);
+                let prow = &mut p[r * w..(r + 1) * w];
+                softmax_masked(prow, a, b, scale);
+                // dS_j = P_j (dP_j - sum_j P_j dP_j) * scale; masked entries have P = 0.
+                let drow = &mut ds[r * w..(r + 1) * w];
+                let pdp: f32 = prow[a..b].iter().zip(&drow[a..b]).map(|(x, y)| x * y).sum();
+                for (d, &pj) in drow.iter_mut().zip(prow.iter()) {
+                    *d = pj * (*d - pdp) * scale;
+                }
+            }
+            unsafe {
+                gemm_small(
+                    dq[(hh * s.q_len + i0) * dh..].as_mut_ptr(),
+                    dh,
+                    false,
+                    nb,
+                    dh,
+                    w,
+                    rows(&ds, 0, w),
+                    rows(&kg, lo * dh, dh),
+                );
+                gemm_small(
+                    dk[lo * dh..].as_mut_ptr(),
+                    dh,
+                    true,
+                    w,
+                    dh,
+                    nb,
+                    t(&ds, w),
+                    rows(q, qoff, qc),
+                );
+                gemm_small(
+                    dv[lo * dh..].as_mut_ptr(),
+                    dh,
+                    true,
+                    w,
+                    dh,
+                    nb,
+                    t(&p, w),
+                    rows(dz, qoff, qc),
+                );
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
 impl TrainBackend for CpuBackend {
     fn copy(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())
@@ -437,44 +566,57 @@ impl TrainBackend for CpuBackend {
         );
         // y = w * x * r, r = (mean(x^2) + eps)^-1/2; with g = w * dy:
         // dx = r * g - x * r^3 * (g . x) / d;  dw += dy * x * r (summed over rows).
-        let per_row: Vec<(Vec<f32>, Vec<f32>)> = x
-            .data
-            .par_chunks(d)
-            .zip(dy.data.par_chunks(d))
-            .map(|(xi, dyi)| {
-                let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let r = 1.0 / (ms + eps).sqrt();
-                let gx: f32 = xi
-                    .iter()
-                    .zip(dyi)
-                    .zip(&w.data)
-                    .map(|((x, dy), w)| w * dy * x)
-                    .sum();
-                let c = r * r * r * gx / d as f32;
-                let dx = xi
-                    .iter()
-                    .zip(dyi)
-                    .zip(&w.data)
-                    .map(|((x, dy), w)| r * w * dy - x * c)
-                    .collect();
-                let dwr = xi.iter().zip(dyi).map(|(x, dy)| dy * x * r).collect();
-                (dx, dwr)
-            })
-            .collect();
-        let mut dx = Vec::with_capacity(n * d);
-        for (r, _) in &per_row {
-            dx.extend_from_slice(r);
-        }
-        if let Some(dw) = dw {
+        if let Some(dw) = dw.as_ref() {
             ensure!(
                 dw.numel() == d,
                 "rmsnorm_bwd: dw has {} elements, rows {d}",
                 dw.numel()
             );
-            for (_, g) in &per_row {
-                for (a, b) in dw.data.iter_mut().zip(g) {
+        }
+        let want_dw = dw.is_some();
+        let rows_per_task = (1usize << 14).div_ceil(d).max(1);
+        let mut dx = vec![0.0f32; n * d];
+        // Per task: dx of its rows (=) and their dw partial sum.
+        let dw_sum = dx
+            .par_chunks_mut(d * rows_per_task)
+            .zip(x.data.par_chunks(d * rows_per_task))
+            .zip(dy.data.par_chunks(d * rows_per_task))
+            .map(|((dxs, xs), dys)| {
+                let mut dw_part = if want_dw { vec![0.0f32; d] } else { vec![] };
+                for ((dxi, xi), dyi) in dxs
+                    .chunks_exact_mut(d)
+                    .zip(xs.chunks_exact(d))
+                    .zip(dys.chunks_exact(d))
+                {
+                    let ms = crate::backend::simd::dot(xi, xi) / d as f32;
+                    let r = 1.0 / (ms + eps).sqrt();
+                    let mut gx = 0.0f32;
+                    for ((o, (x, dy)), w) in dxi.iter_mut().zip(xi.iter().zip(dyi)).zip(&w.data) {
+                        *o = w * dy;
+                        gx += *o * x;
+                    }
+                    let c = r * r * r * gx / d as f32;
+                    for (o, x) in dxi.iter_mut().zip(xi) {
+                        *o = r * *o - x * c;
+                    }
+                    for ((a, x), dy) in dw_part.iter_mut().zip(xi).zip(dyi) {
+                        *a += dy * x * r;
+                    }
+                }
+                dw_part
+            })
+            .reduce(Vec::new, |mut a, b| {
+                if a.is_empty() {
+                    return b;
+                }
+                for (a, b) in a.iter_mut().zip(&b) {
                     *a += b;
                 }
+                a
+            });
+        if let Some(dw) = dw {
+            for (a, b) in dw.data.iter_mut().zip(&dw_sum) {
+                *a += b;
             }
         }
         Ok(HostTensor::new(vec![n, d], dx))
@@ -525,6 +667,10 @@ impl TrainBackend for CpuBackend {
         }
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (dh as f32).sqrt();
+        #[cfg(target_arch = "x86_64")]
+        let blocked = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let blocked = false;
         // One task per (span, kv group): it owns dK/dV of that group over the span's keys and
         // dQ of the group's query heads. Probabilities are recomputed as in the forward.
         let tasks: Vec<(usize, usize)> = (0..spans.len())
@@ -539,6 +685,13 @@ impl TrainBackend for CpuBackend {
             .par_iter()
             .map(|&(si, g)| {
                 let s = spans[si];
+                #[cfg(target_arch = "x86_64")]
+                if blocked {
+                    let (dq, dk, dv) = attention_bwd_group_blocked(
+                        &dz.data, &q.data, &k.data, &v.data, &s, g, shape, qc, kc,
+                    );
+                    return Out { dq, dk, dv };
+                }
                 let kv_len = s.pos0 + s.q_len;
                 let mut o = Out {
                     dq: vec![0.0; group * s.q_len * dh],
@@ -628,16 +781,16 @@ impl TrainBackend for CpuBackend {
             up.shape
         );
         // act = g * sigmoid(g) * u;  dact/dg = u * s * (1 + g (1 - s)), dact/du = silu(g).
-        let (dg, du): (Vec<f32>, Vec<f32>) = dact
-            .data
-            .par_iter()
-            .zip(&gate.data)
-            .zip(&up.data)
-            .map(|((d, g), u)| {
-                let s = 1.0 / (1.0 + (-g).exp());
-                (d * u * s * (1.0 + g * (1.0 - s)), d * g * s)
-            })
-            .unzip();
+        const CHUNK: usize = 1 << 15;
+        let len = gate.data.len();
+        let (mut dg, mut du) = (vec![0.0f32; len], vec![0.0f32; len]);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .zip(dact.data.par_chunks(CHUNK))
+            .zip(gate.data.par_chunks(CHUNK).zip(up.data.par_chunks(CHUNK)))
+            .for_each(|(((dg, du), d), (g, u))| {
+                crate::backend::simd::silu_mul_bwd(d, g, u, dg, du)
+            });
         Ok((
             HostTensor::new(gate.shape.clone(), dg),
             HostTensor::new(gate.shape.clone(), du),
@@ -676,23 +829,18 @@ impl TrainBackend for CpuBackend {
         if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
             bail!("xent: target {t} outside the vocabulary of {vocab}");
         }
-        let mut d = vec![0.0f32; n * vocab];
+        let mut d = crate::backend::cpu_gemm::zeroed(n * vocab);
         let losses: Vec<f32> = d
             .par_chunks_mut(vocab)
             .zip(logits.data.par_chunks(vocab))
             .zip(targets)
             .map(|((drow, lrow), t)| {
                 let Some(t) = *t else { return 0.0 };
-                let max = lrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for (dv, &l) in drow.iter_mut().zip(lrow) {
-                    *dv = (l - max).exp();
-                    sum += *dv;
-                }
+                let max = crate::backend::simd::max(lrow);
+                drow.copy_from_slice(lrow);
+                let sum = crate::backend::simd::exp_shifted_sum(drow, max);
                 let inv = 1.0 / sum;
-                for dv in drow.iter_mut() {
-                    *dv *= inv * scale;
-                }
+                crate::backend::simd::scale(drow, inv * scale);
                 drow[t as usize] -= scale;
                 // -log softmax(t) = log(sum) + max - l_t
                 sum.ln() + max - lrow[t as usize]
