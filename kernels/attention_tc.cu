@@ -464,13 +464,13 @@ __device__ __forceinline__ void tc_dkv(const bf16_t* __restrict__ q, const bf16_
         const float *__restrict__ dsum, bf16_t *__restrict__ dk, bf16_t *__restrict__ dv,    \
         const int *__restrict__ tiles, int n_heads, int n_kv_heads, int window
 
-extern "C" __global__ void __launch_bounds__(128) attn_tc_fwd_d64(TC_FWD_ARGS) {
+extern "C" __global__ void __launch_bounds__(128, 1) attn_tc_fwd_d64(TC_FWD_ARGS) {
     tc_fwd<64, false>(q, k, v, z, lse, nullptr, nullptr, tiles, n_heads, n_kv_heads, window);
 }
 extern "C" __global__ void __launch_bounds__(128) attn_tc_fwd_d128(TC_FWD_ARGS) {
     tc_fwd<128, false>(q, k, v, z, lse, nullptr, nullptr, tiles, n_heads, n_kv_heads, window);
 }
-extern "C" __global__ void __launch_bounds__(128) attn_tc_stats_d64(TC_STATS_ARGS) {
+extern "C" __global__ void __launch_bounds__(128, 1) attn_tc_stats_d64(TC_STATS_ARGS) {
     tc_fwd<64, true>(q, k, v, nullptr, lse, dz, dsum, tiles, n_heads, n_kv_heads, window);
 }
 extern "C" __global__ void __launch_bounds__(128) attn_tc_stats_d128(TC_STATS_ARGS) {
