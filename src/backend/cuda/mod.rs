@@ -521,6 +521,14 @@ pub fn attn_tensor_cores(spans: &[SeqSpan], shape: AttnShape) -> bool {
             .all(|s| s.pos0 == 0 && s.kv_new.is_none() && s.kv_start == s.q_start)
 }
 
+/// Where the tensor-core backward applies: as [`attn_tensor_cores`], and no sliding window
+/// narrower than a tile. On an H100 (2026-11-27) its dq was wrong for a window of 1
+/// (windows 5, 33, 40 and 70 matched the oracle), cause not found yet; narrow windows take
+/// the CUDA-core kernels until it is. Real models' windows (Mistral: 4096) are wider.
+pub fn attn_bwd_tensor_cores(spans: &[SeqSpan], shape: AttnShape) -> bool {
+    attn_tensor_cores(spans, shape) && shape.window.is_none_or(|w| w >= ATT_TC_TILE)
+}
+
 /// Tiles of the tensor-core kernels: `{row0, i0, len}` per 64 positions of every span.
 fn attn_tc_tiles(spans: &[SeqSpan]) -> Result<Vec<i32>> {
     let mut tiles = Vec::new();

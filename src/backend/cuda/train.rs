@@ -7,7 +7,7 @@
 //! without atomics: one owner per output element (embedding rows grouped on the host,
 //! dK/dV key-major, the norm weight column-major).
 
-use super::{attn_tc_tiles, attn_tensor_cores, AttnKernels, ATT_TC_THREADS};
+use super::{attn_bwd_tensor_cores, attn_tc_tiles, AttnKernels, ATT_TC_THREADS};
 use super::{bf16_bits, bf16_value, ATT_MAXD};
 use super::{dims2, elem_cfg, int, registry, rows_cfg, u32s, CudaBackend, CudaTensor};
 use crate::backend::train::{AdamStep, ParamState, Region, TrainBackend};
@@ -719,7 +719,7 @@ impl TrainBackend for CudaBackend {
 
 impl CudaBackend {
     /// [`TrainBackend::attention_bwd`] with the kernel choice explicit (tests run both):
-    /// `Auto` takes the tensor-core kernels where [`attn_tensor_cores`] says they apply.
+    /// `Auto` takes the tensor-core kernels where [`attn_bwd_tensor_cores`] says they apply.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_bwd_with(
         &self,
@@ -774,7 +774,7 @@ impl CudaBackend {
         let mut dq = self.zeros(&[n, qc])?;
         let mut dk = self.zeros(&[kr, kc])?;
         let mut dv = self.zeros(&[kr, kc])?;
-        if kernels == AttnKernels::Auto && attn_tensor_cores(spans, shape) {
+        if kernels == AttnKernels::Auto && attn_bwd_tensor_cores(spans, shape) {
             self.attention_bwd_tc(dz, q, k, v, spans, shape, &mut dq, &mut dk, &mut dv)?;
             return Ok((dq, dk, dv));
         }
