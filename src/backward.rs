@@ -277,16 +277,18 @@ fn layer_forward<B: TrainBackend>(
     b.rope(&mut k, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
     let (z, _) = b.attention(&q, &k, &v, &packed.spans, attn_shape(m), &[])?;
     let attn_out = lin(m, &z, l, LayerParam::O, adapters, lora_u)?; // [n, d]
-    let mut x_mid = b.copy(x)?;
-    b.add_assign(&mut x_mid, &attn_out)?;
-    drop(attn_out);
+                                                                    // x_mid = attn_out + x, x_out = mlp_out + x_mid: added in place into the fresh outputs
+                                                                    // (no copies of the residual). IEEE addition commutes, so these are the bits of x +
+                                                                    // attn_out, as the evaluation forward computes them.
+    let mut x_mid = attn_out;
+    b.add_assign(&mut x_mid, x)?;
     let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
     let gate = lin(m, &h2, l, LayerParam::Gate, adapters, lora_u)?; // [n, F]
     let up = lin(m, &h2, l, LayerParam::Up, adapters, lora_u)?;
     let act = b.swiglu(&gate, &up)?;
     let mlp_out = lin(m, &act, l, LayerParam::Down, adapters, lora_u)?; // [n, d]
-    let mut x_out = b.copy(&x_mid)?;
-    b.add_assign(&mut x_out, &mlp_out)?;
+    let mut x_out = mlp_out;
+    b.add_assign(&mut x_out, &x_mid)?;
     Ok((
         LayerActs {
             h,
