@@ -10,8 +10,11 @@
 //! as `<what>: rel err <x>` (scripts/gpu-check.sh collects them).
 #![cfg(feature = "cuda")]
 
+mod cuda_common;
+use cuda_common::*;
+
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::cuda::{attn_bwd_tensor_cores, cuda_available, AttnKernels, CudaBackend};
+use pinpoint::backend::cuda::{attn_bwd_tensor_cores, AttnKernels, CudaBackend};
 use pinpoint::backend::train::{AdamStep, ParamState, Region, TrainBackend};
 use pinpoint::backend::{AttnShape, Backend, SeqSpan};
 use pinpoint::backward::{self, Grads, TrainSeq};
@@ -20,7 +23,7 @@ use pinpoint::model::checkpoint::load_model_dir;
 use pinpoint::model::HostTensor;
 use pinpoint::tune::mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 use pinpoint::Model;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 /// One backward op: bf16 inputs and output, f32 inside.
 const OP_TOL: f32 = 2e-2;
@@ -35,67 +38,8 @@ const SLICE_TOL: f32 = 6e-2;
 /// the same forward: only the GEMM's summation order and bf16 output rounding differ.
 const REGION_TOL: f32 = 1e-2;
 
-/// A fixture folder. `PINPOINT_REPO` points at the checkout when the test binary was built
-/// elsewhere (prebuilt binaries on the device machine).
-fn fixture(name: &str) -> std::path::PathBuf {
-    let root = std::env::var_os("PINPOINT_REPO")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    root.join("tests").join("fixtures").join(name)
-}
-
-fn gpu(test: &str) -> Option<CudaBackend> {
-    match cuda_available() {
-        Ok(()) => {
-            let b = CudaBackend::new(0).expect("CUDA is available but the backend failed");
-            b.set_poison(true);
-            Some(b)
-        }
-        Err(why) => {
-            if std::env::var("PINPOINT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: PINPOINT_REQUIRE_GPU=1 but no CUDA device: {why}");
-            }
-            eprintln!("SKIPPED: no CUDA device ({why}) [{test}]");
-            None
-        }
-    }
-}
-
 fn rng(seed: u64) -> rand::rngs::StdRng {
-    rand::rngs::StdRng::seed_from_u64(seed ^ 0x7ea1_b0d5)
-}
-
-/// Round to bf16 (what upload does), so the oracle sees the GPU's inputs.
-fn bf16r(x: f32) -> f32 {
-    half::bf16::from_f32(x).to_f32()
-}
-
-fn rand_t(r: &mut impl Rng, shape: &[usize], scale: f32) -> HostTensor {
-    let n = shape.iter().product();
-    let data = (0..n)
-        .map(|_| bf16r(r.gen_range(-1.0f32..1.0) * scale))
-        .collect();
-    HostTensor::new(shape.to_vec(), data)
-}
-
-/// ||a - b|| / ||b||; panics on NaN/inf in `a` (an unwritten, poisoned element) or length.
-fn nrel(what: &str, a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    if let Some(i) = a.iter().position(|x| !x.is_finite()) {
-        panic!("{what}: element {i} is {} (not written?)", a[i]);
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += ((x - y) as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num.sqrt() / den.sqrt().max(1e-30)) as f32
-}
-
-fn check(what: &str, a: &[f32], b: &[f32], tol: f32) {
-    let e = nrel(what, a, b);
-    eprintln!("{what}: rel err {e:.2e}");
-    assert!(e <= tol, "{what}: rel err {e:.3e} > {tol:.0e}");
+    seeded(seed, 0x7ea1_b0d5)
 }
 
 fn down(g: &CudaBackend, t: &<CudaBackend as Backend>::Tensor) -> HostTensor {
