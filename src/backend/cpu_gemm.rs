@@ -22,6 +22,12 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
         x.len() >= n * k && w.len() >= m * k,
         "matmul_t: operands shorter than their shapes"
     );
+    #[cfg(target_arch = "x86_64")]
+    if n >= SMALL_N && std::arch::is_x86_feature_detected!("avx512f") {
+        let (a, b) = t_operands(x, w, k);
+        // SAFETY: avx512f detected.
+        return unsafe { gemm_packed_new(n, m, k, a, b) };
+    }
     let mut out = zeroed(n * m);
     if n == 0 || m == 0 || k == 0 {
         return out;
@@ -376,8 +382,8 @@ unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64:
     out
 }
 
-#[cfg(target_arch = "x86_64")]
-fn matmul_t_packed(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
+/// `x [n, k]` and `w [m, k]` read as the operands of `x @ w^T`.
+fn t_operands<'a>(x: &'a [f32], w: &'a [f32], k: usize) -> (Strided<'a>, Strided<'a>) {
     let a = Strided {
         data: x,
         off: 0,
@@ -390,8 +396,35 @@ fn matmul_t_packed(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, out: &mut
         rs: 1,
         cs: k,
     };
+    (a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn matmul_t_packed(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, out: &mut [f32]) {
+    let (a, b) = t_operands(x, w, k);
     // SAFETY: avx512f was detected by the caller.
     unsafe { gemm_packed(out, false, n, m, k, a, b) };
+}
+
+/// `a [n, k] @ b [k, m]` into a new buffer that is never zero-filled: the kernel's first
+/// reduction pass stores every output element (a memset of each output cost ~0.1 s of a
+/// SmolLM2 training step).
+///
+/// # Safety
+/// The CPU must support avx512f; `a` and `b` must cover their extents (checked).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn gemm_packed_new(
+    n: usize,
+    m: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(n * m);
+    gemm_packed_ptr(out.as_mut_ptr(), n * m, false, n, m, k, a, b);
+    // Every one of the n * m elements was stored above.
+    out.set_len(n * m);
+    out
 }
 
 /// `dst [n, m] (+)= a [n, k] @ b [k, m]` for strided a and b (AVX-512 only).
@@ -409,8 +442,29 @@ pub unsafe fn gemm_packed(
     a: Strided<'_>,
     b: Strided<'_>,
 ) {
+    gemm_packed_ptr(dst.as_mut_ptr(), dst.len(), accumulate, n, m, k, a, b)
+}
+
+/// [`gemm_packed`] into `dst_len` elements at `dst`, which may be uninitialized when not
+/// accumulating (every element of `[n, m]` is then stored, never read).
+///
+/// # Safety
+/// As [`gemm_packed`]; `dst` must be valid for writes (and reads when accumulating) of
+/// `dst_len` elements.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_packed_ptr(
+    dst: *mut f32,
+    dst_len: usize,
+    accumulate: bool,
+    n: usize,
+    m: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+) {
     assert!(
-        dst.len() >= n * m && a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
+        dst_len >= n * m && a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
         "gemm_packed: operand out of bounds"
     );
     if n == 0 || m == 0 {
@@ -418,7 +472,7 @@ pub unsafe fn gemm_packed(
     }
     if k == 0 {
         if !accumulate {
-            dst[..n * m].fill(0.0);
+            std::ptr::write_bytes(dst, 0, n * m);
         }
         return;
     }
@@ -440,7 +494,7 @@ pub unsafe fn gemm_packed(
     let per_group = (B_BLOCK_BYTES / (KC * NR * 4)).clamp(1, panels);
     let col_groups = panels.div_ceil(per_group);
     let per_group = panels.div_ceil(col_groups);
-    let ptr = OutPtr(dst.as_mut_ptr());
+    let ptr = OutPtr(dst);
     (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
         let (rb, cg) = (t % row_blocks, t / row_blocks);
         let rows = (rb * row_block, ((rb + 1) * row_block).min(n));

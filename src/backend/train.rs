@@ -469,6 +469,25 @@ impl TrainBackend for CpuBackend {
             "linear_bwd_input: dy has {m} columns, weight has {m2} rows"
         );
         // dx [n, k] = dy [n, m] @ w [m, k]
+        #[cfg(target_arch = "x86_64")]
+        if n >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+            use crate::backend::cpu_gemm::{gemm_packed_new, Strided};
+            let a = Strided {
+                data: &dy.data,
+                off: 0,
+                rs: m,
+                cs: 1,
+            };
+            let b = Strided {
+                data: &w.data,
+                off: 0,
+                rs: k,
+                cs: 1,
+            };
+            // SAFETY: avx512f detected; operand bounds are checked inside.
+            let dx = unsafe { gemm_packed_new(n, k, m, a, b) };
+            return Ok(HostTensor::new(vec![n, k], dx));
+        }
         let mut dx = vec![0.0f32; n * k];
         let lhs = View {
             data: &dy.data,
