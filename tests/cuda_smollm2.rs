@@ -12,6 +12,7 @@ use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::cuda::{cuda_available, CudaBackend, Gemm};
 use pinpoint::backend::train::Region;
 use pinpoint::backward::TrainSeq;
+use pinpoint::diagnose::attribution::spearman;
 use pinpoint::diagnose::metric::{Metric, MetricKind};
 use pinpoint::diagnose::pairs;
 use pinpoint::diagnose::path_patching;
@@ -52,23 +53,6 @@ fn setup(test: &str) -> Option<(CudaBackend, PathBuf)> {
         .expect("CUDA is available but the backend failed")
         .with_gemm(Gemm::Cublas);
     Some((gpu, dir))
-}
-
-/// Spearman rank correlation (no ties expected in real scores).
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    fn ranks(v: &[f64]) -> Vec<f64> {
-        let mut idx: Vec<usize> = (0..v.len()).collect();
-        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
-        let mut r = vec![0.0; v.len()];
-        for (k, &i) in idx.iter().enumerate() {
-            r[i] = k as f64;
-        }
-        r
-    }
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = a.len() as f64;
-    let d2: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - y) * (x - y)).sum();
-    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
 }
 
 #[test]

@@ -318,6 +318,8 @@ struct LabelHead<'m, B: Backend> {
     model: &'m Model<B>,
     /// `[2, d]`: syc, anti.
     rows: B::Tensor,
+    /// Host copies of the final norm and of `rows`, for rows already on the host.
+    host: (HostTensor, HostTensor),
 }
 
 impl<'m, B: Backend> LabelHead<'m, B> {
@@ -327,7 +329,9 @@ impl<'m, B: Backend> LabelHead<'m, B> {
         let rows = model
             .backend
             .gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?;
-        Ok(Self { model, rows })
+        let b = &model.backend;
+        let host = (b.download(&w.final_norm)?, b.download(&rows)?);
+        Ok(Self { model, rows, host })
     }
 
     fn pairs(y: HostTensor) -> Vec<(f64, f64)> {
@@ -351,12 +355,10 @@ impl<'m, B: Backend> LabelHead<'m, B> {
 
     /// The same for rows already on the host.
     fn logits_host(&self, x: &HostTensor) -> Result<Vec<(f64, f64)>> {
-        let m = self.model;
-        let b = &m.backend;
-        let eps = m.cfg.rms_norm_eps as f32;
-        let (norm, rows) = (b.download(&m.weights.final_norm)?, b.download(&self.rows)?);
+        let eps = self.model.cfg.rms_norm_eps as f32;
+        let (norm, rows) = &self.host;
         Ok(Self::pairs(crate::backend::norm_dot_host(
-            x, &norm, eps, &rows,
+            x, norm, eps, rows,
         )?))
     }
 }

@@ -9,7 +9,7 @@
 
 use super::{attn_bwd_tensor_cores, attn_tc_tiles, AttnKernels, ATT_TC_THREADS};
 use super::{bf16_bits, bf16_value, ATT_MAXD};
-use super::{dims2, elem_cfg, int, registry, rows_cfg, u32s, CudaBackend, CudaTensor};
+use super::{dims2, elem_cfg, int, registry, rows_cfg, CudaBackend, CudaTensor};
 use crate::backend::train::{AdamStep, ParamState, Region, TrainBackend};
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::model::HostTensor;
@@ -372,29 +372,7 @@ impl TrainBackend for CudaBackend {
         positions: &[usize],
         theta: f64,
     ) -> Result<()> {
-        let (n, c) = dims2(&dx.shape)?;
-        ensure!(
-            positions.len() == n && head_dim > 0 && head_dim.is_multiple_of(2) && c % head_dim == 0,
-            "rope_bwd: {n} rows of width {c}, {} positions, head_dim {head_dim}",
-            positions.len()
-        );
-        if n == 0 || c == 0 {
-            return Ok(());
-        }
-        let pos = self.htod(&u32s(positions, "rope position")?)?;
-        // The forward's inv_freq, so the angles are the forward's bit for bit.
-        let inv = self.htod(&crate::backend::cpu::rope_inv_freq(head_dim, theta))?;
-        let (ni, ci, di) = (int(n, "rows")?, int(c, "cols")?, int(head_dim, "head_dim")?);
-        let f = self.func(registry::ROPE_BWD)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut dx.buf)
-            .arg(&pos)
-            .arg(&inv)
-            .arg(&ni)
-            .arg(&ci)
-            .arg(&di);
-        unsafe { b.launch(elem_cfg(n * c / 2)) }.context("rope_bwd")?;
-        Ok(())
+        self.rope_launch(registry::ROPE_BWD, dx, head_dim, positions, theta)
     }
 
     fn attention_bwd(
