@@ -1,10 +1,11 @@
-//! f32 `x @ W^T` for the CPU backend.
+//! f32 GEMMs for the CPU backend.
 //!
-//! Both operands are row-major with the reduction dim `k` contiguous (`x [n, k]`,
-//! `W [m, k]`), so each output is a dot product of two contiguous rows. On AVX-512 machines
-//! a register-tiled dot-product kernel (R x C outputs per tile, 16 lanes along k, no
-//! packing) runs over a rayon grid of output blocks for few rows; the `gemm` crate does the
-//! rest.
+//! On AVX-512 machines: for few rows (decode steps, single-position sweeps) a
+//! register-tiled dot-product kernel over `x [n, k]` and `W [m, k]` rows; otherwise a packed
+//! GEMM (`gemm_packed`): B packed into 32-column panels, A into 14-row micro-panels
+//! interleaved along k, 14 x 32 register tiles, reduction passes of up to `KC_MAX`, tasks of
+//! row blocks by column groups on rayon. Without AVX-512 the `gemm` crate does the work.
+//! Within a pass each output sums its products in k order, whatever the blocking.
 
 use rayon::prelude::*;
 
@@ -49,7 +50,15 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
 /// mapping (glibc maps allocations above 32 MiB), and 4 KiB pages would cost one page fault
 /// each on first touch (the lm_head's 200 MB of logits: ~50k faults).
 pub fn zeroed(len: usize) -> Vec<f32> {
-    let v = vec![0.0f32; len];
+    let mut v = with_capacity_huge(len);
+    v.resize(len, 0.0);
+    v
+}
+
+/// An empty `Vec` with room for `len` elements, on transparent huge pages when large (see
+/// [`zeroed`]); advised before the first touch, so the first touch faults 2 MiB at a time.
+pub fn with_capacity_huge(len: usize) -> Vec<f32> {
+    let v: Vec<f32> = Vec::with_capacity(len);
     #[cfg(target_os = "linux")]
     if len * 4 >= 32 << 20 {
         const HUGE: usize = 2 << 20;
@@ -210,13 +219,27 @@ unsafe fn tile<const R: usize, const C: usize>(
 /// Output columns per packed panel (two 16-lane vectors) and rows per micro-tile.
 const NR: usize = 32;
 const MR: usize = 14;
-/// Reduction depth per pass: a 32-column panel of KC rows (32 KiB) stays in L1.
+/// Reduction depth per pass of [`gemm_small`]: a 32-column panel of KC rows (32 KiB)
+/// stays in L1.
 const KC: usize = 256;
-/// Rows of A per inner block (its KC-slice, 112 KiB, stays in L2 across a task's panels).
+/// Deepest reduction pass of the packed GEMM. Deep passes mean fewer loads and stores of
+/// the output (with k = 576 one pass instead of three; measured ~10% faster): the packed
+/// A micro-panel (14 x KC) and the B panel (KC x 32) stream from L2.
+const KC_MAX: usize = 768;
+/// Rows of A per inner block (its pass slice stays in L2 across a task's panels).
 const MC: usize = MR * 8;
-/// A task's slice of B for one reduction pass (KC rows by its panels) stays in L2 while
-/// all the task's rows go by: at most this many bytes of it.
+/// A task's slice of B for one reduction pass (the pass's rows by its panels) stays in L2
+/// while all the task's rows go by: at most this many bytes of it.
 const B_BLOCK_BYTES: usize = 640 << 10;
+
+/// Largest A packed whole, up front (see `gemm_packed_ptr`).
+const WHOLE_A_BYTES: usize = 32 << 20;
+
+/// Reduction depth of each pass of the packed GEMM over `k`: all of it up to [`KC_MAX`],
+/// else equal passes (the last may be shorter).
+fn pass_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1)
+}
 
 /// A strided read-only matrix: element (r, c) is `data[off + r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -259,6 +282,9 @@ fn scratch_take(len: usize) -> Vec<f32> {
             .unwrap_or_default(),
     };
     drop(pool);
+    if v.capacity() < len {
+        v = with_capacity_huge(len);
+    }
     v.resize(len, 0.0);
     v
 }
@@ -287,6 +313,12 @@ fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
                 // SAFETY: avx512f detected; the panel's 32 columns of b are in bounds
                 // (checked by the caller) and `panel` holds k * NR elements.
                 unsafe { pack_transposed_avx512(b, k, p * NR, panel) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if b.cs == 1 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: avx512f detected; the panel's `cols` columns of b are in bounds.
+                unsafe { pack_rows_avx512(b, k, p * NR, cols, panel) };
                 return;
             }
             for kk in 0..k {
@@ -338,6 +370,43 @@ unsafe fn pack_transposed_avx512(b: Strided<'_>, k: usize, c0: usize, panel: &mu
             kk += 16;
         }
     }
+}
+
+/// One panel of a row-major B (`b.cs == 1`): row kk's `cols` columns from `c0` are
+/// contiguous; lanes past `cols` are zeroed.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_rows_avx512(b: Strided<'_>, k: usize, c0: usize, cols: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(panel.len() >= k * NR && cols <= NR && b.end(k, c0 + cols) <= b.data.len());
+    let (m_lo, m_hi) = lane_masks(cols);
+    let src = b.data.as_ptr().add(b.off + c0);
+    let dst = panel.as_mut_ptr();
+    for kk in 0..k {
+        let row = src.add(kk * b.rs);
+        _mm512_storeu_ps(dst.add(kk * NR), _mm512_maskz_loadu_ps(m_lo, row));
+        _mm512_storeu_ps(
+            dst.add(kk * NR + 16),
+            _mm512_maskz_loadu_ps(m_hi, row.add(16)),
+        );
+    }
+}
+
+/// Masks of the first `cols` lanes (at most 32) of two 16-lane vectors.
+fn lane_masks(cols: usize) -> (u16, u16) {
+    let m_lo = if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as u16
+    };
+    let m_hi = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        ((1u32 << (cols - 16)) - 1) as u16
+    } else {
+        0
+    };
+    (m_lo, m_hi)
 }
 
 /// 16 x 16 transpose: `out[i]` lane j = `r[j]` lane i.
@@ -420,8 +489,8 @@ pub unsafe fn gemm_packed_new(
     a: Strided<'_>,
     b: Strided<'_>,
 ) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(n * m);
-    gemm_packed_ptr(out.as_mut_ptr(), n * m, false, n, m, k, a, b);
+    let mut out = with_capacity_huge(n * m);
+    gemm_packed_ptr(out.as_mut_ptr(), n * m, false, n, m, k, a, b, WHOLE_A_BYTES);
     // Every one of the n * m elements was stored above.
     out.set_len(n * m);
     out
@@ -442,11 +511,22 @@ pub unsafe fn gemm_packed(
     a: Strided<'_>,
     b: Strided<'_>,
 ) {
-    gemm_packed_ptr(dst.as_mut_ptr(), dst.len(), accumulate, n, m, k, a, b)
+    gemm_packed_ptr(
+        dst.as_mut_ptr(),
+        dst.len(),
+        accumulate,
+        n,
+        m,
+        k,
+        a,
+        b,
+        WHOLE_A_BYTES,
+    )
 }
 
 /// [`gemm_packed`] into `dst_len` elements at `dst`, which may be uninitialized when not
-/// accumulating (every element of `[n, m]` is then stored, never read).
+/// accumulating (every element of `[n, m]` is then stored, never read). An A of at most
+/// `whole_a_max` bytes is packed whole up front, a larger one block by block.
 ///
 /// # Safety
 /// As [`gemm_packed`]; `dst` must be valid for writes (and reads when accumulating) of
@@ -462,6 +542,7 @@ unsafe fn gemm_packed_ptr(
     k: usize,
     a: Strided<'_>,
     b: Strided<'_>,
+    whole_a_max: usize,
 ) {
     assert!(
         dst_len >= n * m && a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
@@ -485,15 +566,32 @@ unsafe fn gemm_packed_ptr(
         panel: k * NR,
         rs: NR,
     };
+    let kc = pass_depth(k);
     let panels = m.div_ceil(NR);
     let threads = rayon::current_num_threads();
     // Tasks: row blocks (about two per thread, so a descheduled thread's share can be taken
-    // over) by column groups (as many panels as keep the B block within budget).
+    // over) by column groups (as many panels as keep the B block within budget). Row
+    // blocks are whole MR-tiles, so every task's micro-tiles are the global ones of
+    // [`pack_a_rows`].
     let row_block = n.div_ceil(2 * threads).div_ceil(MR).max(1) * MR;
     let row_blocks = n.div_ceil(row_block);
-    let per_group = (B_BLOCK_BYTES / (KC * NR * 4)).clamp(1, panels);
+    // A is packed too. A large A (the 200 MB logits gradient) is packed by each task, block
+    // by block, into a buffer that stays in cache, and each task then takes every column
+    // panel (B streams from L3). Otherwise A is packed once up front and tasks split the
+    // columns into groups whose B block stays in L2.
+    let whole_a = n * k * 4 <= whole_a_max;
+    let per_group = if whole_a {
+        (B_BLOCK_BYTES / (kc * NR * 4)).clamp(1, panels)
+    } else {
+        panels
+    };
     let col_groups = panels.div_ceil(per_group);
     let per_group = panels.div_ceil(col_groups);
+    let packed_a = whole_a.then(|| ScratchGuard(pack_a(a, n, k, kc)));
+    let a_src = match &packed_a {
+        Some(g) => ASrc::Whole(g.0.as_ptr()),
+        None => ASrc::PerBlock(a),
+    };
     let ptr = OutPtr(dst);
     (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
         let (rb, cg) = (t % row_blocks, t / row_blocks);
@@ -501,8 +599,107 @@ unsafe fn gemm_packed_ptr(
         let (p0, p1) = (cg * per_group, ((cg + 1) * per_group).min(panels));
         let p = ptr;
         // SAFETY: this task writes only dst[rows, p0*NR..p1*NR) (clipped to m).
-        unsafe { packed_block(a, src, k, m, rows, p0, p1, accumulate, p.0) };
+        unsafe { packed_block(a_src, n, src, k, kc, m, rows, (p0, p1), accumulate, p.0) };
     });
+}
+
+/// Where the packed GEMM's tasks get A: packed whole by [`pack_a`], or packed block by
+/// block by each task.
+#[derive(Clone, Copy)]
+enum ASrc<'a> {
+    Whole(*const f32),
+    PerBlock(Strided<'a>),
+}
+unsafe impl Send for ASrc<'_> {}
+unsafe impl Sync for ASrc<'_> {}
+
+/// Rows of the micro-tile that starts with `left` rows to go: MR, then 8, 4, 1 at the tail.
+fn tile_rows(left: usize) -> usize {
+    match left {
+        MR.. => MR,
+        8.. => 8,
+        4.. => 4,
+        _ => 1,
+    }
+}
+
+/// `A [n, k]` packed for the micro-kernels: the pass at `k0` (width `kc'` = the pass
+/// width) at offset `n * k0`, laid out as [`pack_a_rows`] of all n rows. `[n * k]`.
+fn pack_a(a: Strided<'_>, n: usize, k: usize, kc: usize) -> Vec<f32> {
+    let mut out = scratch_take(n * k);
+    // Chunks of whole MR-tiles (the last holds the tail tiles).
+    const ROWS: usize = MR * 8;
+    let mut k0 = 0;
+    while k0 < k {
+        let w = kc.min(k - k0);
+        out[n * k0..n * (k0 + w)]
+            .par_chunks_mut(ROWS * w)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let r0 = c * ROWS;
+                let r1 = (r0 + ROWS).min(n);
+                // SAFETY: avx512f was detected by the GEMM's caller; `chunk` holds
+                // (r1 - r0) * w elements; r0 starts a tile and r1 ends one.
+                unsafe { pack_a_rows(a, r0, r1, k0, w, chunk.as_mut_ptr()) };
+            });
+        k0 += w;
+    }
+    out
+}
+
+/// Rows `r0..r1` (r0 starts a micro-tile, r1 ends one) of the reduction slice
+/// `k0..k0 + kc` of A packed at `dst [(r1 - r0) * kc]`: the tile of R rows that starts at
+/// row r at `(r - r0) * kc`, element `(r + i, k0 + kk)` at `kk * R + i`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a_rows(a: Strided<'_>, r0: usize, r1: usize, k0: usize, kc: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    assert!(
+        a.end(r1, k0 + kc) <= a.data.len(),
+        "pack_a_rows: A out of bounds"
+    );
+    let src = a.data.as_ptr().add(a.off);
+    let mut r = r0;
+    while r < r1 {
+        let rows = tile_rows(r1 - r);
+        let d = dst.add((r - r0) * kc);
+        let row_mask: __mmask16 = ((1u32 << rows) - 1) as __mmask16;
+        if a.cs == 1 {
+            // 16 x 16 blocks transposed in registers: rows in, k-steps out.
+            let mut kb = 0;
+            while kb < kc {
+                let w = (kc - kb).min(16);
+                let k_mask: __mmask16 = ((1u32 << w) - 1) as __mmask16;
+                let mut v = [_mm512_setzero_ps(); 16];
+                for (i, x) in v.iter_mut().enumerate().take(rows) {
+                    *x = _mm512_maskz_loadu_ps(k_mask, src.add((r + i) * a.rs + k0 + kb));
+                }
+                let t = transpose16(v);
+                for (j, x) in t.iter().enumerate().take(w) {
+                    _mm512_mask_storeu_ps(d.add((kb + j) * rows), row_mask, *x);
+                }
+                kb += 16;
+            }
+        } else if a.rs == 1 {
+            // Column-major A: a k-step's rows are contiguous.
+            for kk in 0..kc {
+                let x = _mm512_maskz_loadu_ps(row_mask, src.add(r + (k0 + kk) * a.cs));
+                _mm512_mask_storeu_ps(d.add(kk * rows), row_mask, x);
+            }
+        } else {
+            for i in 0..rows {
+                for kk in 0..kc {
+                    *d.add(kk * rows + i) = *src.add((r + i) * a.rs + (k0 + kk) * a.cs);
+                }
+            }
+        }
+        r += rows;
+    }
+}
+
+thread_local! {
+    /// A task's packed block of A (`ASrc::PerBlock`): MC rows by one pass.
+    static A_BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `dst[i * ld + j] (+)= sum_kk a(i, kk) * b(kk, j)` for `i < n`, `j < m`, serially and
@@ -575,33 +772,133 @@ unsafe impl Sync for BSrc {}
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_block(
-    a: Strided<'_>,
+    a: ASrc<'_>,
+    n: usize,
     src: BSrc,
     k: usize,
+    kc_max: usize,
     m: usize,
     (r0, r1): (usize, usize),
-    p0: usize,
-    p1: usize,
+    (p0, p1): (usize, usize),
     accumulate: bool,
     out: *mut f32,
 ) {
     // Reduction passes outside (the pass's B block stays in L2), then blocks of MC rows
-    // (their A slice stays in L2 across the panels), then panels (a KC x NR panel in L1).
+    // (their packed A stays in L2 across the panels), then panels.
+    let mut local = match a {
+        ASrc::PerBlock(_) => A_BLOCK.with(|b| std::mem::take(&mut *b.borrow_mut())),
+        ASrc::Whole(_) => Vec::new(),
+    };
     let mut k0 = 0;
     while k0 < k {
-        let kc = KC.min(k - k0);
+        let kc = kc_max.min(k - k0);
         let add = accumulate || k0 > 0;
         let mut rb = r0;
         while rb < r1 {
             let re = (rb + MC).min(r1);
+            // Packed rows rb..re of this pass: `ap + (r - rb) * kc` is the tile at row r.
+            let ap = match a {
+                ASrc::Whole(p) => p.add(n * k0 + rb * kc),
+                ASrc::PerBlock(a) => {
+                    if local.len() < MC * kc {
+                        local.resize(MC * kc, 0.0);
+                    }
+                    pack_a_rows(a, rb, re, k0, kc, local.as_mut_ptr());
+                    local.as_ptr()
+                }
+            };
             for p in p0..p1 {
                 let b = src.ptr.add(p * src.panel + k0 * src.rs);
                 let tile = Tile::new(k0, kc, m, p * NR, NR.min(m - p * NR), add, src.rs);
-                micro_rows(a, b, rb, re, &tile, out);
+                micro_rows_packed(ap, b, rb, re, &tile, out);
             }
             rb = re;
         }
         k0 += kc;
+    }
+    if let ASrc::PerBlock(_) = a {
+        A_BLOCK.with(|b| *b.borrow_mut() = local);
+    }
+}
+
+/// Micro-tiles down rows `r0..r1` of one column panel, A packed at `ap` (rows from r0,
+/// see [`pack_a_rows`]); `r0` starts a micro-tile and `r1` ends one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_rows_packed(
+    ap: *const f32,
+    b: *const f32,
+    r0: usize,
+    r1: usize,
+    t: &Tile,
+    out: *mut f32,
+) {
+    let mut r = r0;
+    while r < r1 {
+        let step = tile_rows(r1 - r);
+        let a = ap.add((r - r0) * t.kc);
+        match step {
+            MR => micro_packed::<MR>(a, b, r, t, out),
+            8 => micro_packed::<8>(a, b, r, t, out),
+            4 => micro_packed::<4>(a, b, r, t, out),
+            _ => micro_packed::<1>(a, b, r, t, out),
+        }
+        r += step;
+    }
+}
+
+/// [`micro`] with A packed: `ap [kc, R]` (the tile's rows interleaved along k).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn micro_packed<const R: usize>(
+    ap: *const f32,
+    b: *const f32,
+    r: usize,
+    t: &Tile,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm512_setzero_ps(); R];
+    let mut hi = [_mm512_setzero_ps(); R];
+    let (m_lo, m_hi): (__mmask16, __mmask16) = (t.m_lo, t.m_hi);
+    for kk in 0..t.kc {
+        let b0 = _mm512_maskz_loadu_ps(m_lo, b.add(kk * t.bs));
+        let b1 = _mm512_maskz_loadu_ps(m_hi, b.add(kk * t.bs + 16));
+        let col = ap.add(kk * R);
+        for i in 0..R {
+            let x = _mm512_set1_ps(*col.add(i));
+            lo[i] = _mm512_fmadd_ps(x, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
+        }
+    }
+    store_tile(&lo, &hi, r, t, out);
+}
+
+/// `out[r..r+R, c..c+cols] (+)= [lo | hi]` (lanes past `cols` masked off).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile<const R: usize>(
+    lo: &[std::arch::x86_64::__m512; R],
+    hi: &[std::arch::x86_64::__m512; R],
+    r: usize,
+    t: &Tile,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let (m_lo, m_hi): (__mmask16, __mmask16) = (t.m_lo, t.m_hi);
+    for i in 0..R {
+        let o = out.add((r + i) * t.m + t.c);
+        let (mut l, mut h) = (lo[i], hi[i]);
+        if t.add {
+            l = _mm512_add_ps(l, _mm512_maskz_loadu_ps(m_lo, o));
+            h = _mm512_add_ps(h, _mm512_maskz_loadu_ps(m_hi, o.add(16)));
+        }
+        _mm512_mask_storeu_ps(o, m_lo, l);
+        _mm512_mask_storeu_ps(o.add(16), m_hi, h);
     }
 }
 
@@ -644,18 +941,7 @@ struct Tile {
 
 impl Tile {
     fn new(k0: usize, kc: usize, m: usize, c: usize, cols: usize, add: bool, bs: usize) -> Self {
-        let m_lo = if cols >= 16 {
-            0xffff
-        } else {
-            ((1u32 << cols) - 1) as u16
-        };
-        let m_hi = if cols >= 32 {
-            0xffff
-        } else if cols > 16 {
-            ((1u32 << (cols - 16)) - 1) as u16
-        } else {
-            0
-        };
+        let (m_lo, m_hi) = lane_masks(cols);
         Tile {
             k0,
             kc,
@@ -691,15 +977,7 @@ unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Til
             hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
         }
     }
-    for i in 0..R {
-        let o = out.add((r + i) * t.m + t.c);
-        if t.add {
-            lo[i] = _mm512_add_ps(lo[i], _mm512_maskz_loadu_ps(m_lo, o));
-            hi[i] = _mm512_add_ps(hi[i], _mm512_maskz_loadu_ps(m_hi, o.add(16)));
-        }
-        _mm512_mask_storeu_ps(o, m_lo, lo[i]);
-        _mm512_mask_storeu_ps(o.add(16), m_hi, hi[i]);
-    }
+    store_tile(&lo, &hi, r, t, out);
 }
 
 #[cfg(test)]
@@ -760,6 +1038,81 @@ mod tests {
                     "({i},{j}): {} vs {want}",
                     got[i * m + j]
                 );
+            }
+        }
+    }
+
+    /// Both ways of packing A (whole, per block), A row-major, column-major and strided
+    /// both ways, several reduction passes, tail tiles, accumulate or not.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn packed_a_layouts_match_naive() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no avx512f on this CPU");
+            return;
+        }
+        let (n, k, m) = (31, 1700, 45);
+        assert!(k > KC_MAX, "the test must span several reduction passes");
+        let a: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * m)
+            .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
+            .collect();
+        // The same A stored three ways: element (r, c) at off + r * rs + c * cs.
+        let row_major = a.clone();
+        let col_major: Vec<f32> = (0..k * n).map(|i| a[(i % n) * k + i / n]).collect();
+        let (pad_rs, pad_cs) = (2 * k + 3, 2);
+        let mut strided = vec![f32::NAN; 1 + n * pad_rs];
+        for r in 0..n {
+            for c in 0..k {
+                strided[1 + r * pad_rs + c * pad_cs] = a[r * k + c];
+            }
+        }
+        let layouts = [
+            (&row_major, 0, k, 1),
+            (&col_major, 0, 1, n),
+            (&strided, 1, pad_rs, pad_cs),
+        ];
+        let sb = Strided {
+            data: &b,
+            off: 0,
+            rs: m,
+            cs: 1,
+        };
+        for (data, off, rs, cs) in layouts {
+            let sa = Strided { data, off, rs, cs };
+            for whole_a_max in [0, usize::MAX] {
+                for accumulate in [false, true] {
+                    let mut got = vec![1.0f32; n * m];
+                    unsafe {
+                        gemm_packed_ptr(
+                            got.as_mut_ptr(),
+                            got.len(),
+                            accumulate,
+                            n,
+                            m,
+                            k,
+                            sa,
+                            sb,
+                            whole_a_max,
+                        )
+                    };
+                    for i in 0..n {
+                        for j in 0..m {
+                            let dot: f64 = (0..k)
+                                .map(|t| a[i * k + t] as f64 * b[t * m + j] as f64)
+                                .sum();
+                            let want = dot + if accumulate { 1.0 } else { 0.0 };
+                            assert!(
+                                (got[i * m + j] as f64 - want).abs() < 1e-3,
+                                "rs {rs} cs {cs} whole {whole_a_max} acc {accumulate} \
+                                 ({i},{j}): {} vs {want}",
+                                got[i * m + j]
+                            );
+                        }
+                    }
+                }
             }
         }
     }
