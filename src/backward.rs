@@ -673,8 +673,7 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, eps)?;
     let (hw, hid) = head(m);
     let logits = b.linear(&hn, hw)?; // [t, V]
-    let (loss, dlogits) = b.xent_fwd_bwd(&logits, &tg, scale)?;
-    drop(logits);
+    let (loss, dlogits) = b.xent_fwd_bwd_owned(logits, &tg, scale)?;
     let Some(s_min) = s_min else {
         return Ok((loss, rows.len()));
     };

@@ -259,17 +259,16 @@ impl Backend for CpuBackend {
             "rmsnorm weight has {} elements, rows have {d}",
             w.numel()
         );
-        let mut out = vec![0.0; n * d];
-        out.par_chunks_mut(d)
-            .with_min_len(rows_per_task(d))
-            .zip(x.data.par_chunks(d))
-            .for_each(|(o, xi)| {
+        let rows = rows_per_task(d);
+        let out = super::cpu_gemm::par_new(n * d, rows * d, |c, o| {
+            for (o, xi) in o.chunks_exact_mut(d).zip(x.data[c * rows * d..].chunks(d)) {
                 let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
                 let r = 1.0 / (ms + eps).sqrt();
                 for ((o, xv), wv) in o.iter_mut().zip(xi).zip(&w.data) {
                     *o = wv * (xv * r);
                 }
-            });
+            }
+        });
         Ok(HostTensor::new(vec![n, d], out))
     }
 
@@ -367,7 +366,7 @@ impl Backend for CpuBackend {
                     )
                 })
                 .collect();
-            let mut z = vec![0.0f32; n * qc];
+            let mut z = super::cpu_gemm::par_zeroed(n * qc);
             let mut patterns = Vec::new();
             for (&(si, g), (zg, probs)) in tasks.iter().zip(results) {
                 let s = spans[si];
@@ -461,11 +460,11 @@ impl Backend for CpuBackend {
             gate.shape,
             up.shape
         );
-        let mut data = vec![0.0f32; gate.data.len()];
-        data.par_chunks_mut(ELEMS_PER_TASK)
-            .zip(gate.data.par_chunks(ELEMS_PER_TASK))
-            .zip(up.data.par_chunks(ELEMS_PER_TASK))
-            .for_each(|((o, g), u)| super::simd::silu_mul(g, u, o));
+        let data = super::cpu_gemm::par_new(gate.data.len(), ELEMS_PER_TASK, |c, o| {
+            let at = c * ELEMS_PER_TASK;
+            let (g, u) = (&gate.data[at..][..o.len()], &up.data[at..][..o.len()]);
+            super::simd::silu_mul(g, u, o)
+        });
         Ok(HostTensor::new(gate.shape.clone(), data))
     }
 

@@ -184,6 +184,17 @@ pub trait TrainBackend: Backend {
         scale: f32,
     ) -> Result<(f64, Self::Tensor)>;
 
+    /// [`TrainBackend::xent_fwd_bwd`] that may reuse the logits' buffer for the gradient
+    /// (the logits are consumed).
+    fn xent_fwd_bwd_owned(
+        &self,
+        logits: Self::Tensor,
+        targets: &[Option<u32>],
+        scale: f32,
+    ) -> Result<(f64, Self::Tensor)> {
+        self.xent_fwd_bwd(&logits, targets, scale)
+    }
+
     /// Region `reg` of `t`, as a host tensor.
     fn read_region(&self, t: &Self::Tensor, reg: Region) -> Result<HostTensor>;
     /// Overwrite region `reg` of `t` with `src` (shape `reg.shape(t.shape)`).
@@ -452,6 +463,19 @@ fn attention_bwd_group_blocked(
     (dq, dk, dv)
 }
 
+/// Targets of a `[n, vocab]` cross-entropy: one per row, inside the vocabulary.
+fn check_targets(n: usize, vocab: usize, targets: &[Option<u32>]) -> Result<()> {
+    ensure!(
+        targets.len() == n,
+        "xent: {} targets for {n} rows",
+        targets.len()
+    );
+    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+        bail!("xent: target {t} outside the vocabulary of {vocab}");
+    }
+    Ok(())
+}
+
 impl TrainBackend for CpuBackend {
     fn copy(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())
@@ -594,7 +618,7 @@ impl TrainBackend for CpuBackend {
         }
         let want_dw = dw.is_some();
         let rows_per_task = (1usize << 14).div_ceil(d).max(1);
-        let mut dx = vec![0.0f32; n * d];
+        let mut dx = crate::backend::cpu_gemm::par_zeroed(n * d);
         // Per task: dx of its rows (=) and their dw partial sum.
         let dw_sum = dx
             .par_chunks_mut(d * rows_per_task)
@@ -758,9 +782,9 @@ impl TrainBackend for CpuBackend {
                 o
             })
             .collect();
-        let mut dq = vec![0.0f32; n * qc];
-        let mut dk = vec![0.0f32; kr * kc];
-        let mut dv = vec![0.0f32; kr * kc];
+        let mut dq = crate::backend::cpu_gemm::par_zeroed(n * qc);
+        let mut dk = crate::backend::cpu_gemm::par_zeroed(kr * kc);
+        let mut dv = crate::backend::cpu_gemm::par_zeroed(kr * kc);
         for (&(si, g), o) in tasks.iter().zip(outs) {
             let s = spans[si];
             for hh in 0..group {
@@ -802,14 +826,16 @@ impl TrainBackend for CpuBackend {
         // act = g * sigmoid(g) * u;  dact/dg = u * s * (1 + g (1 - s)), dact/du = silu(g).
         const CHUNK: usize = 1 << 15;
         let len = gate.data.len();
-        let (mut dg, mut du) = (vec![0.0f32; len], vec![0.0f32; len]);
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(dact.data.par_chunks(CHUNK))
-            .zip(gate.data.par_chunks(CHUNK).zip(up.data.par_chunks(CHUNK)))
-            .for_each(|(((dg, du), d), (g, u))| {
-                crate::backend::simd::silu_mul_bwd(d, g, u, dg, du)
-            });
+        let (dg, du) = crate::backend::cpu_gemm::par_new2(len, CHUNK, |c, dg, du| {
+            let at = c * CHUNK;
+            let n = dg.len();
+            let (d, g, u) = (
+                &dact.data[at..][..n],
+                &gate.data[at..][..n],
+                &up.data[at..][..n],
+            );
+            crate::backend::simd::silu_mul_bwd(d, g, u, dg, du)
+        });
         Ok((
             HostTensor::new(gate.shape.clone(), dg),
             HostTensor::new(gate.shape.clone(), du),
@@ -839,34 +865,40 @@ impl TrainBackend for CpuBackend {
         targets: &[Option<u32>],
         scale: f32,
     ) -> Result<(f64, HostTensor)> {
-        let (n, vocab) = dims2(logits)?;
-        ensure!(
-            targets.len() == n,
-            "xent: {} targets for {n} rows",
-            targets.len()
-        );
-        if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
-            bail!("xent: target {t} outside the vocabulary of {vocab}");
-        }
-        let mut d = crate::backend::cpu_gemm::zeroed(n * vocab);
+        self.xent_fwd_bwd_owned(logits.clone(), targets, scale)
+    }
+
+    /// In place: each row of logits becomes its row of dlogits (no 200 MB allocation,
+    /// zero-fill and copy for a SmolLM2 batch).
+    fn xent_fwd_bwd_owned(
+        &self,
+        logits: HostTensor,
+        targets: &[Option<u32>],
+        scale: f32,
+    ) -> Result<(f64, HostTensor)> {
+        let (n, vocab) = dims2(&logits)?;
+        check_targets(n, vocab, targets)?;
+        let mut d = logits;
         let losses: Vec<f32> = d
+            .data
             .par_chunks_mut(vocab)
-            .zip(logits.data.par_chunks(vocab))
             .zip(targets)
-            .map(|((drow, lrow), t)| {
-                let Some(t) = *t else { return 0.0 };
-                let max = crate::backend::simd::max(lrow);
-                drow.copy_from_slice(lrow);
-                let sum = crate::backend::simd::exp_shifted_sum(drow, max);
+            .map(|(row, t)| {
+                let Some(t) = *t else {
+                    row.fill(0.0);
+                    return 0.0;
+                };
+                let max = crate::backend::simd::max(row);
+                let l_t = row[t as usize];
+                let sum = crate::backend::simd::exp_shifted_sum(row, max);
                 let inv = 1.0 / sum;
-                crate::backend::simd::scale(drow, inv * scale);
-                drow[t as usize] -= scale;
+                crate::backend::simd::scale(row, inv * scale);
+                row[t as usize] -= scale;
                 // -log softmax(t) = log(sum) + max - l_t
-                sum.ln() + max - lrow[t as usize]
+                sum.ln() + max - l_t
             })
             .collect();
-        let total = losses.iter().map(|&l| l as f64).sum();
-        Ok((total, HostTensor::new(vec![n, vocab], d)))
+        Ok((losses.iter().map(|&l| l as f64).sum(), d))
     }
 
     fn read_region(&self, t: &HostTensor, reg: Region) -> Result<HostTensor> {
