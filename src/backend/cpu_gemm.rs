@@ -314,28 +314,64 @@ impl Strided<'_> {
 static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
 
 /// A buffer of `len` elements from the pool (contents unspecified; every caller overwrites
-/// all of it).
-fn scratch_take(len: usize) -> Vec<f32> {
+/// all of it). Invariant of pooled buffers: their whole capacity is initialized, so taking
+/// one never zero-fills (a serial memset of up to 200 MB).
+fn scratch_take_vec(len: usize) -> Vec<f32> {
     let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
     let best = (0..pool.len())
         .filter(|&i| pool[i].capacity() >= len)
         .min_by_key(|&i| pool[i].capacity());
-    let mut v = match best {
-        Some(i) => pool.swap_remove(i),
-        None => pool
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i)
-            .map(|i| pool.swap_remove(i))
-            .unwrap_or_default(),
-    };
+    let v = best.map(|i| pool.swap_remove(i));
     drop(pool);
-    if v.capacity() < len {
-        v = with_capacity_huge(len);
+    match v {
+        Some(mut v) => {
+            // SAFETY: the pool invariant: all `capacity` elements are initialized.
+            unsafe { v.set_len(v.capacity()) };
+            v.truncate(len);
+            v
+        }
+        None => {
+            // Zeroed in parallel, whole capacity (the pool invariant).
+            let mut v = par_zeroed(len);
+            let cap = v.capacity();
+            v.resize(cap, 0.0);
+            v.truncate(len);
+            v
+        }
     }
-    v.resize(len, 0.0);
-    v
+}
+
+/// A pooled buffer of `len` elements (contents unspecified) whose view starts on a 64-byte
+/// boundary: a packed 16-lane row is one cache line, not two (glibc's large blocks start
+/// 16 bytes into a page). Back to the pool on drop.
+struct Scratch {
+    v: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl Scratch {
+    fn take(len: usize) -> Self {
+        let v = scratch_take_vec(len + 15);
+        let off = v.as_ptr().align_offset(64);
+        assert!(off <= 15, "f32 buffers are 4-byte aligned");
+        Self { v, off, len }
+    }
+    fn as_slice(&self) -> &[f32] {
+        &self.v[self.off..self.off + self.len]
+    }
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.v[self.off..self.off + self.len]
+    }
+    fn as_ptr(&self) -> *const f32 {
+        self.as_slice().as_ptr()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        scratch_give(std::mem::take(&mut self.v));
+    }
 }
 
 /// Return a buffer to the pool (at most a few are kept).
@@ -350,10 +386,11 @@ fn scratch_give(v: Vec<f32>) {
 
 /// `B [k, m]` packed as panels of NR columns: `panel[p][kk][j] = B[kk][p*NR + j]`,
 /// zero-padded past m. `[ceil(m/NR), k, NR]`.
-fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Vec<f32> {
+fn pack_panels(b: Strided<'_>, k: usize, m: usize) -> Scratch {
     let panels = m.div_ceil(NR);
-    let mut out = scratch_take(panels * k * NR);
-    out.par_chunks_mut(k * NR)
+    let mut out = Scratch::take(panels * k * NR);
+    out.as_mut_slice()
+        .par_chunks_mut(k * NR)
         .enumerate()
         .for_each(|(p, panel)| {
             let cols = NR.min(m - p * NR);
@@ -609,9 +646,9 @@ unsafe fn gemm_packed_ptr(
     // B is packed into panels of NR columns (contiguous, no cache-set aliasing of long
     // row strides; measured as fast or faster than reading contiguous rows in place).
     let packed = pack_panels(b, k, m);
-    let packed = ScratchGuard(packed);
+
     let src = BSrc {
-        ptr: packed.0.as_ptr(),
+        ptr: packed.as_ptr(),
         panel: k * NR,
         rs: NR,
     };
@@ -636,9 +673,9 @@ unsafe fn gemm_packed_ptr(
     };
     let col_groups = panels.div_ceil(per_group);
     let per_group = panels.div_ceil(col_groups);
-    let packed_a = whole_a.then(|| ScratchGuard(pack_a(a, n, k, kc)));
+    let packed_a = whole_a.then(|| pack_a(a, n, k, kc));
     let a_src = match &packed_a {
-        Some(g) => ASrc::Whole(g.0.as_ptr()),
+        Some(g) => ASrc::Whole(g.as_ptr()),
         None => ASrc::PerBlock(a),
     };
     let ptr = OutPtr(dst);
@@ -674,14 +711,14 @@ fn tile_rows(left: usize) -> usize {
 
 /// `A [n, k]` packed for the micro-kernels: the pass at `k0` (width `kc'` = the pass
 /// width) at offset `n * k0`, laid out as [`pack_a_rows`] of all n rows. `[n * k]`.
-fn pack_a(a: Strided<'_>, n: usize, k: usize, kc: usize) -> Vec<f32> {
-    let mut out = scratch_take(n * k);
+fn pack_a(a: Strided<'_>, n: usize, k: usize, kc: usize) -> Scratch {
+    let mut out = Scratch::take(n * k);
     // Chunks of whole MR-tiles (the last holds the tail tiles).
     const ROWS: usize = MR * 8;
     let mut k0 = 0;
     while k0 < k {
         let w = kc.min(k - k0);
-        out[n * k0..n * (k0 + w)]
+        out.as_mut_slice()[n * k0..n * (k0 + w)]
             .par_chunks_mut(ROWS * w)
             .enumerate()
             .for_each(|(c, chunk)| {
@@ -799,13 +836,6 @@ pub unsafe fn gemm_small(
     }
 }
 
-/// Returns a packing buffer to the pool when the GEMM is done.
-struct ScratchGuard(Vec<f32>);
-impl Drop for ScratchGuard {
-    fn drop(&mut self) {
-        scratch_give(std::mem::take(&mut self.0));
-    }
-}
 
 /// Where panel p's rows live: row kk of panel p at `ptr + p * panel + kk * rs`.
 #[derive(Clone, Copy)]
@@ -1221,6 +1251,7 @@ mod tests {
                 cs,
             };
             let p = pack_panels(b, k, m);
+            let p = p.as_slice();
             for pi in 0..m.div_ceil(NR) {
                 for kk in 0..k {
                     for j in 0..NR {
