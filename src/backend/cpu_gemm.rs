@@ -836,7 +836,6 @@ pub unsafe fn gemm_small(
     }
 }
 
-
 /// Where panel p's rows live: row kk of panel p at `ptr + p * panel + kk * rs`.
 #[derive(Clone, Copy)]
 struct BSrc {
