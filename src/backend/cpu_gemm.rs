@@ -699,6 +699,24 @@ enum ASrc<'a> {
 unsafe impl Send for ASrc<'_> {}
 unsafe impl Sync for ASrc<'_> {}
 
+/// Rows `$r0..$r1` in micro-tiles of [`tile_rows`]: `$kernel::<R, P>(args)` per tile, with
+/// `$r` bound to the tile's first row.
+macro_rules! for_each_tile {
+    ($r0:expr, $r1:expr, $r:ident, $kernel:ident::<$p:literal>($($arg:expr),*)) => {{
+        let mut $r = $r0;
+        while $r < $r1 {
+            let step = tile_rows($r1 - $r);
+            match step {
+                MR => $kernel::<MR, $p>($($arg),*),
+                8 => $kernel::<8, $p>($($arg),*),
+                4 => $kernel::<4, $p>($($arg),*),
+                _ => $kernel::<1, $p>($($arg),*),
+            }
+            $r += step;
+        }
+    }};
+}
+
 /// Rows of the micro-tile that starts with `left` rows to go: MR, then 8, 4, 1 at the tail.
 fn tile_rows(left: usize) -> usize {
     match left {
@@ -912,47 +930,12 @@ unsafe fn micro_rows_packed(
     t: &Tile,
     out: *mut f32,
 ) {
-    let mut r = r0;
-    while r < r1 {
-        let step = tile_rows(r1 - r);
-        let a = ap.add((r - r0) * t.kc);
-        match step {
-            MR => micro_packed::<MR>(a, b, r, t, out),
-            8 => micro_packed::<8>(a, b, r, t, out),
-            4 => micro_packed::<4>(a, b, r, t, out),
-            _ => micro_packed::<1>(a, b, r, t, out),
-        }
-        r += step;
-    }
-}
-
-/// [`micro`] with A packed: `ap [kc, R]` (the tile's rows interleaved along k).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::needless_range_loop)]
-unsafe fn micro_packed<const R: usize>(
-    ap: *const f32,
-    b: *const f32,
-    r: usize,
-    t: &Tile,
-    out: *mut f32,
-) {
-    use std::arch::x86_64::*;
-    let mut lo = [_mm512_setzero_ps(); R];
-    let mut hi = [_mm512_setzero_ps(); R];
-    let (m_lo, m_hi): (__mmask16, __mmask16) = (t.m_lo, t.m_hi);
-    for kk in 0..t.kc {
-        let b0 = _mm512_maskz_loadu_ps(m_lo, b.add(kk * t.bs));
-        let b1 = _mm512_maskz_loadu_ps(m_hi, b.add(kk * t.bs + 16));
-        let col = ap.add(kk * R);
-        for i in 0..R {
-            let x = _mm512_set1_ps(*col.add(i));
-            lo[i] = _mm512_fmadd_ps(x, b0, lo[i]);
-            hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
-        }
-    }
-    store_tile(&lo, &hi, r, t, out);
+    for_each_tile!(
+        r0,
+        r1,
+        r,
+        micro::<true>(ap.add((r - r0) * t.kc), 0, 0, b, r, t, out)
+    );
 }
 
 /// `out[r..r+R, c..c+cols] (+)= [lo | hi]` (lanes past `cols` masked off).
@@ -985,22 +968,13 @@ unsafe fn store_tile<const R: usize>(
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn micro_rows(a: Strided<'_>, b: *const f32, r0: usize, r1: usize, t: &Tile, out: *mut f32) {
-    let mut r = r0;
-    while r < r1 {
-        let step = match r1 - r {
-            MR.. => MR,
-            8.. => 8,
-            4.. => 4,
-            _ => 1,
-        };
-        match step {
-            MR => micro::<MR>(a, b, r, t, out),
-            8 => micro::<8>(a, b, r, t, out),
-            4 => micro::<4>(a, b, r, t, out),
-            _ => micro::<1>(a, b, r, t, out),
-        }
-        r += step;
-    }
+    let base = a.data.as_ptr().add(a.off + t.k0 * a.cs);
+    for_each_tile!(
+        r0,
+        r1,
+        r,
+        micro::<false>(base.add(r * a.rs), a.cs, a.rs, b, r, t, out)
+    );
 }
 
 /// Where a micro-tile reads and writes: reduction slice `k0..k0+kc`, output columns
@@ -1033,24 +1007,33 @@ impl Tile {
     }
 }
 
-/// `out[r..r+R, c..c+cols] (+)= a[r..r+R, k0..k0+kc] @ b`. Broadcasts of `a` fold
-/// into the FMAs as embedded-broadcast memory operands.
+/// `out[r..r+R, c..c+cols] (+)= A @ b` where A's element (i, kk) (tile row i, reduction
+/// step kk of the pass) is at `ap + kk * a_ks + i * a_rs`; `PACKED` A (see [`pack_a_rows`])
+/// ignores the strides for the constants `R` and 1 (broadcasts at immediate offsets).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-#[allow(clippy::needless_range_loop)]
-unsafe fn micro<const R: usize>(a: Strided<'_>, b: *const f32, r: usize, t: &Tile, out: *mut f32) {
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+unsafe fn micro<const R: usize, const PACKED: bool>(
+    ap: *const f32,
+    a_ks: usize,
+    a_rs: usize,
+    b: *const f32,
+    r: usize,
+    t: &Tile,
+    out: *mut f32,
+) {
     use std::arch::x86_64::*;
-    let ap = a.data.as_ptr().add(a.off + r * a.rs + t.k0 * a.cs);
+    let (a_ks, a_rs) = if PACKED { (R, 1) } else { (a_ks, a_rs) };
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
     let (m_lo, m_hi): (__mmask16, __mmask16) = (t.m_lo, t.m_hi);
     for kk in 0..t.kc {
         let b0 = _mm512_maskz_loadu_ps(m_lo, b.add(kk * t.bs));
         let b1 = _mm512_maskz_loadu_ps(m_hi, b.add(kk * t.bs + 16));
-        let col = ap.add(kk * a.cs);
+        let col = ap.add(kk * a_ks);
         for i in 0..R {
-            let x = _mm512_set1_ps(*col.add(i * a.rs));
+            let x = _mm512_set1_ps(*col.add(i * a_rs));
             lo[i] = _mm512_fmadd_ps(x, b0, lo[i]);
             hi[i] = _mm512_fmadd_ps(x, b1, hi[i]);
         }
@@ -1073,51 +1056,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn strided_packed_gemm_matches_naive() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("SKIPPED: no avx512f on this CPU");
-            return;
-        }
-        let (n, k, m) = (37, 300, 45);
-        let a: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
-            .collect();
-        let b: Vec<f32> = (0..k * m)
-            .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
-            .collect();
-        // a transposed in memory ([k, n]) and b row-major [k, m]; accumulate onto ones.
-        let at: Vec<f32> = (0..k * n).map(|i| a[(i % n) * k + i / n]).collect();
-        let mut got = vec![1.0f32; n * m];
-        let sa = Strided {
-            data: &at,
-            off: 0,
-            rs: 1,
-            cs: n,
-        };
-        let sb = Strided {
-            data: &b,
-            off: 0,
-            rs: m,
-            cs: 1,
-        };
-        unsafe { gemm_packed(&mut got, true, n, m, k, sa, sb) };
-        for i in 0..n {
-            for j in 0..m {
-                let want: f64 = 1.0
-                    + (0..k)
-                        .map(|t| a[i * k + t] as f64 * b[t * m + j] as f64)
-                        .sum::<f64>();
-                assert!(
-                    (got[i * m + j] as f64 - want).abs() < 1e-3,
-                    "({i},{j}): {} vs {want}",
-                    got[i * m + j]
-                );
-            }
-        }
     }
 
     /// Both ways of packing A (whole, per block), A row-major, column-major and strided
