@@ -233,7 +233,11 @@ impl Backend for CpuBackend {
     type Tensor = HostTensor;
 
     fn name(&self) -> String {
-        format!("cpu (f32, {} threads)", rayon::current_num_threads())
+        #[cfg(target_arch = "x86_64")]
+        let matmul = crate::backend::cpu_amx::describe();
+        #[cfg(not(target_arch = "x86_64"))]
+        let matmul = "f32";
+        format!("cpu ({matmul}, {} threads)", rayon::current_num_threads())
     }
     fn upload(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())

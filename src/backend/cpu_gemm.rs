@@ -160,7 +160,7 @@ pub fn matmul_t_gemm_crate(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, o
 
 /// Raw output pointer shared by tasks that write disjoint blocks.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -344,14 +344,14 @@ fn scratch_take_vec(len: usize) -> Vec<f32> {
 /// A pooled buffer of `len` elements (contents unspecified) whose view starts on a 64-byte
 /// boundary: a packed 16-lane row is one cache line, not two (glibc's large blocks start
 /// 16 bytes into a page). Back to the pool on drop.
-struct Scratch {
+pub(crate) struct Scratch {
     v: Vec<f32>,
     off: usize,
     len: usize,
 }
 
 impl Scratch {
-    fn take(len: usize) -> Self {
+    pub(crate) fn take(len: usize) -> Self {
         let v = scratch_take_vec(len + 15);
         let off = v.as_ptr().align_offset(64);
         assert!(off <= 15, "f32 buffers are 4-byte aligned");
@@ -360,10 +360,10 @@ impl Scratch {
     fn as_slice(&self) -> &[f32] {
         &self.v[self.off..self.off + self.len]
     }
-    fn as_mut_slice(&mut self) -> &mut [f32] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.v[self.off..self.off + self.len]
     }
-    fn as_ptr(&self) -> *const f32 {
+    pub(crate) fn as_ptr(&self) -> *const f32 {
         self.as_slice().as_ptr()
     }
 }
@@ -499,7 +499,9 @@ fn lane_masks(cols: usize) -> (u16, u16) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+pub(crate) unsafe fn transpose16(
+    r: [std::arch::x86_64::__m512; 16],
+) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     let mut t = [_mm512_setzero_ps(); 16];
     // 32-bit interleave of row pairs.
@@ -643,6 +645,27 @@ unsafe fn gemm_packed_ptr(
         }
         return;
     }
+    if super::cpu_amx::use_for(n, m, k) {
+        // SAFETY: AMX granted (use_for checks supported()); dst's extent asserted above.
+        super::cpu_amx::gemm(dst, accumulate, n, m, k, a, b);
+        return;
+    }
+    gemm_avx512_ptr(dst, accumulate, n, m, k, a, b, whole_a_max)
+}
+
+/// The f32 FMA GEMM behind [`gemm_packed_ptr`] (bounds checked there; `k > 0`).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx512_ptr(
+    dst: *mut f32,
+    accumulate: bool,
+    n: usize,
+    m: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+    whole_a_max: usize,
+) {
     // B is packed into panels of NR columns (contiguous, no cache-set aliasing of long
     // row strides; measured as fast or faster than reading contiguous rows in place).
     let packed = pack_panels(b, k, m);
@@ -1102,17 +1125,7 @@ mod tests {
                 for accumulate in [false, true] {
                     let mut got = vec![1.0f32; n * m];
                     unsafe {
-                        gemm_packed_ptr(
-                            got.as_mut_ptr(),
-                            got.len(),
-                            accumulate,
-                            n,
-                            m,
-                            k,
-                            sa,
-                            sb,
-                            whole_a_max,
-                        )
+                        gemm_avx512_ptr(got.as_mut_ptr(), accumulate, n, m, k, sa, sb, whole_a_max)
                     };
                     for i in 0..n {
                         for j in 0..m {

@@ -7,6 +7,8 @@
 //! when the sequences are of equal length (TransformerLens' `hook_z` layout).
 
 pub mod cpu;
+#[cfg(target_arch = "x86_64")]
+pub mod cpu_amx;
 pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
