@@ -349,14 +349,15 @@ fn head<B: TrainBackend>(m: &Model<B>) -> (&B::Tensor, ParamId) {
     }
 }
 
-/// Backward of `y = x W^T (+ adapter)` of parameter `p`: weight grads for the mask's slices
-/// of `p` and the adapter (param grads +=); returns `dx` (=) when `need_dx`.
+/// Backward of linears of one input `x`, `y_i = x W_i^T (+ adapter)` of parameters `p_i`
+/// with output gradients `dy_i` (`outs`: q/k/v, gate/up, or one): weight grads for the mask's
+/// slices of each `p_i` and its adapter (param grads +=); returns
+/// `dx = sum_i dy_i W_i (+ adapter paths)` (=) when `need_dx`, in one backend call.
 #[allow(clippy::too_many_arguments)]
 fn lin_bwd<B: TrainBackend>(
     m: &Model<B>,
-    dy: &B::Tensor,
+    outs: &[(&B::Tensor, ParamId)],
     x: &B::Tensor,
-    p: ParamId,
     mask: &Mask,
     adapters: &[Adapter<B::Tensor>],
     lora_u: &[Option<B::Tensor>],
@@ -364,54 +365,47 @@ fn lin_bwd<B: TrainBackend>(
     need_dx: bool,
 ) -> Result<Option<B::Tensor>> {
     let b = &m.backend;
-    let w = match p {
-        ParamId::LmHead | ParamId::Embed => head(m).0,
-        _ => param(&m.weights, p)?,
-    };
-    for (i, reg) in mask.slices_of(p) {
-        b.linear_bwd_weight(dy, x, reg, &mut grads.slices[i])?;
-    }
-    let mut dx = if need_dx {
-        Some(b.linear_bwd_input(dy, w)?)
-    } else {
-        None
-    };
-    if let ParamId::Layer(l, lp) = p {
-        if let Some(ai) = adapter_of(adapters, l, lp) {
-            let ad = &adapters[ai];
-            let u = lora_u[ai]
-                .as_ref()
-                .expect("adapter input recorded in forward");
-            // y += u B^T with u = s x A^T:  dB += dy^T u;  du = s dy B;  dA += du^T x;  dx += du A.
-            b.linear_bwd_weight(dy, u, Region::Full, &mut grads.adapters[ai].1)?;
-            let mut du = b.linear_bwd_input(dy, &ad.b)?;
-            b.scale(&mut du, ad.scale)?;
-            b.linear_bwd_weight(&du, x, Region::Full, &mut grads.adapters[ai].0)?;
-            if let Some(dx) = dx.as_mut() {
-                b.add_assign(dx, &b.linear_bwd_input(&du, &ad.a)?)?;
+    let mut weights = Vec::with_capacity(outs.len());
+    // (du, adapter) of the outputs with a LoRA adapter: their dx path is du A.
+    let mut lora_paths: Vec<(B::Tensor, usize)> = Vec::new();
+    for &(dy, p) in outs {
+        weights.push(match p {
+            ParamId::LmHead | ParamId::Embed => head(m).0,
+            _ => param(&m.weights, p)?,
+        });
+        for (i, reg) in mask.slices_of(p) {
+            b.linear_bwd_weight(dy, x, reg, &mut grads.slices[i])?;
+        }
+        if let ParamId::Layer(l, lp) = p {
+            if let Some(ai) = adapter_of(adapters, l, lp) {
+                let ad = &adapters[ai];
+                let u = lora_u[ai]
+                    .as_ref()
+                    .expect("adapter input recorded in forward");
+                // y += u B^T with u = s x A^T:  dB += dy^T u;  du = s dy B;  dA += du^T x;  dx += du A.
+                b.linear_bwd_weight(dy, u, Region::Full, &mut grads.adapters[ai].1)?;
+                let mut du = b.linear_bwd_input(dy, &ad.b)?;
+                b.scale(&mut du, ad.scale)?;
+                b.linear_bwd_weight(&du, x, Region::Full, &mut grads.adapters[ai].0)?;
+                lora_paths.push((du, ai));
             }
         }
     }
-    Ok(dx)
+    if !need_dx {
+        return Ok(None);
+    }
+    let mut parts: Vec<(&B::Tensor, &B::Tensor)> = outs
+        .iter()
+        .zip(&weights)
+        .map(|(&(dy, _), &w)| (dy, w))
+        .collect();
+    parts.extend(lora_paths.iter().map(|(du, ai)| (du, &adapters[*ai].a)));
+    Ok(Some(b.linear_bwd_input_sum(&parts)?))
 }
 
 /// Does stage-local parameter `p` (or its adapter) train?
 fn trains<T>(mask: &Mask, adapters: &[Adapter<T>], l: usize, p: LayerParam) -> bool {
     mask.trains(ParamId::Layer(l, p)) || adapter_of(adapters, l, p).is_some()
-}
-
-fn add_opt<B: TrainBackend>(
-    b: &B,
-    acc: &mut Option<B::Tensor>,
-    x: Option<B::Tensor>,
-) -> Result<()> {
-    if let Some(x) = x {
-        match acc {
-            Some(a) => b.add_assign(a, &x)?,
-            None => *acc = Some(x),
-        }
-    }
-    Ok(())
 }
 
 /// Backward from `dres` (gradient of the final residual, `[n, d]`) down to the lowest
@@ -461,9 +455,8 @@ fn backward_layers<B: TrainBackend>(
                 .any(|&p| trains(mask, adapters, l, p));
         let dact = lin_bwd(
             m,
-            &dres,
+            &[(&dres, ParamId::Layer(l, LayerParam::Down))],
             &a.act,
-            ParamId::Layer(l, LayerParam::Down),
             mask,
             adapters,
             u,
@@ -473,31 +466,19 @@ fn backward_layers<B: TrainBackend>(
         if let Some(dact) = dact {
             let (dgate, dup) = b.swiglu_bwd(&dact, &a.gate, &a.up)?; // [n, F] each
             let need_h2 = need_dx || mask.trains(ParamId::Layer(l, LayerParam::MlpNorm));
-            let mut dh2 = None;
-            let g = lin_bwd(
+            let dh2 = lin_bwd(
                 m,
-                &dgate,
+                &[
+                    (&dgate, ParamId::Layer(l, LayerParam::Gate)),
+                    (&dup, ParamId::Layer(l, LayerParam::Up)),
+                ],
                 &a.h2,
-                ParamId::Layer(l, LayerParam::Gate),
                 mask,
                 adapters,
                 u,
                 grads,
                 need_h2,
             )?;
-            add_opt(b, &mut dh2, g)?;
-            let g = lin_bwd(
-                m,
-                &dup,
-                &a.h2,
-                ParamId::Layer(l, LayerParam::Up),
-                mask,
-                adapters,
-                u,
-                grads,
-                need_h2,
-            )?;
-            add_opt(b, &mut dh2, g)?;
             if let Some(dh2) = dh2 {
                 let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::MlpNorm))?;
                 let dx = b.rmsnorm_bwd(&dh2, &a.x_mid, &lw.mlp_norm, eps, dw)?;
@@ -523,9 +504,8 @@ fn backward_layers<B: TrainBackend>(
         let need_dz = need_dx || qkv_train || want_dz;
         let dz = lin_bwd(
             m,
-            &dres,
+            &[(&dres, ParamId::Layer(l, LayerParam::O))],
             &a.z,
-            ParamId::Layer(l, LayerParam::O),
             mask,
             adapters,
             u,
@@ -539,25 +519,20 @@ fn backward_layers<B: TrainBackend>(
             b.rope_bwd(&mut dq, cfg.head_dim, &fw.packed.positions, cfg.rope_theta)?;
             b.rope_bwd(&mut dk, cfg.head_dim, &fw.packed.positions, cfg.rope_theta)?;
             let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
-            let mut dh = None;
-            for (dy, p) in [
-                (&dq, LayerParam::Q),
-                (&dk, LayerParam::K),
-                (&dv, LayerParam::V),
-            ] {
-                let g = lin_bwd(
-                    m,
-                    dy,
-                    &a.h,
-                    ParamId::Layer(l, p),
-                    mask,
-                    adapters,
-                    u,
-                    grads,
-                    need_h,
-                )?;
-                add_opt(b, &mut dh, g)?;
-            }
+            let dh = lin_bwd(
+                m,
+                &[
+                    (&dq, ParamId::Layer(l, LayerParam::Q)),
+                    (&dk, ParamId::Layer(l, LayerParam::K)),
+                    (&dv, ParamId::Layer(l, LayerParam::V)),
+                ],
+                &a.h,
+                mask,
+                adapters,
+                u,
+                grads,
+                need_h,
+            )?;
             if let Some(dh) = dh {
                 let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::AttnNorm))?;
                 let dx = b.rmsnorm_bwd(&dh, &x_in, &lw.attn_norm, eps, dw)?;
@@ -682,9 +657,8 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     let need_dx = st > s_min;
     let dhn = lin_bwd(
         m,
-        &dlogits,
+        &[(&dlogits, hid)],
         &hn,
-        hid,
         mask,
         adapters,
         &fw.lora_u,

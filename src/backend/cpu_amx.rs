@@ -17,7 +17,7 @@
 //! 24 tile products per chunk and are stored back. Each output element sums its products in
 //! the same order whatever the blocking or thread count: results are deterministic.
 
-use super::cpu_gemm::{transpose16, OutPtr, Scratch, Strided};
+use super::cpu_gemm::{transpose16, GemmPart, OutPtr, Scratch, Strided};
 use rayon::prelude::*;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -135,13 +135,76 @@ pub fn worth_it(n: usize, m: usize, k: usize) -> bool {
     n >= TR && m >= TR && k >= CHUNK && n * m * k >= 1 << 20
 }
 
-/// `dst [n, m] (+)= a [n, k] @ b [k, m]`; `dst` may be uninitialized when not accumulating
-/// (every element is then stored, never read).
+/// `dst [n, m] (+)= sum_i a_i [n, k_i] @ b_i [k_i, m]` over the parts, in one pass over the
+/// output (an input gradient through several weights: no partial sums written and re-added);
+/// `dst` may be uninitialized when not accumulating (every element is then stored, never
+/// read).
 ///
 /// # Safety
 /// [`supported`] must have returned true; `dst` must be valid for writes (and reads when
-/// accumulating) of `n * m` elements and not overlap `a` or `b`; `a` and `b` must cover their
-/// extents (checked).
+/// accumulating) of `n * m` elements and not overlap any operand; the operands must cover
+/// their extents (checked).
+pub unsafe fn gemm_sum(
+    dst: *mut f32,
+    accumulate: bool,
+    n: usize,
+    m: usize,
+    parts: &[GemmPart<'_>],
+) {
+    for p in parts {
+        assert!(
+            p.a.end(n, p.k) <= p.a.data.len() && p.b.end(p.k, m) <= p.b.data.len(),
+            "amx gemm: operand out of bounds"
+        );
+    }
+    if n == 0 || m == 0 {
+        return;
+    }
+    let row_pairs = n.div_ceil(2 * TR);
+    let col_pairs = m.div_ceil(2 * TR);
+    // Every part packed before any task runs (kept alive until the tasks end).
+    let buffers: Vec<(Scratch, Scratch)> = parts
+        .iter()
+        .map(|p| {
+            let chunks = p.k.div_ceil(CHUNK);
+            (
+                pack_a(p.a, n, p.k, chunks, row_pairs * 2),
+                pack_b(p.b, p.k, m, chunks, col_pairs * 2),
+            )
+        })
+        .collect();
+    let packed: Vec<PackedPart> = buffers
+        .iter()
+        .zip(parts)
+        .map(|((pa, pb), p)| PackedPart {
+            a: pa.as_ptr() as *const u16,
+            b: pb.as_ptr() as *const u16,
+            chunks: p.k.div_ceil(CHUNK),
+        })
+        .collect();
+
+    // Tasks: blocks of up to ROW_PAIRS x COL_PAIRS tile pairs, split evenly.
+    let col_groups = col_pairs.div_ceil(COL_PAIRS);
+    let per_group = col_pairs.div_ceil(col_groups);
+    let row_blocks = row_pairs.div_ceil(ROW_PAIRS);
+    let per_block = row_pairs.div_ceil(row_blocks);
+    let out = OutPtr(dst);
+    let packed = &packed;
+    (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
+        let (rb, cg) = (t % row_blocks, t / row_blocks);
+        let rp = (rb * per_block, ((rb + 1) * per_block).min(row_pairs));
+        let cp = (cg * per_group, ((cg + 1) * per_group).min(col_pairs));
+        let o = out;
+        // SAFETY: AMX granted (caller); the task writes only its own block of dst.
+        unsafe { block(packed, rp, cp, n, m, accumulate, o.0) };
+    });
+    drop(buffers);
+}
+
+/// `dst [n, m] (+)= a [n, k] @ b [k, m]`: [`gemm_sum`] of one part.
+///
+/// # Safety
+/// As [`gemm_sum`].
 pub unsafe fn gemm(
     dst: *mut f32,
     accumulate: bool,
@@ -151,43 +214,18 @@ pub unsafe fn gemm(
     a: Strided<'_>,
     b: Strided<'_>,
 ) {
-    assert!(
-        a.end(n, k) <= a.data.len() && b.end(k, m) <= b.data.len(),
-        "amx gemm: operand out of bounds"
-    );
-    if n == 0 || m == 0 {
-        return;
-    }
-    let chunks = k.div_ceil(CHUNK);
-    let row_pairs = n.div_ceil(2 * TR);
-    let col_pairs = m.div_ceil(2 * TR);
-    let pa = pack_a(a, n, k, chunks, row_pairs * 2);
-    let pb = pack_b(b, k, m, chunks, col_pairs * 2);
-    let (pa, pb) = (
-        Packed(pa.as_ptr() as *const u16),
-        Packed(pb.as_ptr() as *const u16),
-    );
-
-    // Tasks: blocks of up to ROW_PAIRS x COL_PAIRS tile pairs, split evenly.
-    let col_groups = col_pairs.div_ceil(COL_PAIRS);
-    let per_group = col_pairs.div_ceil(col_groups);
-    let row_blocks = row_pairs.div_ceil(ROW_PAIRS);
-    let per_block = row_pairs.div_ceil(row_blocks);
-    let out = OutPtr(dst);
-    (0..row_blocks * col_groups).into_par_iter().for_each(|t| {
-        let (rb, cg) = (t % row_blocks, t / row_blocks);
-        let rp = (rb * per_block, ((rb + 1) * per_block).min(row_pairs));
-        let cp = (cg * per_group, ((cg + 1) * per_group).min(col_pairs));
-        let o = out;
-        // SAFETY: AMX granted (caller); the task writes only its own block of dst.
-        unsafe { block(pa, pb, chunks, rp, cp, n, m, accumulate, o.0) };
-    });
+    gemm_sum(dst, accumulate, n, m, &[GemmPart { a, b, k }])
 }
 
+/// One part's packed operands (see the module's layout) and its reduction chunks.
 #[derive(Clone, Copy)]
-struct Packed(*const u16);
-unsafe impl Send for Packed {}
-unsafe impl Sync for Packed {}
+struct PackedPart {
+    a: *const u16,
+    b: *const u16,
+    chunks: usize,
+}
+unsafe impl Send for PackedPart {}
+unsafe impl Sync for PackedPart {}
 
 thread_local! {
     /// A task's padded output block where it overhangs `[n, m]`.
@@ -198,9 +236,7 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn block(
-    pa: Packed,
-    pb: Packed,
-    chunks: usize,
+    parts: &[PackedPart],
     rp: (usize, usize),
     cp: (usize, usize),
     n: usize,
@@ -233,22 +269,31 @@ unsafe fn block(
     };
     load_config();
     let tile_bytes = PIECES * TILE * 2;
-    let mut s0 = 0;
-    while s0 < chunks {
+    // The parts' slices one after another: each output sums part 0's products in k order,
+    // then part 1's, and so on.
+    let slices = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(pi, p)| (0..p.chunks.div_ceil(SLICE)).map(move |s| (pi, s * SLICE)));
+    for (pi, s0) in slices {
+        let PackedPart {
+            a: pa,
+            b: pb,
+            chunks,
+        } = parts[pi];
         let s1 = (s0 + SLICE).min(chunks);
+        let fresh = pi == 0 && s0 == 0 && !accumulate;
         for i in rp.0..rp.1 {
             // Row tiles 2i and 2i + 1, chunk s0.
-            let a0 = (pa.0 as *const u8).add((2 * i * chunks + s0) * tile_bytes);
+            let a0 = (pa as *const u8).add((2 * i * chunks + s0) * tile_bytes);
             let a1 = a0.add(chunks * tile_bytes);
             for j in cp.0..cp.1 {
-                let b0 = (pb.0 as *const u8).add((2 * j * chunks + s0) * tile_bytes);
+                let b0 = (pb as *const u8).add((2 * j * chunks + s0) * tile_bytes);
                 let b1 = b0.add(chunks * tile_bytes);
                 let c = base.add((i - rp.0) * 2 * TR * ld + (j - cp.0) * 2 * TR);
-                let fresh = s0 == 0 && !accumulate;
                 tile_pairs(a0, a1, b0, b1, s1 - s0, c, ld * 4, fresh);
             }
         }
-        s0 = s1;
     }
     release_tiles();
     if !inside {
@@ -651,6 +696,101 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A sum of parts with different depths and layouts equals the sum of the f64 products,
+    /// within the error of serial f32 over all the parts' products.
+    #[test]
+    fn sum_of_parts_matches_f64_reference() {
+        if !supported() {
+            eprintln!("SKIPPED: no AMX-BF16 on this CPU/OS");
+            return;
+        }
+        let mut seed = 11u64;
+        let (n, m) = (70, 50);
+        let ks = [576, 40, 192];
+        let a: Vec<Vec<f32>> = ks
+            .iter()
+            .map(|&k| (0..n * k).map(|_| lcg(&mut seed)).collect())
+            .collect();
+        let b: Vec<Vec<f32>> = ks
+            .iter()
+            .map(|&k| (0..k * m).map(|_| lcg(&mut seed)).collect())
+            .collect();
+        // Part 1's A column-major, the others row-major.
+        let a1t: Vec<f32> = (0..ks[1] * n)
+            .map(|i| a[1][(i % n) * ks[1] + i / n])
+            .collect();
+        let parts = [
+            GemmPart {
+                a: Strided {
+                    data: &a[0],
+                    off: 0,
+                    rs: ks[0],
+                    cs: 1,
+                },
+                b: Strided {
+                    data: &b[0],
+                    off: 0,
+                    rs: m,
+                    cs: 1,
+                },
+                k: ks[0],
+            },
+            GemmPart {
+                a: Strided {
+                    data: &a1t,
+                    off: 0,
+                    rs: 1,
+                    cs: n,
+                },
+                b: Strided {
+                    data: &b[1],
+                    off: 0,
+                    rs: m,
+                    cs: 1,
+                },
+                k: ks[1],
+            },
+            GemmPart {
+                a: Strided {
+                    data: &a[2],
+                    off: 0,
+                    rs: ks[2],
+                    cs: 1,
+                },
+                b: Strided {
+                    data: &b[2],
+                    off: 0,
+                    rs: m,
+                    cs: 1,
+                },
+                k: ks[2],
+            },
+        ];
+        for accumulate in [false, true] {
+            let mut got = vec![-1.5f32; n * m];
+            unsafe { gemm_sum(got.as_mut_ptr(), accumulate, n, m, &parts) };
+            let (mut err, mut serial_err) = (0f64, 0f64);
+            for i in 0..n {
+                for j in 0..m {
+                    let init = if accumulate { -1.5f32 } else { 0.0 };
+                    let (mut exact, mut serial) = (init as f64, init);
+                    for (p, &k) in ks.iter().enumerate() {
+                        for t in 0..k {
+                            exact += a[p][i * k + t] as f64 * b[p][t * m + j] as f64;
+                            serial = a[p][i * k + t].mul_add(b[p][t * m + j], serial);
+                        }
+                    }
+                    err += (got[i * m + j] as f64 - exact).abs();
+                    serial_err += (serial as f64 - exact).abs();
+                }
+            }
+            assert!(
+                err <= 1.5 * serial_err,
+                "accumulate {accumulate}: error {err:.3e} vs serial f32 {serial_err:.3e}"
+            );
         }
     }
 

@@ -290,6 +290,14 @@ fn pass_depth(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1)
 }
 
+/// One product of a sum of GEMMs, `a [n, k] @ b [k, m]` (n and m shared by the parts).
+#[derive(Clone, Copy)]
+pub struct GemmPart<'a> {
+    pub a: Strided<'a>,
+    pub b: Strided<'a>,
+    pub k: usize,
+}
+
 /// A strided read-only matrix: element (r, c) is `data[off + r * rs + c * cs]`.
 #[derive(Clone, Copy)]
 pub struct Strided<'a> {
@@ -579,6 +587,41 @@ pub unsafe fn gemm_packed_new(
 ) -> Vec<f32> {
     let mut out = with_capacity_huge(n * m);
     gemm_packed_ptr(out.as_mut_ptr(), n * m, false, n, m, k, a, b, WHOLE_A_BYTES);
+    // Every one of the n * m elements was stored above.
+    out.set_len(n * m);
+    out
+}
+
+/// `sum_i a_i [n, k_i] @ b_i [k_i, m]` into a new buffer: on AMX one pass over the output
+/// for all parts, else the first part stored and the rest accumulated (no add passes).
+///
+/// # Safety
+/// The CPU must support avx512f; the operands must cover their extents (checked).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn gemm_packed_sum_new(n: usize, m: usize, parts: &[GemmPart<'_>]) -> Vec<f32> {
+    let mut out = with_capacity_huge(n * m);
+    let k_total: usize = parts.iter().map(|p| p.k).sum();
+    if parts.len() > 1 && n > 0 && m > 0 && super::cpu_amx::use_for(n, m, k_total) {
+        // SAFETY: AMX granted (use_for); out has room for n * m; bounds checked inside.
+        super::cpu_amx::gemm_sum(out.as_mut_ptr(), false, n, m, parts);
+    } else if parts.is_empty() {
+        out.resize(n * m, 0.0);
+        return out;
+    } else {
+        for (i, p) in parts.iter().enumerate() {
+            gemm_packed_ptr(
+                out.as_mut_ptr(),
+                n * m,
+                i > 0,
+                n,
+                m,
+                p.k,
+                p.a,
+                p.b,
+                WHOLE_A_BYTES,
+            );
+        }
+    }
     // Every one of the n * m elements was stored above.
     out.set_len(n * m);
     out

@@ -117,6 +117,22 @@ pub trait TrainBackend: Backend {
 
     /// Backward of `y = x @ w^T`: activation grads `dx [n, in] = dy [n, out] @ w [out, in]`.
     fn linear_bwd_input(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
+    /// The activation gradient through several linears of one input (q/k/v, gate/up, LoRA
+    /// paths): `dx [n, in] = sum_i dy_i [n, out_i] @ w_i [out_i, in]`, in part order. The
+    /// default adds the parts' `linear_bwd_input`s; a backend may do it in one pass.
+    fn linear_bwd_input_sum(
+        &self,
+        parts: &[(&Self::Tensor, &Self::Tensor)],
+    ) -> Result<Self::Tensor> {
+        let Some(((dy, w), rest)) = parts.split_first() else {
+            bail!("linear_bwd_input_sum: no parts");
+        };
+        let mut dx = self.linear_bwd_input(dy, w)?;
+        for (dy, w) in rest {
+            self.add_assign(&mut dx, &self.linear_bwd_input(dy, w)?)?;
+        }
+        Ok(dx)
+    }
     /// Backward of `y = x @ w^T` for the weight region `reg`: param grads
     /// `dw_reg += (dy^T @ x)[reg]`, `dw_reg` of shape `reg.shape([out, in])`. Only the
     /// region's rows (columns) enter the GEMM.
@@ -486,46 +502,67 @@ impl TrainBackend for CpuBackend {
     }
 
     fn linear_bwd_input(&self, dy: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
-        let (n, m) = dims2(dy)?;
-        let (m2, k) = dims2(w)?;
-        ensure!(
-            m == m2,
-            "linear_bwd_input: dy has {m} columns, weight has {m2} rows"
-        );
-        // dx [n, k] = dy [n, m] @ w [m, k]
-        #[cfg(target_arch = "x86_64")]
-        if n >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-            use crate::backend::cpu_gemm::{gemm_packed_new, Strided};
-            let a = Strided {
+        self.linear_bwd_input_sum(&[(dy, w)])
+    }
+
+    fn linear_bwd_input_sum(&self, parts: &[(&HostTensor, &HostTensor)]) -> Result<HostTensor> {
+        let Some(&(dy0, w0)) = parts.first() else {
+            bail!("linear_bwd_input_sum: no parts");
+        };
+        let (n, _) = dims2(dy0)?;
+        let (_, k) = dims2(w0)?;
+        // Part i: dy_i [n, m_i] (row-major) @ w_i [m_i, k] (row-major).
+        let mut views = Vec::with_capacity(parts.len());
+        for (i, &(dy, w)) in parts.iter().enumerate() {
+            let (n2, m) = dims2(dy)?;
+            let (m2, k2) = dims2(w)?;
+            ensure!(
+                m == m2 && n2 == n && k2 == k,
+                "linear_bwd_input: part {i}: dy [{n2}, {m}] and weight [{m2}, {k2}] do not \
+                 make [{n}, {k}]"
+            );
+            let dy_view = View {
                 data: &dy.data,
                 off: 0,
                 rs: m,
                 cs: 1,
             };
-            let b = Strided {
+            let w_view = View {
                 data: &w.data,
                 off: 0,
                 rs: k,
                 cs: 1,
             };
+            views.push((dy_view, w_view, m));
+        }
+        // dx [n, k] = sum_i dy_i @ w_i
+        #[cfg(target_arch = "x86_64")]
+        if n >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+            use crate::backend::cpu_gemm::{gemm_packed_sum_new, GemmPart, Strided};
+            fn strided<'a>(v: View<'a>) -> Strided<'a> {
+                Strided {
+                    data: v.data,
+                    off: v.off,
+                    rs: v.rs,
+                    cs: v.cs,
+                }
+            }
+            let gemm_parts: Vec<GemmPart> = views
+                .iter()
+                .map(|&(a, b, m)| GemmPart {
+                    a: strided(a),
+                    b: strided(b),
+                    k: m,
+                })
+                .collect();
             // SAFETY: avx512f detected; operand bounds are checked inside.
-            let dx = unsafe { gemm_packed_new(n, k, m, a, b) };
+            let dx = unsafe { gemm_packed_sum_new(n, k, &gemm_parts) };
             return Ok(HostTensor::new(vec![n, k], dx));
         }
         let mut dx = vec![0.0f32; n * k];
-        let lhs = View {
-            data: &dy.data,
-            off: 0,
-            rs: m,
-            cs: 1,
-        };
-        let rhs = View {
-            data: &w.data,
-            off: 0,
-            rs: k,
-            cs: 1,
-        };
-        gemm_into(&mut dx, false, n, k, m, lhs, rhs);
+        for (i, &(lhs, rhs, m)) in views.iter().enumerate() {
+            gemm_into(&mut dx, i > 0, n, k, m, lhs, rhs);
+        }
         Ok(HostTensor::new(vec![n, k], dx))
     }
 
