@@ -331,6 +331,18 @@ unsafe fn release_tiles() {
     asm!("tilerelease", options(nostack, nomem));
 }
 
+/// The 2 x 2 output tiles += (A pieces in tmm4, tmm5) x (B pieces in tmm6, tmm7).
+macro_rules! products {
+    () => {
+        concat!(
+            "tdpbf16ps tmm0, tmm4, tmm6\n",
+            "tdpbf16ps tmm1, tmm4, tmm7\n",
+            "tdpbf16ps tmm2, tmm5, tmm6\n",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+        )
+    };
+}
+
 /// Output tiles (2 x 2 of 16 x 16, at `c` with row stride `ldc_bytes`) += the `chunks` chunks
 /// of A row tiles at `a0`, `a1` and B column tiles at `b0`, `b1` (consecutive chunks
 /// `PIECES` KiB apart); `fresh` starts from zero instead of loading the outputs.
@@ -375,42 +387,24 @@ unsafe fn tile_pairs(
             "tileloadd tmm7, [{b1} + {s}*1]",
             "tileloadd tmm4, [{a0} + {s}*1]",
             "tileloadd tmm5, [{a1} + {s}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm4, [{a0} + {s}*1 + 1024]",
             "tileloadd tmm5, [{a1} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm4, [{a0} + {s}*1 + 2048]",
             "tileloadd tmm5, [{a1} + {s}*1 + 2048]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm6, [{b0} + {s}*1 + 1024]",
             "tileloadd tmm7, [{b1} + {s}*1 + 1024]",
             "tileloadd tmm4, [{a0} + {s}*1 + 1024]",
             "tileloadd tmm5, [{a1} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm4, [{a0} + {s}*1]",
             "tileloadd tmm5, [{a1} + {s}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             "tileloadd tmm6, [{b0} + {s}*1 + 2048]",
             "tileloadd tmm7, [{b1} + {s}*1 + 2048]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            products!(),
             a0 = in(reg) a0.add(q * step),
             a1 = in(reg) a1.add(q * step),
             b0 = in(reg) b0.add(q * step),
@@ -452,57 +446,67 @@ unsafe fn split3(mut lo: __m512, mut hi: __m512) -> [__m512i; PIECES] {
     out
 }
 
+/// `w <= 32` values at `p`, `stride` apart, as two vectors (zero past w): contiguous lines
+/// (row-major A, a weight read as W^T) by masked loads, strided ones gathered.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_line(p: *const f32, stride: usize, w: usize) -> (__m512, __m512) {
+    if stride == 1 {
+        let (m_lo, m_hi) = masks32(w);
+        return (
+            _mm512_maskz_loadu_ps(m_lo, p),
+            _mm512_maskz_loadu_ps(m_hi, p.add(16)),
+        );
+    }
+    let mut buf = [0f32; CHUNK];
+    for (q, v) in buf.iter_mut().enumerate().take(w) {
+        *v = *p.add(q * stride);
+    }
+    (
+        _mm512_loadu_ps(buf.as_ptr()),
+        _mm512_loadu_ps(buf.as_ptr().add(16)),
+    )
+}
+
 /// Masks of the first `w` lanes of 32 (two vectors of 16).
 fn masks32(w: usize) -> (__mmask16, __mmask16) {
     let bits = if w >= 32 { u32::MAX } else { (1u32 << w) - 1 };
     (bits as __mmask16, (bits >> 16) as __mmask16)
 }
 
-/// A packed as `[row_tiles][chunks][PIECES][16][32]` bf16, zero past n and k.
-fn pack_a(a: Strided<'_>, n: usize, k: usize, chunks: usize, row_tiles: usize) -> Scratch {
-    let per_tile = chunks * PIECES * TILE; // bf16
-    let mut out = Scratch::take(row_tiles * per_tile / 2);
+/// `tiles` row (column) tiles of `chunks` packed tiles each, `[tiles][chunks][PIECES][512]`
+/// bf16, tile t written by `pack(t, dst)` in parallel.
+fn pack_tiles(tiles: usize, chunks: usize, pack: impl Fn(usize, *mut u16) + Sync) -> Scratch {
+    let per_tile = chunks * PIECES * TILE; // bf16, an even count
+    let mut out = Scratch::take(tiles * per_tile / 2);
     out.as_mut_slice()
         .par_chunks_mut(per_tile / 2)
         .enumerate()
-        .for_each(|(t, dst)| {
-            // SAFETY: AMX (so AVX512-BF16) checked by the caller; dst holds one row tile.
-            unsafe { pack_a_tile(a, n, k, chunks, t, dst.as_mut_ptr() as *mut u16) }
-        });
+        .for_each(|(t, dst)| pack(t, dst.as_mut_ptr() as *mut u16));
     out
+}
+
+/// A packed as `[row_tiles][chunks][PIECES][16][32]` bf16, zero past n and k.
+fn pack_a(a: Strided<'_>, n: usize, k: usize, chunks: usize, row_tiles: usize) -> Scratch {
+    // SAFETY: AMX (so AVX512-BF16) checked by the caller; dst holds one row tile.
+    pack_tiles(row_tiles, chunks, |t, dst| unsafe {
+        pack_a_tile(a, n, k, chunks, t, dst)
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn pack_a_tile(a: Strided<'_>, n: usize, k: usize, chunks: usize, t: usize, dst: *mut u16) {
     let src = a.data.as_ptr().add(a.off);
-    let mut buf = [0f32; CHUNK];
     for c in 0..chunks {
         let k0 = c * CHUNK;
         let w = CHUNK.min(k - k0);
-        let (m_lo, m_hi) = masks32(w);
         let tile = dst.add(c * PIECES * TILE);
         for i in 0..TR {
             let r = t * TR + i;
             let (lo, hi) = if r >= n {
                 (_mm512_setzero_ps(), _mm512_setzero_ps())
-            } else if a.cs == 1 {
-                let p = src.add(r * a.rs + k0);
-                (
-                    _mm512_maskz_loadu_ps(m_lo, p),
-                    _mm512_maskz_loadu_ps(m_hi, p.add(16)),
-                )
             } else {
-                for (q, v) in buf.iter_mut().enumerate() {
-                    *v = if q < w {
-                        *src.add(r * a.rs + (k0 + q) * a.cs)
-                    } else {
-                        0.0
-                    };
-                }
-                (
-                    _mm512_loadu_ps(buf.as_ptr()),
-                    _mm512_loadu_ps(buf.as_ptr().add(16)),
-                )
+                load_line(src.add(r * a.rs + k0 * a.cs), a.cs, w)
             };
             for (p, piece) in split3(lo, hi).iter().enumerate() {
                 _mm512_storeu_si512(tile.add(p * TILE + i * CHUNK) as *mut _, *piece);
@@ -513,16 +517,10 @@ unsafe fn pack_a_tile(a: Strided<'_>, n: usize, k: usize, chunks: usize, t: usiz
 
 /// B as `[col_tiles][chunks][PIECES][16 pairs][16 columns][2]` bf16, zero past k and m.
 fn pack_b(b: Strided<'_>, k: usize, m: usize, chunks: usize, col_tiles: usize) -> Scratch {
-    let per_tile = chunks * PIECES * TILE;
-    let mut out = Scratch::take(col_tiles * per_tile / 2);
-    out.as_mut_slice()
-        .par_chunks_mut(per_tile / 2)
-        .enumerate()
-        .for_each(|(t, dst)| {
-            // SAFETY: as pack_a.
-            unsafe { pack_b_tile(b, k, m, chunks, t, dst.as_mut_ptr() as *mut u16) }
-        });
-    out
+    // SAFETY: as pack_a (AVX512-BW comes with AMX); dst holds one column tile.
+    pack_tiles(col_tiles, chunks, |t, dst| unsafe {
+        pack_b_tile(b, k, m, chunks, t, dst)
+    })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -531,7 +529,6 @@ unsafe fn pack_b_tile(b: Strided<'_>, k: usize, m: usize, chunks: usize, t: usiz
     let src = b.data.as_ptr().add(b.off);
     let cols = TR.min(m.saturating_sub(t * TR));
     let col_mask: __mmask16 = ((1u32 << cols) - 1) as __mmask16;
-    let mut buf = [0f32; CHUNK];
     for c in 0..chunks {
         let k0 = c * CHUNK;
         let w = CHUNK.min(k - k0);
@@ -559,29 +556,10 @@ unsafe fn pack_b_tile(b: Strided<'_>, k: usize, m: usize, chunks: usize, t: usiz
         } else {
             // Column j's 32 reduction values split are its 16 pairs; a 16 x 16 transpose of
             // the pairs (as 32-bit lanes) makes the VNNI rows.
-            let (m_lo, m_hi) = masks32(w);
             let mut v = [[_mm512_setzero_ps(); TR]; PIECES];
             for j in 0..cols {
                 let col = t * TR + j;
-                let (lo, hi) = if b.rs == 1 {
-                    let p = src.add(col * b.cs + k0);
-                    (
-                        _mm512_maskz_loadu_ps(m_lo, p),
-                        _mm512_maskz_loadu_ps(m_hi, p.add(16)),
-                    )
-                } else {
-                    for (q, x) in buf.iter_mut().enumerate() {
-                        *x = if q < w {
-                            *src.add((k0 + q) * b.rs + col * b.cs)
-                        } else {
-                            0.0
-                        };
-                    }
-                    (
-                        _mm512_loadu_ps(buf.as_ptr()),
-                        _mm512_loadu_ps(buf.as_ptr().add(16)),
-                    )
-                };
+                let (lo, hi) = load_line(src.add(col * b.cs + k0 * b.rs), b.rs, w);
                 for (p, piece) in split3(lo, hi).iter().enumerate() {
                     v[p][j] = _mm512_castsi512_ps(*piece);
                 }

@@ -6,6 +6,8 @@
 //! interleaved along k, 14 x 32 register tiles, reduction passes of up to `KC_MAX`, tasks of
 //! row blocks by column groups on rayon. Without AVX-512 the `gemm` crate does the work.
 //! Within a pass each output sums its products in k order, whatever the blocking.
+//! Where the CPU has AMX-BF16, large packed GEMMs go to `cpu_amx` instead (still f32:
+//! 6-pass bf16 with f32 accumulation); `PINPOINT_CPU_MATMUL` chooses (see `cpu_amx::mode`).
 
 use rayon::prelude::*;
 
