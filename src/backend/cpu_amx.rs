@@ -160,6 +160,14 @@ pub unsafe fn gemm_sum(
     if n == 0 || m == 0 {
         return;
     }
+    // Parts without products add nothing.
+    let parts: Vec<GemmPart> = parts.iter().filter(|p| p.k > 0).copied().collect();
+    if parts.is_empty() {
+        if !accumulate {
+            std::ptr::write_bytes(dst, 0, n * m);
+        }
+        return;
+    }
     let row_pairs = n.div_ceil(2 * TR);
     let col_pairs = m.div_ceil(2 * TR);
     // Every part packed before any task runs (kept alive until the tasks end).
@@ -275,6 +283,8 @@ unsafe fn block(
         .iter()
         .enumerate()
         .flat_map(|(pi, p)| (0..p.chunks.div_ceil(SLICE)).map(move |s| (pi, s * SLICE)));
+    // The first slice of all (a part may have none) starts the outputs from zero.
+    let mut fresh = !accumulate;
     for (pi, s0) in slices {
         let PackedPart {
             a: pa,
@@ -282,7 +292,6 @@ unsafe fn block(
             chunks,
         } = parts[pi];
         let s1 = (s0 + SLICE).min(chunks);
-        let fresh = pi == 0 && s0 == 0 && !accumulate;
         for i in rp.0..rp.1 {
             // Row tiles 2i and 2i + 1, chunk s0.
             let a0 = (pa as *const u8).add((2 * i * chunks + s0) * tile_bytes);
@@ -294,6 +303,7 @@ unsafe fn block(
                 tile_pairs(a0, a1, b0, b1, s1 - s0, c, ld * 4, fresh);
             }
         }
+        fresh = false;
     }
     release_tiles();
     if !inside {
@@ -687,7 +697,8 @@ mod tests {
         }
         let mut seed = 11u64;
         let (n, m) = (70, 50);
-        let ks = [576, 40, 192];
+        // Part 0 is empty (k = 0): the next part must still start the outputs from zero.
+        let ks = [0, 576, 40, 192];
         let a: Vec<Vec<f32>> = ks
             .iter()
             .map(|&k| (0..n * k).map(|_| lcg(&mut seed)).collect())
@@ -696,57 +707,38 @@ mod tests {
             .iter()
             .map(|&k| (0..k * m).map(|_| lcg(&mut seed)).collect())
             .collect();
-        // Part 1's A column-major, the others row-major.
-        let a1t: Vec<f32> = (0..ks[1] * n)
-            .map(|i| a[1][(i % n) * ks[1] + i / n])
+        // Part 2's A column-major, the others row-major.
+        let col_major = 2;
+        let a_stored: Vec<Vec<f32>> = (0..ks.len())
+            .map(|p| {
+                let k = ks[p];
+                if p == col_major {
+                    (0..k * n).map(|i| a[p][(i % n) * k + i / n]).collect()
+                } else {
+                    a[p].clone()
+                }
+            })
             .collect();
-        let parts = [
-            GemmPart {
-                a: Strided {
-                    data: &a[0],
-                    off: 0,
-                    rs: ks[0],
-                    cs: 1,
-                },
-                b: Strided {
-                    data: &b[0],
-                    off: 0,
-                    rs: m,
-                    cs: 1,
-                },
-                k: ks[0],
-            },
-            GemmPart {
-                a: Strided {
-                    data: &a1t,
-                    off: 0,
-                    rs: 1,
-                    cs: n,
-                },
-                b: Strided {
-                    data: &b[1],
-                    off: 0,
-                    rs: m,
-                    cs: 1,
-                },
-                k: ks[1],
-            },
-            GemmPart {
-                a: Strided {
-                    data: &a[2],
-                    off: 0,
-                    rs: ks[2],
-                    cs: 1,
-                },
-                b: Strided {
-                    data: &b[2],
-                    off: 0,
-                    rs: m,
-                    cs: 1,
-                },
-                k: ks[2],
-            },
-        ];
+        let parts: Vec<GemmPart> = (0..ks.len())
+            .map(|p| {
+                let (rs, cs) = if p == col_major { (1, n) } else { (ks[p], 1) };
+                GemmPart {
+                    a: Strided {
+                        data: &a_stored[p],
+                        off: 0,
+                        rs,
+                        cs,
+                    },
+                    b: Strided {
+                        data: &b[p],
+                        off: 0,
+                        rs: m,
+                        cs: 1,
+                    },
+                    k: ks[p],
+                }
+            })
+            .collect();
         for accumulate in [false, true] {
             let mut got = vec![-1.5f32; n * m];
             unsafe { gemm_sum(got.as_mut_ptr(), accumulate, n, m, &parts) };
