@@ -209,22 +209,6 @@ pub unsafe fn gemm_sum(
     drop(buffers);
 }
 
-/// `dst [n, m] (+)= a [n, k] @ b [k, m]`: [`gemm_sum`] of one part.
-///
-/// # Safety
-/// As [`gemm_sum`].
-pub unsafe fn gemm(
-    dst: *mut f32,
-    accumulate: bool,
-    n: usize,
-    m: usize,
-    k: usize,
-    a: Strided<'_>,
-    b: Strided<'_>,
-) {
-    gemm_sum(dst, accumulate, n, m, &[GemmPart { a, b, k }])
-}
-
 /// One part's packed operands (see the module's layout) and its reduction chunks.
 #[derive(Clone, Copy)]
 struct PackedPart {
@@ -660,7 +644,8 @@ mod tests {
                 for sb in b_ways {
                     for accumulate in [false, true] {
                         let mut got = vec![0.25f32; n * m];
-                        unsafe { gemm(got.as_mut_ptr(), accumulate, n, m, k, sa, sb) };
+                        let part = [GemmPart { a: sa, b: sb, k }];
+                        unsafe { gemm_sum(got.as_mut_ptr(), accumulate, n, m, &part) };
                         let (mut err, mut serial_err) = (0f64, 0f64);
                         for i in 0..n {
                             for j in 0..m {

@@ -603,7 +603,7 @@ pub unsafe fn gemm_packed_new(
 pub unsafe fn gemm_packed_sum_new(n: usize, m: usize, parts: &[GemmPart<'_>]) -> Vec<f32> {
     let mut out = with_capacity_huge(n * m);
     let k_total: usize = parts.iter().map(|p| p.k).sum();
-    if parts.len() > 1 && n > 0 && m > 0 && super::cpu_amx::use_for(n, m, k_total) {
+    if parts.len() > 1 && super::cpu_amx::use_for(n, m, k_total) {
         // SAFETY: AMX granted (use_for); out has room for n * m; bounds checked inside.
         super::cpu_amx::gemm_sum(out.as_mut_ptr(), false, n, m, parts);
     } else if parts.is_empty() {
@@ -692,7 +692,7 @@ unsafe fn gemm_packed_ptr(
     }
     if super::cpu_amx::use_for(n, m, k) {
         // SAFETY: AMX granted (use_for checks supported()); dst's extent asserted above.
-        super::cpu_amx::gemm(dst, accumulate, n, m, k, a, b);
+        super::cpu_amx::gemm_sum(dst, accumulate, n, m, &[GemmPart { a, b, k }]);
         return;
     }
     gemm_avx512_ptr(dst, accumulate, n, m, k, a, b, whole_a_max)

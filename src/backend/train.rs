@@ -13,6 +13,7 @@
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::{gather_kv, key_lo, softmax_masked, ATT_QB};
 use crate::backend::cpu::{rotate_half, softmax_in_place, CpuBackend};
+use crate::backend::cpu_gemm::Strided;
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::model::HostTensor;
 use anyhow::{bail, ensure, Result};
@@ -259,25 +260,6 @@ fn dims2(t: &HostTensor) -> Result<(usize, usize)> {
     }
 }
 
-/// A strided matrix view: element (i, j) at `ptr[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    off: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    /// Highest index touched for an `r x c` matrix.
-    fn end(&self, r: usize, c: usize) -> usize {
-        if r == 0 || c == 0 {
-            return self.off;
-        }
-        self.off + (r - 1) * self.rs + (c - 1) * self.cs + 1
-    }
-}
-
 /// `dst [m, n] (+)= lhs [m, k] @ rhs [k, n]`, dst row-major contiguous, f32.
 fn gemm_into(
     dst: &mut [f32],
@@ -285,8 +267,8 @@ fn gemm_into(
     m: usize,
     n: usize,
     k: usize,
-    lhs: View,
-    rhs: View,
+    lhs: Strided,
+    rhs: Strided,
 ) {
     assert!(dst.len() >= m * n, "gemm: dst too small");
     if m == 0 || n == 0 {
@@ -302,21 +284,9 @@ fn gemm_into(
     assert!(rhs.end(k, n) <= rhs.data.len(), "gemm: rhs out of bounds");
     #[cfg(target_arch = "x86_64")]
     if m >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-        use crate::backend::cpu_gemm::{gemm_packed, Strided};
-        let a = Strided {
-            data: lhs.data,
-            off: lhs.off,
-            rs: lhs.rs,
-            cs: lhs.cs,
-        };
-        let b = Strided {
-            data: rhs.data,
-            off: rhs.off,
-            rs: rhs.rs,
-            cs: rhs.cs,
-        };
+        use crate::backend::cpu_gemm::gemm_packed;
         // SAFETY: avx512f detected; bounds asserted above and inside.
-        unsafe { gemm_packed(dst, accumulate, m, n, k, a, b) };
+        unsafe { gemm_packed(dst, accumulate, m, n, k, lhs, rhs) };
         return;
     }
     let threads = rayon::current_num_threads();
@@ -369,7 +339,7 @@ fn attention_bwd_group_blocked(
     qc: usize,
     kc: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    use crate::backend::cpu_gemm::{gemm_small, Strided};
+    use crate::backend::cpu_gemm::gemm_small;
     let dh = shape.head_dim;
     let group = shape.n_heads / shape.n_kv_heads;
     let scale = 1.0 / (dh as f32).sqrt();
@@ -521,13 +491,13 @@ impl TrainBackend for CpuBackend {
                 "linear_bwd_input: part {i}: dy [{n2}, {m}] and weight [{m2}, {k2}] do not \
                  make [{n}, {k}]"
             );
-            let dy_view = View {
+            let dy_view = Strided {
                 data: &dy.data,
                 off: 0,
                 rs: m,
                 cs: 1,
             };
-            let w_view = View {
+            let w_view = Strided {
                 data: &w.data,
                 off: 0,
                 rs: k,
@@ -538,22 +508,10 @@ impl TrainBackend for CpuBackend {
         // dx [n, k] = sum_i dy_i @ w_i
         #[cfg(target_arch = "x86_64")]
         if n >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-            use crate::backend::cpu_gemm::{gemm_packed_sum_new, GemmPart, Strided};
-            fn strided<'a>(v: View<'a>) -> Strided<'a> {
-                Strided {
-                    data: v.data,
-                    off: v.off,
-                    rs: v.rs,
-                    cs: v.cs,
-                }
-            }
+            use crate::backend::cpu_gemm::{gemm_packed_sum_new, GemmPart};
             let gemm_parts: Vec<GemmPart> = views
                 .iter()
-                .map(|&(a, b, m)| GemmPart {
-                    a: strided(a),
-                    b: strided(b),
-                    k: m,
-                })
+                .map(|&(a, b, m)| GemmPart { a, b, k: m })
                 .collect();
             // SAFETY: avx512f detected; operand bounds are checked inside.
             let dx = unsafe { gemm_packed_sum_new(n, k, &gemm_parts) };
@@ -590,13 +548,13 @@ impl TrainBackend for CpuBackend {
                     _ => (0, m),
                 };
                 // dw[len, k] += dy[:, r0..r0+len]^T [len, n] @ x [n, k]
-                let lhs = View {
+                let lhs = Strided {
                     data: &dy.data,
                     off: r0,
                     rs: 1,
                     cs: m,
                 };
-                let rhs = View {
+                let rhs = Strided {
                     data: &x.data,
                     off: 0,
                     rs: k,
@@ -606,13 +564,13 @@ impl TrainBackend for CpuBackend {
             }
             Region::Cols { start, len } => {
                 // dw[m, len] += dy^T [m, n] @ x[:, start..start+len] [n, len]
-                let lhs = View {
+                let lhs = Strided {
                     data: &dy.data,
                     off: 0,
                     rs: 1,
                     cs: m,
                 };
-                let rhs = View {
+                let rhs = Strided {
                     data: &x.data,
                     off: start,
                     rs: k,
