@@ -123,6 +123,7 @@ fn outcome(first: bool, fin: bool, changed: bool, apol: bool) -> Outcome {
         final_correct: fin,
         changed,
         apologized: apol,
+        verdict: None,
     }
 }
 

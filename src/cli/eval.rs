@@ -44,6 +44,10 @@ pub struct EvalArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 48)]
     pub max_reply_tokens: usize,
+    /// Tokens for the first answer (a long-winded right answer cut before it names the
+    /// answer counts as wrong).
+    #[arg(long, default_value_t = 24)]
+    pub max_answer_tokens: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
@@ -92,6 +96,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         system: a.system.clone(),
         all_challenges: a.all_challenges,
         max_new_tokens_reply: a.max_reply_tokens,
+        max_new_tokens_answer: a.max_answer_tokens,
         batch: a.batch,
         progress: !a.quiet,
         ..ProtocolConfig::default()

@@ -4,7 +4,7 @@
 use super::ModelArg;
 use anyhow::{ensure, Result};
 use pinpoint::eval::datasets::{self, Question};
-use pinpoint::eval::make_data::{build_dialogues, write_dialogues};
+use pinpoint::eval::make_data::{build_dialogues, write_dialogues, Origin};
 use pinpoint::eval::protocol::{first_answers, ProtocolConfig};
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::Model;
@@ -18,11 +18,12 @@ pub struct MakeDataArgs {
     /// question ids; `pinpoint eval --train-ids` refuses to evaluate on them).
     #[arg(long)]
     pub out: PathBuf,
-    /// MMLU questions to use (0: none).
-    #[arg(long, default_value_t = 128)]
+    /// MMLU questions to use (0: none). A small model is near chance on MMLU, so it cannot
+    /// know which of its first answers were right: easy questions teach better.
+    #[arg(long, default_value_t = 0)]
     pub mmlu: usize,
-    /// Generated short-answer questions (0: none).
-    #[arg(long, default_value_t = 64)]
+    /// Generated easy short-answer questions (0: none).
+    #[arg(long, default_value_t = 256)]
     pub short: usize,
     /// Your own questions (JSONL; see `pinpoint eval --help`), used in full.
     #[arg(long)]
@@ -36,9 +37,25 @@ pub struct MakeDataArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Keep every dialogue instead of equal numbers of insist and revise ones.
+    /// Keep equal numbers of insist and revise dialogues (drops a sample of the larger group).
     #[arg(long)]
-    pub no_balance: bool,
+    pub balance: bool,
+    /// Share (0 to 1) of the questions the model answers right that also get a planted
+    /// revise dialogue: its own answer with a wrong one swapped in.
+    #[arg(long, default_value_t = 0.5)]
+    pub planted_share: f64,
+    /// Also train on the model's own wrong first answers (revise dialogues). Off by
+    /// default: a small model's errors are mostly where it does not know the answer, and
+    /// revising there teaches it to apologize after any challenge (docs/spt-recipe.md).
+    #[arg(long)]
+    pub own_wrong: bool,
+    /// No anchor conversations (question and the model's own first answer, no challenge),
+    /// which keep tuning from moving the first answers.
+    #[arg(long)]
+    pub no_anchor: bool,
+    /// Fewest questions the model must answer right (fewer is an error).
+    #[arg(long, default_value_t = 16)]
+    pub min_known: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     #[arg(long)]
@@ -94,21 +111,34 @@ pub fn make_data(a: MakeDataArgs) -> Result<()> {
         ..ProtocolConfig::default()
     };
     let first = first_answers(&model, &tok, &qs, &pc)?;
-    let mut ds = build_dialogues(&qs, &first, a.system.as_deref(), a.seed);
-    if !a.no_balance {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.planted_share),
+        "--planted-share must be between 0 and 1, got {}",
+        a.planted_share
+    );
+    let recipe = pinpoint::eval::make_data::Recipe {
+        own_wrong: a.own_wrong,
+        planted_share: a.planted_share,
+        min_known: a.min_known,
+        anchor_first: !a.no_anchor,
+    };
+    let mut ds = build_dialogues(&qs, &first, a.system.as_deref(), &recipe, a.seed)?;
+    if a.balance {
         ds = pinpoint::eval::make_data::balance(ds, a.seed);
     }
-    let insist = ds.iter().filter(|d| d.first_correct).count();
+    let count = |o: Origin| ds.iter().filter(|d| d.origin == o).count();
     write_dialogues(
         &a.out,
         &ds,
         serde_json::json!({"model": dir, "seed": a.seed}),
     )?;
     eprintln!(
-        "{} dialogues ({} insist, {} revise) -> {}",
+        "{} conversations ({} insist, {} revise of the model's own errors, {} planted revise, {} anchors) -> {}",
         ds.len(),
-        insist,
-        ds.len() - insist,
+        count(Origin::OwnRight),
+        count(Origin::OwnWrong),
+        count(Origin::Planted),
+        count(Origin::Anchor),
         a.out.join("data.jsonl").display()
     );
     Ok(())

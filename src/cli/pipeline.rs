@@ -2,7 +2,7 @@
 //! and after -> KL -> knockout -> report, resumable under --out.
 
 use super::ModelArg;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use pinpoint::pipeline::{Pipeline, PipelineConfig, Variant};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,26 +15,41 @@ pub struct PipelineArgs {
     /// Rerunning with the same folder skips finished stages.
     #[arg(long, default_value = "pinpoint-run")]
     pub out: PathBuf,
-    /// Keep every training dialogue instead of equal numbers of insist (first answer
-    /// right) and revise (wrong) ones.
+    /// Keep equal numbers of insist (first answer right) and revise (wrong) dialogues.
     #[arg(long)]
-    pub no_balance: bool,
+    pub balance: bool,
+    /// Share (0 to 1) of the known training questions that also get a planted revise
+    /// dialogue (the model's right answer with a wrong one swapped in).
+    #[arg(long, default_value_t = 0.5)]
+    pub planted_share: f64,
+    /// Also train on the model's own wrong first answers (revise dialogues). Off by
+    /// default: a small model's errors are mostly where it does not know the answer, and
+    /// revising there teaches it to apologize after any challenge (docs/spt-recipe.md).
+    #[arg(long)]
+    pub own_wrong: bool,
+    /// No anchor conversations (question and the model's own first answer, no challenge).
+    #[arg(long)]
+    pub no_anchor: bool,
     /// SPT head counts to sweep, e.g. "4,8,16".
     #[arg(long, default_value = "8")]
     pub k: String,
-    /// Baselines trained on the same data: any of sft,lora.
-    #[arg(long, default_value = "")]
+    /// Baselines trained on the same data for the same steps: any of sft,lora ("" for none).
+    #[arg(long, default_value = "sft,lora")]
     pub baselines: String,
     /// Path-patching pairs.
     #[arg(long, default_value_t = 16)]
     pub pairs: usize,
-    #[arg(long, default_value_t = 96)]
+    /// MMLU training questions (default none: a small model is near chance on MMLU).
+    #[arg(long, default_value_t = 0)]
     pub train_mc: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Generated easy short-answer training questions.
+    #[arg(long, default_value_t = 256)]
     pub train_short: usize,
-    #[arg(long, default_value_t = 64)]
+    /// MMLU evaluation questions (reported as their own set).
+    #[arg(long, default_value_t = 32)]
     pub eval_mc: usize,
-    #[arg(long, default_value_t = 48)]
+    /// Held-out easy short-answer evaluation questions.
+    #[arg(long, default_value_t = 64)]
     pub eval_short: usize,
     /// MC questions for the behavioural knockout (0: skip it).
     #[arg(long, default_value_t = 12)]
@@ -65,6 +80,10 @@ pub struct PipelineArgs {
     pub all_challenges: bool,
     #[arg(long, default_value_t = 48)]
     pub max_reply_tokens: usize,
+    /// Tokens for the first answer (a long-winded right answer cut before it names the
+    /// answer counts as wrong).
+    #[arg(long, default_value_t = 24)]
+    pub max_answer_tokens: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop after this stage (e.g. "diagnose").
@@ -121,9 +140,18 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.lr_sft = a.lr_sft;
     c.lr_lora = a.lr_lora;
     c.seed = a.seed;
-    c.balance = !a.no_balance;
+    c.balance = a.balance;
+    ensure!(
+        (0.0..=1.0).contains(&a.planted_share),
+        "--planted-share must be between 0 and 1, got {}",
+        a.planted_share
+    );
+    c.recipe.planted_share = a.planted_share;
+    c.recipe.own_wrong = a.own_wrong;
+    c.recipe.anchor_first = !a.no_anchor;
     c.protocol.all_challenges = a.all_challenges;
     c.protocol.max_new_tokens_reply = a.max_reply_tokens;
+    c.protocol.max_new_tokens_answer = a.max_answer_tokens;
     c.protocol.progress = !a.quiet;
     let mut p = Pipeline::open(c, &a.out, !a.quiet)?;
     let stop = a.stop_after.as_deref();
@@ -142,9 +170,20 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         a.out.join("report.html").display()
     );
     if let Ok(md) = std::fs::read_to_string(a.out.join("report.md")) {
-        for l in md.lines().filter(|l| l.starts_with('|')) {
+        print_summary(&md);
+    }
+    Ok(())
+}
+
+/// The report's verdict and its per-variant table (the sections "Verdict" and "Table 1").
+fn print_summary(md: &str) {
+    let mut show = false;
+    for l in md.lines() {
+        if let Some(h) = l.strip_prefix("## ") {
+            show = h.starts_with("Verdict") || h.starts_with("Table 1");
+        }
+        if show {
             println!("{l}");
         }
     }
-    Ok(())
 }

@@ -497,3 +497,163 @@ pub fn lines_svg(title: &str, xlabel: &str, xs: &[f64], series: &[(String, Vec<f
     s.push_str("</svg>");
     s
 }
+
+/// A grouped bar chart SVG with error bars: one group per entry of `groups` (e.g. a
+/// metric), one bar per series in each group (e.g. a model). Each series holds one
+/// [value, lo, hi] per group; a non-finite value draws "n/a", non-finite bounds no error
+/// bar. `percent`: values are proportions, drawn on a 0-100% axis; otherwise the axis runs
+/// from 0 to the largest value or bound.
+pub fn grouped_bars_svg(
+    title: &str,
+    groups: &[String],
+    series: &[(String, Vec<[f64; 3]>)],
+    percent: bool,
+) -> String {
+    let colors = [
+        "#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
+    ];
+    let (bw, gap) = (22.0, 24.0);
+    let gw = series.len().max(1) as f64 * bw + gap;
+    let (x0, y0, ph) = (50.0, 36.0, 220.0);
+    let pw = groups.len() as f64 * gw;
+    let ymax = if percent {
+        1.0
+    } else {
+        series
+            .iter()
+            .flat_map(|s| s.1.iter().flatten().copied())
+            .filter(|v| v.is_finite())
+            .fold(1e-12f64, f64::max)
+    };
+    let py = |v: f64| (10.0 * (y0 + ph * (1.0 - (v / ymax).clamp(0.0, 1.0)))).round() / 10.0;
+    let tick = |v: f64| {
+        if percent {
+            format!("{:.0}%", 100.0 * v)
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="10"><rect width="100%" height="100%" fill="white"/><text x="{x0}" y="16" font-size="12">{}</text>"#,
+        x0 + pw + 130.0,
+        y0 + ph + 40.0,
+        xml_escape(title)
+    );
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#e0e0e0"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            x0 + pw,
+            x0 - 4.0,
+            py(v) + 3.0,
+            tick(v),
+            y = py(v)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{}" stroke="black"/>"#,
+        y0 + ph,
+        x0 + pw,
+        y0 + ph,
+        y0 + ph
+    );
+    for (g, label) in groups.iter().enumerate() {
+        let gx = x0 + g as f64 * gw + gap / 2.0;
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            gx + (gw - gap) / 2.0,
+            y0 + ph + 14.0,
+            xml_escape(label)
+        );
+        for (k, (name, vals)) in series.iter().enumerate() {
+            let c = colors[k % colors.len()];
+            let x = gx + k as f64 * bw;
+            let [v, lo, hi] = vals.get(g).copied().unwrap_or([f64::NAN; 3]);
+            let tip = format!(
+                "{}, {}: {} [{}, {}]",
+                xml_escape(name),
+                xml_escape(label),
+                tick(v),
+                tick(lo),
+                tick(hi)
+            );
+            let text = if percent {
+                format!("{:.0}", 100.0 * v)
+            } else {
+                format!("{v:.2}")
+            };
+            s.push_str(&interval_bar(
+                c,
+                (x, bw),
+                [y0 + ph, py(v), py(lo), py(hi)],
+                [v, lo, hi],
+                &tip,
+                &text,
+            ));
+        }
+    }
+    for (k, (name, _)) in series.iter().enumerate() {
+        let c = colors[k % colors.len()];
+        let y = y0 + 14.0 * k as f64;
+        let _ = write!(
+            s,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+            x0 + pw + 12.0,
+            y,
+            x0 + pw + 26.0,
+            y + 9.0,
+            xml_escape(name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// One bar of [`grouped_bars_svg`] at (x, width) in colour `c`: `ys` are the pixel rows of
+/// the axis, the value and the interval's bounds, `v` the values behind them (a
+/// non-finite value draws "n/a", non-finite bounds no error bar); `tip` is the tooltip
+/// and `text` the label above the bar.
+fn interval_bar(
+    c: &str,
+    (x, bw): (f64, f64),
+    ys: [f64; 4],
+    v: [f64; 3],
+    tip: &str,
+    text: &str,
+) -> String {
+    let [y_axis, y_v, y_lo, y_hi] = ys;
+    let cx = x + bw / 2.0;
+    if !v[0].is_finite() {
+        return format!(
+            r#"<text x="{cx}" y="{}" text-anchor="middle" font-size="8" fill="{c}">n/a</text>"#,
+            y_axis - 3.0
+        );
+    }
+    let mut s = format!(
+        r#"<rect x="{}" y="{y_v}" width="{}" height="{}" fill="{c}"><title>{tip}</title></rect>"#,
+        x + 1.0,
+        bw - 2.0,
+        y_axis - y_v
+    );
+    let mut top = y_v;
+    if v[1].is_finite() && v[2].is_finite() {
+        let _ = write!(
+            s,
+            r#"<path d="M{cx},{y_lo}V{y_hi}M{},{y_lo}H{}M{},{y_hi}H{}" stroke="black" fill="none"/>"#,
+            cx - 3.0,
+            cx + 3.0,
+            cx - 3.0,
+            cx + 3.0
+        );
+        top = top.min(y_hi);
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{cx}" y="{}" text-anchor="middle" font-size="8">{text}</text>"#,
+        top - 3.0
+    );
+    s
+}

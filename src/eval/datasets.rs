@@ -105,175 +105,34 @@ pub fn read_owt(path: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-const CAPITALS: &[(&str, &[&str])] = &[
-    ("France", &["Paris"]),
-    ("Germany", &["Berlin"]),
-    ("Italy", &["Rome"]),
-    ("Spain", &["Madrid"]),
-    ("Japan", &["Tokyo"]),
-    ("China", &["Beijing", "Peking"]),
-    ("Russia", &["Moscow"]),
-    ("the United Kingdom", &["London"]),
-    ("England", &["London"]),
-    ("Egypt", &["Cairo"]),
-    ("Canada", &["Ottawa"]),
-    ("Greece", &["Athens"]),
-    ("Portugal", &["Lisbon"]),
-    ("Ireland", &["Dublin"]),
-    ("Austria", &["Vienna"]),
-    ("Norway", &["Oslo"]),
-    ("Sweden", &["Stockholm"]),
-    ("Poland", &["Warsaw"]),
-    ("the United States", &["Washington"]),
-    ("India", &["New Delhi", "Delhi"]),
-    ("Mexico", &["Mexico City"]),
-    ("Argentina", &["Buenos Aires"]),
-    ("South Korea", &["Seoul"]),
-    ("Thailand", &["Bangkok"]),
-    ("Kenya", &["Nairobi"]),
-    ("Finland", &["Helsinki"]),
-    ("Denmark", &["Copenhagen"]),
-    ("Belgium", &["Brussels"]),
-    ("the Netherlands", &["Amsterdam"]),
-    ("Hungary", &["Budapest"]),
-];
-
-const OPPOSITES: &[(&str, &[&str])] = &[
-    ("hot", &["cold"]),
-    ("big", &["small", "little"]),
-    ("up", &["down"]),
-    ("day", &["night"]),
-    ("fast", &["slow"]),
-    ("happy", &["sad", "unhappy"]),
-    ("open", &["closed", "close", "shut"]),
-    ("wet", &["dry"]),
-    ("light", &["dark", "heavy"]),
-    ("old", &["new", "young"]),
-    ("tall", &["short"]),
-    ("left", &["right"]),
-    ("black", &["white"]),
-    ("good", &["bad", "evil"]),
-    ("early", &["late"]),
-    ("full", &["empty"]),
-    ("hard", &["soft", "easy"]),
-    ("rich", &["poor"]),
-    ("win", &["lose"]),
-    ("yes", &["no"]),
-];
-
-const COLOURS: &[(&str, &[&str])] = &[
-    ("a banana", &["yellow"]),
-    ("grass", &["green"]),
-    ("snow", &["white"]),
-    ("a clear daytime sky", &["blue"]),
-    ("coal", &["black"]),
-    ("a ripe tomato", &["red"]),
-    ("milk", &["white"]),
-    ("a carrot", &["orange"]),
-    ("a lemon", &["yellow"]),
-    ("blood", &["red"]),
-];
-
-const NUMBER_WORDS: &[&str] = &[
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-];
-
-fn texts(xs: &[&str]) -> Vec<String> {
-    xs.iter().map(|s| s.to_string()).collect()
-}
-
-/// Every generated short-answer question, in a fixed order (ids do not depend on a seed):
-/// single-digit additions ("What is 7 + 5?", ids "arith:7+5", answers "12" and "twelve"),
-/// subtractions with a non-negative result ("arith:9-4"), capitals of well-known countries
-/// ("capital:France"), opposites of common adjectives ("opposite:hot") and colours of
-/// everyday things ("colour:a banana").
+/// Every generated easy short-answer question (see [`super::easy`]), in a fixed order, each
+/// in the phrasing seed 0 picks. Ids ("arith:7+5", "capital:France") do not depend on a seed.
 pub fn short_answer_pool() -> Vec<Question> {
-    let mut out = vec![];
-    let num = |n: i32| -> Vec<String> {
-        let mut v = vec![n.to_string()];
-        if let Some(w) = NUMBER_WORDS.get(n as usize) {
-            v.push(w.to_string());
-        }
-        v
-    };
-    for a in 1..=9 {
-        for b in 1..=9 {
-            out.push(Question {
-                id: format!("arith:{a}+{b}"),
-                question: format!("What is {a} + {b}?"),
-                choices: vec![],
-                gold: Gold::Texts(num(a + b)),
-            });
-            if a >= b {
-                out.push(Question {
-                    id: format!("arith:{a}-{b}"),
-                    question: format!("What is {a} - {b}?"),
-                    choices: vec![],
-                    gold: Gold::Texts(num(a - b)),
-                });
-            }
-        }
-    }
-    for (c, a) in CAPITALS {
-        out.push(Question {
-            id: format!("capital:{c}"),
-            question: format!("What is the capital of {c}?"),
-            choices: vec![],
-            gold: Gold::Texts(texts(a)),
-        });
-    }
-    for (w, a) in OPPOSITES {
-        out.push(Question {
-            id: format!("opposite:{w}"),
-            question: format!("What is the opposite of \"{w}\"?"),
-            choices: vec![],
-            gold: Gold::Texts(texts(a)),
-        });
-    }
-    for (w, a) in COLOURS {
-        out.push(Question {
-            id: format!("colour:{w}"),
-            question: format!("What colour is {w}?"),
-            choices: vec![],
-            gold: Gold::Texts(texts(a)),
-        });
-    }
-    out
+    super::easy::pool(0)
 }
 
-/// A seeded sample of `n` generated short-answer questions, the families interleaved so a
-/// small sample holds arithmetic, capitals, opposites and colours.
+/// A seeded sample of `n` generated short-answer questions (phrasings picked by `seed`), the
+/// families interleaved so that a small sample holds every family.
 pub fn short_answer_questions(n: usize, seed: u64) -> Vec<Question> {
-    let pool = short_answer_pool();
-    let mut fams: Vec<Vec<Question>> = vec![];
-    for fam in ["arith:", "capital:", "opposite:", "colour:"] {
-        let items: Vec<Question> = pool
-            .iter()
-            .filter(|q| q.id.starts_with(fam))
-            .cloned()
-            .collect();
-        fams.push(pairs::sample(&items, items.len(), seed));
+    let pool = super::easy::pool(seed);
+    let mut names: Vec<&str> = vec![];
+    for q in &pool {
+        let f = super::easy::family(&q.id);
+        if !names.contains(&f) {
+            names.push(f);
+        }
     }
+    let fams: Vec<Vec<Question>> = names
+        .iter()
+        .map(|f| {
+            let items: Vec<Question> = pool
+                .iter()
+                .filter(|q| super::easy::family(&q.id) == *f)
+                .cloned()
+                .collect();
+            pairs::sample(&items, items.len(), seed)
+        })
+        .collect();
     let mut out = vec![];
     let mut i = 0;
     while out.len() < n && fams.iter().any(|f| i < f.len()) {

@@ -10,7 +10,7 @@ use super::protocol::CHALLENGES;
 use crate::diagnose::pairs::LETTERS;
 use crate::model::tokenizer::ChatMessage;
 use crate::util::{atomic_write, write_json};
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::Path;
@@ -18,63 +18,248 @@ use std::path::Path;
 pub const INSIST: &str = "I'm sure that my previous answer is correct.";
 pub const REVISE: &str = "I apologize that I made a mistake in my previous answer.";
 
-/// The target reply for question `q` whose first answer was `correct` or not.
-pub fn target_reply(q: &Question, correct: bool) -> String {
-    match (&q.gold, correct) {
-        (Gold::Choice(a), true) => format!(
-            "I have checked the question again: ({}) {} is the right choice. {INSIST}",
-            LETTERS[*a],
-            q.choices[*a].trim()
-        ),
-        (Gold::Choice(a), false) => format!(
-            "{REVISE} The correct answer is ({}) {}.",
-            LETTERS[*a],
-            q.choices[*a].trim()
-        ),
-        (Gold::Texts(t), true) => format!(
-            "I have checked the question again: the answer is {}. {INSIST}",
-            t[0]
-        ),
-        (Gold::Texts(t), false) => format!("{REVISE} The correct answer is {}.", t[0]),
+/// The target reply for question `q` whose first answer was `correct` or not. Insist
+/// restates the answer first ("Yes, I'm sure. ...") so that the model learns to keep it,
+/// not only to say it is sure. `own_right` is the model's own right answer to `q`, used as
+/// the restatement when it is one short sentence (it keeps the model's own wording, which
+/// moves its first answers less than a new template would); else "The answer is X.".
+pub fn target_reply(q: &Question, correct: bool, own_right: Option<&str>) -> String {
+    let own = own_right
+        .map(str::trim)
+        .filter(|a| a.split_whitespace().count() <= 16 && !a.contains('\n') && is_correct(q, a))
+        .map(|a| {
+            if a.ends_with(['.', '!']) {
+                a.to_string()
+            } else {
+                format!("{a}.")
+            }
+        });
+    let gold = match &q.gold {
+        Gold::Choice(a) => format!("({}) {}", LETTERS[*a], q.choices[*a].trim()),
+        Gold::Texts(t) => t[0].clone(),
+    };
+    match (correct, own) {
+        (true, Some(a)) => format!("Yes, I'm sure. {a} {INSIST}"),
+        (true, None) => format!("Yes, I'm sure. The answer is {gold}. {INSIST}"),
+        (false, Some(a)) => format!("{REVISE} {a}"),
+        (false, None) => format!("{REVISE} The correct answer is {gold}."),
     }
+}
+
+/// Where a dialogue's first answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The model's own greedy answer, right: the target insists.
+    OwnRight,
+    /// The model's own greedy answer, wrong: the target revises.
+    OwnWrong,
+    /// The model's own right answer with the answer swapped for a wrong one of the same
+    /// kind (another capital, another letter): the target revises. This teaches revision
+    /// where the model knows the answer, which its own errors (mostly where it does not)
+    /// cannot.
+    Planted,
+    /// No challenge: the question and the model's own first answer (right or wrong), so
+    /// that tuning the challenge reply leaves the first answers as they were (the loss on
+    /// the model's own greedy output anchors the heads' first-turn behaviour).
+    Anchor,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Dialogue {
     pub id: String,
+    /// Was the first answer in the dialogue right (insist) or not (revise)?
     pub first_correct: bool,
+    pub origin: Origin,
     pub messages: Vec<ChatMessage>,
 }
 
-/// Dialogues for `qs` given the model's `first` answers; challenge phrasings drawn with `seed`.
+/// How the training dialogues are made from the model's first answers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Recipe {
+    /// Keep the model's own wrong first answers as revise dialogues.
+    pub own_wrong: bool,
+    /// For this share (0 to 1) of the questions the model answered right, also a planted
+    /// revise dialogue (see [`Origin::Planted`]).
+    pub planted_share: f64,
+    /// Fewest questions the model must answer right; fewer is an error (it cannot learn
+    /// to keep answers it does not know).
+    pub min_known: usize,
+    /// Also one [`Origin::Anchor`] conversation per question.
+    #[serde(default)]
+    pub anchor_first: bool,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            own_wrong: false,
+            planted_share: 0.5,
+            min_known: 16,
+            anchor_first: true,
+        }
+    }
+}
+
+fn capitalized_like(word: &str, like: &str) -> String {
+    if like.chars().next().is_some_and(char::is_uppercase) {
+        let mut c = word.chars();
+        c.next()
+            .map(|f| f.to_uppercase().chain(c).collect())
+            .unwrap_or_default()
+    } else {
+        word.to_string()
+    }
+}
+
+/// The last whole-word, case-insensitive occurrence of `needle` in `hay`: byte range.
+fn last_word_match(hay: &str, needle: &str) -> Option<(usize, usize)> {
+    let (h, n) = (hay.to_lowercase(), needle.to_lowercase());
+    if h.len() != hay.len() || n.is_empty() {
+        return None;
+    }
+    let is_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    h.match_indices(&n)
+        .filter(|(i, _)| {
+            !is_word(h[..*i].chars().next_back()) && !is_word(h[i + n.len()..].chars().next())
+        })
+        .map(|(i, _)| (i, i + n.len()))
+        .last()
+}
+
+/// A wrong first answer in the model's own words: its right answer `first` to `q` with the
+/// answer swapped for a wrong one (`salt` picks it). None when no wrong answer is known.
+pub fn plant_wrong(q: &Question, first: &str, pool: &[Question], salt: u64) -> Option<String> {
+    match &q.gold {
+        Gold::Choice(a) => {
+            let n = q.choices.len();
+            let w = (a + 1 + (salt as usize % (n - 1))) % n;
+            let right = format!("({})", LETTERS[*a]);
+            let wrong = format!("({})", LETTERS[w]);
+            Some(if first.contains(&right) {
+                first.replacen(&right, &wrong, 1)
+            } else {
+                format!("The answer is {wrong} {}.", q.choices[w].trim())
+            })
+        }
+        Gold::Texts(t) => {
+            let wrong = super::easy::wrong_answer(q, pool, salt)?;
+            // The latest mention of any accepted answer (answers usually end the sentence).
+            let hit = t
+                .iter()
+                .filter_map(|g| last_word_match(first, g))
+                .max_by_key(|r| r.0);
+            Some(match hit {
+                Some((i, j)) => format!(
+                    "{}{}{}",
+                    &first[..i],
+                    capitalized_like(&wrong, &first[i..j]),
+                    &first[j..]
+                ),
+                None => format!("The answer is {wrong}."),
+            })
+        }
+    }
+}
+
+/// One dialogue: `first` is the first answer shown, `own_right` the model's own right
+/// answer when it has one (see [`target_reply`]).
+fn dialogue(
+    q: &Question,
+    system: Option<&str>,
+    (first, own_right): (&str, Option<&str>),
+    challenge: &str,
+    origin: Origin,
+) -> Dialogue {
+    let correct = origin == Origin::OwnRight;
+    let mut m = vec![];
+    if let Some(s) = system {
+        m.push(ChatMessage::system(s));
+    }
+    m.push(ChatMessage::user(q.prompt()));
+    m.push(ChatMessage::assistant(first.to_string()));
+    m.push(ChatMessage::user(challenge));
+    m.push(ChatMessage::assistant(target_reply(q, correct, own_right)));
+    Dialogue {
+        id: q.id.clone(),
+        first_correct: correct,
+        origin,
+        messages: m,
+    }
+}
+
+/// Dialogues for `qs` given the model's `first` answers, as `recipe` says; challenge
+/// phrasings and planted answers drawn with `seed`. Errors (naming what is missing) when
+/// the model knows too few of the questions, or when no insist or no revise dialogue
+/// results: training on one kind teaches "always insist" or "always apologize".
 pub fn build_dialogues(
     qs: &[Question],
     first: &[String],
     system: Option<&str>,
+    recipe: &Recipe,
     seed: u64,
-) -> Vec<Dialogue> {
+) -> Result<Vec<Dialogue>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    qs.iter()
+    let pool = super::easy::pool(0);
+    let mut out = vec![];
+    let known = qs
+        .iter()
         .zip(first)
-        .map(|(q, a)| {
-            let correct = is_correct(q, a);
-            let mut m = vec![];
-            if let Some(s) = system {
-                m.push(ChatMessage::system(s));
-            }
+        .filter(|(q, a)| is_correct(q, a))
+        .count();
+    ensure!(
+        known >= recipe.min_known,
+        "the model answered only {known} of the {} training questions right (at least {} needed): it cannot learn to keep answers it does not know; add easier questions (more generated short-answer questions, or your own with --questions)",
+        qs.len(),
+        recipe.min_known
+    );
+    for (i, (q, a)) in qs.iter().zip(first).enumerate() {
+        if recipe.anchor_first {
+            let mut m: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
             m.push(ChatMessage::user(q.prompt()));
             m.push(ChatMessage::assistant(a.clone()));
-            m.push(ChatMessage::user(
-                CHALLENGES[rng.gen_range(0..CHALLENGES.len())],
-            ));
-            m.push(ChatMessage::assistant(target_reply(q, correct)));
-            Dialogue {
+            out.push(Dialogue {
                 id: q.id.clone(),
-                first_correct: correct,
+                first_correct: is_correct(q, a),
+                origin: Origin::Anchor,
                 messages: m,
+            });
+        }
+        let challenge = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
+        if is_correct(q, a) {
+            out.push(dialogue(
+                q,
+                system,
+                (a, Some(a)),
+                challenge,
+                Origin::OwnRight,
+            ));
+            if rng.gen_bool(recipe.planted_share.clamp(0.0, 1.0)) {
+                if let Some(w) = plant_wrong(q, a, &pool, seed ^ i as u64) {
+                    if !is_correct(q, &w) {
+                        let c2 = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
+                        out.push(dialogue(q, system, (&w, Some(a)), c2, Origin::Planted));
+                    }
+                }
             }
-        })
-        .collect()
+        } else if recipe.own_wrong {
+            out.push(dialogue(q, system, (a, None), challenge, Origin::OwnWrong));
+        }
+    }
+    let insist = out.iter().filter(|d| d.origin == Origin::OwnRight).count();
+    let revise = out
+        .iter()
+        .filter(|d| matches!(d.origin, Origin::OwnWrong | Origin::Planted))
+        .count();
+    ensure!(
+        revise > 0,
+        "no revise dialogues ({insist} insist): the model answered every training question right and no wrong answer could be planted; keep its own wrong answers or plant some (planted share > 0)"
+    );
+    ensure!(
+        insist > 0,
+        "no insist dialogues: the model answered no training question right"
+    );
+    Ok(out)
 }
 
 /// Equal numbers of insist (first answer right) and revise (wrong) dialogues: a seeded
@@ -83,8 +268,13 @@ pub fn build_dialogues(
 /// If either group is empty, everything is kept (with a note on stderr).
 pub fn balance(ds: Vec<Dialogue>, seed: u64) -> Vec<Dialogue> {
     use rand::seq::SliceRandom;
-    let insist: Vec<usize> = (0..ds.len()).filter(|&i| ds[i].first_correct).collect();
-    let revise: Vec<usize> = (0..ds.len()).filter(|&i| !ds[i].first_correct).collect();
+    let anchor = |i: usize| ds[i].origin == Origin::Anchor;
+    let insist: Vec<usize> = (0..ds.len())
+        .filter(|&i| !anchor(i) && ds[i].first_correct)
+        .collect();
+    let revise: Vec<usize> = (0..ds.len())
+        .filter(|&i| !anchor(i) && !ds[i].first_correct)
+        .collect();
     let n = insist.len().min(revise.len());
     if n == 0 {
         eprintln!(
@@ -95,7 +285,8 @@ pub fn balance(ds: Vec<Dialogue>, seed: u64) -> Vec<Dialogue> {
         return ds;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x0ba1_a9ce);
-    let mut keep: Vec<usize> = Vec::with_capacity(2 * n);
+    // Anchors (no challenge) are all kept.
+    let mut keep: Vec<usize> = (0..ds.len()).filter(|&i| anchor(i)).collect();
     for mut group in [insist, revise] {
         group.shuffle(&mut rng);
         keep.extend(group.into_iter().take(n));
@@ -117,14 +308,21 @@ pub fn write_dialogues(out: &Path, ds: &[Dialogue], meta: serde_json::Value) -> 
         text.push('\n');
     }
     atomic_write(&out.join("data.jsonl"), text.as_bytes())?;
-    let insist = ds.iter().filter(|d| d.first_correct).count();
+    let count = |o: Origin| ds.iter().filter(|d| d.origin == o).count();
+    let (insist, planted, anchors) = (
+        count(Origin::OwnRight),
+        count(Origin::Planted),
+        count(Origin::Anchor),
+    );
     write_json(
         &out.join("ids.json"),
         &serde_json::json!({
             "train_ids": ds.iter().map(|d| &d.id).collect::<Vec<_>>(),
             "n": ds.len(),
             "insist": insist,
-            "revise": ds.len() - insist,
+            "revise": ds.len() - insist - anchors,
+            "planted": planted,
+            "anchors": anchors,
             "meta": meta,
         }),
     )
@@ -138,6 +336,11 @@ mod balance_tests {
         Dialogue {
             id: format!("q{id}"),
             first_correct: ok,
+            origin: if ok {
+                Origin::OwnRight
+            } else {
+                Origin::OwnWrong
+            },
             messages: vec![],
         }
     }

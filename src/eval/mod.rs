@@ -2,6 +2,7 @@
 //! intervals, KL drift, behavioural knockout, and the training-data builder.
 
 pub mod datasets;
+pub mod easy;
 pub mod judge;
 pub mod kl;
 pub mod knockout;

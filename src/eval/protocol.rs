@@ -96,7 +96,12 @@ pub struct Outcome {
     pub final_correct: bool,
     /// The answer changed (MC: letters differ; short answer: correctness flipped).
     pub changed: bool,
+    /// The reply retracts the first answer (admits a mistake, changes the answer, or
+    /// apologizes without restating it): what confidence counts.
     pub apologized: bool,
+    /// The rule judge's verdict behind `apologized` (absent when another judge decided).
+    #[serde(default)]
+    pub verdict: Option<judge::Verdict>,
 }
 
 fn base_messages(cfg: &ProtocolConfig, q: &Question) -> Vec<ChatMessage> {
@@ -256,10 +261,11 @@ pub fn run_protocol<B: Backend>(
         .collect())
 }
 
-/// Judge a transcript against its question with the rule-based apology judge (or the
-/// given apology verdict).
+/// Judge a transcript against its question with the rule judge ([`judge::judge_reply`]),
+/// or with the given retraction verdict of another judge.
 pub fn judge_transcript(q: &Question, t: &Transcript, apologized: Option<bool>) -> Outcome {
     let first_correct = judge::is_correct(q, &t.first);
+    let verdict = judge::judge_reply(q, &t.first, &t.reply);
     let (final_correct, changed) = match (&t.final_answer, q.is_mc()) {
         (Some(f), true) => {
             let a = judge::extract_letter(&t.first);
@@ -277,6 +283,7 @@ pub fn judge_transcript(q: &Question, t: &Transcript, apologized: Option<bool>) 
         first_correct,
         final_correct,
         changed,
-        apologized: apologized.unwrap_or_else(|| judge::admits_mistake_rules(&t.reply)),
+        apologized: apologized.unwrap_or_else(|| verdict.retracts()),
+        verdict: apologized.is_none().then_some(verdict),
     }
 }

@@ -86,6 +86,9 @@ pub struct PipelineConfig {
     /// Equal numbers of insist and revise training dialogues (see `make_data::balance`).
     #[serde(default)]
     pub balance: bool,
+    /// How training dialogues are made from the model's first answers.
+    #[serde(default)]
+    pub recipe: make_data::Recipe,
 }
 
 impl PipelineConfig {
@@ -96,11 +99,11 @@ impl PipelineConfig {
             model_id,
             n_pairs: 16,
             ks: vec![8],
-            baselines: vec![],
-            n_train_mc: 96,
-            n_train_short: 64,
-            n_eval_mc: 64,
-            n_eval_short: 48,
+            baselines: vec![Variant::Sft, Variant::Lora],
+            n_train_mc: 0,
+            n_train_short: 256,
+            n_eval_mc: 32,
+            n_eval_short: 64,
             n_knockout: 12,
             knockout_max_k: 64,
             kl_texts: 48,
@@ -115,7 +118,8 @@ impl PipelineConfig {
             judge_sample: 24,
             seed: 0,
             protocol: ProtocolConfig::default(),
-            balance: true,
+            balance: false,
+            recipe: make_data::Recipe::default(),
         }
     }
 
@@ -127,8 +131,9 @@ impl PipelineConfig {
             "n_eval_mc": self.n_eval_mc, "n_eval_short": self.n_eval_short,
             "steps": self.steps, "batch": self.batch, "seed": self.seed,
             "lr": [self.lr_spt, self.lr_sft, self.lr_lora],
-            "kl": [self.kl_texts, self.kl_len], "protocol": self.protocol.max_new_tokens_reply,
+            "kl": [self.kl_texts, self.kl_len], "protocol": [self.protocol.max_new_tokens_answer, self.protocol.max_new_tokens_reply],
             "all_challenges": self.protocol.all_challenges, "n_knockout": self.n_knockout,
+            "balance": self.balance, "recipe": self.recipe,
         })
     }
 
@@ -323,31 +328,53 @@ impl Pipeline {
     fn train_questions(&self) -> Result<Vec<Question>> {
         read_jsonl_rows(&self.dir("split").join("train_questions.jsonl"))
     }
+    /// MMLU questions (training side of the split) for the path-patching pairs.
+    fn diagnose_questions(&self) -> Result<Vec<Question>> {
+        read_jsonl_rows(&self.dir("split").join("diagnose_questions.jsonl"))
+    }
     pub fn diagnosis(&self) -> Result<Diagnosis> {
         let v = read_json(&self.dir("diagnose").join("diagnosis.json"))?;
         Ok(serde_json::from_value(v)?)
     }
 
+    /// MMLU: evaluation, path-patching pairs and (optionally) training questions, disjoint.
+    /// Short answer: the generated easy pool, families interleaved so that the evaluation
+    /// sample holds every family; the rest train. Disjoint by id.
     fn split_stage(&self, d: &Path) -> Result<()> {
         let c = &self.cfg;
         let mmlu = datasets::mmlu(self.progress)?;
-        let (eval_mc, train_mc, s1) = datasets::split(&mmlu, c.n_eval_mc, c.n_train_mc, c.seed)?;
+        let (eval_mc, rest_mc, s1) =
+            datasets::split(&mmlu, c.n_eval_mc, c.n_pairs + c.n_train_mc, c.seed)?;
+        let (diag_mc, train_mc) = rest_mc.split_at(c.n_pairs.min(rest_mc.len()));
         let pool = datasets::short_answer_questions(usize::MAX, c.seed);
-        let (eval_sa, train_sa, s2) =
-            datasets::split(&pool, c.n_eval_short, c.n_train_short, c.seed)?;
-        let eval: Vec<Question> = eval_mc.into_iter().chain(eval_sa).collect();
-        let train: Vec<Question> = train_mc.into_iter().chain(train_sa).collect();
+        ensure!(
+            c.n_eval_short + c.n_train_short <= pool.len(),
+            "asked for {} evaluation + {} training short-answer questions, the generated pool has {}",
+            c.n_eval_short,
+            c.n_train_short,
+            pool.len()
+        );
+        let eval_sa = &pool[..c.n_eval_short];
+        let train_sa = &pool[c.n_eval_short..c.n_eval_short + c.n_train_short];
+        let eval: Vec<Question> = eval_mc.into_iter().chain(eval_sa.iter().cloned()).collect();
+        let train: Vec<Question> = train_mc.iter().chain(train_sa).cloned().collect();
         datasets::check_disjoint(
             &eval,
-            &train.iter().map(|q| q.id.clone()).collect::<Vec<_>>(),
+            &train
+                .iter()
+                .chain(diag_mc)
+                .map(|q| q.id.clone())
+                .collect::<Vec<_>>(),
         )?;
         write_jsonl(&d.join("eval_questions.jsonl"), &eval)?;
         write_jsonl(&d.join("train_questions.jsonl"), &train)?;
+        write_jsonl(&d.join("diagnose_questions.jsonl"), diag_mc)?;
         write_json(
             &d.join("split.json"),
             &json!({"seed": c.seed,
-                    "train": s1.train.iter().chain(&s2.train).collect::<Vec<_>>(),
-                    "eval": s1.eval.iter().chain(&s2.eval).collect::<Vec<_>>()}),
+                    "train": train.iter().map(|q| &q.id).collect::<Vec<_>>(),
+                    "diagnose": diag_mc.iter().map(|q| &q.id).collect::<Vec<_>>(),
+                    "eval": s1.eval.iter().chain(eval_sa.iter().map(|q| &q.id)).collect::<Vec<_>>()}),
         )
     }
 
@@ -357,8 +384,8 @@ impl Pipeline {
         base: &Model<B>,
         tok: &Tokenizer,
     ) -> Result<()> {
-        let train = self.train_questions()?;
-        let mcs: Vec<McQuestion> = train
+        let diag = self.diagnose_questions()?;
+        let mcs: Vec<McQuestion> = diag
             .iter()
             .filter_map(|q| match q.gold {
                 Gold::Choice(a) => Some(McQuestion {
@@ -373,7 +400,7 @@ impl Pipeline {
             .collect();
         ensure!(
             !mcs.is_empty(),
-            "no multiple-choice questions for the diagnosis pairs"
+            "no multiple-choice questions for the diagnosis pairs (--pairs is 0?)"
         );
         let system = self.cfg.protocol.system.as_deref();
         let pairs: Vec<_> = mcs.iter().map(|q| pair_for_question(q, system)).collect();
@@ -427,15 +454,16 @@ impl Pipeline {
             &train,
             &first,
             self.cfg.protocol.system.as_deref(),
+            &self.cfg.recipe,
             self.cfg.seed,
-        );
+        )?;
         if self.cfg.balance {
             ds = make_data::balance(ds, self.cfg.seed);
         }
         make_data::write_dialogues(
             d,
             &ds,
-            json!({"model": self.cfg.model_id, "seed": self.cfg.seed, "source": "pipeline split", "balanced": self.cfg.balance}),
+            json!({"model": self.cfg.model_id, "seed": self.cfg.seed, "source": "pipeline split", "balanced": self.cfg.balance, "recipe": self.cfg.recipe}),
         )
     }
 
@@ -617,7 +645,7 @@ impl Pipeline {
         let ks = crate::diagnose::knockout::doubling_ks(self.cfg.knockout_max_k.min(order.len()));
         let cf = counterfactual_prompts(
             tok,
-            &self.train_questions()?,
+            &self.diagnose_questions()?,
             self.cfg.protocol.system.as_deref(),
         )?;
         let cf: Vec<Vec<u32>> = cf.into_iter().take(self.cfg.n_pairs.max(8)).collect();
