@@ -4,7 +4,7 @@
 use super::ModelArg;
 use anyhow::{ensure, Result};
 use pinpoint::eval::datasets::{self, Question};
-use pinpoint::eval::make_data::{build_dialogues, write_dialogues, Origin};
+use pinpoint::eval::make_data::{build_dialogues, write_dialogues, Origin, Recipe};
 use pinpoint::eval::protocol::{first_answers, ProtocolConfig};
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::Model;
@@ -37,6 +37,17 @@ pub struct MakeDataArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How training dialogues are made (shared by `make-data` and `pipeline`).
+#[derive(clap::Args, Debug)]
+pub struct RecipeArgs {
     /// Keep equal numbers of insist and revise dialogues (drops a sample of the larger group).
     #[arg(long)]
     pub balance: bool,
@@ -50,16 +61,29 @@ pub struct MakeDataArgs {
     #[arg(long)]
     pub own_wrong: bool,
     /// No anchor conversations (question and the model's own first answer, no challenge),
-    /// which keep tuning from moving the first answers.
+    /// which hold the first answers while the challenge reply is tuned.
     #[arg(long)]
     pub no_anchor: bool,
     /// Fewest questions the model must answer right (fewer is an error).
     #[arg(long, default_value_t = 16)]
     pub min_known: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    #[arg(long)]
-    pub quiet: bool,
+}
+
+impl RecipeArgs {
+    /// The recipe, with the share checked.
+    pub fn recipe(&self) -> Result<Recipe> {
+        ensure!(
+            (0.0..=1.0).contains(&self.planted_share),
+            "--planted-share must be between 0 and 1, got {}",
+            self.planted_share
+        );
+        Ok(Recipe {
+            own_wrong: self.own_wrong,
+            planted_share: self.planted_share,
+            min_known: self.min_known,
+            anchor_first: !self.no_anchor,
+        })
+    }
 }
 
 /// Ids listed in a split.json ("eval") or ids.json ("train_ids").
@@ -111,19 +135,9 @@ pub fn make_data(a: MakeDataArgs) -> Result<()> {
         ..ProtocolConfig::default()
     };
     let first = first_answers(&model, &tok, &qs, &pc)?;
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&a.planted_share),
-        "--planted-share must be between 0 and 1, got {}",
-        a.planted_share
-    );
-    let recipe = pinpoint::eval::make_data::Recipe {
-        own_wrong: a.own_wrong,
-        planted_share: a.planted_share,
-        min_known: a.min_known,
-        anchor_first: !a.no_anchor,
-    };
+    let recipe = a.recipe.recipe()?;
     let mut ds = build_dialogues(&qs, &first, a.system.as_deref(), &recipe, a.seed)?;
-    if a.balance {
+    if a.recipe.balance {
         ds = pinpoint::eval::make_data::balance(ds, a.seed);
     }
     let count = |o: Origin| ds.iter().filter(|d| d.origin == o).count();

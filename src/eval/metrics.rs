@@ -50,15 +50,23 @@ impl Rate {
     }
     /// "72.0% [61.2, 80.8] (n=50)".
     pub fn show(&self) -> String {
+        self.show_with(&format!("n={}", self.n), "n/a (n=0)")
+    }
+
+    /// "72.0% [61.2, 80.8] (36/50)".
+    pub fn show_counts(&self) -> String {
+        self.show_with(&format!("{}/{}", self.k, self.n), "- (n=0)")
+    }
+
+    fn show_with(&self, counts: &str, empty: &str) -> String {
         if self.n == 0 {
-            return "n/a (n=0)".into();
+            return empty.into();
         }
         format!(
-            "{:.1}% [{:.1}, {:.1}] (n={})",
+            "{:.1}% [{:.1}, {:.1}] ({counts})",
             100.0 * self.value,
             100.0 * self.lo,
             100.0 * self.hi,
-            self.n
         )
     }
 }

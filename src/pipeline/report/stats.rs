@@ -68,19 +68,9 @@ impl Direction {
     }
 }
 
-/// "85.0% [72.1, 93.0] (51/60)"; "-" with no trials.
+/// "85.0% [72.1, 93.0] (51/60)"; "- (n=0)" with no trials.
 pub fn rate_text(r: &Rate) -> String {
-    if r.n == 0 {
-        return "- (n=0)".into();
-    }
-    format!(
-        "{:.1}% [{:.1}, {:.1}] ({}/{})",
-        100.0 * r.value,
-        100.0 * r.lo,
-        100.0 * r.hi,
-        r.k,
-        r.n
-    )
+    r.show_counts()
 }
 
 /// "+25.0 points (95% CI +10.2 to +38.1)".
