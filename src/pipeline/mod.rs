@@ -598,9 +598,14 @@ impl Pipeline {
                 crate::diagnose::pairs::sample(&ts.iter().collect::<Vec<_>>(), n, self.cfg.seed);
             let dl: Vec<_> = sample.iter().map(|t| t.judge_dialogue()).collect();
             let by_model = judge::admits_mistake_model(base, tok, &dl, 8)?;
+            // The rule judge as the metrics use it (the question and first answer matter).
             let by_rules: Vec<bool> = sample
                 .iter()
-                .map(|t| judge::admits_mistake_rules(&t.reply))
+                .map(|t| {
+                    let q = qs.iter().find(|q| q.id == t.id);
+                    q.map(|q| judge::judge_reply(q, &t.first, &t.reply).retracts())
+                        .unwrap_or_else(|| judge::admits_mistake_rules(&t.reply))
+                })
                 .collect();
             write_json(
                 &d.join("judge_agreement.json"),
