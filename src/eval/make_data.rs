@@ -133,6 +133,9 @@ pub fn plant_wrong(q: &Question, first: &str, pool: &[Question], salt: u64) -> O
     match &q.gold {
         Gold::Choice(a) => {
             let n = q.choices.len();
+            if n < 2 || *a >= n {
+                return None;
+            }
             let w = (a + 1 + (salt as usize % (n - 1))) % n;
             let right = format!("({})", LETTERS[*a]);
             let wrong = format!("({})", LETTERS[w]);
