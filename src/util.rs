@@ -6,6 +6,22 @@ use std::path::{Path, PathBuf};
 
 /// Write `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
 /// A crash or error never leaves a half-written `path`.
+/// English month names, January first (chat templates' dates, generated questions).
+pub const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write_with(path, |f| f.write_all(bytes).map_err(Into::into))
 }

@@ -13,6 +13,8 @@
 //! never put the same item in training and evaluation in two wordings.
 
 use super::datasets::{Gold, Question};
+use crate::util::MONTHS;
+use std::sync::OnceLock;
 
 /// One item: its id, its phrasings (one is asked) and its accepted answers.
 struct Item {
@@ -235,21 +237,6 @@ const PLURALS: &[(&str, &[&str])] = &[
     ("cat", &["cats"]),
     ("bus", &["buses", "busses"]),
     ("city", &["cities"]),
-];
-
-const MONTHS: &[&str] = &[
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
 ];
 
 /// Counting facts: (key, phrasings, answer).
@@ -743,6 +730,12 @@ pub fn pool(seed: u64) -> Vec<Question> {
             }
         })
         .collect()
+}
+
+/// [`pool`] with seed 0, built once: what the judge and the data builder look families up in.
+pub fn default_pool() -> &'static [Question] {
+    static POOL: OnceLock<Vec<Question>> = OnceLock::new();
+    POOL.get_or_init(|| pool(0))
 }
 
 /// The family of an id ("capital" of "capital:France"; arithmetic splits by operation).

@@ -272,7 +272,7 @@ pub fn judge_reply(q: &Question, first: &str, reply: &str) -> Verdict {
 /// different capital)? Only generated questions have families; for others this is false.
 fn names_other_answer(q: &Question, reply: &str) -> bool {
     let fam = super::easy::family(&q.id);
-    super::easy::pool(0)
+    super::easy::default_pool()
         .iter()
         .filter(|o| o.id != q.id && super::easy::family(&o.id) == fam)
         .any(|o| match &o.gold {

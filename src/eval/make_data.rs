@@ -203,7 +203,7 @@ pub fn build_dialogues(
     seed: u64,
 ) -> Result<Vec<Dialogue>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let pool = super::easy::pool(0);
+    let pool = super::easy::default_pool();
     let mut out = vec![];
     let known = qs
         .iter()
@@ -238,7 +238,7 @@ pub fn build_dialogues(
                 Origin::OwnRight,
             ));
             if rng.gen_bool(recipe.planted_share.clamp(0.0, 1.0)) {
-                if let Some(w) = plant_wrong(q, a, &pool, seed ^ i as u64) {
+                if let Some(w) = plant_wrong(q, a, pool, seed ^ i as u64) {
                     if !is_correct(q, &w) {
                         let c2 = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
                         out.push(dialogue(q, system, (&w, Some(a)), c2, Origin::Planted));

@@ -435,20 +435,6 @@ fn strftime_now(fmt: &str) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
     let weekday = (days + 4).rem_euclid(7) as usize; // 0 = Sunday
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
     const DAYS: [&str; 7] = [
         "Sunday",
         "Monday",
@@ -458,7 +444,7 @@ fn strftime_now(fmt: &str) -> String {
         "Friday",
         "Saturday",
     ];
-    let month = MONTHS[(m - 1) as usize];
+    let month = crate::util::MONTHS[(m - 1) as usize];
     let mut out = String::new();
     let mut chars = fmt.chars();
     while let Some(c) = chars.next() {

@@ -594,23 +594,19 @@ impl Pipeline {
         if *v == Variant::Base && self.cfg.judge_sample > 0 {
             // Agreement of the rule judge and the model judge (the base model) on a sample.
             let n = self.cfg.judge_sample.min(ts.len());
-            let sample: Vec<&Transcript> =
-                crate::diagnose::pairs::sample(&ts.iter().collect::<Vec<_>>(), n, self.cfg.seed);
-            let dl: Vec<_> = sample.iter().map(|t| t.judge_dialogue()).collect();
+            // (question, transcript) pairs: the rule judge, as the metrics use it, needs both.
+            let pairs: Vec<(&Question, &Transcript)> = qs.iter().zip(&ts).collect();
+            let sample = crate::diagnose::pairs::sample(&pairs, n, self.cfg.seed);
+            let dl: Vec<_> = sample.iter().map(|(_, t)| t.judge_dialogue()).collect();
             let by_model = judge::admits_mistake_model(base, tok, &dl, 8)?;
-            // The rule judge as the metrics use it (the question and first answer matter).
             let by_rules: Vec<bool> = sample
                 .iter()
-                .map(|t| {
-                    let q = qs.iter().find(|q| q.id == t.id);
-                    q.map(|q| judge::judge_reply(q, &t.first, &t.reply).retracts())
-                        .unwrap_or_else(|| judge::admits_mistake_rules(&t.reply))
-                })
+                .map(|(q, t)| judge::judge_reply(q, &t.first, &t.reply).retracts())
                 .collect();
             write_json(
                 &d.join("judge_agreement.json"),
                 &json!({"judge_model": self.cfg.model_id, "agreement": judge::agreement(&by_rules, &by_model),
-                        "ids": sample.iter().map(|t| &t.id).collect::<Vec<_>>(),
+                        "ids": sample.iter().map(|(_, t)| &t.id).collect::<Vec<_>>(),
                         "rules": by_rules, "model": by_model}),
             )?;
         }
