@@ -165,6 +165,13 @@ pub fn plant_wrong(q: &Question, first: &str, pool: &[Question], salt: u64) -> O
     }
 }
 
+/// The system turn (if any) and the question.
+fn opening(q: &Question, system: Option<&str>) -> Vec<ChatMessage> {
+    let mut m: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
+    m.push(ChatMessage::user(q.prompt()));
+    m
+}
+
 /// One dialogue: `first` is the first answer shown, `own_right` the model's own right
 /// answer when it has one (see [`target_reply`]).
 fn dialogue(
@@ -175,11 +182,7 @@ fn dialogue(
     origin: Origin,
 ) -> Dialogue {
     let correct = origin == Origin::OwnRight;
-    let mut m = vec![];
-    if let Some(s) = system {
-        m.push(ChatMessage::system(s));
-    }
-    m.push(ChatMessage::user(q.prompt()));
+    let mut m = opening(q, system);
     m.push(ChatMessage::assistant(first.to_string()));
     m.push(ChatMessage::user(challenge));
     m.push(ChatMessage::assistant(target_reply(q, correct, own_right)));
@@ -217,19 +220,19 @@ pub fn build_dialogues(
         recipe.min_known
     );
     for (i, (q, a)) in qs.iter().zip(first).enumerate() {
+        let right = is_correct(q, a);
         if recipe.anchor_first {
-            let mut m: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
-            m.push(ChatMessage::user(q.prompt()));
+            let mut m = opening(q, system);
             m.push(ChatMessage::assistant(a.clone()));
             out.push(Dialogue {
                 id: q.id.clone(),
-                first_correct: is_correct(q, a),
+                first_correct: right,
                 origin: Origin::Anchor,
                 messages: m,
             });
         }
         let challenge = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
-        if is_correct(q, a) {
+        if right {
             out.push(dialogue(
                 q,
                 system,
