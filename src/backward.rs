@@ -20,13 +20,62 @@ use anyhow::{bail, ensure, Result};
 
 /// One training sequence: `targets[t]` is the token the logits at position t must predict
 /// (`None`: no loss there). HF's `labels` are shifted: `targets[t] = labels[t + 1]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A *retain* sequence (`retain`) is scored at its target rows by KL(original ‖ model)
+/// against `teacher` (one [`SoftTarget`] per target row, in row order: the original
+/// model's next-token distribution there) instead of by cross-entropy on the tokens: the
+/// targets only say which rows count. It keeps behaviour the tuning should not change.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainSeq {
     pub ids: Vec<u32>,
     pub targets: Vec<Option<u32>>,
+    pub retain: bool,
+    pub teacher: Vec<SoftTarget>,
+}
+
+/// A next-token distribution cut to its `k` most likely tokens: `ids` with `probs`
+/// (descending); the remaining mass `1 - sum(probs)` is one bucket for every other token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftTarget {
+    pub ids: Vec<u32>,
+    pub probs: Vec<f32>,
+}
+
+impl SoftTarget {
+    /// The top `k` of `softmax(logits)` (ties broken by the lower id).
+    pub fn top_k(logits: &[f32], k: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(logits.len());
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_logit);
+            order.truncate(k);
+        }
+        order.sort_by(by_logit);
+        let probs = order
+            .iter()
+            .map(|&i| (((logits[i as usize] - max) as f64).exp() / sum) as f32)
+            .collect();
+        Self { ids: order, probs }
+    }
 }
 
 impl TrainSeq {
+    /// A cross-entropy sequence.
+    pub fn new(ids: Vec<u32>, targets: Vec<Option<u32>>) -> Self {
+        Self {
+            ids,
+            targets,
+            retain: false,
+            teacher: vec![],
+        }
+    }
     /// From HF `input_ids` and `labels` (-100 = ignored), shifting as `ForCausalLMLoss`.
     pub fn from_hf_labels(ids: &[u32], labels: &[i64]) -> Self {
         let targets = (0..ids.len())
@@ -35,10 +84,7 @@ impl TrainSeq {
                 _ => None,
             })
             .collect();
-        Self {
-            ids: ids.to_vec(),
-            targets,
-        }
+        Self::new(ids.to_vec(), targets)
     }
     pub fn n_targets(&self) -> usize {
         self.targets.iter().flatten().count()
@@ -623,6 +669,12 @@ pub fn loss_and_grads_with<B: TrainBackend>(
             s.targets.len(),
             s.ids.len()
         );
+        ensure!(
+            !s.retain || s.teacher.len() == s.n_targets(),
+            "sequence {i} is a retain example with {} teacher distributions for {} target rows (see tune::Trainer, which computes them from the original model)",
+            s.teacher.len(),
+            s.n_targets()
+        );
     }
     let nl = m.cfg.num_hidden_layers;
     let s_min = lowest_stage(nl, mask, adapters);
@@ -630,12 +682,15 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     // Rows with a target.
     let mut rows = vec![];
     let mut tg = vec![];
+    let mut soft: Vec<Option<&SoftTarget>> = vec![];
     let mut off = 0;
     for s in seqs {
+        let mut teacher = s.teacher.iter();
         for (t, x) in s.targets.iter().enumerate() {
             if x.is_some() {
                 rows.push(off + t);
                 tg.push(*x);
+                soft.push(if s.retain { teacher.next() } else { None });
             }
         }
         off += s.ids.len();
@@ -648,7 +703,15 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, eps)?;
     let (hw, hid) = head(m);
     let logits = b.linear(&hn, hw)?; // [t, V]
-    let (loss, dlogits) = b.xent_fwd_bwd_owned(logits, &tg, scale)?;
+    let (loss, dlogits) = if soft.iter().all(Option::is_none) {
+        b.xent_fwd_bwd_owned(logits, &tg, scale)?
+    } else {
+        // Retain rows: on the host (a download and an upload of [t, V]; no device kernel).
+        let mut d = b.download(&logits)?;
+        drop(logits);
+        let loss = xent_and_kl_in_place(&mut d, &tg, &soft, scale)?;
+        (loss, b.upload(&d)?)
+    };
     let Some(s_min) = s_min else {
         return Ok((loss, rows.len()));
     };
@@ -675,6 +738,125 @@ pub fn loss_and_grads_with<B: TrainBackend>(
         }
     }
     Ok((loss, rows.len()))
+}
+
+/// Rows of `d` (logits `[t, V]`) become `scale * dloss/dlogits` in place; returns the
+/// unscaled loss sum. A row with `soft[r]` scores KL(p ‖ softmax(row)) over the teacher's
+/// top-k tokens plus one bucket for all others (gradient `q - p~`, where `p~` spreads the
+/// teacher's remaining mass over the other tokens in proportion to `q`); any other row
+/// with a target scores the token NLL (gradient `q - onehot`), as `xent_fwd_bwd`.
+pub fn xent_and_kl_in_place(
+    d: &mut HostTensor,
+    targets: &[Option<u32>],
+    soft: &[Option<&SoftTarget>],
+    scale: f32,
+) -> Result<f64> {
+    ensure!(d.shape.len() == 2, "logits of shape {:?}", d.shape);
+    let (n, vocab) = (d.shape[0], d.shape[1]);
+    ensure!(
+        targets.len() == n && soft.len() == n,
+        "{} targets and {} teacher rows for {n} logit rows",
+        targets.len(),
+        soft.len()
+    );
+    let mut total = 0.0f64;
+    for ((row, t), p) in d.data.chunks_mut(vocab).zip(targets).zip(soft) {
+        let Some(t) = *t else {
+            row.fill(0.0);
+            continue;
+        };
+        ensure!(
+            (t as usize) < vocab,
+            "target {t} outside the vocabulary of {vocab}"
+        );
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        match p {
+            None => {
+                total += sum.ln() + (max - row[t as usize]) as f64;
+                for v in row.iter_mut() {
+                    *v = (((*v - max) as f64).exp() / sum) as f32 * scale;
+                }
+                row[t as usize] -= scale;
+            }
+            Some(p) => {
+                if let Some(&bad) = p.ids.iter().find(|&&i| i as usize >= vocab) {
+                    bail!("teacher token {bad} outside the vocabulary of {vocab}");
+                }
+                let q_of = |l: f32| ((l - max) as f64).exp() / sum;
+                let q_top: Vec<f64> = p.ids.iter().map(|&i| q_of(row[i as usize])).collect();
+                let p_rest = (1.0 - p.probs.iter().map(|&x| x as f64).sum::<f64>()).max(0.0);
+                let q_rest = (1.0 - q_top.iter().sum::<f64>()).max(0.0);
+                let mut kl = 0.0;
+                for (&pi, &qi) in p.probs.iter().zip(&q_top) {
+                    if pi > 0.0 {
+                        kl += pi as f64 * (pi as f64 / qi.max(f64::MIN_POSITIVE)).ln();
+                    }
+                }
+                if p_rest > 0.0 {
+                    kl += p_rest * (p_rest / q_rest.max(f64::MIN_POSITIVE)).ln();
+                }
+                total += kl;
+                // Other tokens: q_j (1 - p_rest / q_rest); the top k: q_i - p_i.
+                let other = if q_rest > 0.0 {
+                    1.0 - p_rest / q_rest
+                } else {
+                    1.0
+                };
+                for v in row.iter_mut() {
+                    *v = (q_of(*v) * other) as f32 * scale;
+                }
+                for ((&i, &pi), &qi) in p.ids.iter().zip(&p.probs).zip(&q_top) {
+                    row[i as usize] = ((qi - pi as f64) as f32) * scale;
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The `k` most likely next tokens of `m` (with `adapters`) at every target row of each
+/// sequence, in row order: the teacher of a retain sequence.
+pub fn soft_targets<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[TrainSeq],
+    k: usize,
+) -> Result<Vec<Vec<SoftTarget>>> {
+    let b = &m.backend;
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
+    let fw = forward(m, adapters, &ids, None, ActMemory::KeepAll)?;
+    let mut rows = vec![];
+    let mut off = 0;
+    for s in seqs {
+        rows.extend(
+            s.targets
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.is_some())
+                .map(|(t, _)| off + t),
+        );
+        off += s.ids.len();
+    }
+    if rows.is_empty() {
+        return Ok(seqs.iter().map(|_| vec![]).collect());
+    }
+    let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
+    let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, m.cfg.rms_norm_eps as f32)?;
+    let logits = b.download(&b.linear(&hn, head(m).0)?)?; // [t, V]
+    let vocab = m.cfg.vocab_size;
+    let mut all: Vec<SoftTarget> = logits
+        .data
+        .chunks(vocab)
+        .map(|row| SoftTarget::top_k(row, k))
+        .collect();
+    // Split the rows (one per target, in order) back into their sequences.
+    let mut out = Vec::with_capacity(seqs.len());
+    for s in seqs.iter().rev() {
+        out.push(all.split_off(all.len() - s.n_targets()));
+    }
+    out.reverse();
+    Ok(out)
 }
 
 /// Sum of token NLLs and number of targets (forward only).

@@ -211,7 +211,7 @@ fn smollm2_gpu_tuning_keeps_frozen_bytes() {
         .map(|s| {
             let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919 + s * 104_729) % v).collect();
             let targets = (0..ids.len()).map(|t| ids.get(t + 1).copied()).collect();
-            TrainSeq { ids, targets }
+            TrainSeq::new(ids, targets)
         })
         .collect();
     let cfg = TuneConfig {

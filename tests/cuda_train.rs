@@ -627,7 +627,7 @@ fn train_seqs(vocab: usize, seed: u64) -> Vec<TrainSeq> {
             let targets = (0..n)
                 .map(|t| (t % 4 != 2).then(|| r.gen_range(0..vocab as u32)))
                 .collect();
-            TrainSeq { ids, targets }
+            TrainSeq::new(ids, targets)
         })
         .collect()
 }

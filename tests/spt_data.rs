@@ -5,7 +5,9 @@
 use pinpoint::eval::datasets;
 use pinpoint::eval::easy;
 use pinpoint::eval::judge::is_correct;
-use pinpoint::eval::make_data::{build_dialogues, plant_wrong, Origin, Recipe, INSIST, REVISE};
+use pinpoint::eval::make_data::{
+    build_dialogues, plant_wrong, write_dialogues, Origin, Recipe, INSIST, REVISE,
+};
 use pinpoint::eval::{Gold, Question};
 use std::collections::BTreeSet;
 
@@ -170,6 +172,7 @@ fn dialogues_insist_when_right_and_revise_planted_and_own_errors() {
         planted_share: 1.0,
         min_known: 16,
         anchor_first: true,
+        anchor_retain: true,
     };
     let ds = build_dialogues(&qs, &first, None, &recipe, 0).unwrap();
     let count = |o: Origin| ds.iter().filter(|d| d.origin == o).count();
@@ -201,9 +204,32 @@ fn dialogues_insist_when_right_and_revise_planted_and_own_errors() {
         planted_share: 0.0,
         min_known: 16,
         anchor_first: true,
+        anchor_retain: true,
     };
     let e = build_dialogues(&qs, &first, None, &none, 0).unwrap_err();
     assert!(e.to_string().contains("no revise dialogues"), "{e}");
+}
+
+#[test]
+fn anchors_are_written_as_retain_examples_unless_asked_for_cross_entropy() {
+    let (qs, first) = known_and_unknown(20, 6);
+    for anchor_retain in [true, false] {
+        let recipe = Recipe {
+            anchor_retain,
+            ..Recipe::default()
+        };
+        let ds = build_dialogues(&qs, &first, None, &recipe, 0).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        write_dialogues(tmp.path(), &ds, serde_json::json!({})).unwrap();
+        let convs = pinpoint::tune::data::read_jsonl(&tmp.path().join("data.jsonl")).unwrap();
+        assert_eq!(convs.len(), ds.len());
+        for (c, d) in convs.iter().zip(&ds) {
+            let want = anchor_retain && d.origin == Origin::Anchor;
+            assert_eq!(c.retain, want, "line {}: {:?}", c.line, d.origin);
+            assert_eq!(c.messages.len(), d.messages.len());
+        }
+        assert!(ds.iter().any(|d| d.origin == Origin::Anchor));
+    }
 }
 
 #[test]

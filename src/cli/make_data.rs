@@ -64,6 +64,10 @@ pub struct RecipeArgs {
     /// which hold the first answers while the challenge reply is tuned.
     #[arg(long)]
     pub no_anchor: bool,
+    /// Train anchors by cross-entropy on the first answer's tokens instead of as retain
+    /// examples (KL to the original model's next-token distributions along the answer).
+    #[arg(long)]
+    pub anchor_ce: bool,
     /// Fewest questions the model must answer right (fewer is an error).
     #[arg(long, default_value_t = 16)]
     pub min_known: usize,
@@ -82,6 +86,7 @@ impl RecipeArgs {
             planted_share: self.planted_share,
             min_known: self.min_known,
             anchor_first: !self.no_anchor,
+            anchor_retain: !self.anchor_ce,
         })
     }
 }

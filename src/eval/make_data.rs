@@ -60,8 +60,9 @@ pub enum Origin {
     /// cannot.
     Planted,
     /// No challenge: the question and the model's own first answer (right or wrong), so
-    /// that tuning the challenge reply leaves the first answers as they were (the loss on
-    /// the model's own greedy output anchors the heads' first-turn behaviour).
+    /// that tuning the challenge reply leaves the first answers as they were: by default a
+    /// retain example (KL to the original model's next-token distributions along the
+    /// answer, see `tune::data`), else cross-entropy on the answer's tokens.
     Anchor,
 }
 
@@ -72,6 +73,8 @@ pub struct Dialogue {
     pub first_correct: bool,
     pub origin: Origin,
     pub messages: Vec<ChatMessage>,
+    /// Scored as a retain example (`"loss": "retain"` in data.jsonl).
+    pub retain: bool,
 }
 
 /// How the training dialogues are made from the model's first answers.
@@ -88,6 +91,10 @@ pub struct Recipe {
     /// Also one [`Origin::Anchor`] conversation per question.
     #[serde(default)]
     pub anchor_first: bool,
+    /// Anchors are retain examples (KL to the original model along the first answer);
+    /// false: cross-entropy on the first answer's tokens.
+    #[serde(default)]
+    pub anchor_retain: bool,
 }
 
 impl Default for Recipe {
@@ -97,6 +104,7 @@ impl Default for Recipe {
             planted_share: 0.5,
             min_known: 16,
             anchor_first: true,
+            anchor_retain: true,
         }
     }
 }
@@ -191,6 +199,7 @@ fn dialogue(
         first_correct: correct,
         origin,
         messages: m,
+        retain: false,
     }
 }
 
@@ -229,6 +238,7 @@ pub fn build_dialogues(
                 first_correct: right,
                 origin: Origin::Anchor,
                 messages: m,
+                retain: recipe.anchor_retain,
             });
         }
         let challenge = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
@@ -308,9 +318,12 @@ pub fn write_dialogues(out: &Path, ds: &[Dialogue], meta: serde_json::Value) -> 
     std::fs::create_dir_all(out)?;
     let mut text = String::new();
     for d in ds {
-        text.push_str(&serde_json::to_string(
-            &serde_json::json!({"messages": d.messages}),
-        )?);
+        let line = if d.retain {
+            serde_json::json!({"messages": d.messages, "loss": "retain"})
+        } else {
+            serde_json::json!({"messages": d.messages})
+        };
+        text.push_str(&serde_json::to_string(&line)?);
         text.push('\n');
     }
     atomic_write(&out.join("data.jsonl"), text.as_bytes())?;
@@ -348,6 +361,7 @@ mod balance_tests {
                 Origin::OwnWrong
             },
             messages: vec![],
+            retain: false,
         }
     }
 

@@ -1,6 +1,9 @@
 //! Training data: JSONL, one conversation a line, `{"messages": [{"role", "content"}, ...]}`.
 //! The loss falls on the final assistant turn only: the tokens of the full conversation after
-//! the prompt (every earlier message with the generation prompt added).
+//! the prompt (every earlier message with the generation prompt added). A line with
+//! `"loss": "retain"` is a retain example: its final turn is scored by KL(original ‖ tuned)
+//! of the next-token distributions along it, so tuning keeps what the original model did
+//! there; the default, `"loss": "ce"`, is cross-entropy on the reply's tokens.
 
 use crate::backward::TrainSeq;
 use crate::model::tokenizer::{ChatMessage, Tokenizer};
@@ -13,11 +16,15 @@ use std::path::Path;
 pub struct Conversation {
     pub line: usize,
     pub messages: Vec<ChatMessage>,
+    /// `"loss": "retain"`: keep the original model's distributions on the final turn.
+    pub retain: bool,
 }
 
 #[derive(Deserialize)]
 struct Line {
     messages: Vec<ChatMessage>,
+    #[serde(default)]
+    loss: Option<String>,
 }
 
 /// Parse JSONL text. Blank lines are skipped; errors name the file and line.
@@ -30,6 +37,13 @@ pub fn parse_jsonl(text: &str, name: &str) -> Result<Vec<Conversation>> {
         }
         let parsed: Line = serde_json::from_str(l)
             .with_context(|| format!("{name}:{line}: not a JSON object with \"messages\": [{{\"role\", \"content\"}}, ...]"))?;
+        let retain = match parsed.loss.as_deref() {
+            None | Some("ce") => false,
+            Some("retain") => true,
+            Some(other) => bail!(
+                "{name}:{line}: \"loss\": {other:?} is not a loss; use \"ce\" (cross-entropy on the reply, the default) or \"retain\" (keep the original model's distributions on it)"
+            ),
+        };
         let msgs = parsed.messages;
         match msgs.last() {
             None => bail!("{name}:{line}: the conversation has no messages"),
@@ -45,6 +59,7 @@ pub fn parse_jsonl(text: &str, name: &str) -> Result<Vec<Conversation>> {
         out.push(Conversation {
             line,
             messages: msgs,
+            retain,
         });
     }
     if out.is_empty() {
@@ -102,7 +117,7 @@ pub fn build_example(
             }
         })
         .collect();
-    Ok(TrainSeq { ids, targets })
+    Ok(TrainSeq::new(ids, targets))
 }
 
 /// Tokenise conversations with the model's chat template.
@@ -130,7 +145,9 @@ pub fn tokenize(
                     full.truncate(prompt.len() + i + 1);
                 }
             }
-            build_example(&prompt, &full, c.line, max_len)
+            let mut seq = build_example(&prompt, &full, c.line, max_len)?;
+            seq.retain = c.retain;
+            Ok(seq)
         })
         .collect()
 }

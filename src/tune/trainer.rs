@@ -13,7 +13,7 @@
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
 use crate::backend::train::{ParamState, Region, TrainBackend};
-use crate::backward::{loss_and_grads_with, ActMemory, Adapter, Grads, TrainSeq};
+use crate::backward::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
 use crate::model::{HostTensor, ModelWeights, StoreDtype};
@@ -136,6 +136,44 @@ fn model_summary(cfg: &crate::model::ModelConfig) -> serde_json::Value {
     })
 }
 
+/// Tokens kept of each teacher distribution of a retain example (the rest is one bucket).
+pub const RETAIN_TOP_K: usize = 32;
+
+/// The teacher of every retain example in `data` that has none: the next-token
+/// distributions of `model` as given (before any update), so a resumed run gets the same.
+fn fill_teachers<B: TrainBackend>(
+    model: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    data: &mut [TrainSeq],
+    cfg: &TuneConfig,
+) -> Result<()> {
+    let todo: Vec<usize> = (0..data.len())
+        .filter(|&i| data[i].retain && data[i].teacher.is_empty())
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    if cfg.progress {
+        eprintln!(
+            "retain: the original model's next-token distributions on {} examples",
+            todo.len()
+        );
+    }
+    let chunk = if cfg.micro_batch == 0 {
+        cfg.batch
+    } else {
+        cfg.micro_batch
+    };
+    for idx in todo.chunks(chunk.max(1)) {
+        let seqs: Vec<TrainSeq> = idx.iter().map(|&i| data[i].clone()).collect();
+        let teachers = soft_targets(model, adapters, &seqs, RETAIN_TOP_K)?;
+        for (&i, t) in idx.iter().zip(teachers) {
+            data[i].teacher = t;
+        }
+    }
+    Ok(())
+}
+
 impl<B: TrainBackend> Trainer<B> {
     /// A run that trains `mask` (and LoRA adapters if `cfg.lora`) of `model` on `data`,
     /// writing under `out`.
@@ -170,6 +208,8 @@ impl<B: TrainBackend> Trainer<B> {
             !mask.is_empty() || !adapters.is_empty(),
             "nothing to train: the mask is empty and there are no LoRA adapters"
         );
+        let mut data = data;
+        fill_teachers(&model, &adapters, &mut data, &cfg)?;
         let b = &model.backend;
         let mut masters = vec![];
         for s in &mask.slices {
@@ -681,7 +721,7 @@ pub fn bench_train_step_with<B: TrainBackend>(
         .map(|_| {
             let ids: Vec<u32> = (0..seq).map(|_| rng.gen_range(0..v)).collect();
             let targets = (0..seq).map(|t| ids.get(t + 1).copied()).collect();
-            TrainSeq { ids, targets }
+            TrainSeq::new(ids, targets)
         })
         .collect();
     let cfg = TuneConfig {
