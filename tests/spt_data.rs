@@ -48,7 +48,7 @@ fn generated_arithmetic_answers_match_the_question_text() {
             assert_eq!(t[0], want.to_string(), "{}: {:?}", q.id, q.question);
             checked += 1;
         }
-        assert!(checked > 100, "{checked}");
+        assert!(checked >= 97, "{checked}");
     }
 }
 
@@ -123,10 +123,10 @@ fn planted_answers_keep_the_wording_and_swap_the_answer() {
     // Without the answer in its text, a plain sentence.
     let w = plant_wrong(&q, "Norway's capital, of course!", &pool, 3).unwrap();
     assert!(w.starts_with("The answer is "), "{w}");
-    // Arithmetic: the last mention is the answer ("9 - 3 = 6" keeps the operands).
-    let sub = pool.iter().find(|q| q.id == "arith:9-3").unwrap();
-    let w = plant_wrong(sub, "9 - 3 = 6", &pool, 1).unwrap();
-    assert!(w.starts_with("9 - 3 = ") && !is_correct(sub, &w), "{w}");
+    // Arithmetic: the last mention is the answer ("6 + 3 = 9" keeps the operands).
+    let add = pool.iter().find(|q| q.id == "arith:6+3").unwrap();
+    let w = plant_wrong(add, "6 + 3 = 9", &pool, 1).unwrap();
+    assert!(w.starts_with("6 + 3 = ") && !is_correct(add, &w), "{w}");
     // Multiple choice: another letter.
     let mc = Question {
         id: "m".into(),

@@ -2,18 +2,19 @@
 //! right, so that training on "are you sure?" dialogues can teach it to keep answers it
 //! knows (a model near chance on a question cannot know whether its first answer was right).
 //!
-//! Twelve families (addition, subtraction, multiplication, capitals, languages, continents,
-//! opposites, plurals, months, next numbers, counts, everyday facts),
+//! Ten families (addition, multiplication, capitals, languages, continents, opposites,
+//! plurals, next numbers, counts, everyday facts),
 //! each item asked in one of several phrasings chosen by a seeded hash of its id. Answers
 //! are computed (arithmetic) or come from the tables below; several spellings are accepted.
-//! Families SmolLM2-135M-Instruct answered right under 15% of the time (colours of things,
-//! animal sounds, names of young animals, the day after a weekday: see docs/spt-recipe.md)
-//! are left out: they are not easy for the default model.
+//! Families SmolLM2-135M-Instruct answered right under 40% of the time (the day after a
+//! weekday 0%, names of young animals 7%, animal sounds 13%, colours of things 14%,
+//! subtraction 31%, the month after a month 33%: see docs/spt-recipe.md) are left out:
+//! they are not easy for the default model, and the pool as a whole should be of the kind
+//! it answers right at least 60% of the time.
 //! Ids are `family:key` and do not depend on the seed or the phrasing, so splits by id
 //! never put the same item in training and evaluation in two wordings.
 
 use super::datasets::{Gold, Question};
-use crate::util::MONTHS;
 use std::sync::OnceLock;
 
 /// One item: its id, its phrasings (one is asked) and its accepted answers.
@@ -133,6 +134,30 @@ const CAPITALS: &[(&str, &[&str])] = &[
     ("Wales", &["Cardiff"]),
     ("Iceland", &["Reykjavik", "Reykjavík"]),
     ("Ethiopia", &["Addis Ababa"]),
+    ("Nepal", &["Kathmandu"]),
+    ("Afghanistan", &["Kabul"]),
+    ("Bangladesh", &["Dhaka"]),
+    ("Qatar", &["Doha"]),
+    ("Jordan", &["Amman"]),
+    ("Libya", &["Tripoli"]),
+    ("Tunisia", &["Tunis"]),
+    ("Algeria", &["Algiers"]),
+    ("Uruguay", &["Montevideo"]),
+    ("Venezuela", &["Caracas"]),
+    ("Bulgaria", &["Sofia"]),
+    ("Serbia", &["Belgrade"]),
+    ("Croatia", &["Zagreb"]),
+    ("Lithuania", &["Vilnius"]),
+    ("Latvia", &["Riga"]),
+    ("Estonia", &["Tallinn"]),
+    ("Malaysia", &["Kuala Lumpur"]),
+    ("Taiwan", &["Taipei"]),
+    ("North Korea", &["Pyongyang"]),
+    ("Ghana", &["Accra"]),
+    ("Senegal", &["Dakar"]),
+    ("Uganda", &["Kampala"]),
+    ("Jamaica", &["Kingston"]),
+    ("Ecuador", &["Quito"]),
 ];
 
 const LANGUAGES: &[(&str, &[&str])] = &[
@@ -156,6 +181,22 @@ const LANGUAGES: &[(&str, &[&str])] = &[
     ("Korea", &["Korean"]),
     ("Finland", &["Finnish"]),
     ("Norway", &["Norwegian"]),
+    ("Denmark", &["Danish"]),
+    ("Hungary", &["Hungarian"]),
+    ("Czechia", &["Czech"]),
+    ("Ukraine", &["Ukrainian"]),
+    ("Iran", &["Persian", "Farsi"]),
+    ("Thailand", &["Thai"]),
+    ("Vietnam", &["Vietnamese"]),
+    ("Israel", &["Hebrew"]),
+    ("Egypt", &["Arabic"]),
+    ("Saudi Arabia", &["Arabic"]),
+    ("Colombia", &["Spanish"]),
+    ("Peru", &["Spanish"]),
+    ("Chile", &["Spanish"]),
+    ("Cuba", &["Spanish"]),
+    ("Austria", &["German"]),
+    ("the United States", &["English"]),
 ];
 
 const CONTINENTS: &[(&str, &[&str])] = &[
@@ -176,6 +217,18 @@ const CONTINENTS: &[(&str, &[&str])] = &[
     ("Canada", &["North America"]),
     ("Mexico", &["North America"]),
     ("the United States", &["North America"]),
+    ("Ghana", &["Africa"]),
+    ("Morocco", &["Africa"]),
+    ("Ethiopia", &["Africa"]),
+    ("Poland", &["Europe"]),
+    ("Greece", &["Europe"]),
+    ("Norway", &["Europe"]),
+    ("Sweden", &["Europe"]),
+    ("Vietnam", &["Asia"]),
+    ("Korea", &["Asia"]),
+    ("Indonesia", &["Asia"]),
+    ("Chile", &["South America"]),
+    ("Colombia", &["South America"]),
 ];
 
 const OPPOSITES: &[(&str, &[&str])] = &[
@@ -586,19 +639,6 @@ fn items() -> Vec<Item> {
                 ],
                 answers: num(a + b),
             });
-            // a - b = b would let an echo of the question ("4 - 2 = 4") match the answer.
-            if a > b && a != 2 * b {
-                out.push(Item {
-                    id: format!("arith:{a}-{b}"),
-                    phrasings: vec![
-                        format!("What is {a} - {b}?"),
-                        format!("What is {a} minus {b}?"),
-                        format!("How much is {a} take away {b}?"),
-                        format!("What do you get when you subtract {b} from {a}?"),
-                    ],
-                    answers: num(a - b),
-                });
-            }
         }
     }
     for a in 2..=5i64 {
@@ -666,19 +706,7 @@ fn items() -> Vec<Item> {
         PLURALS,
         &mut out,
     );
-    for (i, m) in MONTHS.iter().enumerate() {
-        let next = MONTHS[(i + 1) % MONTHS.len()];
-        out.push(Item {
-            id: format!("month:{m}"),
-            phrasings: vec![
-                format!("What month comes after {m}?"),
-                format!("Which month follows {m}?"),
-                format!("What is the month after {m}?"),
-            ],
-            answers: vec![next.to_string()],
-        });
-    }
-    for n in 1..=30i64 {
+    for n in 1..=40i64 {
         out.push(Item {
             id: format!("next:{n}"),
             phrasings: vec![

@@ -101,7 +101,7 @@ impl Default for Recipe {
     fn default() -> Self {
         Self {
             own_wrong: false,
-            planted_share: 0.5,
+            planted_share: 1.0 / 3.0,
             min_known: 16,
             anchor_first: true,
             anchor_retain: true,
