@@ -54,10 +54,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        println!("{}", dir.display());
-        println!(
+        crate::outln!("{}", dir.display());
+        crate::outln!(
             "  {}: {} layers, {} query heads, {} key/value heads{}, head dim {}, hidden {}, MLP {}, vocab {}",
             cfg.architecture,
             cfg.num_hidden_layers,
@@ -69,11 +69,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             cfg.intermediate_size,
             cfg.vocab_size
         );
-        println!(
+        crate::outln!(
             "  rope theta {}, sliding window {:?}, tied embeddings {}",
             cfg.rope_theta, cfg.sliding_window, cfg.tie_word_embeddings
         );
-        println!(
+        crate::outln!(
             "  {:.1}M parameters stored as {:?}",
             params as f64 / 1e6,
             dtypes
