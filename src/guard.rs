@@ -131,10 +131,7 @@ pub fn output_file(out: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
         bail!("{flag} is empty; give a file name");
     }
     match std::fs::metadata(out) {
-        Ok(m) if m.is_dir() => bail!(
-            "{flag} {} is a folder; give a file name",
-            out.display()
-        ),
+        Ok(m) if m.is_dir() => bail!("{flag} {} is a folder; give a file name", out.display()),
         Ok(m) if !m.is_file() => return Ok(()), // a device or pipe: written in place
         _ => {}
     }
@@ -263,6 +260,14 @@ pub fn check_config(c: &crate::model::ModelConfig) -> Result<()> {
             }
         }
     }
+    if let Some(a) = c.raw.get("architectures") {
+        let ok = a
+            .as_array()
+            .is_some_and(|l| l.iter().all(|x| x.is_string()));
+        if !ok && !a.is_null() {
+            bail!("`architectures` is {a}, not a list of names");
+        }
+    }
     if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {
         bail!("`rms_norm_eps` is {}; it must be above 0", c.rms_norm_eps);
     }
@@ -352,18 +357,21 @@ pub fn optim_diffs(ckpt: &crate::tune::AdamWConfig, run: &crate::tune::AdamWConf
 /// Numeric flag checks, each naming the flag.
 pub mod flag {
     use anyhow::{bail, Result};
+    use std::fmt::Display;
 
     /// A finite number > 0.
-    pub fn positive(name: &str, v: f64) -> Result<()> {
-        if !(v.is_finite() && v > 0.0) {
+    pub fn positive<T: Into<f64> + Copy + Display>(name: &str, v: T) -> Result<()> {
+        let x: f64 = v.into();
+        if !(x.is_finite() && x > 0.0) {
             bail!("{name} {v}: must be a finite number above 0");
         }
         Ok(())
     }
 
     /// A finite number >= 0.
-    pub fn non_negative(name: &str, v: f64) -> Result<()> {
-        if !(v.is_finite() && v >= 0.0) {
+    pub fn non_negative<T: Into<f64> + Copy + Display>(name: &str, v: T) -> Result<()> {
+        let x: f64 = v.into();
+        if !(x.is_finite() && x >= 0.0) {
             bail!("{name} {v}: must be a finite number, 0 or more");
         }
         Ok(())

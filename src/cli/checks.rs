@@ -36,16 +36,16 @@ fn files(paths: &[PathBuf], what: &str) -> Result<()> {
 }
 
 pub fn tune(a: &super::tune::TuneArgs) -> Result<()> {
-    flag::positive("--lr", a.lr as f64)?;
-    flag::non_negative("--lr-end", a.lr_end as f64)?;
-    flag::positive("--power", a.power as f64)?;
-    flag::non_negative("--weight-decay", a.weight_decay as f64)?;
-    flag::non_negative("--max-grad-norm", a.max_grad_norm as f64)?;
+    flag::positive("--lr", a.lr)?;
+    flag::non_negative("--lr-end", a.lr_end)?;
+    flag::positive("--power", a.power)?;
+    flag::non_negative("--weight-decay", a.weight_decay)?;
+    flag::non_negative("--max-grad-norm", a.max_grad_norm)?;
     flag::at_least("--steps", a.steps, 1)?;
     flag::at_least("--batch", a.batch, 1)?;
     flag::at_least("--keep-checkpoints", a.keep_checkpoints, 1)?;
     flag::at_least("--lora-rank", a.lora_rank, 1)?;
-    flag::positive("--lora-alpha", a.lora_alpha as f64)?;
+    flag::positive("--lora-alpha", a.lora_alpha)?;
     if a.warmup > 0 && a.warmup >= a.steps {
         bail!(
             "--warmup {} must be below --steps {} (the learning rate would never reach --lr)",
@@ -117,9 +117,9 @@ pub fn pipeline(a: &super::pipeline::PipelineArgs) -> Result<()> {
             a.batch
         );
     }
-    flag::positive("--lr", a.lr as f64)?;
-    flag::positive("--lr-sft", a.lr_sft as f64)?;
-    flag::positive("--lr-lora", a.lr_lora as f64)?;
+    flag::positive("--lr", a.lr)?;
+    flag::positive("--lr-sft", a.lr_sft)?;
+    flag::positive("--lr-lora", a.lr_lora)?;
     flag::at_least("--pairs", a.pairs, 1)?;
     flag::at_least("--max-reply-tokens", a.max_reply_tokens, 1)?;
     flag::at_least("--max-answer-tokens", a.max_answer_tokens, 1)?;
@@ -211,7 +211,7 @@ pub fn kl(a: &super::kl::KlArgs) -> Result<()> {
 }
 
 pub fn sampling(s: &super::chat::SamplingArgs, m: &ModelArg) -> Result<()> {
-    flag::non_negative("--temperature", s.temperature as f64)?;
+    flag::non_negative("--temperature", s.temperature)?;
     if !(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0) {
         bail!("--top-p {}: must be above 0 and at most 1", s.top_p);
     }

@@ -207,7 +207,12 @@ fn diagnose_on<B: Backend>(
         let pos = h.position.map(|p| format!("@{p}")).unwrap_or_default();
         crate::outln!(
             "{:>4}  L{}H{}{:<5} {:>9.3} {:>7.3}",
-            h.rank, h.layer, h.head, pos, h.score, h.std
+            h.rank,
+            h.layer,
+            h.head,
+            pos,
+            h.score,
+            h.std
         );
     }
     eprintln!(
@@ -367,7 +372,10 @@ pub fn knockout(a: KnockoutArgs) -> Result<()> {
     for p in &curve {
         crate::outln!(
             "{:>4} {:>8.4} {:>9.4} {:>9.4}",
-            p.k, p.metric_mean, p.p_syc_mean, p.p_anti_mean
+            p.k,
+            p.metric_mean,
+            p.p_syc_mean,
+            p.p_anti_mean
         );
     }
     Ok(())

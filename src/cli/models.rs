@@ -1,7 +1,7 @@
 //! `pinpoint inspect`.
 
 use super::ModelArg;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pinpoint::model::checkpoint::{load_tensors, safetensors_files};
 use pinpoint::model::ModelConfig;
 use std::collections::BTreeMap;
@@ -35,7 +35,8 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     }
     // Full validation of names and shapes.
     let loaded = load_tensors(&files)?;
-    pinpoint::model::checkpoint::weights_from_tensors(&cfg, loaded)?;
+    pinpoint::model::checkpoint::weights_from_tensors(&cfg, loaded)
+        .with_context(|| format!("checking the weights of {}", dir.display()))?;
     let info = serde_json::json!({
         "dir": dir.display().to_string(),
         "architecture": cfg.architecture,
@@ -71,7 +72,9 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         );
         crate::outln!(
             "  rope theta {}, sliding window {:?}, tied embeddings {}",
-            cfg.rope_theta, cfg.sliding_window, cfg.tie_word_embeddings
+            cfg.rope_theta,
+            cfg.sliding_window,
+            cfg.tie_word_embeddings
         );
         crate::outln!(
             "  {:.1}M parameters stored as {:?}",

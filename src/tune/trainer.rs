@@ -414,13 +414,13 @@ impl<B: TrainBackend> Trainer<B> {
         let root = self.checkpoints_dir();
         let name = format!("step-{step:06}");
         let dir = root.join(&name);
+        let w = self.final_weights()?;
+        crate::guard::weights_finite(&w).with_context(|| self.diverged(step))?;
         let tmp = root.join(format!(".tmp-{name}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let w = self.final_weights()?;
-        crate::guard::weights_finite(&w).with_context(|| self.diverged(step))?;
         save_model_dir(
             &tmp,
             &self.model.cfg,
