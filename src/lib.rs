@@ -6,6 +6,7 @@ pub mod backward;
 pub mod diagnose;
 pub mod eval;
 pub mod generate;
+pub mod guard;
 pub mod heads;
 pub mod model;
 pub mod pipeline;

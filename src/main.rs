@@ -16,11 +16,43 @@ fn keep_freed_memory() {
     }
 }
 
+/// A closed pipe or a full disk on stdout/stderr ends the process with a message, never
+/// a panic: `print!` sites outside the CLI's checked writes land here.
+fn quiet_print_failures() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = msg.strip_prefix("failed printing to ") {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: writing to {why}");
+            std::process::exit(if why.contains("Broken pipe") { 141 } else { 1 });
+        }
+        default(info);
+    }));
+}
+
 fn main() {
     keep_freed_memory();
+    quiet_print_failures();
     let args = cli::Cli::parse();
-    if let Err(e) = cli::run(args) {
+    let r = cli::run(args).and_then(|()| {
+        use std::io::Write as _;
+        std::io::stdout()
+            .flush()
+            .map_err(|e| anyhow::Error::new(e).context("writing to stdout"))
+    });
+    if let Err(e) = r {
+        // A reader that closed the pipe early (`| head`): say so, exit as SIGPIPE would.
+        let pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(if pipe { 141 } else { 1 });
     }
 }

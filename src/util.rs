@@ -31,6 +31,20 @@ pub fn atomic_write_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
+    // A device or pipe (`/dev/stdout`) is written in place; a symlink is written through
+    // (the temp file goes beside its target), never replaced by a file.
+    if crate::guard::is_special(path) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        fill(&mut f).with_context(|| format!("writing {}", path.display()))?;
+        return f
+            .flush()
+            .with_context(|| format!("writing {}", path.display()));
+    }
+    let target = crate::guard::write_target(path);
+    let path = target.as_path();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -41,7 +55,9 @@ pub fn atomic_write_with(
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all()?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming temp file to {}", path.display()))?;

@@ -96,7 +96,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             }
         },
     )?;
-    println!();
+    crate::outln!();
     Ok(())
 }
 
@@ -150,9 +150,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         let text = tok.decode(&g.tokens, true)?;
         if a.json {
             let row = serde_json::json!({"prompt": p, "completion": text, "tokens": g.tokens, "stop": g.stop});
-            println!("{row}");
+            crate::outln!("{row}");
         } else {
-            println!("{p}{text}");
+            crate::outln!("{p}{text}");
         }
     }
     Ok(())

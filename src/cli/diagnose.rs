@@ -186,6 +186,9 @@ fn diagnose_on<B: Backend>(
         chunk: 16,
     };
     let d = run(model, &token_pairs, &metric, &cfg, true)?;
+    let scores: Vec<f64> = d.heads.iter().map(|h| h.score).collect();
+    pinpoint::guard::finite64("head scores", &scores)
+        .context("the diagnosis produced non-finite scores; nothing was written")?;
     write_diagnosis(
         &a.out,
         &model.cfg,
@@ -199,12 +202,17 @@ fn diagnose_on<B: Backend>(
         "clean runs {:.2} s, sweep {:.2} s; reference metric {:.4}, counterfactual {:.4}",
         d.seconds_clean, d.seconds_sweep, d.reference_metric, d.counterfactual_metric
     );
-    println!("rank  head      score     std");
+    crate::outln!("rank  head      score     std");
     for h in d.heads.iter().take(a.top_k.min(20)) {
         let pos = h.position.map(|p| format!("@{p}")).unwrap_or_default();
-        println!(
+        crate::outln!(
             "{:>4}  L{}H{}{:<5} {:>9.3} {:>7.3}",
-            h.rank, h.layer, h.head, pos, h.score, h.std
+            h.rank,
+            h.layer,
+            h.head,
+            pos,
+            h.score,
+            h.std
         );
     }
     eprintln!(
@@ -284,7 +292,7 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
         &a.out.join("attention.svg"),
         bars_svg(&title, &labels, &values, &hl).as_bytes(),
     )?;
-    println!(
+    crate::outln!(
         "top-{} heads: mean share {top_mean:.4}; other heads: {rest_mean:.4}",
         top.len()
     );
@@ -360,11 +368,14 @@ pub fn knockout(a: KnockoutArgs) -> Result<()> {
         &a.out.join("knockout.svg"),
         lines_svg("mean-ablation knockout", "k heads ablated", &xs, &series).as_bytes(),
     )?;
-    println!("   k   metric    P(syc)   P(anti)");
+    crate::outln!("   k   metric    P(syc)   P(anti)");
     for p in &curve {
-        println!(
+        crate::outln!(
             "{:>4} {:>8.4} {:>9.4} {:>9.4}",
-            p.k, p.metric_mean, p.p_syc_mean, p.p_anti_mean
+            p.k,
+            p.metric_mean,
+            p.p_syc_mean,
+            p.p_anti_mean
         );
     }
     Ok(())

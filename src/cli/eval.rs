@@ -133,7 +133,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     .into();
     pinpoint::util::write_json(&a.out.join("metrics.json"), &m)?;
     for (set, x) in &m {
-        println!(
+        crate::outln!(
             "{set:>5}: acc {} | confidence {} | truthfulness {} | apologies {} | changed {}",
             x.first_accuracy.show(),
             x.confidence.show(),

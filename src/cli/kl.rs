@@ -43,7 +43,9 @@ pub fn kl(a: KlArgs) -> Result<()> {
         .collect();
     let seqs = kl::tokenize_texts(&tok, &texts, a.len)?;
     let r = kl::kl_divergence(&base, &tuned, &seqs, a.batch, !a.quiet)?;
-    println!(
+    pinpoint::guard::finite64("KL per text", &r.per_text)?;
+    pinpoint::guard::finite64("KL mean", &[r.mean, r.sem])?;
+    crate::outln!(
         "{}",
         serde_json::json!({"kl": r.mean, "sem": r.sem, "n_texts": r.n_texts, "len": a.len})
     );

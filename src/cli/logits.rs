@@ -2,7 +2,7 @@
 //! cross-checks against another implementation (`scripts/check_tuned_hf.py`).
 
 use super::ModelArg;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use pinpoint::model::tokenizer::ChatMessage;
 use pinpoint::Taps;
 use serde::Serialize;
@@ -97,6 +97,15 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
             .logits
             .last_of(i)
             .ok_or_else(|| anyhow::anyhow!("no logits for prompt {i}"))?;
+        pinpoint::guard::finite(&format!("logits of prompt {i} ({p:?})"), row).with_context(
+            || {
+                format!(
+                    "the model in {} computes non-finite logits (broken weights or config.json); nothing was written to {}",
+                    dir.display(),
+                    a.out.display()
+                )
+            },
+        )?;
         let mut order: Vec<usize> = (0..row.len()).collect();
         order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
         let top = order

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod checks;
 mod diagnose;
 mod eval;
 mod kl;
@@ -206,24 +207,83 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fetch => {
             let dir = zoo::default_model_dir(true)?;
-            println!("{}", dir.display());
+            crate::outln!("{}", dir.display());
             Ok(())
         }
-        Command::Import { gguf, out } => import(&gguf, &out),
+        Command::Import { gguf, out } => {
+            checks::import(&gguf, &out)?;
+            import(&gguf, &out)
+        }
         Command::Inspect(a) => models::inspect(a),
-        Command::Chat(a) => chat::chat(a),
-        Command::Generate(a) => chat::generate(a),
-        Command::Bench(a) => bench::bench(a),
-        Command::Tune(a) => tune::tune(a),
-        Command::Logits(a) => logits::logits(a),
-        Command::Eval(a) => eval::eval(a),
-        Command::Kl(a) => kl::kl(a),
-        Command::MakeData(a) => make_data::make_data(a),
-        Command::Pipeline(a) => pipeline::pipeline(a),
-        Command::Diagnose(a) => diagnose::diagnose(a),
-        Command::Attention(a) => diagnose::attention(a),
-        Command::Knockout(a) => diagnose::knockout(a),
+        Command::Chat(a) => {
+            checks::sampling(&a.sampling, &a.model)?;
+            chat::chat(a)
+        }
+        Command::Generate(a) => {
+            checks::sampling(&a.sampling, &a.model)?;
+            chat::generate(a)
+        }
+        Command::Bench(a) => {
+            checks::bench(&a)?;
+            bench::bench(a)
+        }
+        Command::Tune(a) => {
+            checks::tune(&a)?;
+            let _lock = locked_out(&a.out, &a.model)?;
+            tune::tune(a)
+        }
+        Command::Logits(a) => {
+            checks::logits(&a)?;
+            logits::logits(a)
+        }
+        Command::Eval(a) => {
+            checks::eval(&a)?;
+            eval::eval(a)
+        }
+        Command::Kl(a) => {
+            checks::kl(&a)?;
+            kl::kl(a)
+        }
+        Command::MakeData(a) => {
+            checks::make_data(&a)?;
+            make_data::make_data(a)
+        }
+        Command::Pipeline(a) => {
+            checks::pipeline(&a)?;
+            let _lock = locked_out(&a.out, &a.model)?;
+            pipeline::pipeline(a)
+        }
+        Command::Diagnose(a) => {
+            checks::diagnose(&a)?;
+            diagnose::diagnose(a)
+        }
+        Command::Attention(a) => {
+            checks::attention(&a)?;
+            diagnose::attention(a)
+        }
+        Command::Knockout(a) => {
+            checks::knockout(&a)?;
+            diagnose::knockout(a)
+        }
     }
+}
+
+/// The output folder of a long run, checked against the resolved model and locked for
+/// this process.
+fn locked_out(out: &Path, m: &ModelArg) -> Result<pinpoint::guard::DirLock> {
+    let dir = m.resolve()?;
+    pinpoint::guard::output_dir(out, "--out", &[&dir])?;
+    pinpoint::guard::lock_dir(out, "--out")
+}
+
+/// `println!` that returns an error (a closed pipe, a full disk) instead of panicking.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*)
+            .map_err(|e| anyhow::Error::new(e).context("writing to stdout"))?
+    }};
 }
 
 fn import(gguf: &Path, out: &Path) -> Result<()> {

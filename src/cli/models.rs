@@ -1,7 +1,7 @@
 //! `pinpoint inspect`.
 
 use super::ModelArg;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pinpoint::model::checkpoint::{load_tensors, safetensors_files};
 use pinpoint::model::ModelConfig;
 use std::collections::BTreeMap;
@@ -35,7 +35,8 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     }
     // Full validation of names and shapes.
     let loaded = load_tensors(&files)?;
-    pinpoint::model::checkpoint::weights_from_tensors(&cfg, loaded)?;
+    pinpoint::model::checkpoint::weights_from_tensors(&cfg, loaded)
+        .with_context(|| format!("checking the weights of {}", dir.display()))?;
     let info = serde_json::json!({
         "dir": dir.display().to_string(),
         "architecture": cfg.architecture,
@@ -54,10 +55,10 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        println!("{}", dir.display());
-        println!(
+        crate::outln!("{}", dir.display());
+        crate::outln!(
             "  {}: {} layers, {} query heads, {} key/value heads{}, head dim {}, hidden {}, MLP {}, vocab {}",
             cfg.architecture,
             cfg.num_hidden_layers,
@@ -69,11 +70,13 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             cfg.intermediate_size,
             cfg.vocab_size
         );
-        println!(
+        crate::outln!(
             "  rope theta {}, sliding window {:?}, tied embeddings {}",
-            cfg.rope_theta, cfg.sliding_window, cfg.tie_word_embeddings
+            cfg.rope_theta,
+            cfg.sliding_window,
+            cfg.tie_word_embeddings
         );
-        println!(
+        crate::outln!(
             "  {:.1}M parameters stored as {:?}",
             params as f64 / 1e6,
             dtypes

@@ -134,8 +134,9 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.protocol.max_new_tokens_reply = a.max_reply_tokens;
     c.protocol.max_new_tokens_answer = a.max_answer_tokens;
     c.protocol.progress = !a.quiet;
-    let mut p = Pipeline::open(c, &a.out, !a.quiet)?;
     let stop = a.stop_after.as_deref();
+    c.check_stop_after(stop)?;
+    let mut p = Pipeline::open(c, &a.out, !a.quiet)?;
     match a.device.device {
         super::Device::Cpu => p.run_all(stop)?,
         #[cfg(feature = "cuda")]
@@ -145,26 +146,36 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         #[cfg(not(feature = "cuda"))]
         super::Device::Cuda => return Err(super::no_cuda()),
     }
+    if let Some(s) = stop {
+        // No report is written when stopping early.
+        eprintln!(
+            "pipeline stopped after stage {s} in {:.1} s; outputs in {} (no report yet: rerun without --stop-after)",
+            t0.elapsed().as_secs_f64(),
+            a.out.display()
+        );
+        return Ok(());
+    }
     eprintln!(
         "pipeline finished in {:.1} s; report: {}",
         t0.elapsed().as_secs_f64(),
         a.out.join("report.html").display()
     );
     if let Ok(md) = std::fs::read_to_string(a.out.join("report.md")) {
-        print_summary(&md);
+        print_summary(&md)?;
     }
     Ok(())
 }
 
 /// The report's verdict and its per-variant table (the sections "Verdict" and "Table 1").
-fn print_summary(md: &str) {
+fn print_summary(md: &str) -> Result<()> {
     let mut show = false;
     for l in md.lines() {
         if let Some(h) = l.strip_prefix("## ") {
             show = h.starts_with("Verdict") || h.starts_with("Table 1");
         }
         if show {
-            println!("{l}");
+            crate::outln!("{l}");
         }
     }
+    Ok(())
 }

@@ -294,6 +294,6 @@ fn tune_on<B: TrainBackend>(
     if let Some(last) = t.history.last() {
         eprintln!("done: step {} loss {:.4}", last.step, last.loss);
     }
-    println!("{}", out.display());
+    crate::outln!("{}", out.display());
     Ok(())
 }

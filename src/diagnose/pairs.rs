@@ -145,6 +145,12 @@ pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
             path.display(),
             i + 1
         );
+        ensure!(
+            p.reference != p.counterfactual,
+            "{}:{}: the reference and counterfactual are identical, so no head could score",
+            path.display(),
+            i + 1
+        );
         if p.source.is_empty() {
             p.source = format!("{}:{}", path.display(), i + 1);
         }

@@ -147,6 +147,13 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         files.dedup();
+        if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
+            bail!(
+                "{} lists the shard {f}, which is not in {} (a stale index?)",
+                index.display(),
+                dir.display()
+            );
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
@@ -351,6 +358,9 @@ pub fn weights_from_tensors(
 /// Load `config.json` and the weights of a HF model directory as f32.
 pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTensor>, StoreDtype)> {
     if !dir.is_dir() {
+        if dir.exists() {
+            bail!("model directory {} is a file, not a folder", dir.display());
+        }
         bail!("model directory {} does not exist", dir.display());
     }
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -359,6 +369,8 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTenso
     let dtype = loaded.dtype;
     let w = weights_from_tensors(&cfg, loaded)
         .with_context(|| format!("loading weights of {}", dir.display()))?;
+    crate::guard::weights_finite(&w)
+        .with_context(|| format!("{}: corrupt weights", dir.display()))?;
     Ok((cfg, w, dtype))
 }
 

@@ -128,7 +128,7 @@ impl ModelConfig {
         } else {
             None
         };
-        Ok(Self {
+        let cfg = Self {
             architecture,
             model_type,
             vocab_size: need("vocab_size")?,
@@ -158,7 +158,9 @@ impl ModelConfig {
                 .unwrap_or("float32")
                 .to_string(),
             raw: v,
-        })
+        };
+        crate::guard::check_config(&cfg)?;
+        Ok(cfg)
     }
 
     /// Query heads per key/value group.

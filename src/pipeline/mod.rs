@@ -5,6 +5,7 @@
 //! recorded in `out/stages.json` only once all its outputs exist. A rerun skips recorded
 //! stages and re-does an interrupted one (tuning resumes from its last checkpoint).
 
+pub mod outputs;
 pub mod report;
 
 use crate::backend::train::TrainBackend;
@@ -137,6 +138,33 @@ impl PipelineConfig {
         })
     }
 
+    /// Every stage name, in the order the stages run.
+    pub fn stage_names(&self) -> Vec<String> {
+        let mut n: Vec<String> = ["split", "diagnose", "make-data"].map(String::from).into();
+        let vs = self.variants();
+        let tuned = || vs.iter().filter(|v| **v != Variant::Base);
+        n.extend(tuned().map(|v| format!("tune-{}", v.name())));
+        n.extend(vs.iter().map(|v| format!("eval-{}", v.name())));
+        n.extend(tuned().map(|v| format!("kl-{}", v.name())));
+        if self.n_knockout > 0 {
+            n.push("knockout".into());
+        }
+        n
+    }
+
+    /// Refuse a `--stop-after` that names no stage of this run, listing the valid names.
+    pub fn check_stop_after(&self, stop: Option<&str>) -> Result<()> {
+        if let Some(s) = stop {
+            let names = self.stage_names();
+            ensure!(
+                names.iter().any(|n| n == s),
+                "--stop-after {s:?} is not a stage of this run; stages: {}",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     pub fn variants(&self) -> Vec<Variant> {
         let mut v = vec![Variant::Base];
         v.extend(self.ks.iter().map(|&k| Variant::Spt(k)));
@@ -148,6 +176,9 @@ impl PipelineConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct StageRecord {
     seconds: f64,
+    /// The stage's output files (absent in older runs: then only the folder is checked).
+    #[serde(default)]
+    outputs: BTreeMap<String, outputs::FileRecord>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -231,7 +262,13 @@ impl Pipeline {
     }
 
     pub fn is_done(&self, name: &str) -> bool {
-        self.state.done.contains_key(name) && self.out.join(name).is_dir()
+        match self.state.done.get(name) {
+            Some(r) => {
+                self.out.join(name).is_dir()
+                    && outputs::changed(&self.out.join(name), &r.outputs).is_none()
+            }
+            None => false,
+        }
     }
 
     pub fn dir(&self, name: &str) -> PathBuf {
@@ -244,6 +281,11 @@ impl Pipeline {
             eprintln!("[pipeline] {name}: done earlier, skipped");
             return Ok(());
         }
+        if let Some(r) = self.state.done.get(name) {
+            let why = outputs::changed(&self.dir(name), &r.outputs)
+                .unwrap_or_else(|| format!("{} is missing", self.dir(name).display()));
+            eprintln!("[pipeline] {name}: recorded as done, but {why}; running it again");
+        }
         let dir = self.dir(name);
         std::fs::create_dir_all(&dir)?;
         eprintln!("[pipeline] {name}: running");
@@ -251,9 +293,14 @@ impl Pipeline {
         f(self, &dir).with_context(|| format!("pipeline stage {name}"))?;
         let secs = t.elapsed().as_secs_f64();
         eprintln!("[pipeline] {name}: finished in {secs:.1} s");
-        self.state
-            .done
-            .insert(name.to_string(), StageRecord { seconds: secs });
+        let outputs = outputs::record(&dir)?;
+        self.state.done.insert(
+            name.to_string(),
+            StageRecord {
+                seconds: secs,
+                outputs,
+            },
+        );
         self.save_state()?;
         self.ran.push(name.to_string());
         Ok(())
@@ -279,6 +326,7 @@ impl Pipeline {
         stop_after: Option<&str>,
         load: &dyn Fn(&Path) -> Result<Model<B>>,
     ) -> Result<()> {
+        self.cfg.check_stop_after(stop_after)?;
         let base = load(&self.cfg.model_dir)?;
         let tok = Tokenizer::from_dir(&self.cfg.model_dir)?;
         macro_rules! stop {
@@ -626,6 +674,7 @@ impl Pipeline {
         let texts: Vec<String> = texts.into_iter().take(self.cfg.kl_texts).collect();
         let seqs = kl::tokenize_texts(tok, &texts, self.cfg.kl_len)?;
         let r = kl::kl_divergence(base, &tuned, &seqs, 4, self.progress)?;
+        crate::guard::finite64("KL per text", &r.per_text)?;
         write_json(&d.join("kl.json"), &r)
     }
 

@@ -104,6 +104,9 @@ struct StateJson {
     optim: AdamWConfig,
     history: Vec<StepLog>,
     model: serde_json::Value,
+    /// SHA-256 of the tokenized data (absent in older checkpoints).
+    #[serde(default)]
+    data_sha256: Option<String>,
 }
 
 pub struct Trainer<B: TrainBackend> {
@@ -451,12 +454,13 @@ impl<B: TrainBackend> Trainer<B> {
         let root = self.checkpoints_dir();
         let name = format!("step-{step:06}");
         let dir = root.join(&name);
+        let w = self.final_weights()?;
+        crate::guard::weights_finite(&w).with_context(|| self.diverged(step))?;
         let tmp = root.join(format!(".tmp-{name}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let w = self.final_weights()?;
         save_model_dir(
             &tmp,
             &self.model.cfg,
@@ -506,6 +510,7 @@ impl<B: TrainBackend> Trainer<B> {
             optim: self.opt.cfg,
             history: self.history.clone(),
             model: model_summary(&self.model.cfg),
+            data_sha256: Some(crate::guard::data_fingerprint(&self.data)),
         };
         write_json(&tmp.join("tune_state.json"), &state)?;
         if dir.exists() {
@@ -517,6 +522,15 @@ impl<B: TrainBackend> Trainer<B> {
         self.last_checkpoint = Some(dir.clone());
         self.prune_checkpoints(&root, &name)?;
         Ok(dir)
+    }
+
+    /// Context of a non-finite weight found after update `step`.
+    fn diverged(&self, step: usize) -> String {
+        let last = match &self.last_checkpoint {
+            Some(p) => format!("the last good checkpoint is {}", p.display()),
+            None => "no good checkpoint was written".to_string(),
+        };
+        format!("step {step}: training diverged (try a lower --lr); nothing was saved for this step, {last}")
     }
 
     fn prune_checkpoints(&self, root: &Path, keep_newest: &str) -> Result<()> {
@@ -617,7 +631,18 @@ impl<B: TrainBackend> Trainer<B> {
                 self.model.backend.write_region(dst, Region::Full, &w)?;
             }
         }
-        self.opt.cfg = st.optim;
+        let diffs = crate::guard::optim_diffs(&st.optim, &self.opt.cfg);
+        ensure!(
+            diffs.is_empty(),
+            "the checkpoint was trained with other settings: {}; resume with the same flags, or choose another --out",
+            diffs.join(", ")
+        );
+        if let Some(h) = &st.data_sha256 {
+            ensure!(
+                *h == crate::guard::data_fingerprint(&self.data),
+                "the checkpoint was trained on other data (its tokenized data hash {h} differs from this run's); resume with the same --data, or choose another --out"
+            );
+        }
         self.opt.step = st.step;
         self.history = st.history;
         self.write_masters()?;
@@ -666,6 +691,7 @@ impl<B: TrainBackend> Trainer<B> {
     pub fn run(&mut self) -> Result<PathBuf> {
         self.run_until(self.cfg.steps)?;
         let w = self.final_weights()?;
+        crate::guard::weights_finite(&w).with_context(|| self.diverged(self.opt.step))?;
         save_model_dir(
             &self.out,
             &self.model.cfg,
