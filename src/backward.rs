@@ -364,6 +364,9 @@ fn forward<B: TrainBackend>(
     let cfg = &m.cfg;
     let b = &m.backend;
     let w = &m.weights;
+    for s in seqs {
+        crate::transformer::warn_past_context(cfg.max_position_embeddings, s.len());
+    }
     let packed = pack(seqs, cfg.vocab_size)?;
     let plan = keep_plan(m, packed.ids.len(), first, mem);
     let mut lora_u: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
@@ -751,6 +754,7 @@ pub fn xent_and_kl_in_place(
     soft: &[Option<&SoftTarget>],
     scale: f32,
 ) -> Result<f64> {
+    use rayon::prelude::*;
     ensure!(d.shape.len() == 2, "logits of shape {:?}", d.shape);
     let (n, vocab) = (d.shape[0], d.shape[1]);
     ensure!(
@@ -759,60 +763,80 @@ pub fn xent_and_kl_in_place(
         targets.len(),
         soft.len()
     );
-    let mut total = 0.0f64;
-    for ((row, t), p) in d.data.chunks_mut(vocab).zip(targets).zip(soft) {
-        let Some(t) = *t else {
-            row.fill(0.0);
-            continue;
-        };
-        ensure!(
-            (t as usize) < vocab,
-            "target {t} outside the vocabulary of {vocab}"
-        );
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        match p {
-            None => {
-                total += sum.ln() + (max - row[t as usize]) as f64;
-                for v in row.iter_mut() {
-                    *v = (((*v - max) as f64).exp() / sum) as f32 * scale;
-                }
-                row[t as usize] -= scale;
+    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+        bail!("target {t} outside the vocabulary of {vocab}");
+    }
+    if let Some(t) = soft
+        .iter()
+        .flatten()
+        .flat_map(|p| &p.ids)
+        .find(|&&i| i as usize >= vocab)
+    {
+        bail!("teacher token {t} outside the vocabulary of {vocab}");
+    }
+    let losses: Vec<f64> = d
+        .data
+        .par_chunks_mut(vocab)
+        .zip(targets)
+        .zip(soft)
+        .map(|((row, t), p)| match (*t, p) {
+            (None, _) => {
+                row.fill(0.0);
+                0.0
             }
-            Some(p) => {
-                if let Some(&bad) = p.ids.iter().find(|&&i| i as usize >= vocab) {
-                    bail!("teacher token {bad} outside the vocabulary of {vocab}");
-                }
-                let q_of = |l: f32| ((l - max) as f64).exp() / sum;
-                let q_top: Vec<f64> = p.ids.iter().map(|&i| q_of(row[i as usize])).collect();
-                let p_rest = (1.0 - p.probs.iter().map(|&x| x as f64).sum::<f64>()).max(0.0);
-                let q_rest = (1.0 - q_top.iter().sum::<f64>()).max(0.0);
-                let mut kl = 0.0;
-                for (&pi, &qi) in p.probs.iter().zip(&q_top) {
-                    if pi > 0.0 {
-                        kl += pi as f64 * (pi as f64 / qi.max(f64::MIN_POSITIVE)).ln();
-                    }
-                }
-                if p_rest > 0.0 {
-                    kl += p_rest * (p_rest / q_rest.max(f64::MIN_POSITIVE)).ln();
-                }
-                total += kl;
-                // Other tokens: q_j (1 - p_rest / q_rest); the top k: q_i - p_i.
-                let other = if q_rest > 0.0 {
-                    1.0 - p_rest / q_rest
-                } else {
-                    1.0
-                };
-                for v in row.iter_mut() {
-                    *v = (q_of(*v) * other) as f32 * scale;
-                }
-                for ((&i, &pi), &qi) in p.ids.iter().zip(&p.probs).zip(&q_top) {
-                    row[i as usize] = ((qi - pi as f64) as f32) * scale;
-                }
-            }
+            (Some(t), None) => xent_row(row, t, scale),
+            (Some(_), Some(p)) => kl_row(row, p, scale),
+        })
+        .collect();
+    Ok(losses.iter().sum())
+}
+
+/// Max and `sum exp(l - max)` of a row.
+fn softmax_norm(row: &[f32]) -> (f32, f64) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|&l| ((l - max) as f64).exp()).sum())
+}
+
+/// One cross-entropy row: NLL of `t`; the row becomes `scale * (q - onehot(t))`.
+fn xent_row(row: &mut [f32], t: u32, scale: f32) -> f64 {
+    let (max, sum) = softmax_norm(row);
+    let loss = sum.ln() + (max - row[t as usize]) as f64;
+    for v in row.iter_mut() {
+        *v = (((*v - max) as f64).exp() / sum) as f32 * scale;
+    }
+    row[t as usize] -= scale;
+    loss
+}
+
+/// One retain row: KL(p ‖ q) over p's top-k tokens plus one bucket for the rest; the row
+/// becomes `scale * (q - p~)`: `q_i - p_i` on the top k, `q_j (1 - p_rest / q_rest)` elsewhere.
+fn kl_row(row: &mut [f32], p: &SoftTarget, scale: f32) -> f64 {
+    let (max, sum) = softmax_norm(row);
+    let q_of = |l: f32| ((l - max) as f64).exp() / sum;
+    let q_top: Vec<f64> = p.ids.iter().map(|&i| q_of(row[i as usize])).collect();
+    let p_rest = (1.0 - p.probs.iter().map(|&x| x as f64).sum::<f64>()).max(0.0);
+    let q_rest = (1.0 - q_top.iter().sum::<f64>()).max(0.0);
+    let mut kl = 0.0;
+    for (&pi, &qi) in p.probs.iter().zip(&q_top) {
+        if pi > 0.0 {
+            kl += pi as f64 * (pi as f64 / qi.max(f64::MIN_POSITIVE)).ln();
         }
     }
-    Ok(total)
+    if p_rest > 0.0 {
+        kl += p_rest * (p_rest / q_rest.max(f64::MIN_POSITIVE)).ln();
+    }
+    let other = if q_rest > 0.0 {
+        1.0 - p_rest / q_rest
+    } else {
+        1.0
+    };
+    for v in row.iter_mut() {
+        *v = (q_of(*v) * other) as f32 * scale;
+    }
+    for ((&i, &pi), &qi) in p.ids.iter().zip(&p.probs).zip(&q_top) {
+        row[i as usize] = ((qi - pi as f64) as f32) * scale;
+    }
+    kl
 }
 
 /// The `k` most likely next tokens of `m` (with `adapters`) at every target row of each

@@ -312,6 +312,8 @@ pub fn data_fingerprint(data: &[TrainSeq]) -> String {
         for t in &s.targets {
             h.update(t.map_or(u64::MAX, |x| x as u64).to_le_bytes());
         }
+        // The loss kind (cross-entropy or retain) is part of the data.
+        h.update([u8::from(s.retain)]);
     }
     hex::encode(h.finalize())
 }

