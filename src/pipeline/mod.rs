@@ -112,7 +112,7 @@ impl PipelineConfig {
             steps: 48,
             batch: 16,
             micro_batch: 8,
-            lr_spt: 1e-3,
+            lr_spt: 5e-4,
             lr_sft: 2e-5,
             lr_lora: 3e-4,
             checkpoint_every: 24,
