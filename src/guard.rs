@@ -81,28 +81,41 @@ fn check_not_input(out: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
 
 /// Create `dir` if needed and prove that a file can be created in it.
 fn probe_writable(dir: &Path, flag: &str, shown: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| {
-        format!(
-            "{flag} {}: cannot create the folder {}",
+    // Probe the folder, or the nearest existing folder above it: nothing is created here,
+    // so a run refused later leaves no empty folder behind.
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => {
+                at = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !at.is_dir() {
+        bail!(
+            "{flag} {}: {} is not a folder, so {} cannot be created",
             shown.display(),
+            at.display(),
             dir.display()
-        )
-    })?;
+        );
+    }
     tempfile::Builder::new()
         .prefix(".pinpoint-probe-")
-        .tempfile_in(dir)
+        .tempfile_in(at)
         .with_context(|| {
             format!(
                 "{flag} {}: the folder {} is not writable",
                 shown.display(),
-                dir.display()
+                at.display()
             )
         })?;
     Ok(())
 }
 
 /// Check an output folder before any work: not a file, not (inside / around) an input
-/// folder, creatable and writable. Creates it.
+/// folder, creatable and writable. Creates nothing.
 pub fn output_dir(out: &Path, flag: &str, inputs: &[&Path]) -> Result<()> {
     if out.as_os_str().is_empty() {
         bail!("{flag} is empty; give a folder");
@@ -176,8 +189,22 @@ pub fn is_special(path: &Path) -> bool {
 
 /// An exclusive lock on an output folder, held until dropped (released by the OS when the
 /// process ends, so a killed run never leaves a stale lock).
+/// On drop the lock file is removed (while still held), and the folder too when this lock
+/// created it and nothing else was written there (a refused or failed run leaves no trace).
 pub struct DirLock {
     _file: std::fs::File,
+    dir: std::path::PathBuf,
+    created: bool,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        if self.created {
+            // Fails (and keeps the folder) unless it is empty.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
 }
 
 /// Name of the lock file inside a locked folder.
@@ -185,6 +212,7 @@ pub const LOCK_FILE: &str = ".pinpoint.lock";
 
 /// Lock `out` (created if needed) for this process, or fail naming it when another run holds it.
 pub fn lock_dir(out: &Path, flag: &str) -> Result<DirLock> {
+    let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("{flag}: creating {}", out.display()))?;
     let p = out.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -206,7 +234,11 @@ pub fn lock_dir(out: &Path, flag: &str) -> Result<DirLock> {
             );
         }
     }
-    Ok(DirLock { _file: file })
+    Ok(DirLock {
+        _file: file,
+        dir: out.to_path_buf(),
+        created,
+    })
 }
 
 /// Error unless every value is finite; names `what`, the count and the first bad index.

@@ -1785,6 +1785,34 @@ fn flag_cases() -> Vec<Case> {
             &["--kl-len 1"],
         ),
         fail(
+            "flags: pipeline --k 0",
+            nothing,
+            &format!("{pipe} --k 0"),
+            &["--k 0", "at least 1"],
+        )
+        .after(absent("run")),
+        fail(
+            "flags: pipeline --k 4,,0",
+            nothing,
+            &format!("{pipe} --k 4,,0"),
+            &["--k 4,,0"],
+        )
+        .after(absent("run")),
+        fail(
+            "flags: pipeline --k ,",
+            nothing,
+            &format!("{pipe} --k ,"),
+            &["--k", "at least one head count"],
+        )
+        .after(absent("run")),
+        fail(
+            "flags: pipeline --k past the model's heads",
+            nothing,
+            &format!("{pipe} --k 2,9999"),
+            &["--k 9999", "attention heads"],
+        )
+        .after(absent("run")),
+        fail(
             "flags: pipeline --k x",
             nothing,
             &format!("{pipe} --k x"),

@@ -108,6 +108,7 @@ fn heads_scores(p: &Path) -> Result<()> {
 }
 
 pub fn pipeline(a: &super::pipeline::PipelineArgs) -> Result<()> {
+    super::pipeline::parse_ks(&a.k)?;
     flag::at_least("--steps", a.steps, 1)?;
     flag::at_least("--batch", a.batch, 1)?;
     if a.micro_batch > a.batch {

@@ -84,6 +84,27 @@ pub struct PipelineArgs {
     pub device: super::DeviceArg,
 }
 
+/// `--k`: a comma-separated list of head counts, each at least 1, at least one.
+pub fn parse_ks(k: &str) -> Result<Vec<usize>> {
+    let ks: Vec<usize> = k
+        .split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("--k: bad head count {x:?}"))
+        })
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(
+        !ks.is_empty(),
+        "--k {k:?}: give at least one head count, e.g. --k 8 or --k 4,8,16"
+    );
+    if ks.contains(&0) {
+        anyhow::bail!("--k {k}: a head count must be at least 1");
+    }
+    Ok(ks)
+}
+
 pub fn pipeline(a: PipelineArgs) -> Result<()> {
     let t0 = Instant::now();
     let dir = a.model.resolve()?;
@@ -93,15 +114,14 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         pinpoint::model::zoo::DEFAULT_MODEL_NAME.to_string()
     };
     let mut c = PipelineConfig::cpu_defaults(dir, id);
-    c.ks =
-        a.k.split(',')
-            .filter(|x| !x.trim().is_empty())
-            .map(|x| {
-                x.trim()
-                    .parse()
-                    .with_context(|| format!("bad K {x:?} in --k"))
-            })
-            .collect::<Result<_>>()?;
+    c.ks = parse_ks(&a.k)?;
+    let mc = pinpoint::model::ModelConfig::from_file(&c.model_dir.join("config.json"))?;
+    if let Some(&k) = c.ks.iter().find(|&&k| k > mc.n_heads_total()) {
+        anyhow::bail!(
+            "--k {k}: the model has only {} attention heads",
+            mc.n_heads_total()
+        );
+    }
     c.baselines = a
         .baselines
         .split(',')
