@@ -470,7 +470,7 @@ mod tests {
         let e = output_dir(&f.join("sub"), "--out", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cannot create"), "{e}");
+        assert!(e.contains("cannot be created") && e.contains("/f/sub"), "{e}");
     }
 
     #[test]
