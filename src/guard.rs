@@ -470,7 +470,10 @@ mod tests {
         let e = output_dir(&f.join("sub"), "--out", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cannot be created") && e.contains("/f/sub"), "{e}");
+        assert!(
+            e.contains("cannot be created") && e.contains("/f/sub"),
+            "{e}"
+        );
     }
 
     #[test]
