@@ -7,12 +7,8 @@
 //! when the sequences are of equal length (TransformerLens' `hook_z` layout).
 
 pub mod cpu;
-#[cfg(target_arch = "x86_64")]
-pub mod cpu_amx;
-pub mod cpu_gemm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod simd;
 pub mod train;
 
 use crate::model::HostTensor;

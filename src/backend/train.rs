@@ -10,10 +10,10 @@
 //! (Compiled as `crate::backend::train` via `#[path]` in lib.rs while `backend/mod.rs` is
 //! owned elsewhere; on merge it can become `backend::train`.)
 
+use crate::backend::cpu::gemm::Strided;
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::{gather_kv, key_lo, softmax_masked, ATT_QB};
 use crate::backend::cpu::{rotate_half, softmax_in_place, CpuBackend};
-use crate::backend::cpu_gemm::Strided;
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::model::HostTensor;
 use anyhow::{bail, ensure, Result};
@@ -284,7 +284,7 @@ fn gemm_into(
     assert!(rhs.end(k, n) <= rhs.data.len(), "gemm: rhs out of bounds");
     #[cfg(target_arch = "x86_64")]
     if m >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-        use crate::backend::cpu_gemm::gemm_packed;
+        use crate::backend::cpu::gemm::gemm_packed;
         // SAFETY: avx512f detected; bounds asserted above and inside.
         unsafe { gemm_packed(dst, accumulate, m, n, k, lhs, rhs) };
         return;
@@ -339,7 +339,7 @@ fn attention_bwd_group_blocked(
     qc: usize,
     kc: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    use crate::backend::cpu_gemm::gemm_small;
+    use crate::backend::cpu::gemm::gemm_small;
     let dh = shape.head_dim;
     let group = shape.n_heads / shape.n_kv_heads;
     let scale = 1.0 / (dh as f32).sqrt();
@@ -508,7 +508,7 @@ impl TrainBackend for CpuBackend {
         // dx [n, k] = sum_i dy_i @ w_i
         #[cfg(target_arch = "x86_64")]
         if n >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-            use crate::backend::cpu_gemm::{gemm_packed_sum_new, GemmPart};
+            use crate::backend::cpu::gemm::{gemm_packed_sum_new, GemmPart};
             let gemm_parts: Vec<GemmPart> = views
                 .iter()
                 .map(|&(a, b, m)| GemmPart { a, b, k: m })
@@ -613,7 +613,7 @@ impl TrainBackend for CpuBackend {
         }
         let want_dw = dw.is_some();
         let rows_per_task = (1usize << 14).div_ceil(d).max(1);
-        let mut dx = crate::backend::cpu_gemm::par_zeroed(n * d);
+        let mut dx = crate::backend::cpu::buf::par_zeroed(n * d);
         // Per task: dx of its rows (=) and their dw partial sum.
         let dw_sum = dx
             .par_chunks_mut(d * rows_per_task)
@@ -626,7 +626,7 @@ impl TrainBackend for CpuBackend {
                     .zip(xs.chunks_exact(d))
                     .zip(dys.chunks_exact(d))
                 {
-                    let ms = crate::backend::simd::dot(xi, xi) / d as f32;
+                    let ms = crate::backend::cpu::simd::dot(xi, xi) / d as f32;
                     let r = 1.0 / (ms + eps).sqrt();
                     let mut gx = 0.0f32;
                     for ((o, (x, dy)), w) in dxi.iter_mut().zip(xi.iter().zip(dyi)).zip(&w.data) {
@@ -777,9 +777,9 @@ impl TrainBackend for CpuBackend {
                 o
             })
             .collect();
-        let mut dq = crate::backend::cpu_gemm::par_zeroed(n * qc);
-        let mut dk = crate::backend::cpu_gemm::par_zeroed(kr * kc);
-        let mut dv = crate::backend::cpu_gemm::par_zeroed(kr * kc);
+        let mut dq = crate::backend::cpu::buf::par_zeroed(n * qc);
+        let mut dk = crate::backend::cpu::buf::par_zeroed(kr * kc);
+        let mut dv = crate::backend::cpu::buf::par_zeroed(kr * kc);
         for (&(si, g), o) in tasks.iter().zip(outs) {
             let s = spans[si];
             for hh in 0..group {
@@ -821,7 +821,7 @@ impl TrainBackend for CpuBackend {
         // act = g * sigmoid(g) * u;  dact/dg = u * s * (1 + g (1 - s)), dact/du = silu(g).
         const CHUNK: usize = 1 << 15;
         let len = gate.data.len();
-        let (dg, du) = crate::backend::cpu_gemm::par_new2(len, CHUNK, |c, dg, du| {
+        let (dg, du) = crate::backend::cpu::buf::par_new2(len, CHUNK, |c, dg, du| {
             let at = c * CHUNK;
             let n = dg.len();
             let (d, g, u) = (
@@ -829,7 +829,7 @@ impl TrainBackend for CpuBackend {
                 &gate.data[at..][..n],
                 &up.data[at..][..n],
             );
-            crate::backend::simd::silu_mul_bwd(d, g, u, dg, du)
+            crate::backend::cpu::simd::silu_mul_bwd(d, g, u, dg, du)
         });
         Ok((
             HostTensor::new(gate.shape.clone(), dg),
@@ -883,11 +883,11 @@ impl TrainBackend for CpuBackend {
                     row.fill(0.0);
                     return 0.0;
                 };
-                let max = crate::backend::simd::max(row);
+                let max = crate::backend::cpu::simd::max(row);
                 let l_t = row[t as usize];
-                let sum = crate::backend::simd::exp_shifted_sum(row, max);
+                let sum = crate::backend::cpu::simd::exp_shifted_sum(row, max);
                 let inv = 1.0 / sum;
-                crate::backend::simd::scale(row, inv * scale);
+                crate::backend::cpu::simd::scale(row, inv * scale);
                 row[t as usize] -= scale;
                 // -log softmax(t) = log(sum) + max - l_t
                 sum.ln() + max - l_t

@@ -1,6 +1,10 @@
 //! The f32 CPU backend: the reference oracle and the no-GPU default.
 //! GEMMs go through the `gemm` crate (runtime SIMD dispatch); the rest is rayon loops.
 
+pub mod buf;
+pub mod gemm;
+pub mod simd;
+
 use super::{AttnShape, Backend, Pattern, SeqSpan};
 use crate::model::HostTensor;
 use anyhow::{bail, ensure, Result};
@@ -17,7 +21,7 @@ fn dims2(t: &HostTensor) -> Result<(usize, usize)> {
     }
 }
 
-pub use super::cpu_gemm::matmul_t;
+pub use gemm::matmul_t;
 
 /// RoPE inverse frequencies as HF computes them (f32): `1 / theta^(2i/D)`.
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
@@ -91,9 +95,9 @@ fn rows_per_task(cols: usize) -> usize {
 
 /// Softmax of `row` in place (max-subtracted, f32).
 pub fn softmax_in_place(row: &mut [f32]) {
-    let max = super::simd::max(row);
-    let sum = super::simd::exp_shifted_sum(row, max);
-    super::simd::scale(row, 1.0 / sum);
+    let max = simd::max(row);
+    let sum = simd::exp_shifted_sum(row, max);
+    simd::scale(row, 1.0 / sum);
 }
 
 /// Scale `row[a..b]` and softmax it in place (as [`softmax_in_place`] of the scaled
@@ -162,7 +166,7 @@ fn attention_group_blocked(
     kc: usize,
     keep: impl Fn(usize) -> bool,
 ) -> (Vec<f32>, Vec<Option<Vec<f32>>>) {
-    use super::cpu_gemm::{gemm_small, Strided};
+    use gemm::{gemm_small, Strided};
     let dh = shape.head_dim;
     let group = shape.n_heads / shape.n_kv_heads;
     let scale = 1.0 / (dh as f32).sqrt();
@@ -234,7 +238,7 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         #[cfg(target_arch = "x86_64")]
-        let matmul = crate::backend::cpu_amx::describe();
+        let matmul = gemm::amx::describe();
         #[cfg(not(target_arch = "x86_64"))]
         let matmul = "f32";
         format!("cpu ({matmul}, {} threads)", rayon::current_num_threads())
@@ -273,7 +277,7 @@ impl Backend for CpuBackend {
             w.numel()
         );
         let rows = rows_per_task(d);
-        let out = super::cpu_gemm::par_new(n * d, rows * d, |c, o| {
+        let out = buf::par_new(n * d, rows * d, |c, o| {
             for (o, xi) in o.chunks_exact_mut(d).zip(x.data[c * rows * d..].chunks(d)) {
                 let ms = xi.iter().map(|v| v * v).sum::<f32>() / d as f32;
                 let r = 1.0 / (ms + eps).sqrt();
@@ -379,7 +383,7 @@ impl Backend for CpuBackend {
                     )
                 })
                 .collect();
-            let mut z = super::cpu_gemm::par_zeroed(n * qc);
+            let mut z = buf::par_zeroed(n * qc);
             let mut patterns = Vec::new();
             for (&(si, g), (zg, probs)) in tasks.iter().zip(results) {
                 let s = spans[si];
@@ -429,14 +433,14 @@ impl Backend for CpuBackend {
                     scores.clear();
                     for j in lo..=pos {
                         let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
-                        let dot = super::simd::dot(qrow, krow);
+                        let dot = simd::dot(qrow, krow);
                         scores.push(dot * scale);
                     }
                     softmax_in_place(&mut scores);
                     let zi = &mut zh[i * dh..(i + 1) * dh];
                     for (jj, &p) in scores.iter().enumerate() {
                         let vrow = &v.data[s.kv_row(lo + jj) * kc + g * dh..][..dh];
-                        super::simd::axpy(p, vrow, zi);
+                        simd::axpy(p, vrow, zi);
                     }
                     if keep {
                         probs[i * kv_len + lo..i * kv_len + pos + 1].copy_from_slice(&scores);
@@ -473,10 +477,10 @@ impl Backend for CpuBackend {
             gate.shape,
             up.shape
         );
-        let data = super::cpu_gemm::par_new(gate.data.len(), ELEMS_PER_TASK, |c, o| {
+        let data = buf::par_new(gate.data.len(), ELEMS_PER_TASK, |c, o| {
             let at = c * ELEMS_PER_TASK;
             let (g, u) = (&gate.data[at..][..o.len()], &up.data[at..][..o.len()]);
-            super::simd::silu_mul(g, u, o)
+            simd::silu_mul(g, u, o)
         });
         Ok(HostTensor::new(gate.shape.clone(), data))
     }
