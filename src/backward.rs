@@ -11,8 +11,8 @@
 //! visited, and the lowest visited stage does not compute the gradient it would pass down.
 //! Weight gradients are computed only for the mask's slices (region GEMMs).
 
-use crate::backend::train::{Region, TrainBackend};
 use crate::backend::{AttnShape, SeqSpan};
+use crate::backend::{Region, TrainBackend};
 use crate::model::HostTensor;
 use crate::transformer::Model;
 use crate::tune::mask::{param, LayerParam, Mask, ParamId};

@@ -10,7 +10,7 @@
 
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::cuda::{cuda_available, CudaBackend, Gemm};
-use pinpoint::backend::train::Region;
+use pinpoint::backend::Region;
 use pinpoint::backward::TrainSeq;
 use pinpoint::diagnose::attribution::spearman;
 use pinpoint::diagnose::metric::{Metric, MetricKind};

@@ -15,7 +15,7 @@ use cuda_common::*;
 
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::cuda::{attn_bwd_tensor_cores, AttnKernels, CudaBackend};
-use pinpoint::backend::train::{AdamStep, ParamState, Region, TrainBackend};
+use pinpoint::backend::{AdamStep, ParamState, Region, TrainBackend};
 use pinpoint::backend::{AttnShape, Backend, SeqSpan};
 use pinpoint::backward::{self, Grads, TrainSeq};
 use pinpoint::heads::HeadId;

@@ -6,8 +6,8 @@
 mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::train::{Region, TrainBackend};
 use pinpoint::backend::{AttnShape, Backend, SeqSpan};
+use pinpoint::backend::{Region, TrainBackend};
 use pinpoint::backward::{self, Grads, TrainSeq};
 use pinpoint::heads::HeadId;
 use pinpoint::model::HostTensor;

@@ -16,8 +16,8 @@
 use super::{Device, DeviceArg, ModelArg};
 use anyhow::{bail, ensure, Result};
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::train::TrainBackend;
 use pinpoint::backend::Backend;
+use pinpoint::backend::TrainBackend;
 use pinpoint::diagnose::metric::{Metric, MetricKind};
 use pinpoint::diagnose::pairs::{self, TokenPair};
 use pinpoint::diagnose::path_patching::{

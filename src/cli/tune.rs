@@ -3,7 +3,7 @@
 
 use super::{Device, DeviceArg, ModelArg};
 use anyhow::{bail, ensure, Context, Result};
-use pinpoint::backend::train::TrainBackend;
+use pinpoint::backend::TrainBackend;
 use pinpoint::backward::ActMemory;
 use pinpoint::heads::HeadId;
 use pinpoint::model::tokenizer::Tokenizer;

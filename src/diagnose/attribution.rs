@@ -23,7 +23,7 @@
 use super::metric::{Metric, MetricKind};
 use super::pairs::{require_equal_lengths, TokenPair};
 use super::path_patching::{CleanRun, HeadScores};
-use crate::backend::train::TrainBackend;
+use crate::backend::TrainBackend;
 use crate::backward::backward_to_z;
 use crate::heads::{Positions, Taps};
 use crate::model::HostTensor;

@@ -7,7 +7,7 @@
 
 pub mod report;
 
-use crate::backend::train::TrainBackend;
+use crate::backend::TrainBackend;
 use crate::diagnose::metric::{Metric, MetricKind};
 use crate::diagnose::pairs::{pair_for_question, McQuestion};
 use crate::diagnose::run::{diagnose, DiagnoseConfig, Diagnosis};

@@ -3,7 +3,7 @@
 //! zero, so training starts at the base model. Merged into the weights on save.
 
 use crate::backend::cpu::matmul_t;
-use crate::backend::train::TrainBackend;
+use crate::backend::TrainBackend;
 use crate::backward::Adapter;
 use crate::model::{HostTensor, ModelWeights};
 use crate::transformer::Model;

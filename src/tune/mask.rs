@@ -4,7 +4,7 @@
 //! the k/v rows of its key/value group `g = h / (H/G)`: `[g*D, (g+1)*D)`. On a GQA model a
 //! k/v group is shared by H/G heads, so k/v are tuned only when asked for explicitly.
 
-use crate::backend::train::Region;
+use crate::backend::Region;
 use crate::heads::HeadId;
 use crate::model::{ModelConfig, ModelWeights};
 use anyhow::{bail, ensure, Result};

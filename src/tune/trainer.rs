@@ -12,7 +12,7 @@
 //! epochs, each a permutation drawn from `(seed, epoch)`. The RNG state is therefore
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
-use crate::backend::train::{ParamState, Region, TrainBackend};
+use crate::backend::{ParamState, Region, TrainBackend};
 use crate::backward::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};

@@ -747,7 +747,7 @@ impl CudaBackend {
             return Ok(());
         }
         let pos = self.htod(&u32s(positions, "rope position")?)?;
-        let inv = self.htod(&super::cpu::rope_inv_freq(head_dim, theta))?;
+        let inv = self.htod(&super::rope_inv_freq(head_dim, theta))?;
         let (ni, ci, di) = (int(n, "rows")?, int(c, "cols")?, int(head_dim, "head_dim")?);
         let f = self.func(kernel)?;
         let mut b = self.stream.launch_builder(&f);

@@ -242,3 +242,64 @@ unsafe fn gemm_packed_ptr(
     }
     gemm_avx512_ptr(dst, accumulate, n, m, k, a, b, whole_a_max)
 }
+
+/// `dst [m, n] (+)= lhs [m, k] @ rhs [k, n]`, dst row-major contiguous, f32.
+pub fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Strided,
+    rhs: Strided,
+) {
+    assert!(dst.len() >= m * n, "gemm: dst too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(lhs.end(m, k) <= lhs.data.len(), "gemm: lhs out of bounds");
+    assert!(rhs.end(k, n) <= rhs.data.len(), "gemm: rhs out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if m >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: avx512f detected; bounds asserted above and inside.
+        unsafe { gemm_packed(dst, accumulate, m, n, k, lhs, rhs) };
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k > 32 * 1024 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every element the strided views address; dst covers
+    // m*n contiguous elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.off),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.off),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
