@@ -10,9 +10,32 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::model::HostTensor;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+
+/// A dense row-major f32 tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+    pub fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Self {
+            shape,
+            data: vec![0.0; n],
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
 
 /// One sequence's place in an attention call.
 ///
@@ -419,6 +442,13 @@ pub trait TrainBackend: Backend {
         reg: Region,
         a: &AdamStep,
     ) -> Result<()>;
+}
+
+/// `x [n, k] @ w [m, k]^T` on host f32 buffers, by the CPU backend's GEMM: the host math of
+/// code above the backends (merging LoRA factors into saved weights) without naming a
+/// backend.
+pub fn matmul_t_host(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
+    cpu::gemm::matmul_t(x, w, n, k, m)
 }
 
 /// [`Backend::norm_dot`] on host tensors, in f64.

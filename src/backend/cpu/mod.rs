@@ -7,7 +7,7 @@ pub mod ops;
 pub mod simd;
 
 use super::{AdamStep, AttnShape, Backend, ParamState, Pattern, Region, SeqSpan, TrainBackend};
-use crate::model::HostTensor;
+use crate::backend::HostTensor;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 

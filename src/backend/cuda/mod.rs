@@ -20,7 +20,7 @@ mod train;
 pub use train::CudaOptState;
 
 use super::{AttnShape, Backend, Pattern, SeqSpan};
-use crate::model::HostTensor;
+use crate::backend::HostTensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
     CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,

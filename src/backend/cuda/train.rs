@@ -10,9 +10,9 @@
 use super::{attn_bwd_tensor_cores, attn_tc_tiles, AttnKernels, ATT_TC_THREADS};
 use super::{bf16_bits, bf16_value, ATT_MAXD};
 use super::{dims2, elem_cfg, int, registry, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::HostTensor;
 use crate::backend::{AdamStep, ParamState, Region, TrainBackend};
 use crate::backend::{AttnShape, Backend, SeqSpan};
-use crate::model::HostTensor;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 

@@ -1,7 +1,7 @@
 //! The optimizer on the CPU: AdamW state on the host, the global-norm sum of squares.
 
+use crate::backend::HostTensor;
 use crate::backend::{AdamStep, ParamState, Region};
-use crate::model::HostTensor;
 use anyhow::{ensure, Result};
 
 pub(crate) fn opt_write(s: &mut ParamState, host: &ParamState) -> Result<()> {

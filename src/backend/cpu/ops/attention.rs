@@ -5,8 +5,8 @@
 use crate::backend::cpu::buf::par_zeroed;
 use crate::backend::cpu::gemm::Strided;
 use crate::backend::cpu::simd;
+use crate::backend::HostTensor;
 use crate::backend::{dims2, AttnShape, Pattern, SeqSpan};
-use crate::model::HostTensor;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 

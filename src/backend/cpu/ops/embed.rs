@@ -1,7 +1,7 @@
 //! The embedding lookup on the CPU and its backward (`dtable[ids[i]] += dx[i]`).
 
 use crate::backend::dims2;
-use crate::model::HostTensor;
+use crate::backend::HostTensor;
 use anyhow::{ensure, Result};
 
 pub(crate) fn embed(table: &HostTensor, ids: &[u32]) -> Result<HostTensor> {

@@ -1,8 +1,8 @@
 //! `y = x @ w^T` on the CPU and its backward (input and weight-region gradients).
 
 use crate::backend::cpu::gemm::{gemm_into, matmul_t, Strided};
+use crate::backend::HostTensor;
 use crate::backend::{dims2, Region};
-use crate::model::HostTensor;
 use anyhow::{bail, ensure, Result};
 
 pub(crate) fn linear(x: &HostTensor, w: &HostTensor) -> Result<HostTensor> {

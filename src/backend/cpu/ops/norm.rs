@@ -3,7 +3,7 @@
 use crate::backend::cpu::buf::{par_new, par_zeroed};
 use crate::backend::cpu::{rows_per_task, simd};
 use crate::backend::dims2;
-use crate::model::HostTensor;
+use crate::backend::HostTensor;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 

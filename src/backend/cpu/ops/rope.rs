@@ -1,8 +1,8 @@
 //! Rotate-half RoPE on the CPU: forward and backward (the rotation by `-angle`).
 
 use crate::backend::cpu::rows_per_task;
+use crate::backend::HostTensor;
 use crate::backend::{dims2, rope_inv_freq};
-use crate::model::HostTensor;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 

@@ -1,8 +1,8 @@
 //! Row and region moves on the CPU: gather, scatter and slices of rows (the taps of
 //! heads), regions of weights (the tuned slices).
 
+use crate::backend::HostTensor;
 use crate::backend::{dims2, Region};
-use crate::model::HostTensor;
 use anyhow::{ensure, Result};
 
 pub(crate) fn gather_rows(x: &HostTensor, rows: &[usize]) -> Result<HostTensor> {

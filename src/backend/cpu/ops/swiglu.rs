@@ -2,7 +2,7 @@
 
 use crate::backend::cpu::buf::{par_new, par_new2};
 use crate::backend::cpu::{simd, ELEMS_PER_TASK};
-use crate::model::HostTensor;
+use crate::backend::HostTensor;
 use anyhow::{ensure, Result};
 
 #[inline]

@@ -2,7 +2,7 @@
 
 use crate::backend::cpu::simd;
 use crate::backend::dims2;
-use crate::model::HostTensor;
+use crate::backend::HostTensor;
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 

@@ -13,9 +13,9 @@
 
 use crate::backend::{AttnShape, SeqSpan};
 use crate::backend::{Region, TrainBackend};
+use crate::model::mask::{param, LayerParam, Mask, ParamId};
 use crate::model::HostTensor;
 use crate::transformer::Model;
-use crate::tune::mask::{param, LayerParam, Mask, ParamId};
 use anyhow::{bail, ensure, Result};
 
 /// One training sequence: `targets[t]` is the token the logits at position t must predict

@@ -1,7 +1,6 @@
 //! The Llama/Mistral decoder, written once over [`Backend`]: prefill and KV-cache steps,
 //! with the taps of [`crate::heads`] applied between ops.
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::heads::{Capture, ForwardOutput, HeadId, HookPoint, Positions, Taps};
 use crate::model::checkpoint::load_model_dir;
@@ -18,13 +17,6 @@ pub struct Model<B: Backend> {
     pub dtype: StoreDtype,
     /// Directory it was loaded from, if any.
     pub dir: Option<PathBuf>,
-}
-
-impl Model<CpuBackend> {
-    /// Load a HF model directory onto the CPU backend.
-    pub fn load_cpu(dir: &Path) -> Result<Self> {
-        Model::load_on(dir, CpuBackend)
-    }
 }
 
 impl<B: Backend> Model<B> {
