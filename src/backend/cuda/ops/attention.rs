@@ -1,5 +1,4 @@
-//! Causal grouped-query attention on the GPU: CUDA-core kernels (`kernels/attention.cu`,
-//! `kernels/attention_bwd.cu`) and tensor-core ones (`kernels/attention_tc.cu`), forward and
+//! Causal grouped-query attention on the GPU: CUDA-core kernels (`kernels/attention.cu`) and tensor-core ones (`kernels/attention_tc.cu`), forward and
 //! backward.
 
 use crate::backend::cuda::registry::{self};
@@ -14,7 +13,7 @@ use std::sync::OnceLock;
 pub enum AttnKernels {
     /// Tensor-core kernels (`attention_tc.cu`) where they apply, the CUDA-core ones elsewhere.
     Auto,
-    /// Always the CUDA-core kernels (`attention.cu`, `attention_bwd.cu`).
+    /// Always the CUDA-core kernels (`attention.cu`).
     Simple,
 }
 
@@ -76,7 +75,7 @@ const ATT_QPB: usize = 4;
 
 const ATT_MAXD: usize = 256;
 
-/// Warps per block of the attention backward kernels (`AB_WPB` in attention_bwd.cu).
+/// Warps per block of the attention backward kernels (`AB_WPB` in attention.cu).
 const AB_WPB: usize = 4;
 
 /// Attention backward needs whole packed sequences whose query and key rows do not overlap

@@ -1,4 +1,4 @@
-//! The embedding lookup on the GPU (`kernels/embed.cu`, `kernels/embed_bwd.cu`) and its
+//! The embedding lookup on the GPU (`kernels/embed.cu`) and its
 //! backward.
 
 use crate::backend::cuda::registry::{self};

@@ -1,4 +1,4 @@
-//! RMSNorm on the GPU (`kernels/rmsnorm.cu`, `kernels/norm_bwd.cu`): the forward, the
+//! RMSNorm on the GPU (`kernels/norm.cu`): the forward, the
 //! residual add fused with the next norm, the backward, and `norm_dot` (norm then label rows
 //! of lm_head, in f32).
 

@@ -1,4 +1,4 @@
-//! Row and region moves on the GPU (`kernels/heads.cu`): gather, scatter and slices of rows
+//! Row and region moves on the GPU (`kernels/rows.cu`): gather, scatter and slices of rows
 //! (the taps of heads), regions of weights (the tuned slices).
 
 use crate::backend::cuda::registry::{self};

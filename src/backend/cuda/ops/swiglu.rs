@@ -1,4 +1,4 @@
-//! SwiGLU on the GPU (`kernels/swiglu.cu`, `kernels/elem_bwd.cu`): forward and backward.
+//! SwiGLU on the GPU (`kernels/swiglu.cu`): forward and backward.
 
 use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{elem_cfg, CudaBackend, CudaTensor};

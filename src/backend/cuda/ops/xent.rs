@@ -1,4 +1,4 @@
-//! Fused softmax cross-entropy on the GPU (`kernels/xent_bwd.cu`).
+//! Fused softmax cross-entropy on the GPU (`kernels/xent.cu`).
 
 use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};

@@ -24,3 +24,15 @@ extern "C" __global__ void write_slices(bf16_t* __restrict__ x, int c, const u32
     const bf16_t* s = values + (size_t)i * vstride;
     for (int j = threadIdx.x; j < width; j += blockDim.x) d[j] = s[j];
 }
+
+// dst[r * dst_ld + c] = src[r * src_ld + c] for r < rows, c < cols: a column block of a
+// matrix to or from a compact buffer. Touches nothing else of dst.
+extern "C" __global__ void copy2d_bf16(const bf16_t* __restrict__ src, int src_ld,
+                                       bf16_t* __restrict__ dst, int dst_ld, int rows, int cols) {
+    const long total = (long)rows * cols;
+    for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < total;
+         e += (long)gridDim.x * blockDim.x) {
+        const int r = (int)(e / cols), c = (int)(e - (long)r * cols);
+        dst[(size_t)r * dst_ld + c] = src[(size_t)r * src_ld + c];
+    }
+}
