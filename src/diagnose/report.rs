@@ -2,26 +2,12 @@
 //! markdown summary; SVG charts for attention shares and knockout curves.
 
 use super::run::Diagnosis;
-use crate::model::ModelConfig;
+use crate::model::{model_header, ModelConfig};
 use crate::util::{atomic_write, write_json};
 use anyhow::Result;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// The model header every output carries, so a file is never used with another model.
-pub fn model_header(cfg: &ModelConfig, model_id: &str) -> serde_json::Value {
-    json!({
-        "id": model_id,
-        "architecture": cfg.architecture,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
-    })
-}
 
 /// Write heads.json, heads.csv, heatmap.svg, heatmap.png and summary.md into `out`.
 pub fn write_diagnosis(

@@ -10,8 +10,9 @@ use crate::backend::TrainBackend;
 use crate::heads::{HeadId, Positions};
 use crate::model::tokenizer::Tokenizer;
 use crate::transformer::Model;
+use crate::util::progress_bar;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -113,20 +114,6 @@ impl Diagnosis {
             .map(|h| HeadId::new(h.layer, h.head))
             .collect()
     }
-}
-
-pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<ProgressBar> {
-    if !show {
-        return None;
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    Some(pb)
 }
 
 /// Tokenize pairs, run the clean passes and score every head (or node).

@@ -900,17 +900,11 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
     let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
 
-    let bar = if show_progress {
-        let b = indicatif::ProgressBar::new(g.tensors().len() as u64);
-        if let Ok(s) =
-            indicatif::ProgressStyle::with_template("importing GGUF {bar:40} {pos}/{len} {msg}")
-        {
-            b.set_style(s);
-        }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::util::bar(
+        g.tensors().len() as u64,
+        "importing GGUF {bar:40} {pos}/{len} {msg}",
+        show_progress,
+    );
     let mut out: Vec<(String, HostTensor)> = Vec::new();
     for t in g.tensors() {
         bar.set_message(t.name.clone());

@@ -13,4 +13,4 @@ pub mod transformer;
 pub mod zoo;
 
 pub use checkpoint::{HostTensor, LayerWeights, ModelWeights, StoreDtype};
-pub use config::ModelConfig;
+pub use config::{model_header, ModelConfig};

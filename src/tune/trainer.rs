@@ -629,19 +629,12 @@ impl<B: TrainBackend> Trainer<B> {
     pub fn run_until(&mut self, stop: usize) -> Result<()> {
         let stop = stop.min(self.cfg.steps);
         let start = self.opt.step;
-        let bar = if self.cfg.progress {
-            let b = indicatif::ProgressBar::new(self.cfg.steps as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_position(start as u64);
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let bar = crate::util::bar(
+            self.cfg.steps as u64,
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            self.cfg.progress,
+        );
+        bar.set_position(start as u64);
         while self.opt.step < stop {
             let log = self.step()?;
             bar.set_position(log.step as u64);
