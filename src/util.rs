@@ -1,5 +1,7 @@
 //! Small shared helpers: atomic file writes, the cache directory, progress bars.
 
+pub mod charts;
+
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
