@@ -273,6 +273,70 @@ fn attention_bwd_group_blocked(
     (dq, dk, dv)
 }
 
+/// [`attention`] on AVX-512 when every span has at least [`ATT_BLOCKED_MIN_Q`] queries: one
+/// task per (span, kv group) by [`attention_group_blocked`], then z and the wanted
+/// probabilities put in place (patterns in (span, head) order, as the per-row form).
+#[cfg(target_arch = "x86_64")]
+fn attention_blocked(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    spans: &[SeqSpan],
+    shape: AttnShape,
+    want: &[(usize, usize)],
+    (n, qc, kc): (usize, usize, usize),
+) -> (HostTensor, Vec<Pattern>) {
+    let AttnShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: dh,
+        ..
+    } = shape;
+    let group = n_heads / n_kv_heads;
+    let tasks: Vec<(usize, usize)> = (0..spans.len())
+        .flat_map(|s| (0..n_kv_heads).map(move |g| (s, g)))
+        .collect();
+    let results: Vec<_> = tasks
+        .par_iter()
+        .map(|&(si, g)| {
+            attention_group_blocked(
+                &q.data,
+                &k.data,
+                &v.data,
+                &spans[si],
+                g,
+                shape,
+                qc,
+                kc,
+                |h| want.contains(&(si, h)),
+            )
+        })
+        .collect();
+    let mut z = par_zeroed(n * qc);
+    let mut patterns = Vec::new();
+    for (&(si, g), (zg, probs)) in tasks.iter().zip(results) {
+        let s = spans[si];
+        let kv_len = s.pos0 + s.q_len;
+        for (hh, ph) in probs.into_iter().enumerate() {
+            let h = g * group + hh;
+            for i in 0..s.q_len {
+                z[(s.q_start + i) * qc + h * dh..][..dh]
+                    .copy_from_slice(&zg[(hh * s.q_len + i) * dh..][..dh]);
+            }
+            if let Some(p) = ph {
+                patterns.push(Pattern {
+                    seq: si,
+                    head: h,
+                    probs: HostTensor::new(vec![s.q_len, kv_len], p),
+                });
+            }
+        }
+    }
+    // Same order as the per-row form: by (span, head).
+    patterns.sort_by_key(|p| (p.seq, p.head));
+    (HostTensor::new(vec![n, qc], z), patterns)
+}
+
 pub(crate) fn attention(
     q: &HostTensor,
     k: &HostTensor,
@@ -302,48 +366,7 @@ pub(crate) fn attention(
     if std::arch::is_x86_feature_detected!("avx512f")
         && spans.iter().all(|s| s.q_len >= ATT_BLOCKED_MIN_Q)
     {
-        let tasks: Vec<(usize, usize)> = (0..spans.len())
-            .flat_map(|s| (0..n_kv_heads).map(move |g| (s, g)))
-            .collect();
-        let results: Vec<_> = tasks
-            .par_iter()
-            .map(|&(si, g)| {
-                attention_group_blocked(
-                    &q.data,
-                    &k.data,
-                    &v.data,
-                    &spans[si],
-                    g,
-                    shape,
-                    qc,
-                    kc,
-                    |h| want.contains(&(si, h)),
-                )
-            })
-            .collect();
-        let mut z = par_zeroed(n * qc);
-        let mut patterns = Vec::new();
-        for (&(si, g), (zg, probs)) in tasks.iter().zip(results) {
-            let s = spans[si];
-            let kv_len = s.pos0 + s.q_len;
-            for (hh, ph) in probs.into_iter().enumerate() {
-                let h = g * group + hh;
-                for i in 0..s.q_len {
-                    z[(s.q_start + i) * qc + h * dh..][..dh]
-                        .copy_from_slice(&zg[(hh * s.q_len + i) * dh..][..dh]);
-                }
-                if let Some(p) = ph {
-                    patterns.push(Pattern {
-                        seq: si,
-                        head: h,
-                        probs: HostTensor::new(vec![s.q_len, kv_len], p),
-                    });
-                }
-            }
-        }
-        // Same order as the per-row form: by (span, head).
-        patterns.sort_by_key(|p| (p.seq, p.head));
-        return Ok((HostTensor::new(vec![n, qc], z), patterns));
+        return Ok(attention_blocked(q, k, v, spans, shape, want, (n, qc, kc)));
     }
     let scale = 1.0 / (dh as f32).sqrt();
     // One task per (span, head): z rows of that head and, if wanted, its probabilities.
@@ -408,6 +431,76 @@ pub(crate) fn attention(
     Ok((HostTensor::new(vec![n, qc], z), patterns))
 }
 
+/// The per-row attention backward of span `s`, kv group `g` (what the blocked form computes,
+/// one query row at a time): `dq [group, q_len, dh]`, `dk`, `dv [kv_len, dh]`.
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd_group_rows(
+    dz: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &SeqSpan,
+    g: usize,
+    shape: AttnShape,
+    qc: usize,
+    kc: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let dh = shape.head_dim;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let window = shape.window;
+    let scale = 1.0 / (dh as f32).sqrt();
+    struct Out {
+        dq: Vec<f32>, // [group, q_len, dh]
+        dk: Vec<f32>, // [kv_len, dh]
+        dv: Vec<f32>,
+    }
+    let kv_len = s.pos0 + s.q_len;
+    let mut o = Out {
+        dq: vec![0.0; group * s.q_len * dh],
+        dk: vec![0.0; kv_len * dh],
+        dv: vec![0.0; kv_len * dh],
+    };
+    let mut p = Vec::with_capacity(kv_len);
+    let mut dp = Vec::with_capacity(kv_len);
+    for hh in 0..group {
+        let h = g * group + hh;
+        for i in 0..s.q_len {
+            let pos = s.pos0 + i;
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let qrow = &q[(s.q_start + i) * qc + h * dh..][..dh];
+            let dzrow = &dz[(s.q_start + i) * qc + h * dh..][..dh];
+            p.clear();
+            dp.clear();
+            for j in lo..=pos {
+                let krow = &k[s.kv_row(j) * kc + g * dh..][..dh];
+                let vrow = &v[s.kv_row(j) * kc + g * dh..][..dh];
+                p.push(qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * scale);
+                dp.push(dzrow.iter().zip(vrow).map(|(a, b)| a * b).sum::<f32>());
+            }
+            softmax_in_place(&mut p);
+            // dS_j = P_j (dP_j - sum_j P_j dP_j)
+            let pdp: f32 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+            let dqrow = &mut o.dq[(hh * s.q_len + i) * dh..][..dh];
+            for (jj, j) in (lo..=pos).enumerate() {
+                let ds = p[jj] * (dp[jj] - pdp) * scale;
+                let krow = &k[s.kv_row(j) * kc + g * dh..][..dh];
+                for (a, b) in dqrow.iter_mut().zip(krow) {
+                    *a += ds * b;
+                }
+                let dkrow = &mut o.dk[j * dh..(j + 1) * dh];
+                for (a, b) in dkrow.iter_mut().zip(qrow) {
+                    *a += ds * b;
+                }
+                let dvrow = &mut o.dv[j * dh..(j + 1) * dh];
+                for (a, b) in dvrow.iter_mut().zip(dzrow) {
+                    *a += p[jj] * b;
+                }
+            }
+        }
+    }
+    (o.dq, o.dk, o.dv)
+}
+
 pub(crate) fn attention_bwd(
     dz: &HostTensor,
     q: &HostTensor,
@@ -420,7 +513,7 @@ pub(crate) fn attention_bwd(
         n_heads,
         n_kv_heads,
         head_dim: dh,
-        window,
+        ..
     } = shape;
     let (n, qc) = dims2(&q.shape)?;
     let (kr, kc) = dims2(&k.shape)?;
@@ -434,7 +527,6 @@ pub(crate) fn attention_bwd(
         s.check(n, kr)?;
     }
     let group = n_heads / n_kv_heads;
-    let scale = 1.0 / (dh as f32).sqrt();
     #[cfg(target_arch = "x86_64")]
     let blocked = std::arch::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
@@ -444,87 +536,37 @@ pub(crate) fn attention_bwd(
     let tasks: Vec<(usize, usize)> = (0..spans.len())
         .flat_map(|s| (0..n_kv_heads).map(move |g| (s, g)))
         .collect();
-    struct Out {
-        dq: Vec<f32>, // [group, q_len, dh]
-        dk: Vec<f32>, // [kv_len, dh]
-        dv: Vec<f32>,
-    }
-    let outs: Vec<Out> = tasks
+    let outs: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(si, g)| {
             let s = spans[si];
             #[cfg(target_arch = "x86_64")]
             if blocked {
-                let (dq, dk, dv) = attention_bwd_group_blocked(
+                return attention_bwd_group_blocked(
                     &dz.data, &q.data, &k.data, &v.data, &s, g, shape, qc, kc,
                 );
-                return Out { dq, dk, dv };
             }
-            let kv_len = s.pos0 + s.q_len;
-            let mut o = Out {
-                dq: vec![0.0; group * s.q_len * dh],
-                dk: vec![0.0; kv_len * dh],
-                dv: vec![0.0; kv_len * dh],
-            };
-            let mut p = Vec::with_capacity(kv_len);
-            let mut dp = Vec::with_capacity(kv_len);
-            for hh in 0..group {
-                let h = g * group + hh;
-                for i in 0..s.q_len {
-                    let pos = s.pos0 + i;
-                    let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    let qrow = &q.data[(s.q_start + i) * qc + h * dh..][..dh];
-                    let dzrow = &dz.data[(s.q_start + i) * qc + h * dh..][..dh];
-                    p.clear();
-                    dp.clear();
-                    for j in lo..=pos {
-                        let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
-                        let vrow = &v.data[s.kv_row(j) * kc + g * dh..][..dh];
-                        p.push(qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * scale);
-                        dp.push(dzrow.iter().zip(vrow).map(|(a, b)| a * b).sum::<f32>());
-                    }
-                    softmax_in_place(&mut p);
-                    // dS_j = P_j (dP_j - sum_j P_j dP_j)
-                    let pdp: f32 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
-                    let dqrow = &mut o.dq[(hh * s.q_len + i) * dh..][..dh];
-                    for (jj, j) in (lo..=pos).enumerate() {
-                        let ds = p[jj] * (dp[jj] - pdp) * scale;
-                        let krow = &k.data[s.kv_row(j) * kc + g * dh..][..dh];
-                        for (a, b) in dqrow.iter_mut().zip(krow) {
-                            *a += ds * b;
-                        }
-                        let dkrow = &mut o.dk[j * dh..(j + 1) * dh];
-                        for (a, b) in dkrow.iter_mut().zip(qrow) {
-                            *a += ds * b;
-                        }
-                        let dvrow = &mut o.dv[j * dh..(j + 1) * dh];
-                        for (a, b) in dvrow.iter_mut().zip(dzrow) {
-                            *a += p[jj] * b;
-                        }
-                    }
-                }
-            }
-            o
+            attention_bwd_group_rows(&dz.data, &q.data, &k.data, &v.data, &s, g, shape, qc, kc)
         })
         .collect();
     let mut dq = par_zeroed(n * qc);
     let mut dk = par_zeroed(kr * kc);
     let mut dv = par_zeroed(kr * kc);
-    for (&(si, g), o) in tasks.iter().zip(outs) {
+    for (&(si, g), (o_dq, o_dk, o_dv)) in tasks.iter().zip(outs) {
         let s = spans[si];
         for hh in 0..group {
             let h = g * group + hh;
             for i in 0..s.q_len {
                 dq[(s.q_start + i) * qc + h * dh..][..dh]
-                    .copy_from_slice(&o.dq[(hh * s.q_len + i) * dh..][..dh]);
+                    .copy_from_slice(&o_dq[(hh * s.q_len + i) * dh..][..dh]);
             }
         }
         // Spans may share key rows (a cache); accumulate.
         for j in 0..s.pos0 + s.q_len {
             let base = s.kv_row(j) * kc + g * dh;
             for c in 0..dh {
-                dk[base + c] += o.dk[j * dh + c];
-                dv[base + c] += o.dv[j * dh + c];
+                dk[base + c] += o_dk[j * dh + c];
+                dv[base + c] += o_dv[j * dh + c];
             }
         }
     }
