@@ -9,6 +9,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod shapes;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

@@ -8,7 +8,7 @@ pub mod simd;
 
 use super::{AdamStep, AttnShape, Backend, ParamState, Pattern, Region, SeqSpan, TrainBackend};
 use crate::backend::HostTensor;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Default)]
@@ -105,12 +105,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_assign(&self, x: &mut HostTensor, y: &HostTensor) -> Result<()> {
-        ensure!(
-            x.shape == y.shape,
-            "add: shapes {:?} and {:?} differ",
-            x.shape,
-            y.shape
-        );
+        super::shapes::same_shape("add", &x.shape, &y.shape)?;
         x.data
             .par_iter_mut()
             .with_min_len(ELEMS_PER_TASK)

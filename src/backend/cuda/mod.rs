@@ -247,12 +247,7 @@ impl CudaBackend {
         b_in: &CudaTensor,
         what: &str,
     ) -> Result<CudaTensor> {
-        ensure!(
-            a.shape == b_in.shape,
-            "{what}: shapes {:?} and {:?} differ",
-            a.shape,
-            b_in.shape
-        );
+        super::shapes::same_shape(what, &a.shape, &b_in.shape)?;
         let len = a.numel();
         let mut out = self.tensor(a.shape.clone())?;
         if len == 0 {
@@ -342,12 +337,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
-        ensure!(
-            x.shape == y.shape,
-            "add: shapes {:?} and {:?} differ",
-            x.shape,
-            y.shape
-        );
+        super::shapes::same_shape("add", &x.shape, &y.shape)?;
         let len = x.numel();
         if len == 0 {
             return Ok(());

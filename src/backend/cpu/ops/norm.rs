@@ -2,18 +2,13 @@
 
 use crate::backend::cpu::buf::{par_new, par_zeroed};
 use crate::backend::cpu::{rows_per_task, simd};
-use crate::backend::dims2;
+use crate::backend::shapes;
 use crate::backend::HostTensor;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 pub(crate) fn rmsnorm(x: &HostTensor, w: &HostTensor, eps: f32) -> Result<HostTensor> {
-    let (n, d) = dims2(&x.shape)?;
-    ensure!(
-        w.numel() == d,
-        "rmsnorm weight has {} elements, rows have {d}",
-        w.numel()
-    );
+    let (n, d) = shapes::rmsnorm(&x.shape, w.numel())?;
     let rows = rows_per_task(d);
     let out = par_new(n * d, rows * d, |c, o| {
         for (o, xi) in o.chunks_exact_mut(d).zip(x.data[c * rows * d..].chunks(d)) {
@@ -34,27 +29,14 @@ pub(crate) fn rmsnorm_bwd(
     eps: f32,
     dw: Option<&mut HostTensor>,
 ) -> Result<HostTensor> {
-    let (n, d) = dims2(&x.shape)?;
-    ensure!(
-        dy.shape == x.shape,
-        "rmsnorm_bwd: dy {:?} vs x {:?}",
-        dy.shape,
-        x.shape
-    );
-    ensure!(
-        w.numel() == d,
-        "rmsnorm_bwd: weight of {} for rows of {d}",
-        w.numel()
-    );
+    let (n, d) = shapes::rmsnorm_bwd(
+        &dy.shape,
+        &x.shape,
+        w.numel(),
+        dw.as_ref().map(|t| t.numel()),
+    )?;
     // y = w * x * r, r = (mean(x^2) + eps)^-1/2; with g = w * dy:
     // dx = r * g - x * r^3 * (g . x) / d;  dw += dy * x * r (summed over rows).
-    if let Some(dw) = dw.as_ref() {
-        ensure!(
-            dw.numel() == d,
-            "rmsnorm_bwd: dw has {} elements, rows {d}",
-            dw.numel()
-        );
-    }
     let want_dw = dw.is_some();
     let rows_per_task = (1usize << 14).div_ceil(d).max(1);
     let mut dx = par_zeroed(n * d);

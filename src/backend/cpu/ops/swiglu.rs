@@ -2,8 +2,9 @@
 
 use crate::backend::cpu::buf::{par_new, par_new2};
 use crate::backend::cpu::{simd, ELEMS_PER_TASK};
+use crate::backend::shapes;
 use crate::backend::HostTensor;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 #[inline]
 pub fn silu(x: f32) -> f32 {
@@ -11,12 +12,7 @@ pub fn silu(x: f32) -> f32 {
 }
 
 pub(crate) fn swiglu(gate: &HostTensor, up: &HostTensor) -> Result<HostTensor> {
-    ensure!(
-        gate.shape == up.shape,
-        "swiglu: shapes {:?} and {:?} differ",
-        gate.shape,
-        up.shape
-    );
+    shapes::same_shape("swiglu", &gate.shape, &up.shape)?;
     let data = par_new(gate.data.len(), ELEMS_PER_TASK, |c, o| {
         let at = c * ELEMS_PER_TASK;
         let (g, u) = (&gate.data[at..][..o.len()], &up.data[at..][..o.len()]);
@@ -30,13 +26,7 @@ pub(crate) fn swiglu_bwd(
     gate: &HostTensor,
     up: &HostTensor,
 ) -> Result<(HostTensor, HostTensor)> {
-    ensure!(
-        gate.shape == up.shape && dact.shape == gate.shape,
-        "swiglu_bwd: shapes {:?} {:?} {:?}",
-        dact.shape,
-        gate.shape,
-        up.shape
-    );
+    shapes::swiglu_bwd(&dact.shape, &gate.shape, &up.shape)?;
     // act = g * sigmoid(g) * u;  dact/dg = u * s * (1 + g (1 - s)), dact/du = silu(g).
     const CHUNK: usize = 1 << 15;
     let len = gate.data.len();

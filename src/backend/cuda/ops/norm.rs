@@ -4,6 +4,7 @@
 
 use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::shapes;
 use crate::backend::{dims2, HostTensor};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -23,18 +24,8 @@ impl CudaBackend {
         w: &CudaTensor,
         eps: f32,
     ) -> Result<CudaTensor> {
-        ensure!(
-            x.shape == y.shape,
-            "add_rmsnorm: shapes {:?} and {:?} differ",
-            x.shape,
-            y.shape
-        );
-        let (n, d) = dims2(&x.shape)?;
-        ensure!(
-            w.numel() == d,
-            "rmsnorm weight has {} elements, rows have {d}",
-            w.numel()
-        );
+        shapes::same_shape("add_rmsnorm", &x.shape, &y.shape)?;
+        let (n, d) = shapes::rmsnorm(&x.shape, w.numel())?;
         let mut out = self.tensor(vec![n, d])?;
         if n == 0 {
             return Ok(out);
@@ -60,12 +51,7 @@ pub(crate) fn rmsnorm(
     w: &CudaTensor,
     eps: f32,
 ) -> Result<CudaTensor> {
-    let (n, d) = dims2(&x.shape)?;
-    ensure!(
-        w.numel() == d,
-        "rmsnorm weight has {} elements, rows have {d}",
-        w.numel()
-    );
+    let (n, d) = shapes::rmsnorm(&x.shape, w.numel())?;
     let mut out = cu.tensor(vec![n, d])?;
     if n == 0 {
         return Ok(out);
@@ -132,25 +118,12 @@ pub(crate) fn rmsnorm_bwd(
     eps: f32,
     dw: Option<&mut CudaTensor>,
 ) -> Result<CudaTensor> {
-    let (n, d) = dims2(&x.shape)?;
-    ensure!(
-        dy.shape == x.shape,
-        "rmsnorm_bwd: dy {:?} vs x {:?}",
-        dy.shape,
-        x.shape
-    );
-    ensure!(
-        w.numel() == d,
-        "rmsnorm_bwd: weight of {} for rows of {d}",
-        w.numel()
-    );
-    if let Some(dw) = &dw {
-        ensure!(
-            dw.numel() == d,
-            "rmsnorm_bwd: dw has {} elements, rows {d}",
-            dw.numel()
-        );
-    }
+    let (n, d) = shapes::rmsnorm_bwd(
+        &dy.shape,
+        &x.shape,
+        w.numel(),
+        dw.as_ref().map(|t| t.numel()),
+    )?;
     let mut dx = cu.tensor(vec![n, d])?;
     if n == 0 || d == 0 {
         return Ok(dx);

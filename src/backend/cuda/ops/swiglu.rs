@@ -2,7 +2,8 @@
 
 use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{elem_cfg, CudaBackend, CudaTensor};
-use anyhow::{ensure, Context, Result};
+use crate::backend::shapes;
+use anyhow::{Context, Result};
 use cudarc::driver::PushKernelArg;
 
 pub(crate) fn swiglu_bwd(
@@ -11,13 +12,7 @@ pub(crate) fn swiglu_bwd(
     gate: &CudaTensor,
     up: &CudaTensor,
 ) -> Result<(CudaTensor, CudaTensor)> {
-    ensure!(
-        gate.shape == up.shape && dact.shape == gate.shape,
-        "swiglu_bwd: shapes {:?} {:?} {:?}",
-        dact.shape,
-        gate.shape,
-        up.shape
-    );
+    shapes::swiglu_bwd(&dact.shape, &gate.shape, &up.shape)?;
     let len = gate.numel();
     let mut dg = cu.tensor(gate.shape.clone())?;
     let mut du = cu.tensor(gate.shape.clone())?;
