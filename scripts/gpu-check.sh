@@ -28,7 +28,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   rm -rf .gpu .gpu1 && mkdir -p .gpu/bin .gpu/data .gpu1
   cargo build --release --bin pinpoint
   cargo test --release --no-run --message-format=json \
-      --test cuda_kernels --test cuda_train --test cuda_bench --test cuda_smollm2 \
+      --test ops --test cuda_kernels --test cuda_train --test cuda_bench --test cuda_smollm2 \
       --test nvrtc_compile >.gpu/build.json
   python3 - <<'PY'
 import json, shutil, os
@@ -140,6 +140,7 @@ fi
 # 1. Correctness on the GPU. The GPU tests are #[ignore = "needs a GPU"] (a plain `cargo
 #    test` lists them as ignored); --include-ignored runs them, and they fail without a GPU.
 step nvrtc_compile 60 .gpu/bin/nvrtc_compile --include-ignored --nocapture --test-threads=1
+step ops 30 .gpu/bin/ops --include-ignored --nocapture --test-threads=1
 step cuda_kernels 90 .gpu/bin/cuda_kernels --include-ignored --nocapture --test-threads=1
 step cuda_train 120 .gpu/bin/cuda_train --include-ignored --nocapture --test-threads=1
 step cuda_bench 60 .gpu/bin/cuda_bench --include-ignored --nocapture --test-threads=1
