@@ -7,6 +7,7 @@ pub mod config;
 pub mod generate;
 pub mod gguf;
 pub mod heads;
+pub(crate) mod layer;
 pub mod mask;
 pub mod tokenizer;
 pub mod transformer;

@@ -1,9 +1,12 @@
 //! The Llama/Mistral decoder, written once over [`Backend`]: prefill and KV-cache steps,
-//! with the taps of [`crate::heads`] applied between ops.
+//! with the taps of [`crate::heads`] applied between ops. Each layer is
+//! `model::layer::layer_forward`, which the training forward runs too.
 
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::heads::{Capture, ForwardOutput, HeadId, HookPoint, Positions, Taps};
 use crate::model::checkpoint::load_model_dir;
+use crate::model::layer::{layer_forward, plain_linear, LayerIo};
+use crate::model::mask::LayerParam;
 use crate::model::{HostTensor, ModelConfig, ModelWeights, StoreDtype};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -400,8 +403,6 @@ impl<B: Backend> Model<B> {
             .flat_map(|i| i.tokens.iter().copied())
             .collect();
         let positions: Vec<usize> = layout.row_id.iter().map(|&(_, p)| p).collect();
-        let shape = self.attn_shape();
-        let eps = cfg.rms_norm_eps as f32;
         let spans: Vec<SeqSpan> = inputs
             .iter()
             .zip(&layout.offsets)
@@ -434,7 +435,7 @@ impl<B: Backend> Model<B> {
             Some((l, resid)) => (l, resid),
             None => (0, b.embed(&w.embed, &ids)?), // [n, d]
         };
-        for (l, lw) in w.layers.iter().enumerate().skip(first_layer) {
+        for l in first_layer..w.layers.len() {
             self.hook(
                 HookPoint::ResidPre(l),
                 &mut x,
@@ -443,68 +444,18 @@ impl<B: Backend> Model<B> {
                 taps,
                 &mut pending,
             )?;
-            let mut h = b.rmsnorm(&x, &lw.attn_norm, eps)?;
-            self.hook(
-                HookPoint::AttnIn(l),
-                &mut h,
+            let mut io = EvalIo {
+                m: self,
                 inputs,
-                &layout,
+                layout: &layout,
                 taps,
-                &mut pending,
-            )?;
-            let mut q = b.linear(&h, &lw.wq)?; // [n, H*D]
-            let mut k = b.linear(&h, &lw.wk)?; // [n, G*D]
-            let v = b.linear(&h, &lw.wv)?;
-            b.rope(&mut q, cfg.head_dim, &positions, cfg.rope_theta)?;
-            b.rope(&mut k, cfg.head_dim, &positions, cfg.rope_theta)?;
-            let want: Vec<(usize, usize)> = taps
-                .patterns
-                .iter()
-                .filter(|hd| hd.layer == l)
-                .flat_map(|hd| (0..inputs.len()).map(move |s| (s, hd.head)))
-                .collect();
-            let (mut z, pats) = match &mut kv {
-                KvMode::Write(c) => {
-                    b.scatter_rows(&mut c.k[l], &cache_rows, &k)?;
-                    b.scatter_rows(&mut c.v[l], &cache_rows, &v)?;
-                    b.attention(&q, &c.k[l], &c.v[l], &spans, shape, &want)?
-                }
-                KvMode::Read(c) => {
-                    let k_all = self.concat_rows(&c.k[l], &k)?;
-                    let v_all = self.concat_rows(&c.v[l], &v)?;
-                    b.attention(&q, &k_all, &v_all, &spans, shape, &want)?
-                }
-                KvMode::None => b.attention(&q, &k, &v, &spans, shape, &want)?,
+                pending: &mut pending,
+                kv: &mut kv,
+                spans: &spans,
+                cache_rows: &cache_rows,
+                patterns: &mut out.patterns,
             };
-            for p in pats {
-                out.patterns
-                    .insert((HeadId::new(l, p.head), inputs[p.seq].seq), p.probs);
-            }
-            self.hook(HookPoint::Z(l), &mut z, inputs, &layout, taps, &mut pending)?;
-            let mut attn_out = b.linear(&z, &lw.wo)?; // [n, d]
-            self.hook(
-                HookPoint::AttnOut(l),
-                &mut attn_out,
-                inputs,
-                &layout,
-                taps,
-                &mut pending,
-            )?;
-            b.add_assign(&mut x, &attn_out)?;
-            let h2 = b.rmsnorm(&x, &lw.mlp_norm, eps)?;
-            let gate = b.linear(&h2, &lw.w_gate)?; // [n, F]
-            let up = b.linear(&h2, &lw.w_up)?;
-            let act = b.swiglu(&gate, &up)?;
-            let mut mlp_out = b.linear(&act, &lw.w_down)?; // [n, d]
-            self.hook(
-                HookPoint::MlpOut(l),
-                &mut mlp_out,
-                inputs,
-                &layout,
-                taps,
-                &mut pending,
-            )?;
-            b.add_assign(&mut x, &mlp_out)?;
+            x = layer_forward(self, &mut io, l, &x, &positions)?.1;
         }
         self.hook(
             HookPoint::ResidPre(cfg.num_hidden_layers),
@@ -542,5 +493,66 @@ impl<B: Backend> Model<B> {
 impl<B: Backend> Model<B> {
     pub fn backend_name(&self) -> String {
         self.backend.name()
+    }
+}
+
+/// The evaluation side of [`LayerIo`]: plain linears, attention through the call's KV-cache
+/// mode (with the probabilities the taps ask for), and the taps at every hook point.
+struct EvalIo<'a, 'c, B: Backend> {
+    m: &'a Model<B>,
+    inputs: &'a [Input<'a>],
+    layout: &'a Layout,
+    taps: &'a Taps,
+    pending: &'a mut Vec<PendingCapture<B::Tensor>>,
+    kv: &'a mut KvMode<'c, B>,
+    spans: &'a [SeqSpan],
+    cache_rows: &'a [usize],
+    patterns: &'a mut std::collections::BTreeMap<(HeadId, usize), HostTensor>,
+}
+
+impl<B: Backend> LayerIo<B> for EvalIo<'_, '_, B> {
+    fn linear(&mut self, l: usize, p: LayerParam, x: &B::Tensor) -> Result<B::Tensor> {
+        plain_linear(self.m, l, p, x)
+    }
+
+    fn attention(
+        &mut self,
+        l: usize,
+        q: &B::Tensor,
+        k: &B::Tensor,
+        v: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let (b, shape, spans) = (&self.m.backend, self.m.attn_shape(), self.spans);
+        let n_inputs = self.inputs.len();
+        let want: Vec<(usize, usize)> = self
+            .taps
+            .patterns
+            .iter()
+            .filter(|hd| hd.layer == l)
+            .flat_map(|hd| (0..n_inputs).map(move |s| (s, hd.head)))
+            .collect();
+        let (z, pats) = match &mut *self.kv {
+            KvMode::Write(c) => {
+                b.scatter_rows(&mut c.k[l], self.cache_rows, k)?;
+                b.scatter_rows(&mut c.v[l], self.cache_rows, v)?;
+                b.attention(q, &c.k[l], &c.v[l], spans, shape, &want)?
+            }
+            KvMode::Read(c) => {
+                let k_all = self.m.concat_rows(&c.k[l], k)?;
+                let v_all = self.m.concat_rows(&c.v[l], v)?;
+                b.attention(q, &k_all, &v_all, spans, shape, &want)?
+            }
+            KvMode::None => b.attention(q, k, v, spans, shape, &want)?,
+        };
+        for p in pats {
+            self.patterns
+                .insert((HeadId::new(l, p.head), self.inputs[p.seq].seq), p.probs);
+        }
+        Ok(z)
+    }
+
+    fn hook(&mut self, point: HookPoint, t: &mut B::Tensor) -> Result<()> {
+        self.m
+            .hook(point, t, self.inputs, self.layout, self.taps, self.pending)
     }
 }

@@ -1,27 +1,15 @@
-//! The training forward: the decoder's op order (as `transformer.rs`), keeping per layer
-//! what the backward needs (all activations, only the input residual, or nothing), by the
+//! The training forward: `model::layer::layer_forward` per layer (the evaluation forward's
+//! own layer, with the adapters plugged in), keeping per layer what the backward needs (all activations, only the input residual, or nothing), by the
 //! memory plan of [`ActMemory`].
 
 use super::{ActMemory, Adapter};
 use crate::backend::TrainBackend;
 use crate::backend::{AttnShape, SeqSpan};
+pub(super) use crate::model::layer::LayerActs;
+use crate::model::layer::{self, LayerIo};
 use crate::model::mask::{param, LayerParam, ParamId};
 use crate::transformer::Model;
 use anyhow::{bail, ensure, Result};
-
-/// What the backward needs of one layer besides its input residual.
-pub(super) struct LayerActs<T> {
-    pub(super) h: T,     // [n, d] attn_norm(x_in)
-    pub(super) q: T,     // [n, H*D] after rope
-    pub(super) k: T,     // [n, G*D] after rope
-    pub(super) v: T,     // [n, G*D]
-    pub(super) z: T,     // [n, H*D]
-    pub(super) x_mid: T, // [n, d] residual after attention
-    pub(super) h2: T,    // [n, d] mlp_norm(x_mid)
-    pub(super) gate: T,  // [n, F]
-    pub(super) up: T,    // [n, F]
-    pub(super) act: T,   // [n, F]
-}
 
 pub(super) struct Packed {
     pub(super) ids: Vec<u32>,
@@ -170,45 +158,38 @@ pub(super) fn layer_forward<B: TrainBackend>(
     adapters: &[Adapter<B::Tensor>],
     lora_u: &mut [Option<B::Tensor>],
 ) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
-    let cfg = &m.cfg;
-    let b = &m.backend;
-    let lw = &m.weights.layers[l];
-    let eps = cfg.rms_norm_eps as f32;
-    let h = b.rmsnorm(x, &lw.attn_norm, eps)?;
-    let mut q = lin(m, &h, l, LayerParam::Q, adapters, lora_u)?; // [n, H*D]
-    let mut k = lin(m, &h, l, LayerParam::K, adapters, lora_u)?; // [n, G*D]
-    let v = lin(m, &h, l, LayerParam::V, adapters, lora_u)?;
-    b.rope(&mut q, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
-    b.rope(&mut k, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
-    let (z, _) = b.attention(&q, &k, &v, &packed.spans, attn_shape(m), &[])?;
-    let attn_out = lin(m, &z, l, LayerParam::O, adapters, lora_u)?; // [n, d]
-                                                                    // x_mid = attn_out + x, x_out = mlp_out + x_mid: added in place into the fresh outputs
-                                                                    // (no copies of the residual). IEEE addition commutes, so these are the bits of x +
-                                                                    // attn_out, as the evaluation forward computes them.
-    let mut x_mid = attn_out;
-    b.add_assign(&mut x_mid, x)?;
-    let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
-    let gate = lin(m, &h2, l, LayerParam::Gate, adapters, lora_u)?; // [n, F]
-    let up = lin(m, &h2, l, LayerParam::Up, adapters, lora_u)?;
-    let act = b.swiglu(&gate, &up)?;
-    let mlp_out = lin(m, &act, l, LayerParam::Down, adapters, lora_u)?; // [n, d]
-    let mut x_out = mlp_out;
-    b.add_assign(&mut x_out, &x_mid)?;
-    Ok((
-        LayerActs {
-            h,
-            q,
-            k,
-            v,
-            z,
-            x_mid,
-            h2,
-            gate,
-            up,
-            act,
-        },
-        x_out,
-    ))
+    let mut io = TrainIo {
+        m,
+        adapters,
+        lora_u,
+        spans: &packed.spans,
+    };
+    layer::layer_forward(m, &mut io, l, x, &packed.positions)
+}
+
+/// The training side of [`LayerIo`]: linears with their adapters (recording `u`), plain
+/// attention over the packed sequences, no taps.
+struct TrainIo<'a, B: TrainBackend> {
+    m: &'a Model<B>,
+    adapters: &'a [Adapter<B::Tensor>],
+    lora_u: &'a mut [Option<B::Tensor>],
+    spans: &'a [SeqSpan],
+}
+
+impl<B: TrainBackend> LayerIo<B> for TrainIo<'_, B> {
+    fn linear(&mut self, l: usize, p: LayerParam, x: &B::Tensor) -> Result<B::Tensor> {
+        lin(self.m, x, l, p, self.adapters, self.lora_u)
+    }
+    fn attention(
+        &mut self,
+        _l: usize,
+        q: &B::Tensor,
+        k: &B::Tensor,
+        v: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let shape = attn_shape(self.m);
+        Ok(self.m.backend.attention(q, k, v, self.spans, shape, &[])?.0)
+    }
 }
 
 /// The training forward. `first`: the lowest layer the backward will visit (None: no

@@ -1,9 +1,9 @@
 //! Training forward (keeps what backward needs) and the backward pass through the whole
 //! model, written once over [`TrainBackend`].
 //!
-//! The forward repeats `transformer.rs`'s op order exactly (embed -> per layer [rmsnorm,
-//! q/k/v, rope, attention, o_proj, add, rmsnorm, gate/up, swiglu, down, add] -> final norm ->
-//! lm_head), so the training loss is the evaluation loss. The loss is token-level
+//! Each layer of the forward is `model::layer::layer_forward`, the same function the
+//! evaluation forward (`transformer.rs`) runs (embed -> layers -> final norm -> lm_head), so
+//! the training loss is the evaluation loss. The loss is token-level
 //! cross-entropy; only rows with a target go through the final norm and lm_head.
 //!
 //! Backward stages, bottom to top: embed (0), attention of layer l (1 + 2l), MLP of layer l
