@@ -129,6 +129,52 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
         .collect()
 }
 
+/// Which GEMM `linear` uses, on a backend that has several (the CUDA backend; the CPU
+/// backend has one and lists none in [`Backend::gemms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gemm {
+    /// The engine's kernels: `gemm_bf16_tn` (tensor cores, cp.async double buffering), and
+    /// `gemv_bf16_tn` for at most 8 rows (decode).
+    #[default]
+    Engine,
+    /// cuBLAS `cublasGemmEx` (bf16 in/out, f32 compute).
+    Cublas,
+    /// The engine's GEMV for at most 2 rows (single-sequence decode), cuBLAS otherwise:
+    /// measured on an H100, the engine's GEMM reaches ~125 TFLOP/s and cuBLAS 550-740 at
+    /// prefill and training shapes, while the GEMV decodes SmolLM2 in 3.7 ms/step vs 6.8.
+    Auto,
+}
+
+impl Gemm {
+    /// Its name in benchmark rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gemm::Engine => "engine",
+            Gemm::Cublas => "cublas",
+            Gemm::Auto => "auto",
+        }
+    }
+}
+
+/// Deterministic uniform values, the host reference of `kernels/init.cu`'s `init_uniform`
+/// (random weights in a model's shape, for benchmarks): a tensor of `len` elements filled with (`seed`,
+/// `scale`, `offset`), rounded to bf16 as the device stores it. u (24 bits) and `2u - 1`
+/// are exact in f32; `offset + scale * v` may be fused into one fma on the device, so the
+/// bits agree exactly when `offset == 0` or `scale == 0` (the only uses here) and to one
+/// f32 rounding otherwise.
+pub fn uniform_host(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
+    (0..len as u64)
+        .map(|i| {
+            let mut z = seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let u = ((z >> 40) as u32) as f32 * (1.0 / 16_777_216.0);
+            half::bf16::from_f32(offset + scale * (2.0 * u - 1.0)).to_f32()
+        })
+        .collect()
+}
+
 /// Layer-level operations. `Tensor` is a device buffer of a 2-D shape.
 pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
@@ -138,6 +184,48 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Result<HostTensor>;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor>;
+
+    /// The device in words, for reports: `cpu (N threads)`, the GPU's name.
+    fn device_name(&self) -> String {
+        self.name()
+    }
+    /// Wait for queued work (nothing to wait for where calls are synchronous).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// A tensor of [`uniform_host`] values (`offset +- scale`, bf16-rounded), the same values
+    /// on every backend; a device may make them itself.
+    fn uniform(&self, shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<Self::Tensor> {
+        let n = shape.iter().product();
+        self.upload(&HostTensor::new(
+            shape.to_vec(),
+            uniform_host(n, seed, scale, offset),
+        ))
+    }
+    /// Start a new peak of device memory in use.
+    fn reset_peak_memory(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Peak bytes of device memory in use since [`Backend::reset_peak_memory`] (None: not
+    /// measured).
+    fn peak_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+    /// The GEMMs `linear_with_gemm` can run, the first the fastest at large shapes (none: one
+    /// GEMM, `linear`'s).
+    fn gemms(&self) -> &'static [Gemm] {
+        &[]
+    }
+    /// [`Backend::linear`] with GEMM `gemm` (one of [`Backend::gemms`]).
+    fn linear_with_gemm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        gemm: Gemm,
+    ) -> Result<Self::Tensor> {
+        let _ = gemm;
+        self.linear(x, w)
+    }
 
     /// `table[ids[i]]` for each i: `[ids.len(), d]`.
     fn embed(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor>;

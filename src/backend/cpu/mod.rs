@@ -35,6 +35,9 @@ impl Backend for CpuBackend {
         let matmul = "f32";
         format!("cpu ({matmul}, {} threads)", rayon::current_num_threads())
     }
+    fn device_name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
     fn upload(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())
     }

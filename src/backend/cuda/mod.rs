@@ -17,6 +17,7 @@ pub mod init;
 pub mod ops;
 pub mod registry;
 
+pub use crate::backend::Gemm;
 pub use ops::adamw::CudaOptState;
 pub use ops::attention::{attn_bwd_tensor_cores, attn_tensor_cores, AttnKernels};
 
@@ -43,21 +44,6 @@ pub fn cuda_available() -> Result<(), String> {
         Err(e) => return Err(format!("the CUDA driver failed to start: {e:?}")),
     }
     registry::ensure_nvrtc()
-}
-
-/// Which GEMM `linear` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Gemm {
-    /// The engine's kernels: `gemm_bf16_tn` (tensor cores, cp.async double buffering), and
-    /// `gemv_bf16_tn` for at most 8 rows (decode).
-    #[default]
-    Engine,
-    /// cuBLAS `cublasGemmEx` (bf16 in/out, f32 compute).
-    Cublas,
-    /// The engine's GEMV for at most 2 rows (single-sequence decode), cuBLAS otherwise:
-    /// measured on an H100, the engine's GEMM reaches ~125 TFLOP/s and cuBLAS 550-740 at
-    /// prefill and training shapes, while the GEMV decodes SmolLM2 in 3.7 ms/step vs 6.8.
-    Auto,
 }
 
 /// A device tensor: bf16 elements, row-major, and its shape (1-D or 2-D).
@@ -266,12 +252,30 @@ impl Backend for CudaBackend {
     type Tensor = CudaTensor;
 
     fn name(&self) -> String {
-        let gemm = match self.gemm {
-            Gemm::Engine => "engine",
-            Gemm::Cublas => "cublas",
-            Gemm::Auto => "auto",
-        };
-        format!("{} (bf16, gemm: {gemm})", self.device)
+        format!("{} (bf16, gemm: {})", self.device, self.gemm.name())
+    }
+    fn device_name(&self) -> String {
+        CudaBackend::device_name(self)
+    }
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
+    fn uniform(&self, shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<CudaTensor> {
+        CudaBackend::uniform(self, shape, seed, scale, offset)
+    }
+    fn reset_peak_memory(&self) -> Result<()> {
+        CudaBackend::reset_peak_memory(self)
+    }
+    fn peak_memory(&self) -> Result<Option<u64>> {
+        CudaBackend::synchronize(self)?;
+        let m = self.mem_info()?;
+        Ok(Some(m.pool_used_high.unwrap_or((m.total - m.free) as u64)))
+    }
+    fn gemms(&self) -> &'static [Gemm] {
+        &[Gemm::Cublas, Gemm::Engine]
+    }
+    fn linear_with_gemm(&self, x: &CudaTensor, w: &CudaTensor, gemm: Gemm) -> Result<CudaTensor> {
+        self.linear_with(x, w, gemm)
     }
 
     fn upload(&self, t: &HostTensor) -> Result<CudaTensor> {
