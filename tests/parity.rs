@@ -442,3 +442,16 @@ fn generation_with_taps_equals_a_loop_of_full_forwards() {
         assert_eq!(c[0].stop, pinpoint::generate::StopReason::Eos);
     }
 }
+
+#[test]
+fn hook_points_have_transformer_lens_names() {
+    use pinpoint::HookPoint;
+    assert_eq!(HookPoint::Z(3).tl_name(), "blocks.3.attn.hook_z");
+    assert_eq!(HookPoint::ResidPre(0).tl_name(), "blocks.0.hook_resid_pre");
+    assert_eq!(HookPoint::AttnOut(2).tl_name(), "blocks.2.hook_attn_out");
+    assert_eq!(HookPoint::MlpOut(1).tl_name(), "blocks.1.hook_mlp_out");
+    assert_eq!(
+        HookPoint::AttnIn(4).tl_name(),
+        "blocks.4.ln1.hook_normalized"
+    );
+}

@@ -35,6 +35,9 @@ pub fn write_diagnosis(
         "counterfactual_metric": d.counterfactual_metric,
         "seconds": {"clean_runs": d.seconds_clean, "sweep": d.seconds_sweep},
         "command": command.join(" "),
+        // What each entry's score measures the patch of, in TransformerLens' names: the
+        // head's slice of z (`[batch, pos, head_index, d_head]`) of its layer.
+        "hook": "blocks.{layer}.attn.hook_z[:, position, head]",
         "heads": d.heads,
     });
     write_json(&out.join("heads.json"), &heads_json)?;

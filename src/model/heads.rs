@@ -54,6 +54,21 @@ impl HookPoint {
             | HookPoint::MlpOut(l) => l,
         }
     }
+
+    /// The TransformerLens name of the point, for users who know those:
+    /// `blocks.{l}.hook_resid_pre` (for l = L, the final residual, TransformerLens says
+    /// `blocks.{L-1}.hook_resid_post`), `blocks.{l}.ln1.hook_normalized` (TransformerLens takes
+    /// it before the norm's weight, which it folds into W_Q/W_K/W_V; here it is after),
+    /// `blocks.{l}.attn.hook_z`, `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out`.
+    pub fn tl_name(self) -> String {
+        match self {
+            HookPoint::ResidPre(l) => format!("blocks.{l}.hook_resid_pre"),
+            HookPoint::AttnIn(l) => format!("blocks.{l}.ln1.hook_normalized"),
+            HookPoint::Z(l) => format!("blocks.{l}.attn.hook_z"),
+            HookPoint::AttnOut(l) => format!("blocks.{l}.hook_attn_out"),
+            HookPoint::MlpOut(l) => format!("blocks.{l}.hook_mlp_out"),
+        }
+    }
 }
 
 /// Which positions of each sequence a capture (or the logits) covers. Positions are
