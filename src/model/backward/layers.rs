@@ -1,7 +1,7 @@
 //! The backward through the layers: from the gradient of the final residual down to the
 //! lowest stage that trains, weight gradients only for the mask's slices and the adapters.
 
-use super::forward::{adapter_of, attn_shape, layer_forward, Forward, Kept};
+use super::forward::{adapter_of, attn_shape, layer_forward, Forward, Kept, LayerActs, Packed};
 use super::{Adapter, Grads};
 use crate::backend::{Region, TrainBackend};
 use crate::model::mask::{param, LayerParam, Mask, ParamId};
@@ -89,9 +89,7 @@ pub(super) fn backward_layers<B: TrainBackend>(
     want_dz: bool,
 ) -> Result<Vec<Option<B::Tensor>>> {
     let b = &m.backend;
-    let cfg = &m.cfg;
-    let eps = cfg.rms_norm_eps as f32;
-    let nl = cfg.num_hidden_layers;
+    let nl = m.cfg.num_hidden_layers;
     let mut dzs: Vec<Option<B::Tensor>> = (0..nl).map(|_| None).collect();
     for l in (0..nl).rev() {
         if 2 + 2 * l < s_min {
@@ -107,107 +105,29 @@ pub(super) fn backward_layers<B: TrainBackend>(
             }
             Kept::Nothing => bail!("layer {l}: the forward kept no activations for the backward"),
         };
-        let a = &a;
-        let u = &fw.lora_u;
-        let lw = &m.weights.layers[l];
-        // ---- MLP stage: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid).
+        let stage = StageBwd {
+            m,
+            adapters,
+            mask,
+            u: &fw.lora_u,
+            l,
+        };
+        // ---- MLP stage (2 + 2l), then the attention stage (1 + 2l).
         let st = 2 + 2 * l;
         if st < s_min {
             break;
         }
-        let need_dx = st > s_min;
-        let inner = need_dx
-            || [LayerParam::MlpNorm, LayerParam::Gate, LayerParam::Up]
-                .iter()
-                .any(|&p| trains(mask, adapters, l, p));
-        let dact = lin_bwd(
-            m,
-            &[(&dres, ParamId::Layer(l, LayerParam::Down))],
-            &a.act,
-            mask,
-            adapters,
-            u,
-            grads,
-            inner,
-        )?;
-        if let Some(dact) = dact {
-            let (dgate, dup) = b.swiglu_bwd(&dact, &a.gate, &a.up)?; // [n, F] each
-            let need_h2 = need_dx || mask.trains(ParamId::Layer(l, LayerParam::MlpNorm));
-            let dh2 = lin_bwd(
-                m,
-                &[
-                    (&dgate, ParamId::Layer(l, LayerParam::Gate)),
-                    (&dup, ParamId::Layer(l, LayerParam::Up)),
-                ],
-                &a.h2,
-                mask,
-                adapters,
-                u,
-                grads,
-                need_h2,
-            )?;
-            if let Some(dh2) = dh2 {
-                let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::MlpNorm))?;
-                let dx = b.rmsnorm_bwd(&dh2, &a.x_mid, &lw.mlp_norm, eps, dw)?;
-                if need_dx {
-                    b.add_assign(&mut dres, &dx)?; // dres is now dL/dx_mid
-                }
-            }
-        }
-        // ---- Attention stage: x_mid = x_in + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x_in).
+        stage.mlp(&a, grads, &mut dres, st > s_min)?;
         let st = 1 + 2 * l;
         if st < s_min {
             break;
         }
         let need_dx = st > s_min;
-        let qkv_train = [
-            LayerParam::AttnNorm,
-            LayerParam::Q,
-            LayerParam::K,
-            LayerParam::V,
-        ]
-        .iter()
-        .any(|&p| trains(mask, adapters, l, p));
-        let need_dz = need_dx || qkv_train || want_dz;
-        let dz = lin_bwd(
-            m,
-            &[(&dres, ParamId::Layer(l, LayerParam::O))],
-            &a.z,
-            mask,
-            adapters,
-            u,
-            grads,
-            need_dz,
-        )?;
-        let Some(dz) = dz else { continue };
-        if need_dx || qkv_train {
-            let (mut dq, mut dk, dv) =
-                b.attention_bwd(&dz, &a.q, &a.k, &a.v, &fw.packed.spans, attn_shape(m))?;
-            b.rope_bwd(&mut dq, cfg.head_dim, &fw.packed.positions, cfg.rope_theta)?;
-            b.rope_bwd(&mut dk, cfg.head_dim, &fw.packed.positions, cfg.rope_theta)?;
-            let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
-            let dh = lin_bwd(
-                m,
-                &[
-                    (&dq, ParamId::Layer(l, LayerParam::Q)),
-                    (&dk, ParamId::Layer(l, LayerParam::K)),
-                    (&dv, ParamId::Layer(l, LayerParam::V)),
-                ],
-                &a.h,
-                mask,
-                adapters,
-                u,
-                grads,
-                need_h,
-            )?;
-            if let Some(dh) = dh {
-                let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::AttnNorm))?;
-                let dx = b.rmsnorm_bwd(&dh, &x_in, &lw.attn_norm, eps, dw)?;
-                if need_dx {
-                    b.add_assign(&mut dres, &dx)?; // dres is now dL/dx_in
-                }
-            }
-        }
+        let Some(dz) =
+            stage.attention(&a, &x_in, &fw.packed, grads, &mut dres, need_dx, want_dz)?
+        else {
+            continue;
+        };
         if want_dz {
             dzs[l] = Some(dz);
         }
@@ -248,5 +168,154 @@ pub(super) fn lowest_stage<T>(
     match (mask.lowest_stage(m_layers), a) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
+    }
+}
+
+/// The backward of one layer's two stages, with what both share.
+struct StageBwd<'a, B: TrainBackend> {
+    m: &'a Model<B>,
+    adapters: &'a [Adapter<B::Tensor>],
+    mask: &'a Mask,
+    /// Per adapter: `scale * x A^T` of the forward.
+    u: &'a [Option<B::Tensor>],
+    l: usize,
+}
+
+impl<B: TrainBackend> StageBwd<'_, B> {
+    /// MLP stage: `x_out = x_mid + down(swiglu(gate(h2), up(h2)))`, `h2 = norm(x_mid)`. Weight
+    /// grads +=; with `need_dx`, `dres` becomes dL/dx_mid.
+    fn mlp(
+        &self,
+        a: &LayerActs<B::Tensor>,
+        grads: &mut Grads<B::Tensor>,
+        dres: &mut B::Tensor,
+        need_dx: bool,
+    ) -> Result<()> {
+        let StageBwd {
+            m,
+            adapters,
+            mask,
+            u,
+            l,
+        } = *self;
+        let b = &m.backend;
+        let eps = m.cfg.rms_norm_eps as f32;
+        let lw = &m.weights.layers[l];
+        let inner = need_dx
+            || [LayerParam::MlpNorm, LayerParam::Gate, LayerParam::Up]
+                .iter()
+                .any(|&p| trains(mask, adapters, l, p));
+        let dact = lin_bwd(
+            m,
+            &[(&*dres, ParamId::Layer(l, LayerParam::Down))],
+            &a.act,
+            mask,
+            adapters,
+            u,
+            grads,
+            inner,
+        )?;
+        if let Some(dact) = dact {
+            let (dgate, dup) = b.swiglu_bwd(&dact, &a.gate, &a.up)?; // [n, F] each
+            let need_h2 = need_dx || mask.trains(ParamId::Layer(l, LayerParam::MlpNorm));
+            let dh2 = lin_bwd(
+                m,
+                &[
+                    (&dgate, ParamId::Layer(l, LayerParam::Gate)),
+                    (&dup, ParamId::Layer(l, LayerParam::Up)),
+                ],
+                &a.h2,
+                mask,
+                adapters,
+                u,
+                grads,
+                need_h2,
+            )?;
+            if let Some(dh2) = dh2 {
+                let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::MlpNorm))?;
+                let dx = b.rmsnorm_bwd(&dh2, &a.x_mid, &lw.mlp_norm, eps, dw)?;
+                if need_dx {
+                    b.add_assign(dres, &dx)?; // dres is now dL/dx_mid
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attention stage: `x_mid = x_in + o(attn(rope(q(h)), rope(k(h)), v(h)))`,
+    /// `h = norm(x_in)`. Weight grads +=; with `need_dx`, `dres` becomes dL/dx_in. Returns
+    /// dL/dz when it was formed (None: nothing below needs it).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        a: &LayerActs<B::Tensor>,
+        x_in: &B::Tensor,
+        packed: &Packed,
+        grads: &mut Grads<B::Tensor>,
+        dres: &mut B::Tensor,
+        need_dx: bool,
+        want_dz: bool,
+    ) -> Result<Option<B::Tensor>> {
+        let StageBwd {
+            m,
+            adapters,
+            mask,
+            u,
+            l,
+        } = *self;
+        let (b, cfg) = (&m.backend, &m.cfg);
+        let eps = cfg.rms_norm_eps as f32;
+        let lw = &m.weights.layers[l];
+        let qkv_train = [
+            LayerParam::AttnNorm,
+            LayerParam::Q,
+            LayerParam::K,
+            LayerParam::V,
+        ]
+        .iter()
+        .any(|&p| trains(mask, adapters, l, p));
+        let need_dz = need_dx || qkv_train || want_dz;
+        let dz = lin_bwd(
+            m,
+            &[(&*dres, ParamId::Layer(l, LayerParam::O))],
+            &a.z,
+            mask,
+            adapters,
+            u,
+            grads,
+            need_dz,
+        )?;
+        let Some(dz) = dz else {
+            return Ok(None);
+        };
+        if need_dx || qkv_train {
+            let (mut dq, mut dk, dv) =
+                b.attention_bwd(&dz, &a.q, &a.k, &a.v, &packed.spans, attn_shape(m))?;
+            b.rope_bwd(&mut dq, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+            b.rope_bwd(&mut dk, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+            let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
+            let dh = lin_bwd(
+                m,
+                &[
+                    (&dq, ParamId::Layer(l, LayerParam::Q)),
+                    (&dk, ParamId::Layer(l, LayerParam::K)),
+                    (&dv, ParamId::Layer(l, LayerParam::V)),
+                ],
+                &a.h,
+                mask,
+                adapters,
+                u,
+                grads,
+                need_h,
+            )?;
+            if let Some(dh) = dh {
+                let dw = grad_full(mask, grads, ParamId::Layer(l, LayerParam::AttnNorm))?;
+                let dx = b.rmsnorm_bwd(&dh, x_in, &lw.attn_norm, eps, dw)?;
+                if need_dx {
+                    b.add_assign(dres, &dx)?; // dres is now dL/dx_in
+                }
+            }
+        }
+        Ok(Some(dz))
     }
 }
