@@ -5,7 +5,7 @@ use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
 use crate::backend::{dims2, AttnShape, Backend, HostTensor, Pattern, SeqSpan};
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::OnceLock;
 
 /// Which attention kernels a call may take.
@@ -241,6 +241,28 @@ impl CudaBackend {
             };
             unsafe { b.launch(cfg) }.context("flash_attn_fwd")?;
         }
+        let patterns = self.attn_patterns(q, k, &lse, spans, shape, want)?;
+        Ok((z, patterns))
+    }
+
+    /// The probabilities of the `(seq, head)` pairs in `want` (`attn_probs`, from the lse of
+    /// the forward that just ran), in (seq, head) order.
+    fn attn_patterns(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        lse: &CudaSlice<f32>,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+        want: &[(usize, usize)],
+    ) -> Result<Vec<Pattern>> {
+        let (hi, gi, di) = (
+            int(shape.n_heads, "heads")?,
+            int(shape.n_kv_heads, "kv heads")?,
+            int(shape.head_dim, "head_dim")?,
+        );
+        let wi = int(shape.window.unwrap_or(0), "window")?;
+        let n_heads = shape.n_heads;
         let mut patterns = Vec::new();
         for (si, s) in spans.iter().enumerate() {
             for h in 0..n_heads {
@@ -265,7 +287,7 @@ impl CudaBackend {
                     let mut b = self.stream.launch_builder(&f);
                     b.arg(&q.buf)
                         .arg(&k.buf)
-                        .arg(&lse)
+                        .arg(lse)
                         .arg(&mut probs)
                         .arg(&qs)
                         .arg(&ql)
@@ -291,7 +313,7 @@ impl CudaBackend {
                 });
             }
         }
-        Ok((z, patterns))
+        Ok(patterns)
     }
 
     /// [`TrainBackend::attention_bwd`] with the kernel choice explicit (tests run both):
@@ -313,39 +335,7 @@ impl CudaBackend {
             head_dim: dh,
             window,
         } = shape;
-        let (n, qc) = dims2(&q.shape)?;
-        let (kr, kc) = dims2(&k.shape)?;
-        ensure!(
-            qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
-            "attention_bwd: bad widths: q {:?}, k {:?}, dz {:?} for {n_heads} heads, \
-             {n_kv_heads} kv heads of {dh}",
-            q.shape,
-            k.shape,
-            dz.shape
-        );
-        ensure!(
-            k.shape == v.shape,
-            "attention_bwd: k {:?} and v {:?} differ",
-            k.shape,
-            v.shape
-        );
-        ensure!(
-            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-            "attention_bwd: {n_heads} query heads over {n_kv_heads} key/value heads"
-        );
-        ensure!(
-            dh > 0 && dh.is_multiple_of(2) && dh <= ATT_MAXD,
-            "attention_bwd: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
-        );
-        ensure!(
-            window != Some(0),
-            "attention_bwd: a sliding window of 0 hides every key"
-        );
-        ensure!(
-            n_heads < 65536,
-            "attention_bwd: {n_heads} heads is too many"
-        );
-        check_packed_spans(spans, n, kr)?;
+        let (n, qc, kr, kc) = check_attention_bwd(dz, q, k, v, spans, shape)?;
         // Rows outside every span get zero gradients, as the oracle.
         let mut dq = self.zeros(&[n, qc])?;
         let mut dk = self.zeros(&[kr, kc])?;
@@ -529,4 +519,56 @@ impl CudaBackend {
         unsafe { b.launch(cfg(shape.n_kv_heads)) }.with_context(|| ctx("attn_tc_dkv"))?;
         Ok(())
     }
+}
+
+/// The checks of [`CudaBackend::attention_bwd_with`]: widths, GQA, head_dim within the
+/// kernels' limit, no empty window, whole packed spans. Returns `(n, qc, kr, kc)`.
+fn check_attention_bwd(
+    dz: &CudaTensor,
+    q: &CudaTensor,
+    k: &CudaTensor,
+    v: &CudaTensor,
+    spans: &[SeqSpan],
+    shape: AttnShape,
+) -> Result<(usize, usize, usize, usize)> {
+    let AttnShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: dh,
+        window,
+    } = shape;
+    let (n, qc) = dims2(&q.shape)?;
+    let (kr, kc) = dims2(&k.shape)?;
+    ensure!(
+        qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
+        "attention_bwd: bad widths: q {:?}, k {:?}, dz {:?} for {n_heads} heads, \
+         {n_kv_heads} kv heads of {dh}",
+        q.shape,
+        k.shape,
+        dz.shape
+    );
+    ensure!(
+        k.shape == v.shape,
+        "attention_bwd: k {:?} and v {:?} differ",
+        k.shape,
+        v.shape
+    );
+    ensure!(
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        "attention_bwd: {n_heads} query heads over {n_kv_heads} key/value heads"
+    );
+    ensure!(
+        dh > 0 && dh.is_multiple_of(2) && dh <= ATT_MAXD,
+        "attention_bwd: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
+    );
+    ensure!(
+        window != Some(0),
+        "attention_bwd: a sliding window of 0 hides every key"
+    );
+    ensure!(
+        n_heads < 65536,
+        "attention_bwd: {n_heads} heads is too many"
+    );
+    check_packed_spans(spans, n, kr)?;
+    Ok((n, qc, kr, kc))
 }
