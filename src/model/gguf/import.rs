@@ -173,28 +173,7 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
             }
         })
         .collect::<Result<_>>()?;
-    let mut added: Vec<(u64, Value)> = vec![];
-    let mut seen = std::collections::HashSet::new();
-    for (special, want_type) in [(true, 3), (false, 4)] {
-        for (t, ty) in tokens.iter().zip(types.iter()) {
-            if *ty != want_type || (special && !in_alphabet(t)) {
-                continue;
-            }
-            let Some(id) = vocab.get(*t).and_then(|v| v.as_u64()) else {
-                continue;
-            };
-            if !seen.insert(t.to_string()) {
-                continue;
-            }
-            added.push((
-                id,
-                json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                       "normalized": false, "special": special}),
-            ));
-        }
-    }
-    added.sort_by_key(|(id, _)| *id);
-    let added: Vec<Value> = added.into_iter().map(|(_, v)| v).collect();
+    let added = added_tokens(&tokens, &types, &vocab, &in_alphabet);
 
     let pre_tokenizer = if LLAMA3_PRES.contains(&pre) {
         json!({"type": "Sequence", "pretokenizers": [
@@ -213,30 +192,12 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
     let add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && eos.is_some();
 
-    // TemplateProcessing as transformers' update_post_processor writes it.
-    let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
-    let spec = |tok: &str, type_id: u32| json!({"SpecialToken": {"id": tok, "type_id": type_id}});
-    let mut single = vec![];
-    let mut pair = vec![];
-    let mut special_tokens = serde_json::Map::new();
-    for (type_id, side, out) in [(0u32, "A", &mut single), (1u32, "B", &mut pair)] {
-        if add_bos {
-            out.push(spec(bos.as_deref().unwrap_or(""), type_id));
-        }
-        out.push(seq(side, type_id));
-        if add_eos {
-            out.push(spec(eos.as_deref().unwrap_or(""), type_id));
-        }
-    }
-    let pair: Vec<Value> = single.iter().cloned().chain(pair).collect();
-    for (on, tok, tid) in [
-        (add_bos, &bos, id("bos_token_id")),
-        (add_eos, &eos, id("eos_token_id")),
-    ] {
-        if let (true, Some(t), Some(i)) = (on, tok, tid) {
-            special_tokens.insert(t.clone(), json!({"id": t, "ids": [i], "tokens": [t]}));
-        }
-    }
+    let post_processor = post_processor(
+        add_bos,
+        add_eos,
+        (&bos, id("bos_token_id")),
+        (&eos, id("eos_token_id")),
+    );
 
     let tokenizer_json = json!({
         "version": "1.0",
@@ -245,7 +206,7 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens},
+        "post_processor": post_processor,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
@@ -273,6 +234,69 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
         tokenizer_json,
         tokenizer_config: Value::Object(cfg),
     })
+}
+
+/// The added tokens of tokenizer.json: special ones (type 3) spelled in the byte alphabet,
+/// then user-defined ones (type 4), each once, in id order.
+fn added_tokens(
+    tokens: &[&str],
+    types: &[i64],
+    vocab: &serde_json::Map<String, Value>,
+    in_alphabet: &dyn Fn(&str) -> bool,
+) -> Vec<Value> {
+    let mut added: Vec<(u64, Value)> = vec![];
+    let mut seen = std::collections::HashSet::new();
+    for (special, want_type) in [(true, 3), (false, 4)] {
+        for (t, ty) in tokens.iter().zip(types.iter()) {
+            if *ty != want_type || (special && !in_alphabet(t)) {
+                continue;
+            }
+            let Some(id) = vocab.get(*t).and_then(|v| v.as_u64()) else {
+                continue;
+            };
+            if !seen.insert(t.to_string()) {
+                continue;
+            }
+            added.push((
+                id,
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": special}),
+            ));
+        }
+    }
+    added.sort_by_key(|(id, _)| *id);
+    added.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The post-processor of tokenizer.json: TemplateProcessing as transformers'
+/// `update_post_processor` writes it (BOS/EOS around each sequence where the GGUF adds them).
+fn post_processor(
+    add_bos: bool,
+    add_eos: bool,
+    (bos, bos_id): (&Option<String>, Option<u64>),
+    (eos, eos_id): (&Option<String>, Option<u64>),
+) -> Value {
+    let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+    let spec = |tok: &str, type_id: u32| json!({"SpecialToken": {"id": tok, "type_id": type_id}});
+    let mut single = vec![];
+    let mut pair = vec![];
+    let mut special_tokens = serde_json::Map::new();
+    for (type_id, side, out) in [(0u32, "A", &mut single), (1u32, "B", &mut pair)] {
+        if add_bos {
+            out.push(spec(bos.as_deref().unwrap_or(""), type_id));
+        }
+        out.push(seq(side, type_id));
+        if add_eos {
+            out.push(spec(eos.as_deref().unwrap_or(""), type_id));
+        }
+    }
+    let pair: Vec<Value> = single.iter().cloned().chain(pair).collect();
+    for (on, tok, tid) in [(add_bos, bos, bos_id), (add_eos, eos, eos_id)] {
+        if let (true, Some(t), Some(i)) = (on, tok, tid) {
+            special_tokens.insert(t.clone(), json!({"id": t, "ids": [i], "tokens": [t]}));
+        }
+    }
+    json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens})
 }
 
 /// `config.json` for the model, with the values transformers derives from the same GGUF.
