@@ -346,36 +346,7 @@ impl GgufFile {
         }
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let data_len = len.saturating_sub(data_start);
-        for t in &tensors {
-            let name = &t.name;
-            let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            let n = n.with_context(|| format!("tensor {name:?}: dims {:?} overflow", t.dims))?;
-            if let Some((blk, bytes)) = t.ggml_type.block() {
-                let ne0 = t.dims.first().copied().unwrap_or(1);
-                if !ne0.is_multiple_of(blk) {
-                    bail!(
-                        "tensor {name:?}: row length {ne0} is not a multiple of the {} block size {blk}",
-                        t.ggml_type.name()
-                    );
-                }
-                let size = (n / blk).checked_mul(bytes);
-                let end = size.and_then(|s| t.offset.checked_add(s));
-                if end.is_none_or(|e| e > data_len) {
-                    bail!(
-                        "tensor {name:?} ({}, dims {:?}) at data offset {} runs past the end of the file \
-                         (data section is {data_len} bytes)",
-                        t.ggml_type.name(),
-                        t.dims,
-                        t.offset
-                    );
-                }
-            } else if t.offset > data_len {
-                bail!(
-                    "tensor {name:?} at data offset {} starts past the end of the file",
-                    t.offset
-                );
-            }
-        }
+        check_extents(&tensors, data_len)?;
         Ok(Self {
             path: path.to_path_buf(),
             map,
@@ -469,6 +440,42 @@ impl GgufFile {
             .context("tensor data runs past the end of the file")?;
         Ok(dequantize_raw(t.ggml_type, raw))
     }
+}
+
+/// Every tensor's data lies inside the file's data section of `data_len` bytes (quantized
+/// rows are whole blocks).
+fn check_extents(tensors: &[GgufTensorInfo], data_len: u64) -> Result<()> {
+    for t in tensors {
+        let name = &t.name;
+        let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let n = n.with_context(|| format!("tensor {name:?}: dims {:?} overflow", t.dims))?;
+        if let Some((blk, bytes)) = t.ggml_type.block() {
+            let ne0 = t.dims.first().copied().unwrap_or(1);
+            if !ne0.is_multiple_of(blk) {
+                bail!(
+                    "tensor {name:?}: row length {ne0} is not a multiple of the {} block size {blk}",
+                    t.ggml_type.name()
+                );
+            }
+            let size = (n / blk).checked_mul(bytes);
+            let end = size.and_then(|s| t.offset.checked_add(s));
+            if end.is_none_or(|e| e > data_len) {
+                bail!(
+                    "tensor {name:?} ({}, dims {:?}) at data offset {} runs past the end of the file \
+                     (data section is {data_len} bytes)",
+                    t.ggml_type.name(),
+                    t.dims,
+                    t.offset
+                );
+            }
+        } else if t.offset > data_len {
+            bail!(
+                "tensor {name:?} at data offset {} starts past the end of the file",
+                t.offset
+            );
+        }
+    }
+    Ok(())
 }
 
 fn f16_at(b: &[u8]) -> f32 {
