@@ -28,8 +28,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
   rm -rf .gpu .gpu1 && mkdir -p .gpu/bin .gpu/data .gpu1
   cargo build --release --bin pinpoint
   cargo test --release --no-run --message-format=json \
-      --test ops --test cuda_kernels --test cuda_train --test cuda_bench --test cuda_smollm2 \
-      --test nvrtc_compile >.gpu/build.json
+      --test ops --test cuda_kernels --test cuda_train --test cuda_backward --test cuda_bench \
+      --test cuda_smollm2 --test nvrtc_compile >.gpu/build.json
   python3 - <<'PY'
 import json, shutil, os
 for line in open(".gpu/build.json"):
@@ -142,7 +142,8 @@ fi
 step nvrtc_compile 60 .gpu/bin/nvrtc_compile --include-ignored --nocapture --test-threads=1
 step ops 30 .gpu/bin/ops --include-ignored --nocapture --test-threads=1
 step cuda_kernels 90 .gpu/bin/cuda_kernels --include-ignored --nocapture --test-threads=1
-step cuda_train 120 .gpu/bin/cuda_train --include-ignored --nocapture --test-threads=1
+step cuda_train 90 .gpu/bin/cuda_train --include-ignored --nocapture --test-threads=1
+step cuda_backward 60 .gpu/bin/cuda_backward --include-ignored --nocapture --test-threads=1
 step cuda_bench 60 .gpu/bin/cuda_bench --include-ignored --nocapture --test-threads=1
 
 # 2. Benchmarks, random weights made on the device in real shapes (JSON rows into
