@@ -9,6 +9,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod host;
 pub mod shapes;
 
 use anyhow::{bail, Result};
@@ -531,13 +532,6 @@ pub trait TrainBackend: Backend {
         reg: Region,
         a: &AdamStep,
     ) -> Result<()>;
-}
-
-/// `x [n, k] @ w [m, k]^T` on host f32 buffers, by the CPU backend's GEMM: the host math of
-/// code above the backends (merging LoRA factors into saved weights) without naming a
-/// backend.
-pub fn matmul_t_host(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
-    cpu::gemm::matmul_t(x, w, n, k, m)
 }
 
 /// [`Backend::norm_dot`] on host tensors, in f64.

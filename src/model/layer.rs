@@ -12,7 +12,7 @@
 use crate::backend::Backend;
 use crate::heads::HookPoint;
 use crate::model::mask::{param, LayerParam, ParamId};
-use crate::transformer::Model;
+use crate::model::{ModelConfig, ModelWeights};
 use anyhow::Result;
 
 /// What a caller plugs into [`layer_forward`].
@@ -34,15 +34,21 @@ pub(crate) trait LayerIo<B: Backend> {
     }
 }
 
+/// What a layer reads of the model (`Model::parts`): config, backend and weights.
+pub(crate) struct Parts<'m, B: Backend> {
+    pub cfg: &'m ModelConfig,
+    pub backend: &'m B,
+    pub weights: &'m ModelWeights<B::Tensor>,
+}
+
 /// [`LayerIo::linear`] without adapters: `x @ W^T`.
 pub(crate) fn plain_linear<B: Backend>(
-    m: &Model<B>,
+    m: &Parts<'_, B>,
     l: usize,
     p: LayerParam,
     x: &B::Tensor,
 ) -> Result<B::Tensor> {
-    m.backend
-        .linear(x, param(&m.weights, ParamId::Layer(l, p))?)
+    m.backend.linear(x, param(m.weights, ParamId::Layer(l, p))?)
 }
 
 /// What the backward needs of one layer besides its input residual.
@@ -62,13 +68,13 @@ pub(crate) struct LayerActs<T> {
 /// Layer `l` from its input residual `x` (rows at `positions`): its activations and its
 /// output residual.
 pub(crate) fn layer_forward<B: Backend>(
-    m: &Model<B>,
+    m: &Parts<'_, B>,
     io: &mut impl LayerIo<B>,
     l: usize,
     x: &B::Tensor,
     positions: &[usize],
 ) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
-    let (cfg, b) = (&m.cfg, &m.backend);
+    let (cfg, b) = (m.cfg, m.backend);
     let lw = &m.weights.layers[l];
     let eps = cfg.rms_norm_eps as f32;
     let mut h = b.rmsnorm(x, &lw.attn_norm, eps)?;

@@ -5,7 +5,7 @@
 use crate::backend::{AttnShape, Backend, SeqSpan};
 use crate::heads::{Capture, ForwardOutput, HeadId, HookPoint, Positions, Taps};
 use crate::model::checkpoint::load_model_dir;
-use crate::model::layer::{layer_forward, plain_linear, LayerIo};
+use crate::model::layer::{layer_forward, plain_linear, LayerIo, Parts};
 use crate::model::mask::LayerParam;
 use crate::model::{HostTensor, ModelConfig, ModelWeights, StoreDtype};
 use anyhow::{bail, ensure, Context, Result};
@@ -153,6 +153,15 @@ impl<B: Backend> Model<B> {
         (0..self.n_layers())
             .flat_map(|l| (0..self.n_heads()).map(move |h| HeadId::new(l, h)))
             .collect()
+    }
+
+    /// The config, backend and weights a layer reads (`model::layer`).
+    pub(crate) fn parts(&self) -> Parts<'_, B> {
+        Parts {
+            cfg: &self.cfg,
+            backend: &self.backend,
+            weights: &self.weights,
+        }
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -455,7 +464,7 @@ impl<B: Backend> Model<B> {
                 cache_rows: &cache_rows,
                 patterns: &mut out.patterns,
             };
-            x = layer_forward(self, &mut io, l, &x, &positions)?.1;
+            x = layer_forward(&self.parts(), &mut io, l, &x, &positions)?.1;
         }
         self.hook(
             HookPoint::ResidPre(cfg.num_hidden_layers),
@@ -512,7 +521,7 @@ struct EvalIo<'a, 'c, B: Backend> {
 
 impl<B: Backend> LayerIo<B> for EvalIo<'_, '_, B> {
     fn linear(&mut self, l: usize, p: LayerParam, x: &B::Tensor) -> Result<B::Tensor> {
-        plain_linear(self.m, l, p, x)
+        plain_linear(&self.m.parts(), l, p, x)
     }
 
     fn attention(

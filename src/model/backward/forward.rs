@@ -164,7 +164,7 @@ pub(super) fn layer_forward<B: TrainBackend>(
         lora_u,
         spans: &packed.spans,
     };
-    layer::layer_forward(m, &mut io, l, x, &packed.positions)
+    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions)
 }
 
 /// The training side of [`LayerIo`]: linears with their adapters (recording `u`), plain
