@@ -1,6 +1,6 @@
 // Probe: GEMM throughput of the CPU backend on SmolLM2 training shapes (2 threads).
 // `cargo bench --bench gemm_probe [-- FILTER]`.
-use pinpoint::backend::cpu_gemm::{gemm_packed, Strided};
+use pinpoint::backend::cpu::gemm::{gemm_packed, Strided};
 use std::time::Instant;
 
 /// User + system CPU seconds of this process (all threads).

@@ -2,17 +2,25 @@
 //! validate them, and fine-tune only those heads (supervised pinpoint tuning).
 
 pub mod backend;
-pub mod backward;
 pub mod diagnose;
 pub mod eval;
-pub mod generate;
 pub mod guard;
-pub mod heads;
 pub mod model;
 pub mod pipeline;
-pub mod transformer;
 pub mod tune;
 pub mod util;
 
+// The decoder, its backward, hooks and generation live in `model/`; these paths stay as
+// short names for the rest of the crate and for users.
+pub use model::{backward, generate, heads, transformer};
+
 pub use heads::{HeadId, HookPoint, Positions, Taps};
 pub use transformer::Model;
+
+impl Model<backend::cpu::CpuBackend> {
+    /// Load a HF model directory onto the CPU backend. (Here, at the top of the crate, so
+    /// that the model code itself sees only the backend traits.)
+    pub fn load_cpu(dir: &std::path::Path) -> anyhow::Result<Self> {
+        Model::load_on(dir, backend::cpu::CpuBackend)
+    }
+}

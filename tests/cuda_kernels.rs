@@ -4,8 +4,8 @@
 //! parity on the tiny fixtures (logits, z of every head, patterns, patched and ablated runs,
 //! KV-cache decode).
 //!
-//! Without a usable GPU every test prints `SKIPPED: no CUDA device (<reason>)` and returns;
-//! with `PINPOINT_REQUIRE_GPU=1` (scripts/gpu-check.sh) a missing GPU fails instead.
+//! Every test that needs the device is `#[ignore = "needs a GPU"]`: `cargo test` lists it as
+//! ignored; scripts/gpu-check.sh runs it with `--include-ignored`, and without a GPU it fails.
 #![cfg(feature = "cuda")]
 
 mod cuda_common;
@@ -29,6 +29,58 @@ fn rng(seed: u64) -> rand::rngs::StdRng {
     seeded(seed, 0x5eed_cafe)
 }
 
+/// The GPU checks are per element as well as whole-tensor: in a 33 x 4100 output (the
+/// RMSNorm case) one element wrong by 3x its size keeps the norm error under 1e-2, and only
+/// the per-element bound sees it. Runs everywhere (no device).
+#[test]
+fn one_wrong_element_fails_the_check() {
+    let mut r = seeded(5, 0);
+    let want = rand_t(&mut r, &[33, 4100], 1.0).data;
+    let mut got = want.clone();
+    let i = want
+        .iter()
+        .position(|x| (0.45..0.55).contains(&x.abs()))
+        .unwrap();
+    got[i] = 4.0 * want[i];
+    assert!(nrel("norm only", &got, &want) < 1e-2);
+    let caught = std::panic::catch_unwind(|| check("one wrong element", &got, &want, 1e-2));
+    assert!(
+        caught.is_err(),
+        "a 3x error in one element passed the check"
+    );
+    let near: Vec<f32> = want.iter().map(|&x| bf16r(x * 1.003)).collect();
+    check("bf16 rounding only", &near, &want, 1e-2);
+}
+
+/// The tensor-core attention backward gave a wrong dq for a sliding window of 1 on an H100
+/// (2026-11-27, cause not found): windows narrower than a tile are routed to the CUDA-core
+/// kernels. This pins the routing (no device needed) until the kernel is fixed and a GPU
+/// run shows it.
+#[test]
+fn narrow_windows_keep_off_the_tensor_core_backward() {
+    use pinpoint::backend::cuda::attn_bwd_tensor_cores;
+    let spans = [SeqSpan {
+        q_start: 0,
+        q_len: 100,
+        kv_start: 0,
+        pos0: 0,
+        kv_new: None,
+    }];
+    let shape = |window| AttnShape {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        window,
+    };
+    assert!(attn_tensor_cores(&spans, shape(Some(1))));
+    for w in [1, 5, 33, 63] {
+        assert!(!attn_bwd_tensor_cores(&spans, shape(Some(w))), "window {w}");
+    }
+    for w in [Some(64), Some(4096), None] {
+        assert!(attn_bwd_tensor_cores(&spans, shape(w)), "window {w:?}");
+    }
+}
+
 #[test]
 fn cuda_unavailable_reason_is_printed() {
     // Runs everywhere: the reason is a readable sentence, never a panic.
@@ -43,8 +95,9 @@ fn cuda_unavailable_reason_is_printed() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn linear_engine_and_cublas_match_cpu() {
-    let Some(g) = gpu("linear") else { return };
+    let g = gpu("linear");
     let cpu = CpuBackend;
     let mut r = rng(1);
     // (n, k, m): decode (gemv), tile edges, k % 8 != 0 (the non-cp.async load path).
@@ -80,8 +133,9 @@ fn linear_engine_and_cublas_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn rmsnorm_add_swiglu_match_cpu() {
-    let Some(g) = gpu("rmsnorm") else { return };
+    let g = gpu("rmsnorm");
     let cpu = CpuBackend;
     let mut r = rng(2);
     for (n, d) in [(1, 48), (7, 333), (33, 4100)] {
@@ -136,8 +190,9 @@ fn rmsnorm_add_swiglu_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn rope_matches_cpu() {
-    let Some(g) = gpu("rope") else { return };
+    let g = gpu("rope");
     let cpu = CpuBackend;
     let mut r = rng(3);
     for (n, heads, dh, theta) in [
@@ -162,8 +217,9 @@ fn rope_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn attention_matches_cpu_with_gqa_windows_and_cache_layout() {
-    let Some(g) = gpu("attention") else { return };
+    let g = gpu("attention");
     let cpu = CpuBackend;
     let mut r = rng(4);
     // (H, G, D, window, span lengths, pos0 of each span (cache layout when any > 0))
@@ -259,8 +315,9 @@ fn attention_matches_cpu_with_gqa_windows_and_cache_layout() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn row_ops_embed_and_slices_are_exact() {
-    let Some(g) = gpu("row ops") else { return };
+    let g = gpu("row ops");
     let cpu = CpuBackend;
     let mut r = rng(5);
     let table = rand_t(&mut r, &[131, 37], 1.0);
@@ -315,8 +372,9 @@ fn row_ops_embed_and_slices_are_exact() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn argmax_rows_matches_host_argmax_with_ties() {
-    let Some(g) = gpu("argmax") else { return };
+    let g = gpu("argmax");
     let mut r = rng(6);
     let mut l = rand_t(&mut r, &[6, 32003], 4.0);
     // Ties: row 2 has its max at two places; row 5 is all equal.
@@ -362,11 +420,10 @@ fn prompts(vocab: usize, seed: u64) -> Vec<Vec<u32>> {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn tiny_models_match_cpu_logits_z_patterns_and_taps() {
     for name in ["tiny-llama", "tiny-mistral"] {
-        let Some(g) = gpu(&format!("model parity {name}")) else {
-            return;
-        };
+        let g = gpu(&format!("model parity {name}"));
         let (cpu, gpu) = both(name, g);
         let (layers, heads, d) = (cpu.n_layers(), cpu.n_heads(), cpu.head_dim());
         let seqs = prompts(cpu.cfg.vocab_size, 7);
@@ -432,11 +489,10 @@ fn tiny_models_match_cpu_logits_z_patterns_and_taps() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn tiny_models_kv_cache_decode_matches_cpu() {
     for name in ["tiny-llama", "tiny-mistral"] {
-        let Some(g) = gpu(&format!("decode {name}")) else {
-            return;
-        };
+        let g = gpu(&format!("decode {name}"));
         let (cpu, gpu) = both(name, g);
         let seqs = prompts(cpu.cfg.vocab_size, 9);
         let taps = Taps::new().with_logits(Positions::Last);
@@ -478,10 +534,9 @@ fn tiny_models_kv_cache_decode_matches_cpu() {
 /// version on the same (bf16-exact) inputs. Nothing is rounded to bf16, so the error is
 /// f32 summation order only (1e-5), far below a bf16 output's 4e-3.
 #[test]
+#[ignore = "needs a GPU"]
 fn norm_dot_is_f32_end_to_end() {
-    let Some(g) = gpu("norm_dot_is_f32_end_to_end") else {
-        return;
-    };
+    let g = gpu("norm_dot_is_f32_end_to_end");
     let mut r = rng(21);
     for (n, d, m) in [(1, 64, 2), (37, 576, 2), (300, 4096, 2), (5, 130, 7)] {
         // Residual-like rows: a large offset, so bf16 outputs would visibly round.

@@ -3,14 +3,13 @@
 //! steps on the GPU that leave every frozen byte as it was.
 //!
 //! Needs a GPU and the model in pinpoint's cache (`PINPOINT_HOME`, imported from the GGUF
-//! that scripts/gpu-check.sh carries to the device machine: it has no network). Without
-//! either it prints `SKIPPED: ...`; with `PINPOINT_REQUIRE_GPU=1` a missing GPU or model
-//! fails instead.
+//! that scripts/gpu-check.sh carries to the device machine: it has no network). The tests
+//! are `#[ignore = "needs a GPU"]`; run with `--ignored`, a missing GPU or model fails.
 #![cfg(feature = "cuda")]
 
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::cuda::{cuda_available, CudaBackend, Gemm};
-use pinpoint::backend::train::Region;
+use pinpoint::backend::Region;
 use pinpoint::backward::TrainSeq;
 use pinpoint::diagnose::attribution::spearman;
 use pinpoint::diagnose::metric::{Metric, MetricKind};
@@ -24,42 +23,27 @@ use pinpoint::tune::{Trainer, TuneConfig};
 use pinpoint::{HeadId, Model};
 use std::path::PathBuf;
 
-fn required() -> bool {
-    std::env::var("PINPOINT_REQUIRE_GPU").is_ok_and(|v| v == "1")
-}
-
-fn skip(test: &str, why: String) {
-    if required() {
-        panic!("{test}: PINPOINT_REQUIRE_GPU=1 but {why}");
-    }
-    eprintln!("SKIPPED: {why} [{test}]");
-}
-
-/// The GPU backend and the cached default model, or None (skipped).
-fn setup(test: &str) -> Option<(CudaBackend, PathBuf)> {
+/// The GPU backend and the cached default model; a test asked to run (`--ignored`) without
+/// either fails with the reason.
+fn setup(test: &str) -> (CudaBackend, PathBuf) {
     if let Err(why) = cuda_available() {
-        skip(test, format!("no CUDA device ({why})"));
-        return None;
+        panic!("{test} needs a GPU: no CUDA device ({why})");
     }
     // Only what is already cached: never download from a test on the device machine.
     let dir = match zoo::default_model_dir(false) {
         Ok(d) => d,
-        Err(e) => {
-            skip(test, format!("the default model is not cached ({e:#})"));
-            return None;
-        }
+        Err(e) => panic!("{test}: the default model is not cached ({e:#})"),
     };
     let gpu = CudaBackend::new(0)
         .expect("CUDA is available but the backend failed")
         .with_gemm(Gemm::Cublas);
-    Some((gpu, dir))
+    (gpu, dir)
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn smollm2_gpu_path_patching_matches_the_cpu_oracle() {
-    let Some((gpu, dir)) = setup("smollm2_gpu_path_patching_matches_the_cpu_oracle") else {
-        return;
-    };
+    let (gpu, dir) = setup("smollm2_gpu_path_patching_matches_the_cpu_oracle");
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let gm = Model::load_on(&dir, gpu).unwrap();
     // The oracle runs on the GPU's bf16 weights, so only activation rounding differs.
@@ -194,10 +178,9 @@ fn compare(
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn smollm2_gpu_tuning_keeps_frozen_bytes() {
-    let Some((gpu, dir)) = setup("smollm2_gpu_tuning_keeps_frozen_bytes") else {
-        return;
-    };
+    let (gpu, dir) = setup("smollm2_gpu_tuning_keeps_frozen_bytes");
     let m = Model::load_on(&dir, gpu).unwrap();
     let before = m.host_weights().unwrap();
     let heads = [

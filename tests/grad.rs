@@ -6,8 +6,8 @@
 mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::train::{Region, TrainBackend};
 use pinpoint::backend::{AttnShape, Backend, SeqSpan};
+use pinpoint::backend::{Region, TrainBackend};
 use pinpoint::backward::{self, Grads, TrainSeq};
 use pinpoint::heads::HeadId;
 use pinpoint::model::HostTensor;
@@ -185,8 +185,18 @@ fn check(
 
 #[test]
 fn every_op_backward_matches_finite_differences() {
-    let b = CpuBackend;
+    // One generator through every op, in this order (the inputs are those of one sequence).
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let r = fd_attention(&mut rng);
+    fd_rope(&mut rng, &r);
+    fd_norm_swiglu(&mut rng);
+    fd_linear(&mut rng);
+}
+
+/// Attention (GQA with a window, then MHA without) against finite differences. Returns the
+/// output gradient it used (RoPE's check reuses it).
+fn fd_attention(rng: &mut rand::rngs::StdRng) -> HostTensor {
+    let b = CpuBackend;
     // Attention: GQA (H=4, G=2), window 3, two sequences of lengths 6 and 4 packed.
     let shape = AttnShape {
         n_heads: 4,
@@ -211,17 +221,17 @@ fn every_op_backward_matches_finite_differences() {
         },
     ];
     let n = 10;
-    let q = rand_t(&mut rng, vec![n, 16], 1.5);
-    let k = rand_t(&mut rng, vec![n, 8], 1.5);
-    let v = rand_t(&mut rng, vec![n, 8], 1.0);
-    let r = rand_t(&mut rng, vec![n, 16], 1.0);
+    let q = rand_t(rng, vec![n, 16], 1.5);
+    let k = rand_t(rng, vec![n, 8], 1.5);
+    let v = rand_t(rng, vec![n, 8], 1.0);
+    let r = rand_t(rng, vec![n, 16], 1.0);
     let (dq, dk, dv) = b.attention_bwd(&r, &q, &k, &v, &spans, shape).unwrap();
     let att = |q: &HostTensor, k: &HostTensor, v: &HostTensor| {
         dot(&r, &b.attention(q, k, v, &spans, shape, &[]).unwrap().0)
     };
-    check("attention dq", &|x| att(x, &k, &v), &q, &dq, &mut rng);
-    check("attention dk", &|x| att(&q, x, &v), &k, &dk, &mut rng);
-    check("attention dv", &|x| att(&q, &k, x), &v, &dv, &mut rng);
+    check("attention dq", &|x| att(x, &k, &v), &q, &dq, rng);
+    check("attention dk", &|x| att(&q, x, &v), &k, &dk, rng);
+    check("attention dv", &|x| att(&q, &k, x), &v, &dv, rng);
     // No window, MHA.
     let shape2 = AttnShape {
         n_heads: 2,
@@ -229,19 +239,25 @@ fn every_op_backward_matches_finite_differences() {
         head_dim: 4,
         window: None,
     };
-    let k2 = rand_t(&mut rng, vec![n, 8], 1.5);
-    let q2 = rand_t(&mut rng, vec![n, 8], 1.5);
-    let r2 = rand_t(&mut rng, vec![n, 8], 1.0);
+    let k2 = rand_t(rng, vec![n, 8], 1.5);
+    let q2 = rand_t(rng, vec![n, 8], 1.5);
+    let r2 = rand_t(rng, vec![n, 8], 1.0);
     let (dq, dk, _) = b.attention_bwd(&r2, &q2, &k2, &v, &spans, shape2).unwrap();
     let att2 = |q: &HostTensor, k: &HostTensor| {
         dot(&r2, &b.attention(q, k, &v, &spans, shape2, &[]).unwrap().0)
     };
-    check("attention(mha) dq", &|x| att2(x, &k2), &q2, &dq, &mut rng);
-    check("attention(mha) dk", &|x| att2(&q2, x), &k2, &dk, &mut rng);
+    check("attention(mha) dq", &|x| att2(x, &k2), &q2, &dq, rng);
+    check("attention(mha) dk", &|x| att2(&q2, x), &k2, &dk, rng);
+    r
+}
 
+/// RoPE against finite differences, with the output gradient `r` `[10, 16]`.
+fn fd_rope(rng: &mut rand::rngs::StdRng, r: &HostTensor) {
+    let b = CpuBackend;
+    let n = 10;
     // RoPE.
     let pos: Vec<usize> = (0..n).map(|i| i * 3).collect();
-    let x = rand_t(&mut rng, vec![n, 16], 1.0);
+    let x = rand_t(rng, vec![n, 16], 1.0);
     let mut g = r.clone();
     b.rope_bwd(&mut g, 8, &pos, 10000.0).unwrap();
     check(
@@ -249,17 +265,21 @@ fn every_op_backward_matches_finite_differences() {
         &|x| {
             let mut y = x.clone();
             b.rope(&mut y, 8, &pos, 10000.0).unwrap();
-            dot(&r, &y)
+            dot(r, &y)
         },
         &x,
         &g,
-        &mut rng,
+        rng,
     );
+}
 
+/// RMSNorm (input and weight) and SwiGLU against finite differences.
+fn fd_norm_swiglu(rng: &mut rand::rngs::StdRng) {
+    let b = CpuBackend;
     // RMSNorm: input and weight.
-    let x = rand_t(&mut rng, vec![5, 12], 2.0);
-    let w = rand_t(&mut rng, vec![12], 1.5);
-    let r5 = rand_t(&mut rng, vec![5, 12], 1.0);
+    let x = rand_t(rng, vec![5, 12], 2.0);
+    let w = rand_t(rng, vec![12], 1.5);
+    let r5 = rand_t(rng, vec![5, 12], 1.0);
     let mut dw = HostTensor::zeros(vec![12]);
     let dx = b.rmsnorm_bwd(&r5, &x, &w, 1e-5, Some(&mut dw)).unwrap();
     check(
@@ -267,46 +287,50 @@ fn every_op_backward_matches_finite_differences() {
         &|x| dot(&r5, &b.rmsnorm(x, &w, 1e-5).unwrap()),
         &x,
         &dx,
-        &mut rng,
+        rng,
     );
     check(
         "rmsnorm dw",
         &|w| dot(&r5, &b.rmsnorm(&x, w, 1e-5).unwrap()),
         &w,
         &dw,
-        &mut rng,
+        rng,
     );
 
     // SwiGLU.
-    let gate = rand_t(&mut rng, vec![5, 12], 3.0);
-    let up = rand_t(&mut rng, vec![5, 12], 2.0);
+    let gate = rand_t(rng, vec![5, 12], 3.0);
+    let up = rand_t(rng, vec![5, 12], 2.0);
     let (dg, du) = b.swiglu_bwd(&r5, &gate, &up).unwrap();
     check(
         "swiglu dgate",
         &|g| dot(&r5, &b.swiglu(g, &up).unwrap()),
         &gate,
         &dg,
-        &mut rng,
+        rng,
     );
     check(
         "swiglu dup",
         &|u| dot(&r5, &b.swiglu(&gate, u).unwrap()),
         &up,
         &du,
-        &mut rng,
+        rng,
     );
+}
 
+/// Linear (input, and weight: full and regions) against finite differences.
+fn fd_linear(rng: &mut rand::rngs::StdRng) {
+    let b = CpuBackend;
     // Linear: input and weight (full and regions).
-    let x = rand_t(&mut rng, vec![5, 7], 1.0);
-    let w = rand_t(&mut rng, vec![6, 7], 1.0);
-    let r6 = rand_t(&mut rng, vec![5, 6], 1.0);
+    let x = rand_t(rng, vec![5, 7], 1.0);
+    let w = rand_t(rng, vec![6, 7], 1.0);
+    let r6 = rand_t(rng, vec![5, 6], 1.0);
     let dx = b.linear_bwd_input(&r6, &w).unwrap();
     check(
         "linear dx",
         &|x| dot(&r6, &b.linear(x, &w).unwrap()),
         &x,
         &dx,
-        &mut rng,
+        rng,
     );
     let mut dw = HostTensor::zeros(vec![6, 7]);
     b.linear_bwd_weight(&r6, &x, Region::Full, &mut dw).unwrap();
@@ -315,7 +339,7 @@ fn every_op_backward_matches_finite_differences() {
         &|w| dot(&r6, &b.linear(&x, w).unwrap()),
         &w,
         &dw,
-        &mut rng,
+        rng,
     );
     for reg in [
         Region::Rows { start: 2, len: 3 },
@@ -328,9 +352,9 @@ fn every_op_backward_matches_finite_differences() {
     }
 
     // Embedding (repeated ids accumulate).
-    let table = rand_t(&mut rng, vec![9, 4], 1.0);
+    let table = rand_t(rng, vec![9, 4], 1.0);
     let ids = [3u32, 1, 3, 8, 0];
-    let r4 = rand_t(&mut rng, vec![5, 4], 1.0);
+    let r4 = rand_t(rng, vec![5, 4], 1.0);
     let mut dt = HostTensor::zeros(vec![9, 4]);
     b.embed_bwd(&r4, &ids, &mut dt).unwrap();
     check(
@@ -338,11 +362,11 @@ fn every_op_backward_matches_finite_differences() {
         &|t| dot(&r4, &b.embed(t, &ids).unwrap()),
         &table,
         &dt,
-        &mut rng,
+        rng,
     );
 
     // Cross-entropy (a row without target).
-    let logits = rand_t(&mut rng, vec![4, 11], 4.0);
+    let logits = rand_t(rng, vec![4, 11], 4.0);
     let tg = [Some(3u32), None, Some(10), Some(0)];
     let (_, dl) = b.xent_fwd_bwd(&logits, &tg, 0.5).unwrap();
     check(
@@ -350,7 +374,7 @@ fn every_op_backward_matches_finite_differences() {
         &|l| 0.5 * b.xent_fwd_bwd(l, &tg, 1.0).unwrap().0,
         &logits,
         &dl,
-        &mut rng,
+        rng,
     );
     assert!(dl.data[11..22].iter().all(|&x| x == 0.0));
 }

@@ -94,25 +94,31 @@ fn patching_with_own_values_is_identity() {
                     .capture_all_z(m.n_layers(), Positions::All),
             )
             .unwrap();
-        let mut taps = Taps::new().with_logits(Positions::All);
-        for l in 0..m.n_layers() {
-            let z = base.z(l).unwrap();
-            for (i, &(seq, pos)) in z.index.iter().enumerate() {
-                for h in 0..m.n_heads() {
-                    taps = taps.patch_z(
-                        HeadId::new(l, h),
-                        d,
-                        seq,
-                        pos,
-                        z.row_at(i)[h * d..(h + 1) * d].to_vec(),
-                    );
+        // Every head's z at every position patched with `f` of its own value.
+        let patch_all = |f: &dyn Fn(f32) -> f32| {
+            let mut taps = Taps::new().with_logits(Positions::All);
+            for l in 0..m.n_layers() {
+                let z = base.z(l).unwrap();
+                for (i, &(seq, pos)) in z.index.iter().enumerate() {
+                    for h in 0..m.n_heads() {
+                        let v = z.row_at(i)[h * d..(h + 1) * d].iter().map(|&x| f(x));
+                        taps = taps.patch_z(HeadId::new(l, h), d, seq, pos, v.collect());
+                    }
                 }
             }
-        }
-        let patched = m.forward(&ids, &taps).unwrap();
+            m.forward(&ids, &taps).unwrap().logits.data.data
+        };
         assert_eq!(
-            patched.logits.data.data, base.logits.data.data,
+            patch_all(&|x| x),
+            base.logits.data.data,
             "{name}: self-patch changed logits"
+        );
+        // The same patches with other values do change them: the identity above is not
+        // patching ignored.
+        assert_ne!(
+            patch_all(&|x| 2.0 * x),
+            base.logits.data.data,
+            "{name}: patching z with other values left the logits as they were"
         );
     }
 }
@@ -435,4 +441,17 @@ fn generation_with_taps_equals_a_loop_of_full_forwards() {
         );
         assert_eq!(c[0].stop, pinpoint::generate::StopReason::Eos);
     }
+}
+
+#[test]
+fn hook_points_have_transformer_lens_names() {
+    use pinpoint::HookPoint;
+    assert_eq!(HookPoint::Z(3).tl_name(), "blocks.3.attn.hook_z");
+    assert_eq!(HookPoint::ResidPre(0).tl_name(), "blocks.0.hook_resid_pre");
+    assert_eq!(HookPoint::AttnOut(2).tl_name(), "blocks.2.hook_attn_out");
+    assert_eq!(HookPoint::MlpOut(1).tl_name(), "blocks.1.hook_mlp_out");
+    assert_eq!(
+        HookPoint::AttnIn(4).tl_name(),
+        "blocks.4.ln1.hook_normalized"
+    );
 }

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::train::TrainBackend;
+use pinpoint::backend::TrainBackend;
 use pinpoint::backward::{self, xent_and_kl_in_place, SoftTarget, TrainSeq};
 use pinpoint::heads::HeadId;
 use pinpoint::model::HostTensor;

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::train::{Region, TrainBackend};
+use pinpoint::backend::{Region, TrainBackend};
 use pinpoint::backward::{self, TrainSeq};
 use pinpoint::heads::{HeadId, Positions, Taps};
 use pinpoint::model::checkpoint::load_model_dir;

@@ -7,13 +7,15 @@ use pinpoint::diagnose::attention::{attention_shares, challenge_span};
 use pinpoint::diagnose::knockout::{doubling_ks, knockout_curve, mean_z};
 use pinpoint::diagnose::metric::{Metric, MetricKind};
 use pinpoint::diagnose::pairs::{self, PromptPair};
-use pinpoint::diagnose::report::{bars_svg, lines_svg, model_header, write_diagnosis};
+use pinpoint::diagnose::report::{bars_svg, lines_svg, write_diagnosis};
 use pinpoint::diagnose::run::Diagnosis;
 use pinpoint::diagnose::run::{
-    auto_syc_label, diagnose_tokens, progress_bar, DiagnoseConfig, Method, NodePositions,
+    auto_syc_label, diagnose_tokens, DiagnoseConfig, Method, NodePositions,
 };
+use pinpoint::model::model_header;
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::model::zoo;
+use pinpoint::util::progress_bar;
 use pinpoint::util::{atomic_write, write_json};
 use pinpoint::{HeadId, Model};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 
 use super::{Device, DeviceArg, ModelArg};
 use anyhow::{bail, ensure, Context, Result};
-use pinpoint::backend::train::TrainBackend;
+use pinpoint::backend::TrainBackend;
 use pinpoint::backward::ActMemory;
 use pinpoint::heads::HeadId;
 use pinpoint::model::tokenizer::Tokenizer;
@@ -170,6 +170,45 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     }
 }
 
+/// The trainer's settings from the flags.
+fn tune_config(a: &TuneArgs, lora: Option<LoraConfig>) -> Result<TuneConfig> {
+    let save_dtype = a.save_dtype.as_deref().map(|s| match s {
+        "bf16" => StoreDtype::BF16,
+        "f16" => StoreDtype::F16,
+        _ => StoreDtype::F32,
+    });
+    Ok(TuneConfig {
+        optim: AdamWConfig {
+            lr: a.lr,
+            lr_end: a.lr_end,
+            warmup_steps: a.warmup,
+            total_steps: a.steps,
+            power: a.power,
+            weight_decay: a.weight_decay,
+            max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+            ..AdamWConfig::default()
+        },
+        steps: a.steps,
+        batch: a.batch,
+        micro_batch: a.micro_batch,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        keep_checkpoints: a.keep_checkpoints,
+        authors_decay: a.authors_decay,
+        save_dtype,
+        lora,
+        progress: !a.quiet,
+        act_memory: match (a.mem_cap_gib, a.recompute) {
+            (_, true) => ActMemory::RecomputeAll,
+            (Some(g), _) => {
+                ensure!(g > 0.0 && g.is_finite(), "--mem-cap-gib must be positive");
+                ActMemory::DeviceCap((g * (1u64 << 30) as f64) as usize)
+            }
+            (None, false) => ActMemory::Auto,
+        },
+    })
+}
+
 fn tune_on<B: TrainBackend>(
     a: &TuneArgs,
     dir: &Path,
@@ -228,41 +267,7 @@ fn tune_on<B: TrainBackend>(
             a.out.display()
         );
     }
-    let save_dtype = a.save_dtype.as_deref().map(|s| match s {
-        "bf16" => StoreDtype::BF16,
-        "f16" => StoreDtype::F16,
-        _ => StoreDtype::F32,
-    });
-    let tc = TuneConfig {
-        optim: AdamWConfig {
-            lr: a.lr,
-            lr_end: a.lr_end,
-            warmup_steps: a.warmup,
-            total_steps: a.steps,
-            power: a.power,
-            weight_decay: a.weight_decay,
-            max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
-            ..AdamWConfig::default()
-        },
-        steps: a.steps,
-        batch: a.batch,
-        micro_batch: a.micro_batch,
-        seed: a.seed,
-        checkpoint_every: a.checkpoint_every,
-        keep_checkpoints: a.keep_checkpoints,
-        authors_decay: a.authors_decay,
-        save_dtype,
-        lora,
-        progress: !a.quiet,
-        act_memory: match (a.mem_cap_gib, a.recompute) {
-            (_, true) => ActMemory::RecomputeAll,
-            (Some(g), _) => {
-                ensure!(g > 0.0 && g.is_finite(), "--mem-cap-gib must be positive");
-                ActMemory::DeviceCap((g * (1u64 << 30) as f64) as usize)
-            }
-            (None, false) => ActMemory::Auto,
-        },
-    };
+    let tc = tune_config(a, lora)?;
     let numel_total: usize = model
         .weights
         .named()

@@ -23,7 +23,7 @@
 use super::metric::{Metric, MetricKind};
 use super::pairs::{require_equal_lengths, TokenPair};
 use super::path_patching::{CleanRun, HeadScores};
-use crate::backend::train::TrainBackend;
+use crate::backend::TrainBackend;
 use crate::backward::backward_to_z;
 use crate::heads::{Positions, Taps};
 use crate::model::HostTensor;
@@ -71,19 +71,16 @@ pub fn score_per_unit(metric: &Metric, f_ref: f64) -> f64 {
     }
 }
 
-/// Attribution patching of every head: see the module docs. `runs` are the pairs' clean
-/// runs ([`super::path_patching::clean_runs`]): their label logits give F and its gradient
-/// at the reference, and (for [`AttrPositions::Last`]) their z give `z_c - z_r`. The other
-/// modes capture z of X_r and X_c at the chosen positions in one extra forward per batch.
-/// `progress` advances by (heads x pairs) of each batch.
-pub fn attribution_patching<B: TrainBackend>(
+/// The checks of [`attribution_patching`]'s inputs (pairs and their clean runs, label tokens,
+/// positions) and the positions to sum over, shared by every pair (None: the last one of
+/// each, from the clean runs).
+fn attribution_positions<B: TrainBackend>(
     model: &Model<B>,
     pairs: &[TokenPair],
     runs: &[CleanRun],
     metric: &Metric,
-    positions: AttrPositions,
-    progress: Option<&ProgressBar>,
-) -> Result<HeadScores> {
+    positions: &AttrPositions,
+) -> Result<Option<Vec<usize>>> {
     ensure!(
         !pairs.is_empty(),
         "attribution patching needs at least one pair"
@@ -111,12 +108,7 @@ pub fn attribution_patching<B: TrainBackend>(
             p.cf_last()
         );
     }
-    let (l_n, h_n, dh, vocab) = (
-        model.n_layers(),
-        model.n_heads(),
-        model.head_dim(),
-        model.cfg.vocab_size,
-    );
+    let vocab = model.cfg.vocab_size;
     for (what, t) in [
         ("sycophantic", metric.syc),
         ("non-sycophantic", metric.anti),
@@ -127,7 +119,7 @@ pub fn attribution_patching<B: TrainBackend>(
         );
     }
     // Positions to sum over, per pair (None: the last one, via the clean runs).
-    let at: Option<Vec<usize>> = match &positions {
+    let at: Option<Vec<usize>> = match positions {
         AttrPositions::Last => None,
         AttrPositions::All => {
             require_equal_lengths(pairs, "attribution patching at all positions")?;
@@ -162,6 +154,29 @@ pub fn attribution_patching<B: TrainBackend>(
             );
         }
     }
+    Ok(at)
+}
+
+/// Attribution patching of every head: see the module docs. `runs` are the pairs' clean
+/// runs ([`super::path_patching::clean_runs`]): their label logits give F and its gradient
+/// at the reference, and (for [`AttrPositions::Last`]) their z give `z_c - z_r`. The other
+/// modes capture z of X_r and X_c at the chosen positions in one extra forward per batch.
+/// `progress` advances by (heads x pairs) of each batch.
+pub fn attribution_patching<B: TrainBackend>(
+    model: &Model<B>,
+    pairs: &[TokenPair],
+    runs: &[CleanRun],
+    metric: &Metric,
+    positions: AttrPositions,
+    progress: Option<&ProgressBar>,
+) -> Result<HeadScores> {
+    let at = attribution_positions(model, pairs, runs, metric, &positions)?;
+    let (l_n, h_n, dh, vocab) = (
+        model.n_layers(),
+        model.n_heads(),
+        model.head_dim(),
+        model.cfg.vocab_size,
+    );
     let heads = model.all_heads();
     let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
     let reference: Vec<f64> = runs

@@ -1,5 +1,6 @@
 //! Diagnosis: which heads make the model sycophantic (METHOD.md sections 1 and 2).
 
+pub mod activation;
 pub mod attention;
 pub mod attribution;
 pub mod knockout;

@@ -1,4 +1,5 @@
-//! Exact path patching (heads -> logits, METHOD.md section 1) and activation patching.
+//! Exact path patching (heads -> logits, METHOD.md section 1); activation patching is in
+//! `activation.rs` (re-exported here).
 //!
 //! Path patching of head (l, h) on a pair: rerun the reference prompt X_r with z[l][h] at
 //! the last position set to the counterfactual's value, every later layer's attention
@@ -17,6 +18,8 @@ use crate::model::HostTensor;
 use crate::transformer::Model;
 use anyhow::{ensure, Result};
 use indicatif::ProgressBar;
+
+pub use super::activation::{activation_patching_last, activation_patching_positions};
 
 /// What the clean runs of one pair leave behind, all at the last position.
 #[derive(Debug, Clone)]
@@ -189,7 +192,7 @@ impl HeadScores {
     }
 }
 
-fn metric_of(metric: &Metric, labels: (f32, f32)) -> f64 {
+pub(super) fn metric_of(metric: &Metric, labels: (f32, f32)) -> f64 {
     metric.value(labels.0 as f64, labels.1 as f64)
 }
 
@@ -314,7 +317,7 @@ pub fn path_patching_fast<B: Backend>(
 /// Path patching scores small differences of label logits that are themselves large
 /// (|y| ~ 10): a bf16 output (a GPU backend's) would round them to 1/16, so this last step
 /// never rounds ([`Backend::norm_dot`]).
-struct LabelHead<'m, B: Backend> {
+pub(super) struct LabelHead<'m, B: Backend> {
     model: &'m Model<B>,
     /// `[2, d]`: syc, anti.
     rows: B::Tensor,
@@ -323,7 +326,7 @@ struct LabelHead<'m, B: Backend> {
 }
 
 impl<'m, B: Backend> LabelHead<'m, B> {
-    fn new(model: &'m Model<B>, metric: &Metric) -> Result<Self> {
+    pub(super) fn new(model: &'m Model<B>, metric: &Metric) -> Result<Self> {
         let w = &model.weights;
         let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
         let rows = model
@@ -334,7 +337,7 @@ impl<'m, B: Backend> LabelHead<'m, B> {
         Ok(Self { model, rows, host })
     }
 
-    fn pairs(y: HostTensor) -> Vec<(f64, f64)> {
+    pub(super) fn pairs(y: HostTensor) -> Vec<(f64, f64)> {
         y.data
             .chunks(2)
             .map(|r| (r[0] as f64, r[1] as f64))
@@ -342,7 +345,7 @@ impl<'m, B: Backend> LabelHead<'m, B> {
     }
 
     /// `(y_syc, y_anti)` of each final residual row of `x [n, d]` on the device.
-    fn logits(&self, x: &B::Tensor) -> Result<Vec<(f64, f64)>> {
+    pub(super) fn logits(&self, x: &B::Tensor) -> Result<Vec<(f64, f64)>> {
         let m = self.model;
         let eps = m.cfg.rms_norm_eps as f32;
         Ok(Self::pairs(m.backend.norm_dot(
@@ -354,7 +357,7 @@ impl<'m, B: Backend> LabelHead<'m, B> {
     }
 
     /// The same for rows already on the host.
-    fn logits_host(&self, x: &HostTensor) -> Result<Vec<(f64, f64)>> {
+    pub(super) fn logits_host(&self, x: &HostTensor) -> Result<Vec<(f64, f64)>> {
         let eps = self.model.cfg.rms_norm_eps as f32;
         let (norm, rows) = &self.host;
         Ok(Self::pairs(crate::backend::norm_dot_host(
@@ -495,171 +498,5 @@ pub fn path_patching_oracle<B: Backend>(
     let nodes: Vec<Node> = heads.iter().map(|&head| Node { head, pos: None }).collect();
     let per_pair =
         path_patching_literal(model, pairs, runs, &nodes, metric, freeze_mlp, 16, progress)?;
-    Ok(HeadScores::new(heads, per_pair, runs, metric))
-}
-
-/// Activation patching (total effect, nothing frozen) of every head at the last position:
-/// X_r's prefix is cached once per pair; for each layer l, every (head, pair) continues
-/// that prefix with the last token only, starting at layer l from X_r's residual, with
-/// z[l][h] at the last position set to X_c's value.
-pub fn activation_patching_last<B: Backend>(
-    model: &Model<B>,
-    pairs: &[TokenPair],
-    runs: &[CleanRun],
-    metric: &Metric,
-    progress: Option<&ProgressBar>,
-) -> Result<HeadScores> {
-    let (l_n, h_n, dh, d) = (
-        model.n_layers(),
-        model.n_heads(),
-        model.head_dim(),
-        model.cfg.hidden_size,
-    );
-    let heads = model.all_heads();
-    let label = LabelHead::new(model, metric)?;
-    let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
-    let longest = pairs.iter().map(|p| p.reference.len()).max().unwrap_or(1);
-    let mut cache = model.new_cache(pairs.len(), longest)?;
-    let mut prefixes: Vec<(usize, &[u32])> = vec![];
-    for (i, p) in pairs.iter().enumerate() {
-        if p.reference.len() > 1 {
-            prefixes.push((i, &p.reference[..p.reference.len() - 1]));
-        }
-    }
-    if !prefixes.is_empty() {
-        model.forward_cached(
-            &prefixes,
-            &mut cache,
-            &Taps::new().with_logits(Positions::None),
-        )?;
-    }
-    for l in 0..l_n {
-        let mut inputs: Vec<(usize, &[u32])> = vec![];
-        let mut resid = Vec::with_capacity(h_n * pairs.len() * d);
-        let mut patches = vec![];
-        for h in 0..h_n {
-            for (p, pair) in pairs.iter().enumerate() {
-                let run = &runs[p];
-                let s = inputs.len();
-                inputs.push((p, &pair.reference[run.ref_last..]));
-                resid.extend_from_slice(&run.resid_pre[l]);
-                let values = run.z_cf[l][h * dh..(h + 1) * dh].to_vec();
-                patches.push(Patch {
-                    point: HookPoint::Z(l),
-                    seq: s,
-                    pos: run.ref_last,
-                    col0: h * dh,
-                    values,
-                });
-            }
-        }
-        let resid = HostTensor::new(vec![inputs.len(), d], resid);
-        // Keep the final residual (one row per input) rather than all-vocabulary logits:
-        // only the two label logits are needed.
-        let out = model.forward_on_prefix(
-            &inputs,
-            &cache,
-            &Taps {
-                patches,
-                ..Taps::new()
-                    .with_logits(Positions::None)
-                    .capture(HookPoint::ResidPre(l_n), Positions::Last)
-            },
-            Some((l, &resid)),
-        )?;
-        let fin = &out.captures[&HookPoint::ResidPre(l_n)];
-        ensure!(
-            fin.index.len() == inputs.len(),
-            "activation patching: {} final rows for {} inputs",
-            fin.index.len(),
-            inputs.len()
-        );
-        let y = label.logits_host(&fin.data)?;
-        for (s, &(p, _)) in inputs.iter().enumerate() {
-            let h = s / pairs.len();
-            let f = metric.value(y[s].0, y[s].1);
-            per_pair[l * h_n + h][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
-        }
-        if let Some(pb) = progress {
-            pb.inc((h_n * pairs.len()) as u64);
-        }
-    }
-    Ok(HeadScores::new(heads, per_pair, runs, metric))
-}
-
-/// Activation patching at chosen positions (or all), recomputing every position from layer
-/// l on; pairs must be of equal length. Each head's patched copies run together.
-pub fn activation_patching_positions<B: Backend>(
-    model: &Model<B>,
-    pairs: &[TokenPair],
-    runs: &[CleanRun],
-    metric: &Metric,
-    positions: &Positions,
-    progress: Option<&ProgressBar>,
-) -> Result<HeadScores> {
-    super::pairs::require_equal_lengths(
-        pairs,
-        "activation patching at positions other than the last",
-    )?;
-    let (l_n, h_n, dh) = (model.n_layers(), model.n_heads(), model.head_dim());
-    let heads = model.all_heads();
-    let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];
-    let refs: Vec<Vec<u32>> = pairs.iter().map(|p| p.reference.clone()).collect();
-    let cfs: Vec<Vec<u32>> = pairs.iter().map(|p| p.counterfactual.clone()).collect();
-    let mut cap = Taps::new().with_logits(Positions::None);
-    for l in 0..l_n {
-        cap = cap.capture(HookPoint::ResidPre(l), Positions::All);
-    }
-    let clean = model.forward(&refs, &cap)?;
-    let cf = model.forward(
-        &cfs,
-        &Taps::new()
-            .with_logits(Positions::None)
-            .capture_all_z(l_n, positions.clone()),
-    )?;
-    for (p, pair) in pairs.iter().enumerate() {
-        let t = pair.reference.len();
-        for l in 0..l_n {
-            let resid = &clean.captures[&HookPoint::ResidPre(l)];
-            let rows: Vec<f32> = (0..t)
-                .flat_map(|pos| resid.row(p, pos).expect("resid").to_vec())
-                .collect();
-            let zc = cf.z(l).expect("z");
-            let seqs: Vec<Vec<u32>> = vec![pair.reference.clone(); h_n];
-            let mut patches = vec![];
-            for h in 0..h_n {
-                for (i, &(s, pos)) in zc.index.iter().enumerate() {
-                    if s == p {
-                        let values = zc.row_at(i)[h * dh..(h + 1) * dh].to_vec();
-                        patches.push(Patch {
-                            point: HookPoint::Z(l),
-                            seq: h,
-                            pos,
-                            col0: h * dh,
-                            values,
-                        });
-                    }
-                }
-            }
-            let all: Vec<f32> = (0..h_n).flat_map(|_| rows.iter().copied()).collect();
-            let resid_all = HostTensor::new(vec![h_n * t, model.cfg.hidden_size], all);
-            let out = model.forward_from(
-                l,
-                &seqs,
-                &resid_all,
-                &Taps {
-                    patches,
-                    ..Taps::new()
-                },
-            )?;
-            for h in 0..h_n {
-                let f = metric.of_logits(out.logits.last_of(h).expect("logits"));
-                per_pair[l * h_n + h][p] = metric.score(f, metric_of(metric, runs[p].ref_labels));
-            }
-            if let Some(pb) = progress {
-                pb.inc(h_n as u64);
-            }
-        }
-    }
     Ok(HeadScores::new(heads, per_pair, runs, metric))
 }

@@ -5,13 +5,14 @@ use super::attribution::AttrPositions;
 use super::metric::Metric;
 use super::pairs::{self, PromptPair, TokenPair};
 use super::path_patching::{self, CleanRun, HeadScores, Node};
-use crate::backend::train::TrainBackend;
 use crate::backend::Backend;
+use crate::backend::TrainBackend;
 use crate::heads::{HeadId, Positions};
 use crate::model::tokenizer::Tokenizer;
 use crate::transformer::Model;
+use crate::util::progress_bar;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -115,20 +116,6 @@ impl Diagnosis {
     }
 }
 
-pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<ProgressBar> {
-    if !show {
-        return None;
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    Some(pb)
-}
-
 /// Tokenize pairs, run the clean passes and score every head (or node).
 pub fn diagnose<B: TrainBackend>(
     model: &Model<B>,
@@ -230,53 +217,7 @@ fn diagnose_with<B: Backend>(
             )
         }
         (Method::Path | Method::PathOracle, pos) => {
-            pairs::require_equal_lengths(
-                token_pairs,
-                "path patching at positions other than the last",
-            )?;
-            let t = token_pairs[0].reference.len();
-            let ps: Vec<usize> = match pos {
-                NodePositions::All => (0..t).collect(),
-                NodePositions::At(v) => v.clone(),
-                NodePositions::Last => unreachable!(),
-            };
-            if let Some(bad) = ps.iter().find(|&&p| p >= t) {
-                bail!("--positions {bad} is past the prompts' length {t}");
-            }
-            let mut nodes = vec![];
-            for &p in &ps {
-                for head in model.all_heads() {
-                    nodes.push(Node {
-                        head,
-                        pos: if p + 1 == t { None } else { Some(p) },
-                    });
-                }
-            }
-            let pb = progress_bar(nodes.len() as u64 * p_n, "path patching", show_progress);
-            let per_pair = path_patching::path_patching_literal(
-                model,
-                token_pairs,
-                &runs,
-                &nodes,
-                metric,
-                cfg.freeze_mlp,
-                16,
-                pb.as_ref(),
-            )?;
-            let heads = nodes.iter().map(|n| n.head).collect();
-            let reference = runs
-                .iter()
-                .map(|r| metric.value(r.ref_labels.0 as f64, r.ref_labels.1 as f64))
-                .collect();
-            let node_pos = nodes.iter().map(|n| n.pos.unwrap_or(t - 1)).collect();
-            (
-                HeadScores {
-                    heads,
-                    per_pair,
-                    reference,
-                },
-                Some(node_pos),
-            )
+            path_patching_at(model, token_pairs, &runs, metric, cfg, pos, show_progress)?
         }
         (Method::Attribution, pos) => {
             let ap = match pos {
@@ -325,6 +266,28 @@ fn diagnose_with<B: Backend>(
         }
     };
     let seconds_sweep = t1.elapsed().as_secs_f64();
+    Ok(rank_heads(
+        cfg,
+        metric,
+        token_pairs.len(),
+        &runs,
+        scores,
+        positions,
+        (seconds_clean, seconds_sweep),
+    ))
+}
+
+/// The diagnosis from the sweep's scores: heads ranked (most sycophancy-reducing first),
+/// with the clean runs' mean metrics and the timings `(clean runs, sweep)` in seconds.
+fn rank_heads(
+    cfg: &DiagnoseConfig,
+    metric: &Metric,
+    n_pairs: usize,
+    runs: &[CleanRun],
+    scores: HeadScores,
+    positions: Option<Vec<usize>>,
+    (seconds_clean, seconds_sweep): (f64, f64),
+) -> Diagnosis {
     let order = scores.ranking();
     let heads = order
         .iter()
@@ -340,10 +303,10 @@ fn diagnose_with<B: Backend>(
         })
         .collect();
     let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
-    Ok(Diagnosis {
+    Diagnosis {
         config: cfg.clone(),
         metric: *metric,
-        n_pairs: token_pairs.len(),
+        n_pairs,
         reference_metric: mean(
             runs.iter()
                 .map(|r| metric.value(r.ref_labels.0 as f64, r.ref_labels.1 as f64))
@@ -357,7 +320,70 @@ fn diagnose_with<B: Backend>(
         heads,
         seconds_clean,
         seconds_sweep,
-    })
+    }
+}
+
+/// Literal path patching at positions other than only the last (`--positions all|i,j`):
+/// one node per (position, head), the last position written as `None`. Returns the scores
+/// and each node's position.
+#[allow(clippy::too_many_arguments)]
+fn path_patching_at<B: Backend>(
+    model: &Model<B>,
+    token_pairs: &[TokenPair],
+    runs: &[CleanRun],
+    metric: &Metric,
+    cfg: &DiagnoseConfig,
+    pos: &NodePositions,
+    show_progress: bool,
+) -> Result<(HeadScores, Option<Vec<usize>>)> {
+    let p_n = token_pairs.len() as u64;
+    pairs::require_equal_lengths(
+        token_pairs,
+        "path patching at positions other than the last",
+    )?;
+    let t = token_pairs[0].reference.len();
+    let ps: Vec<usize> = match pos {
+        NodePositions::All => (0..t).collect(),
+        NodePositions::At(v) => v.clone(),
+        NodePositions::Last => unreachable!(),
+    };
+    if let Some(bad) = ps.iter().find(|&&p| p >= t) {
+        bail!("--positions {bad} is past the prompts' length {t}");
+    }
+    let mut nodes = vec![];
+    for &p in &ps {
+        for head in model.all_heads() {
+            nodes.push(Node {
+                head,
+                pos: if p + 1 == t { None } else { Some(p) },
+            });
+        }
+    }
+    let pb = progress_bar(nodes.len() as u64 * p_n, "path patching", show_progress);
+    let per_pair = path_patching::path_patching_literal(
+        model,
+        token_pairs,
+        runs,
+        &nodes,
+        metric,
+        cfg.freeze_mlp,
+        16,
+        pb.as_ref(),
+    )?;
+    let heads = nodes.iter().map(|n| n.head).collect();
+    let reference = runs
+        .iter()
+        .map(|r| metric.value(r.ref_labels.0 as f64, r.ref_labels.1 as f64))
+        .collect();
+    let node_pos = nodes.iter().map(|n| n.pos.unwrap_or(t - 1)).collect();
+    Ok((
+        HeadScores {
+            heads,
+            per_pair,
+            reference,
+        },
+        Some(node_pos),
+    ))
 }
 
 /// `--labels auto`: the most common greedy first token of the model's reply to the

@@ -3,12 +3,12 @@
 //! the number of positions; averaged over texts. Log-softmax in f64.
 
 use crate::backend::Backend;
-use crate::diagnose::report::model_header;
-use crate::diagnose::run::progress_bar;
 use crate::heads::{Positions, Taps};
+use crate::model::model_header;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::ModelConfig;
 use crate::transformer::Model;
+use crate::util::progress_bar;
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 

@@ -6,11 +6,11 @@
 use super::datasets::Question;
 use super::judge;
 use crate::backend::Backend;
-use crate::diagnose::run::progress_bar;
 use crate::generate::{generate, GenConfig};
 use crate::heads::Taps;
 use crate::model::tokenizer::{ChatMessage, Tokenizer};
 use crate::transformer::Model;
+use crate::util::progress_bar;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 

@@ -238,3 +238,17 @@ impl ModelConfig {
         v
     }
 }
+
+/// The model header every output carries, so a file is never used with another model.
+pub fn model_header(cfg: &ModelConfig, model_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": model_id,
+        "architecture": cfg.architecture,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+    })
+}

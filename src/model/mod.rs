@@ -1,11 +1,17 @@
 //! Loading and saving models: HF config and safetensors, GGUF import, tokenizer and chat
 //! template, the default model.
 
+pub mod backward;
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 pub mod gguf;
+pub mod heads;
+pub(crate) mod layer;
+pub mod mask;
 pub mod tokenizer;
+pub mod transformer;
 pub mod zoo;
 
 pub use checkpoint::{HostTensor, LayerWeights, ModelWeights, StoreDtype};
-pub use config::ModelConfig;
+pub use config::{model_header, ModelConfig};

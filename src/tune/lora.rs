@@ -2,8 +2,8 @@
 //! initialised as PEFT (uniform in `±1/sqrt(in)`, kaiming-uniform with a = sqrt(5)), `B [out, r]`
 //! zero, so training starts at the base model. Merged into the weights on save.
 
-use crate::backend::cpu::matmul_t;
-use crate::backend::train::TrainBackend;
+use crate::backend::host;
+use crate::backend::TrainBackend;
 use crate::backward::Adapter;
 use crate::model::{HostTensor, ModelWeights};
 use crate::transformer::Model;
@@ -80,14 +80,14 @@ pub fn init<B: TrainBackend>(m: &Model<B>, cfg: &LoraConfig) -> Result<Vec<Adapt
 pub fn delta(a: &HostTensor, b: &HostTensor, scale: f32) -> HostTensor {
     let (r, i) = (a.shape[0], a.shape[1]);
     let o = b.shape[0];
-    // B [o, r] @ A [r, i] = B @ (A^T)^T: matmul_t wants the right factor as [i, r].
+    // B [o, r] @ A [r, i] = B @ (A^T)^T: host::matmul_t wants the right factor as [i, r].
     let mut at = vec![0.0f32; i * r];
     for rr in 0..r {
         for c in 0..i {
             at[c * r + rr] = a.data[rr * i + c];
         }
     }
-    let mut d = matmul_t(&b.data, &at, o, r, i);
+    let mut d = host::matmul_t(&b.data, &at, o, r, i);
     d.iter_mut().for_each(|x| *x *= scale);
     HostTensor::new(vec![o, i], d)
 }

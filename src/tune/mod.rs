@@ -3,7 +3,6 @@
 
 pub mod data;
 pub mod lora;
-pub mod mask;
 pub mod optim;
 pub mod trainer;
 
@@ -13,6 +12,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
+/// Masks name the model's weights; they live with the model (its backward reads them).
+pub use crate::model::mask;
 pub use mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 pub use optim::{AdamW, AdamWConfig};
 pub use trainer::{StepLog, Trainer, TuneConfig};

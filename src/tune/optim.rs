@@ -82,7 +82,7 @@ impl AdamWConfig {
     }
 }
 
-pub use crate::backend::train::{AdamStep, ParamState};
+pub use crate::backend::{AdamStep, ParamState};
 
 /// What one update did.
 #[derive(Debug, Clone, Copy, PartialEq)]

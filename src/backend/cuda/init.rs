@@ -7,23 +7,7 @@ use super::{elem_cfg, registry, CudaBackend, CudaTensor};
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{sys, PushKernelArg};
 
-/// Host reference of `init_uniform`: a tensor of `len` elements filled with (`seed`,
-/// `scale`, `offset`), rounded to bf16 as the device stores it. u (24 bits) and `2u - 1`
-/// are exact in f32; `offset + scale * v` may be fused into one fma on the device, so the
-/// bits agree exactly when `offset == 0` or `scale == 0` (the only uses here) and to one
-/// f32 rounding otherwise.
-pub fn uniform_host(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    (0..len as u64)
-        .map(|i| {
-            let mut z = seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let u = ((z >> 40) as u32) as f32 * (1.0 / 16_777_216.0);
-            half::bf16::from_f32(offset + scale * (2.0 * u - 1.0)).to_f32()
-        })
-        .collect()
-}
+pub use crate::backend::uniform_host;
 
 /// Memory of the device: `(free, total)` bytes and, where allocations come from the
 /// stream-ordered pool, the pool's peak of bytes in use since the last reset.

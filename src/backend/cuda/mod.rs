@@ -14,18 +14,19 @@
 //! download or [`CudaBackend::synchronize`].
 
 pub mod init;
+pub mod ops;
 pub mod registry;
-mod train;
 
-pub use train::CudaOptState;
+pub use crate::backend::Gemm;
+pub use ops::adamw::CudaOptState;
+pub use ops::attention::{attn_bwd_tensor_cores, attn_tensor_cores, AttnKernels};
 
-use super::{AttnShape, Backend, Pattern, SeqSpan};
-use crate::model::HostTensor;
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+use super::{
+    dims2, AdamStep, AttnShape, Backend, ParamState, Pattern, Region, SeqSpan, TrainBackend,
 };
+use crate::backend::HostTensor;
+use anyhow::{anyhow, ensure, Context, Result};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use registry::{KernelFn, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -45,21 +46,6 @@ pub fn cuda_available() -> Result<(), String> {
     registry::ensure_nvrtc()
 }
 
-/// Which GEMM `linear` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Gemm {
-    /// The engine's kernels: `gemm_bf16_tn` (tensor cores, cp.async double buffering), and
-    /// `gemv_bf16_tn` for at most 8 rows (decode).
-    #[default]
-    Engine,
-    /// cuBLAS `cublasGemmEx` (bf16 in/out, f32 compute).
-    Cublas,
-    /// The engine's GEMV for at most 2 rows (single-sequence decode), cuBLAS otherwise:
-    /// measured on an H100, the engine's GEMM reaches ~125 TFLOP/s and cuBLAS 550-740 at
-    /// prefill and training shapes, while the GEMV decodes SmolLM2 in 3.7 ms/step vs 6.8.
-    Auto,
-}
-
 /// A device tensor: bf16 elements, row-major, and its shape (1-D or 2-D).
 pub struct CudaTensor {
     buf: CudaSlice<u16>,
@@ -72,14 +58,6 @@ impl CudaTensor {
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
-    }
-}
-
-fn dims2(shape: &[usize]) -> Result<(usize, usize)> {
-    match shape {
-        [r, c] => Ok((*r, *c)),
-        [c] => Ok((1, *c)),
-        s => bail!("expected a 2-D tensor, got shape {s:?}"),
     }
 }
 
@@ -122,16 +100,6 @@ fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
 }
 
 // Launch geometry shared with the kernels (keep in sync with the #defines there).
-const GEMM_BM: usize = 64;
-const GEMM_BN: usize = 64;
-const GEMV_MAXN: usize = 8;
-/// `Gemm::Auto` takes the GEMV up to this many rows. Measured on an H100, decode steps at
-/// batch 8: SmolLM2 5.6 ms (GEMV) vs 6.6 (cuBLAS), Llama-2-7B 27.5 vs 12.1; batch 1: 3.7
-/// vs 6.8 and 11.1 vs 11.9.
-const AUTO_GEMV_ROWS: usize = 2;
-const GEMV_WARPS: usize = 8;
-const ATT_QPB: usize = 4;
-const ATT_MAXD: usize = 256;
 
 /// The CUDA backend on one device.
 pub struct CudaBackend {
@@ -238,45 +206,6 @@ impl CudaBackend {
         Ok(CudaTensor { buf, shape })
     }
 
-    /// `x += y; out = rmsnorm(x) * w` in one pass (the residual add fused with the next
-    /// norm). Same result as `add_assign` then `rmsnorm`.
-    pub fn add_rmsnorm(
-        &self,
-        x: &mut CudaTensor,
-        y: &CudaTensor,
-        w: &CudaTensor,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        ensure!(
-            x.shape == y.shape,
-            "add_rmsnorm: shapes {:?} and {:?} differ",
-            x.shape,
-            y.shape
-        );
-        let (n, d) = dims2(&x.shape)?;
-        ensure!(
-            w.numel() == d,
-            "rmsnorm weight has {} elements, rows have {d}",
-            w.numel()
-        );
-        let mut out = self.tensor(vec![n, d])?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let (ni, di) = (int(n, "rows")?, int(d, "cols")?);
-        let f = self.func(registry::ADD_RMSNORM)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.buf)
-            .arg(&y.buf)
-            .arg(&w.buf)
-            .arg(&mut out.buf)
-            .arg(&ni)
-            .arg(&di)
-            .arg(&eps);
-        unsafe { b.launch(rows_cfg(n, 256)) }.context("add_rmsnorm")?;
-        Ok(out)
-    }
-
     /// Index of the largest value of each row of `logits [n, vocab]` (lowest on ties).
     pub fn argmax_rows(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
         let (n, v) = dims2(&logits.shape)?;
@@ -297,168 +226,6 @@ impl CudaBackend {
         Ok(ids)
     }
 
-    /// `x @ w^T` with an explicit GEMM choice.
-    pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, gemm: Gemm) -> Result<CudaTensor> {
-        let (n, k) = dims2(&x.shape)?;
-        let (m, k2) = dims2(&w.shape)?;
-        ensure!(
-            k == k2,
-            "linear: input has {k} columns, weight expects {k2}"
-        );
-        let mut out = self.tensor(vec![n, m])?;
-        if n == 0 || m == 0 {
-            return Ok(out);
-        }
-        let (ni, mi, ki) = (
-            int(n, "rows")?,
-            int(m, "out features")?,
-            int(k, "in features")?,
-        );
-        match gemm {
-            Gemm::Cublas => self.cublas_gemm(x, w, &mut out, ni, mi, ki)?,
-            Gemm::Auto if n > AUTO_GEMV_ROWS => self.cublas_gemm(x, w, &mut out, ni, mi, ki)?,
-            Gemm::Engine | Gemm::Auto if n <= GEMV_MAXN => {
-                let f = self.func(registry::GEMV_BF16_TN)?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&x.buf)
-                    .arg(&w.buf)
-                    .arg(&mut out.buf)
-                    .arg(&ni)
-                    .arg(&mi)
-                    .arg(&ki);
-                let cfg = LaunchConfig {
-                    grid_dim: (m.div_ceil(GEMV_WARPS) as u32, 1, 1),
-                    block_dim: ((GEMV_WARPS * 32) as u32, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                unsafe { b.launch(cfg) }.context("gemv_bf16_tn")?;
-            }
-            Gemm::Engine | Gemm::Auto => {
-                let f = self.func(registry::GEMM_BF16_TN)?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&x.buf)
-                    .arg(&w.buf)
-                    .arg(&mut out.buf)
-                    .arg(&ni)
-                    .arg(&mi)
-                    .arg(&ki);
-                ensure!(
-                    n.div_ceil(GEMM_BM) < 65536,
-                    "linear: {n} rows is too many for one call"
-                );
-                let cfg = LaunchConfig {
-                    grid_dim: (m.div_ceil(GEMM_BN) as u32, n.div_ceil(GEMM_BM) as u32, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                unsafe { b.launch(cfg) }.context("gemm_bf16_tn")?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// The cuBLAS handle (on this backend's stream), created on first use.
-    fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
-        self.blas
-            .get_or_init(|| {
-                // SAFETY: only tries to dlopen libcublas by its usual names.
-                if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                    return Err("libcublas is not on the library path".into());
-                }
-                cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| format!("{e:?}"))
-            })
-            .as_ref()
-            .map_err(|e| anyhow!("cuBLAS: {e}"))
-    }
-
-    /// Row-major bf16 GEMM by cuBLAS (f32 compute): `C[m, n] = op(A)[m, k] op(B)[k, n] +
-    /// beta * C`. `a`, `b`, `c` are device addresses of element (0, 0) and `lda`, `ldb`,
-    /// `ldc` their row strides in elements; `ta` means A is stored `[k, m]` (op = transpose),
-    /// likewise `tb` for B stored `[n, k]`.
-    ///
-    /// Row-major X with row stride ld is column-major X^T with the same ld, so this is the
-    /// column-major `C^T[n, m] = op(B)^T op(A)^T`: cuBLAS gets B first, then A.
-    ///
-    /// # Safety
-    /// The addresses must be live device buffers of this context holding every element the
-    /// strides address (`ld >= ` the row length used), and stay alive until the stream has
-    /// run the call.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn gemm_rm(
-        &self,
-        ta: bool,
-        tb: bool,
-        (m, n, k): (i32, i32, i32),
-        (a, lda): (u64, i32),
-        (b, ldb): (u64, i32),
-        (c, ldc): (u64, i32),
-        beta: f32,
-    ) -> Result<()> {
-        use cudarc::cublas::sys;
-        let blas = self.blas()?;
-        let op = |t: bool| {
-            if t {
-                sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let alpha = 1.0f32;
-        cudarc::cublas::result::gemm_ex(
-            *blas.handle(),
-            op(tb),
-            op(ta),
-            n,
-            m,
-            k,
-            &alpha as *const f32 as *const _,
-            b as *const _,
-            sys::cudaDataType::CUDA_R_16BF,
-            ldb,
-            a as *const _,
-            sys::cudaDataType::CUDA_R_16BF,
-            lda,
-            &beta as *const f32 as *const _,
-            c as *mut _,
-            sys::cudaDataType::CUDA_R_16BF,
-            ldc,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .map_err(|e| anyhow!("cublasGemmEx (m {m}, n {n}, k {k}): {e:?}"))
-    }
-
-    fn cublas_gemm(
-        &self,
-        x: &CudaTensor,
-        w: &CudaTensor,
-        out: &mut CudaTensor,
-        n: i32,
-        m: i32,
-        k: i32,
-    ) -> Result<()> {
-        let (wp, _rw) = w.buf.device_ptr(&self.stream);
-        let (xp, _rx) = x.buf.device_ptr(&self.stream);
-        let (cp, _wc) = out.buf.device_ptr_mut(&self.stream);
-        // out[n, m] = x[n, k] @ w[m, k]^T.
-        // SAFETY: live buffers of the checked sizes; the guards outlive the queued call.
-        unsafe { self.gemm_rm(false, true, (n, m, k), (xp, k), (wp, k), (cp, m), 0.0) }
-    }
-
-    fn gather(&self, x: &CudaTensor, rows: &[u32], c: usize) -> Result<CudaTensor> {
-        let mut out = self.tensor(vec![rows.len(), c])?;
-        if rows.is_empty() || c == 0 {
-            return Ok(out);
-        }
-        let idx = self.htod(rows)?;
-        let (ni, ci) = (int(rows.len(), "rows")?, int(c, "cols")?);
-        let f = self.func(registry::GATHER_ROWS)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.buf).arg(&idx).arg(&mut out.buf).arg(&ni).arg(&ci);
-        unsafe { b.launch(rows_cfg(rows.len(), 128)) }.context("gather_rows")?;
-        Ok(out)
-    }
-
     fn elementwise2(
         &self,
         f: KernelFn,
@@ -466,12 +233,7 @@ impl CudaBackend {
         b_in: &CudaTensor,
         what: &str,
     ) -> Result<CudaTensor> {
-        ensure!(
-            a.shape == b_in.shape,
-            "{what}: shapes {:?} and {:?} differ",
-            a.shape,
-            b_in.shape
-        );
+        super::shapes::same_shape(what, &a.shape, &b_in.shape)?;
         let len = a.numel();
         let mut out = self.tensor(a.shape.clone())?;
         if len == 0 {
@@ -486,292 +248,34 @@ impl CudaBackend {
     }
 }
 
-/// Which attention kernels a call may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttnKernels {
-    /// Tensor-core kernels (`attention_tc.cu`) where they apply, the CUDA-core ones elsewhere.
-    Auto,
-    /// Always the CUDA-core kernels (`attention.cu`, `attention_bwd.cu`).
-    Simple,
-}
-
-impl AttnKernels {
-    /// `PINPOINT_ATTN=simple` forces [`AttnKernels::Simple`] (a safety switch); read once.
-    pub fn from_env() -> Self {
-        static K: OnceLock<AttnKernels> = OnceLock::new();
-        *K.get_or_init(|| match std::env::var("PINPOINT_ATTN") {
-            Ok(v) if v.eq_ignore_ascii_case("simple") => AttnKernels::Simple,
-            _ => AttnKernels::Auto,
-        })
-    }
-}
-
-/// Threads of a tensor-core attention CTA (4 warps).
-const ATT_TC_THREADS: u32 = 128;
-/// Positions per tensor-core attention tile (queries of a forward / dq CTA, keys of a dkv CTA).
-const ATT_TC_TILE: usize = 64;
-
-/// Whether the tensor-core attention kernels apply: head_dim 64 or 128 and every span a
-/// whole packed sequence whose keys are its own rows (`pos0 == 0`, no `kv_new`,
-/// `kv_start == q_start`). Shape checks (GQA divisibility, widths) are the caller's.
-pub fn attn_tensor_cores(spans: &[SeqSpan], shape: AttnShape) -> bool {
-    matches!(shape.head_dim, 64 | 128)
-        && spans
-            .iter()
-            .all(|s| s.pos0 == 0 && s.kv_new.is_none() && s.kv_start == s.q_start)
-}
-
-/// Where the tensor-core backward applies: as [`attn_tensor_cores`], and no sliding window
-/// narrower than a tile. On an H100 (2026-11-27) its dq was wrong for a window of 1
-/// (windows 5, 33, 40 and 70 matched the oracle), cause not found yet; narrow windows take
-/// the CUDA-core kernels until it is. Real models' windows (Mistral: 4096) are wider.
-pub fn attn_bwd_tensor_cores(spans: &[SeqSpan], shape: AttnShape) -> bool {
-    attn_tensor_cores(spans, shape) && shape.window.is_none_or(|w| w >= ATT_TC_TILE)
-}
-
-/// Tiles of the tensor-core kernels: `{row0, i0, len}` per 64 positions of every span.
-fn attn_tc_tiles(spans: &[SeqSpan]) -> Result<Vec<i32>> {
-    let mut tiles = Vec::new();
-    for s in spans {
-        for i0 in (0..s.q_len).step_by(ATT_TC_TILE) {
-            tiles.extend([
-                int(s.q_start, "q_start")?,
-                int(i0, "query")?,
-                int(s.q_len, "q_len")?,
-            ]);
-        }
-    }
-    ensure!(
-        tiles.len() / 3 < i32::MAX as usize,
-        "attention: too many tiles"
-    );
-    Ok(tiles)
-}
-
-impl CudaBackend {
-    /// [`Backend::attention`] with the kernel choice explicit (tests run both paths):
-    /// `Auto` takes the tensor-core kernels where [`attn_tensor_cores`] says they apply.
-    /// Probabilities in `want` always come from `attn_probs` on the lse of the forward run.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_with(
-        &self,
-        q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        spans: &[SeqSpan],
-        shape: AttnShape,
-        want: &[(usize, usize)],
-        kernels: AttnKernels,
-    ) -> Result<(CudaTensor, Vec<Pattern>)> {
-        let AttnShape {
-            n_heads,
-            n_kv_heads,
-            head_dim: dh,
-            window,
-        } = shape;
-        let (n, qc) = dims2(&q.shape)?;
-        let (kr, kc) = dims2(&k.shape)?;
-        ensure!(
-            qc == n_heads * dh && kc == n_kv_heads * dh,
-            "attention: bad q/k widths {qc}/{kc}"
-        );
-        ensure!(k.shape == v.shape, "attention: k and v shapes differ");
-        ensure!(
-            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-            "attention: {n_heads} query heads over {n_kv_heads} key/value heads"
-        );
-        ensure!(
-            dh.is_multiple_of(2) && dh <= ATT_MAXD,
-            "attention: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
-        );
-        ensure!(
-            window != Some(0),
-            "attention: a sliding window of 0 hides every key"
-        );
-        let tc = kernels == AttnKernels::Auto && attn_tensor_cores(spans, shape);
-        let mut tiles: Vec<i32> = Vec::new();
-        for s in spans {
-            s.check(n, kr)?;
-            if tc {
-                continue;
-            }
-            let kv_new = match s.kv_new {
-                Some(r) => int(r, "kv_new")?,
-                None => -1,
-            };
-            for i0 in (0..s.q_len).step_by(ATT_QPB) {
-                tiles.extend([
-                    int(s.q_start, "q_start")?,
-                    int(i0, "query")?,
-                    int(ATT_QPB.min(s.q_len - i0), "tile")?,
-                    int(s.kv_start, "kv_start")?,
-                    int(s.pos0, "pos0")?,
-                    kv_new,
-                ]);
-            }
-        }
-        let mut z = self.tensor(vec![n, qc])?;
-        let mut lse = self.alloc::<f32>(n * n_heads)?;
-        let (hi, gi, di) = (
-            int(n_heads, "heads")?,
-            int(n_kv_heads, "kv heads")?,
-            int(dh, "head_dim")?,
-        );
-        let wi = int(window.unwrap_or(0), "window")?;
-        let ntiles = tiles.len() / 6;
-        if tc {
-            let tiles = attn_tc_tiles(spans)?;
-            if !tiles.is_empty() {
-                ensure!(n_heads < 65536, "attention: too many heads");
-                let tiles_dev = self.htod(&tiles)?;
-                let f = self.func(if dh == 64 {
-                    registry::ATTN_TC_FWD_D64
-                } else {
-                    registry::ATTN_TC_FWD_D128
-                })?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&q.buf)
-                    .arg(&k.buf)
-                    .arg(&v.buf)
-                    .arg(&mut z.buf)
-                    .arg(&mut lse)
-                    .arg(&tiles_dev)
-                    .arg(&hi)
-                    .arg(&gi)
-                    .arg(&wi);
-                let cfg = LaunchConfig {
-                    grid_dim: ((tiles.len() / 3) as u32, n_heads as u32, 1),
-                    block_dim: (ATT_TC_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                unsafe { b.launch(cfg) }.with_context(|| {
-                    format!("attn_tc_fwd: q {:?}, k {:?}, {shape:?}", q.shape, k.shape)
-                })?;
-            }
-        } else if ntiles > 0 {
-            let tiles_dev = self.htod(&tiles)?;
-            let f = self.func(registry::FLASH_ATTN_FWD)?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&q.buf)
-                .arg(&k.buf)
-                .arg(&v.buf)
-                .arg(&mut z.buf)
-                .arg(&mut lse)
-                .arg(&tiles_dev)
-                .arg(&hi)
-                .arg(&gi)
-                .arg(&di)
-                .arg(&wi);
-            ensure!(n_heads < 65536, "attention: too many heads");
-            let cfg = LaunchConfig {
-                grid_dim: (ntiles as u32, n_heads as u32, 1),
-                block_dim: ((ATT_QPB * 32) as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { b.launch(cfg) }.context("flash_attn_fwd")?;
-        }
-        let mut patterns = Vec::new();
-        for (si, s) in spans.iter().enumerate() {
-            for h in 0..n_heads {
-                if !want.contains(&(si, h)) {
-                    continue;
-                }
-                let kv_len = s.pos0 + s.q_len;
-                let mut probs = self.alloc::<f32>(s.q_len * kv_len)?;
-                if s.q_len > 0 {
-                    let f = self.func(registry::ATTN_PROBS)?;
-                    let (qs, ql, ks, p0, hh) = (
-                        int(s.q_start, "q_start")?,
-                        int(s.q_len, "q_len")?,
-                        int(s.kv_start, "kv_start")?,
-                        int(s.pos0, "pos0")?,
-                        int(h, "head")?,
-                    );
-                    let kn: i32 = match s.kv_new {
-                        Some(r) => int(r, "kv_new")?,
-                        None => -1,
-                    };
-                    let mut b = self.stream.launch_builder(&f);
-                    b.arg(&q.buf)
-                        .arg(&k.buf)
-                        .arg(&lse)
-                        .arg(&mut probs)
-                        .arg(&qs)
-                        .arg(&ql)
-                        .arg(&ks)
-                        .arg(&p0)
-                        .arg(&kn)
-                        .arg(&hh)
-                        .arg(&hi)
-                        .arg(&gi)
-                        .arg(&di)
-                        .arg(&wi);
-                    unsafe { b.launch(rows_cfg(s.q_len, 128)) }.context("attn_probs")?;
-                }
-                let mut data = self
-                    .stream
-                    .clone_dtoh(&probs)
-                    .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
-                data.truncate(s.q_len * kv_len);
-                patterns.push(Pattern {
-                    seq: si,
-                    head: h,
-                    probs: HostTensor::new(vec![s.q_len, kv_len], data),
-                });
-            }
-        }
-        Ok((z, patterns))
-    }
-}
-
-impl CudaBackend {
-    /// Rotate-half RoPE (`ROPE_ROTATE_HALF`) or its transpose (`ROPE_BWD`: rotation by
-    /// -angle) in place on `x [n, heads * head_dim]`. Both take HF's f32 `inv_freq` from the
-    /// host, so forward and backward see the same angles bit for bit.
-    pub(crate) fn rope_launch(
-        &self,
-        kernel: KernelFn,
-        x: &mut CudaTensor,
-        head_dim: usize,
-        positions: &[usize],
-        theta: f64,
-    ) -> Result<()> {
-        let what = kernel.function;
-        let (n, c) = dims2(&x.shape)?;
-        ensure!(
-            positions.len() == n && head_dim > 0 && head_dim.is_multiple_of(2) && c % head_dim == 0,
-            "{what}: {n} rows of width {c}, {} positions, head_dim {head_dim}",
-            positions.len()
-        );
-        if n == 0 || c == 0 {
-            return Ok(());
-        }
-        let pos = self.htod(&u32s(positions, "rope position")?)?;
-        let inv = self.htod(&super::cpu::rope_inv_freq(head_dim, theta))?;
-        let (ni, ci, di) = (int(n, "rows")?, int(c, "cols")?, int(head_dim, "head_dim")?);
-        let f = self.func(kernel)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.buf)
-            .arg(&pos)
-            .arg(&inv)
-            .arg(&ni)
-            .arg(&ci)
-            .arg(&di);
-        unsafe { b.launch(elem_cfg(n * c / 2)) }.context(what)?;
-        Ok(())
-    }
-}
-
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
 
     fn name(&self) -> String {
-        let gemm = match self.gemm {
-            Gemm::Engine => "engine",
-            Gemm::Cublas => "cublas",
-            Gemm::Auto => "auto",
-        };
-        format!("{} (bf16, gemm: {gemm})", self.device)
+        format!("{} (bf16, gemm: {})", self.device, self.gemm.name())
+    }
+    fn device_name(&self) -> String {
+        CudaBackend::device_name(self)
+    }
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
+    fn uniform(&self, shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<CudaTensor> {
+        CudaBackend::uniform(self, shape, seed, scale, offset)
+    }
+    fn reset_peak_memory(&self) -> Result<()> {
+        CudaBackend::reset_peak_memory(self)
+    }
+    fn peak_memory(&self) -> Result<Option<u64>> {
+        CudaBackend::synchronize(self)?;
+        let m = self.mem_info()?;
+        Ok(Some(m.pool_used_high.unwrap_or((m.total - m.free) as u64)))
+    }
+    fn gemms(&self) -> &'static [Gemm] {
+        &[Gemm::Cublas, Gemm::Engine]
+    }
+    fn linear_with_gemm(&self, x: &CudaTensor, w: &CudaTensor, gemm: Gemm) -> Result<CudaTensor> {
+        self.linear_with(x, w, gemm)
     }
 
     fn upload(&self, t: &HostTensor) -> Result<CudaTensor> {
@@ -825,37 +329,11 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
-        let (v, d) = dims2(&table.shape)?;
-        if let Some(id) = ids.iter().find(|&&id| id as usize >= v) {
-            bail!("token id {id} is outside the vocabulary of {v}");
-        }
-        self.gather(table, ids, d)
+        ops::embed::embed(self, table, ids)
     }
 
     fn rmsnorm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32) -> Result<CudaTensor> {
-        let (n, d) = dims2(&x.shape)?;
-        ensure!(
-            w.numel() == d,
-            "rmsnorm weight has {} elements, rows have {d}",
-            w.numel()
-        );
-        let mut out = self.tensor(vec![n, d])?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let (ni, di) = (int(n, "rows")?, int(d, "cols")?);
-        let null = 0u64; // no residual: the kernel reads and writes only x's values
-        let f = self.func(registry::ADD_RMSNORM)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.buf)
-            .arg(&null)
-            .arg(&w.buf)
-            .arg(&mut out.buf)
-            .arg(&ni)
-            .arg(&di)
-            .arg(&eps);
-        unsafe { b.launch(rows_cfg(n, 256)) }.context("rmsnorm")?;
-        Ok(out)
+        ops::norm::rmsnorm(self, x, w, eps)
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
@@ -863,12 +341,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
-        ensure!(
-            x.shape == y.shape,
-            "add: shapes {:?} and {:?} differ",
-            x.shape,
-            y.shape
-        );
+        super::shapes::same_shape("add", &x.shape, &y.shape)?;
         let len = x.numel();
         if len == 0 {
             return Ok(());
@@ -908,39 +381,11 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
-        let (n, c) = dims2(&x.shape)?;
-        if let Some(r) = rows.iter().find(|&&r| r >= n) {
-            bail!("gather: row {r} out of {n}");
-        }
-        self.gather(x, &u32s(rows, "row")?, c)
+        ops::rows::gather_rows(self, x, rows)
     }
 
     fn scatter_rows(&self, dst: &mut CudaTensor, rows: &[usize], src: &CudaTensor) -> Result<()> {
-        let (n, c) = dims2(&dst.shape)?;
-        let (sn, sc) = dims2(&src.shape)?;
-        ensure!(
-            sc == c && sn == rows.len(),
-            "scatter: src {:?} for {} rows of width {c}",
-            src.shape,
-            rows.len()
-        );
-        if let Some(r) = rows.iter().find(|&&r| r >= n) {
-            bail!("scatter: row {r} out of {n}");
-        }
-        if rows.is_empty() || c == 0 {
-            return Ok(());
-        }
-        let idx = self.htod(&u32s(rows, "row")?)?;
-        let (ni, ci) = (int(rows.len(), "rows")?, int(c, "cols")?);
-        let f = self.func(registry::SCATTER_ROWS)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut dst.buf)
-            .arg(&idx)
-            .arg(&src.buf)
-            .arg(&ni)
-            .arg(&ci);
-        unsafe { b.launch(rows_cfg(rows.len(), 128)) }.context("scatter_rows")?;
-        Ok(())
+        ops::rows::scatter_rows(self, dst, rows, src)
     }
 
     fn write_slices(
@@ -950,59 +395,7 @@ impl Backend for CudaBackend {
         col0: &[usize],
         values: &HostTensor,
     ) -> Result<()> {
-        let (n, c) = dims2(&x.shape)?;
-        let (vn, width) = match values.shape.as_slice() {
-            [r, w] => (*r, *w),
-            [w] => (1, *w),
-            s => bail!("write_slices: values of shape {s:?}"),
-        };
-        ensure!(
-            rows.len() == vn && col0.len() == vn,
-            "write_slices: {vn} values for {} rows",
-            rows.len()
-        );
-        for i in 0..vn {
-            ensure!(
-                rows[i] < n && col0[i] + width <= c,
-                "write_slices: slice ({}, {}) out of {:?}",
-                rows[i],
-                col0[i],
-                x.shape
-            );
-        }
-        if vn == 0 || width == 0 {
-            return Ok(());
-        }
-        // Mean-ablation repeats one slice for every row: send it once, read it with stride 0.
-        let first = &values.data[..width];
-        let same = values.data.chunks_exact(width).all(|r| r == first);
-        let (vals, stride) = if same {
-            (first, 0)
-        } else {
-            (&values.data[..], width)
-        };
-        let bits: Vec<u16> = vals.iter().map(|&v| bf16_bits(v)).collect();
-        let vals_dev = self.htod(&bits)?;
-        let rows_dev = self.htod(&u32s(rows, "row")?)?;
-        let cols_dev = self.htod(&u32s(col0, "col")?)?;
-        let (ci, ni, wi, si) = (
-            int(c, "cols")?,
-            int(vn, "slices")?,
-            int(width, "width")?,
-            int(stride, "stride")?,
-        );
-        let f = self.func(registry::WRITE_SLICES)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.buf)
-            .arg(&ci)
-            .arg(&rows_dev)
-            .arg(&cols_dev)
-            .arg(&vals_dev)
-            .arg(&ni)
-            .arg(&wi)
-            .arg(&si);
-        unsafe { b.launch(rows_cfg(vn, 128)) }.context("write_slices")?;
-        Ok(())
+        ops::rows::write_slices(self, x, rows, col0, values)
     }
 
     fn norm_dot(
@@ -1012,35 +405,146 @@ impl Backend for CudaBackend {
         eps: f32,
         w: &CudaTensor,
     ) -> Result<HostTensor> {
-        let (n, d) = dims2(&x.shape)?;
-        let (m, d2) = dims2(&w.shape)?;
-        ensure!(
-            d == d2 && norm.numel() == d,
-            "norm_dot: rows of width {d}, norm of {}, weights {:?}",
-            norm.numel(),
-            w.shape
-        );
-        if n == 0 || m == 0 {
-            return Ok(HostTensor::new(vec![n, m], vec![]));
-        }
-        let mut out = self.alloc::<f32>(n * m)?;
-        let (ni, di, mi) = (int(n, "rows")?, int(d, "cols")?, int(m, "outputs")?);
-        let f = self.func(registry::NORM_DOT)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.buf)
-            .arg(&norm.buf)
-            .arg(&w.buf)
-            .arg(&mut out)
-            .arg(&ni)
-            .arg(&di)
-            .arg(&mi)
-            .arg(&eps);
-        unsafe { b.launch(rows_cfg(n, 256)) }.context("norm_dot")?;
-        let mut v = self
+        ops::norm::norm_dot(self, x, norm, eps, w)
+    }
+}
+
+impl TrainBackend for CudaBackend {
+    fn elem_bytes(&self) -> usize {
+        2 // bf16 activations
+    }
+
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.context().mem_get_info().ok()
+    }
+
+    fn copy(&self, t: &CudaTensor) -> Result<CudaTensor> {
+        let buf = self
             .stream
-            .clone_dtoh(&out)
-            .map_err(|e| anyhow!("device-to-host copy: {e:?}"))?;
-        v.truncate(n * m);
-        Ok(HostTensor::new(vec![n, m], v))
+            .clone_dtod(&t.buf)
+            .map_err(|e| anyhow!("copy of a {:?} tensor on the GPU: {e:?}", t.shape))?;
+        Ok(CudaTensor {
+            buf,
+            shape: t.shape.clone(),
+        })
+    }
+
+    fn scale(&self, x: &mut CudaTensor, s: f32) -> Result<()> {
+        let len = x.numel();
+        if len == 0 {
+            return Ok(());
+        }
+        let li = len as i64;
+        let f = self.func(registry::SCALE_BF16)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.buf).arg(&s).arg(&li);
+        unsafe { b.launch(elem_cfg(len)) }.context("scale_bf16")?;
+        Ok(())
+    }
+
+    fn rope_bwd(
+        &self,
+        dx: &mut CudaTensor,
+        head_dim: usize,
+        positions: &[usize],
+        theta: f64,
+    ) -> Result<()> {
+        self.rope_launch(registry::ROPE_BWD, dx, head_dim, positions, theta)
+    }
+
+    fn attention_bwd(
+        &self,
+        dz: &CudaTensor,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        spans: &[SeqSpan],
+        shape: AttnShape,
+    ) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
+        self.attention_bwd_with(dz, q, k, v, spans, shape, AttnKernels::from_env())
+    }
+
+    type OptState = CudaOptState;
+
+    fn linear_bwd_input(&self, dy: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        ops::linear::linear_bwd_input(self, dy, w)
+    }
+
+    fn linear_bwd_weight(
+        &self,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        reg: Region,
+        dw_reg: &mut CudaTensor,
+    ) -> Result<()> {
+        ops::linear::linear_bwd_weight(self, dy, x, reg, dw_reg)
+    }
+
+    fn rmsnorm_bwd(
+        &self,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        eps: f32,
+        dw: Option<&mut CudaTensor>,
+    ) -> Result<CudaTensor> {
+        ops::norm::rmsnorm_bwd(self, dy, x, w, eps, dw)
+    }
+
+    fn swiglu_bwd(
+        &self,
+        dact: &CudaTensor,
+        gate: &CudaTensor,
+        up: &CudaTensor,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        ops::swiglu::swiglu_bwd(self, dact, gate, up)
+    }
+
+    fn embed_bwd(&self, dx: &CudaTensor, ids: &[u32], dtable: &mut CudaTensor) -> Result<()> {
+        ops::embed::embed_bwd(self, dx, ids, dtable)
+    }
+
+    fn xent_fwd_bwd(
+        &self,
+        logits: &CudaTensor,
+        targets: &[Option<u32>],
+        scale: f32,
+    ) -> Result<(f64, CudaTensor)> {
+        ops::xent::xent_fwd_bwd(self, logits, targets, scale)
+    }
+
+    fn read_region(&self, t: &CudaTensor, reg: Region) -> Result<HostTensor> {
+        ops::rows::read_region(self, t, reg)
+    }
+
+    fn write_region(&self, t: &mut CudaTensor, reg: Region, src: &HostTensor) -> Result<()> {
+        ops::rows::write_region(self, t, reg, src)
+    }
+
+    fn opt_new(&self, master: &HostTensor) -> Result<CudaOptState> {
+        ops::adamw::opt_new(self, master)
+    }
+
+    fn opt_read(&self, s: &CudaOptState) -> Result<ParamState> {
+        ops::adamw::opt_read(self, s)
+    }
+
+    fn opt_write(&self, s: &mut CudaOptState, host: &ParamState) -> Result<()> {
+        ops::adamw::opt_write(self, s, host)
+    }
+
+    fn sum_squares(&self, g: &CudaTensor) -> Result<f64> {
+        ops::adamw::sum_squares(self, g)
+    }
+
+    fn adamw_update(
+        &self,
+        s: &mut CudaOptState,
+        g: &CudaTensor,
+        w: &mut CudaTensor,
+        reg: Region,
+        a: &AdamStep,
+    ) -> Result<()> {
+        ops::adamw::adamw_update(self, s, g, w, reg, a)
     }
 }

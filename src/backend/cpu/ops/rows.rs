@@ -1,0 +1,103 @@
+//! Row and region moves on the CPU: gather, scatter and slices of rows (the taps of
+//! heads), regions of weights (the tuned slices).
+
+use crate::backend::HostTensor;
+use crate::backend::{dims2, Region};
+use anyhow::{ensure, Result};
+
+pub(crate) fn gather_rows(x: &HostTensor, rows: &[usize]) -> Result<HostTensor> {
+    let (n, c) = dims2(&x.shape)?;
+    let mut out = Vec::with_capacity(rows.len() * c);
+    for &r in rows {
+        ensure!(r < n, "gather: row {r} out of {n}");
+        out.extend_from_slice(&x.data[r * c..(r + 1) * c]);
+    }
+    Ok(HostTensor::new(vec![rows.len(), c], out))
+}
+
+pub(crate) fn scatter_rows(dst: &mut HostTensor, rows: &[usize], src: &HostTensor) -> Result<()> {
+    let (n, c) = dims2(&dst.shape)?;
+    let (sn, sc) = dims2(&src.shape)?;
+    ensure!(
+        sc == c && sn == rows.len(),
+        "scatter: src {:?} for {} rows of width {c}",
+        src.shape,
+        rows.len()
+    );
+    for (i, &r) in rows.iter().enumerate() {
+        ensure!(r < n, "scatter: row {r} out of {n}");
+        dst.data[r * c..(r + 1) * c].copy_from_slice(&src.data[i * c..(i + 1) * c]);
+    }
+    Ok(())
+}
+
+pub(crate) fn write_slices(
+    x: &mut HostTensor,
+    rows: &[usize],
+    col0: &[usize],
+    values: &HostTensor,
+) -> Result<()> {
+    let (n, c) = dims2(&x.shape)?;
+    let (vn, width) = dims2(&values.shape)?;
+    ensure!(
+        rows.len() == vn && col0.len() == vn,
+        "write_slices: {vn} values for {} rows",
+        rows.len()
+    );
+    for i in 0..vn {
+        ensure!(
+            rows[i] < n && col0[i] + width <= c,
+            "write_slices: slice ({}, {}) out of {:?}",
+            rows[i],
+            col0[i],
+            x.shape
+        );
+        x.data[rows[i] * c + col0[i]..][..width]
+            .copy_from_slice(&values.data[i * width..(i + 1) * width]);
+    }
+    Ok(())
+}
+
+pub(crate) fn read_region(t: &HostTensor, reg: Region) -> Result<HostTensor> {
+    reg.check(&t.shape)?;
+    Ok(match reg {
+        Region::Full => t.clone(),
+        Region::Rows { start, len } => {
+            let c = t.shape[1];
+            HostTensor::new(vec![len, c], t.data[start * c..(start + len) * c].to_vec())
+        }
+        Region::Cols { start, len } => {
+            let (r, c) = (t.shape[0], t.shape[1]);
+            let mut out = Vec::with_capacity(r * len);
+            for i in 0..r {
+                out.extend_from_slice(&t.data[i * c + start..i * c + start + len]);
+            }
+            HostTensor::new(vec![r, len], out)
+        }
+    })
+}
+
+pub(crate) fn write_region(t: &mut HostTensor, reg: Region, src: &HostTensor) -> Result<()> {
+    reg.check(&t.shape)?;
+    let n = reg.numel(&t.shape);
+    ensure!(
+        src.numel() == n,
+        "write_region: {} values for {reg:?} of {:?}",
+        src.numel(),
+        t.shape
+    );
+    match reg {
+        Region::Full => t.data.copy_from_slice(&src.data),
+        Region::Rows { start, len } => {
+            let c = t.shape[1];
+            t.data[start * c..(start + len) * c].copy_from_slice(&src.data);
+        }
+        Region::Cols { start, len } => {
+            let c = t.shape[1];
+            for (i, row) in src.data.chunks_exact(len).enumerate() {
+                t.data[i * c + start..i * c + start + len].copy_from_slice(row);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The training forward: `model::layer::layer_forward` per layer (the evaluation forward's
+//! own layer, with the adapters plugged in), keeping per layer what the backward needs (all activations, only the input residual, or nothing), by the
+//! memory plan of [`ActMemory`].
+
+use super::{ActMemory, Adapter};
+use crate::backend::TrainBackend;
+use crate::backend::{AttnShape, SeqSpan};
+pub(super) use crate::model::layer::LayerActs;
+use crate::model::layer::{self, LayerIo};
+use crate::model::mask::{param, LayerParam, ParamId};
+use crate::transformer::Model;
+use anyhow::{bail, ensure, Result};
+
+pub(super) struct Packed {
+    pub(super) ids: Vec<u32>,
+    pub(super) positions: Vec<usize>,
+    pub(super) spans: Vec<SeqSpan>,
+}
+
+/// One layer as the forward left it: nothing (below the lowest layer the backward visits),
+/// only its input residual (activations recomputed during backward), or everything.
+pub(super) enum Kept<T> {
+    Nothing,
+    Input(T),
+    All(T, LayerActs<T>),
+}
+
+/// Bytes left for kept activations: `available` less room for the logits, their
+/// gradient and the backward's temporaries (a recomputed layer included).
+pub(super) fn after_margin(available: usize, per_layer: usize) -> usize {
+    available.saturating_sub(available / 10 + (1 << 30) + 4 * per_layer)
+}
+
+pub(super) struct Forward<T> {
+    pub(super) packed: Packed,
+    pub(super) layers: Vec<Kept<T>>,
+    /// Per adapter: `scale * x A^T` `[n, r]`.
+    pub(super) lora_u: Vec<Option<T>>,
+    pub(super) x_final: T,
+}
+
+pub(super) fn pack(seqs: &[&[u32]], vocab: usize) -> Result<Packed> {
+    ensure!(!seqs.is_empty(), "no sequences to train on");
+    let mut ids = vec![];
+    let mut positions = vec![];
+    let mut spans = vec![];
+    for (i, s) in seqs.iter().enumerate() {
+        ensure!(!s.is_empty(), "sequence {i} is empty");
+        if let Some(t) = s.iter().find(|&&t| t as usize >= vocab) {
+            bail!("sequence {i}: token id {t} is outside the vocabulary ({vocab})");
+        }
+        spans.push(SeqSpan {
+            q_start: ids.len(),
+            q_len: s.len(),
+            kv_start: ids.len(),
+            pos0: 0,
+            kv_new: None,
+        });
+        ids.extend_from_slice(s);
+        positions.extend(0..s.len());
+    }
+    Ok(Packed {
+        ids,
+        positions,
+        spans,
+    })
+}
+
+pub(super) fn attn_shape<B: TrainBackend>(m: &Model<B>) -> AttnShape {
+    AttnShape {
+        n_heads: m.cfg.num_attention_heads,
+        n_kv_heads: m.cfg.num_key_value_heads,
+        head_dim: m.cfg.head_dim,
+        window: m.cfg.sliding_window,
+    }
+}
+
+pub(super) fn adapter_of<T>(adapters: &[Adapter<T>], layer: usize, p: LayerParam) -> Option<usize> {
+    adapters
+        .iter()
+        .position(|a| a.layer == layer && a.proj == p)
+}
+
+/// `y = x W^T (+ adapter)`; records the adapter's `u = scale * x A^T`.
+pub(super) fn lin<B: TrainBackend>(
+    m: &Model<B>,
+    x: &B::Tensor,
+    l: usize,
+    p: LayerParam,
+    adapters: &[Adapter<B::Tensor>],
+    lora_u: &mut [Option<B::Tensor>],
+) -> Result<B::Tensor> {
+    let b = &m.backend;
+    let mut y = b.linear(x, param(&m.weights, ParamId::Layer(l, p))?)?;
+    if let Some(ai) = adapter_of(adapters, l, p) {
+        let ad = &adapters[ai];
+        let mut u = b.linear(x, &ad.a)?; // [n, r]
+        b.scale(&mut u, ad.scale)?;
+        b.add_assign(&mut y, &b.linear(&u, &ad.b)?)?;
+        lora_u[ai] = Some(u);
+    }
+    Ok(y)
+}
+
+/// Bytes of one layer's [`LayerActs`] for `n` rows.
+pub(super) fn layer_act_bytes<B: TrainBackend>(m: &Model<B>, n: usize) -> usize {
+    let c = &m.cfg;
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let (hd, gd) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    n * (3 * d + 2 * hd + 2 * gd + 3 * f) * m.backend.elem_bytes()
+}
+
+/// Which layers keep all activations: `first` is the lowest layer the backward visits
+/// (None: none). Layers are kept from the top down (the first the backward needs).
+pub(super) fn keep_plan<B: TrainBackend>(
+    m: &Model<B>,
+    n: usize,
+    first: Option<usize>,
+    mem: ActMemory,
+) -> Vec<bool> {
+    let nl = m.cfg.num_hidden_layers;
+    let Some(first) = first else {
+        return vec![false; nl];
+    };
+    let per_layer = layer_act_bytes(m, n).max(1);
+    let budget = match mem {
+        ActMemory::KeepAll => usize::MAX,
+        ActMemory::RecomputeAll => 0,
+        ActMemory::Budget(b) => b,
+        ActMemory::Auto => match m.backend.memory_info() {
+            Some((free, _)) => after_margin(free, per_layer),
+            None => usize::MAX,
+        },
+        ActMemory::DeviceCap(cap) => {
+            let in_use = m
+                .backend
+                .memory_info()
+                .map_or(0, |(free, total)| total - free);
+            after_margin(cap.saturating_sub(in_use), per_layer)
+        }
+    };
+    let fit = budget / per_layer;
+    (0..nl)
+        .map(|l| l >= first && l >= nl.saturating_sub(fit))
+        .collect()
+}
+
+/// The activations of layer `l` from its input residual `x` (the forward's op order).
+/// Returns them and the layer's output residual.
+pub(super) fn layer_forward<B: TrainBackend>(
+    m: &Model<B>,
+    l: usize,
+    x: &B::Tensor,
+    packed: &Packed,
+    adapters: &[Adapter<B::Tensor>],
+    lora_u: &mut [Option<B::Tensor>],
+) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
+    let mut io = TrainIo {
+        m,
+        adapters,
+        lora_u,
+        spans: &packed.spans,
+    };
+    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions)
+}
+
+/// The training side of [`LayerIo`]: linears with their adapters (recording `u`), plain
+/// attention over the packed sequences, no taps.
+struct TrainIo<'a, B: TrainBackend> {
+    m: &'a Model<B>,
+    adapters: &'a [Adapter<B::Tensor>],
+    lora_u: &'a mut [Option<B::Tensor>],
+    spans: &'a [SeqSpan],
+}
+
+impl<B: TrainBackend> LayerIo<B> for TrainIo<'_, B> {
+    fn linear(&mut self, l: usize, p: LayerParam, x: &B::Tensor) -> Result<B::Tensor> {
+        lin(self.m, x, l, p, self.adapters, self.lora_u)
+    }
+    fn attention(
+        &mut self,
+        _l: usize,
+        q: &B::Tensor,
+        k: &B::Tensor,
+        v: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let shape = attn_shape(self.m);
+        Ok(self.m.backend.attention(q, k, v, self.spans, shape, &[])?.0)
+    }
+}
+
+/// The training forward. `first`: the lowest layer the backward will visit (None: no
+/// backward); `mem`: which of those layers keep their activations.
+pub(super) fn forward<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[&[u32]],
+    first: Option<usize>,
+    mem: ActMemory,
+) -> Result<Forward<B::Tensor>> {
+    let cfg = &m.cfg;
+    let b = &m.backend;
+    let w = &m.weights;
+    for s in seqs {
+        crate::model::transformer::warn_past_context(cfg.max_position_embeddings, s.len());
+    }
+    let packed = pack(seqs, cfg.vocab_size)?;
+    let plan = keep_plan(m, packed.ids.len(), first, mem);
+    let mut lora_u: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut x = b.embed(&w.embed, &packed.ids)?; // [n, d]
+    for (l, &keep) in plan.iter().enumerate() {
+        let (acts, x_out) = layer_forward(m, l, &x, &packed, adapters, &mut lora_u)?;
+        layers.push(match (first, keep) {
+            (Some(f), _) if l < f => Kept::Nothing,
+            (None, _) => Kept::Nothing,
+            (_, true) => Kept::All(x, acts),
+            (_, false) => Kept::Input(x),
+        });
+        x = x_out;
+    }
+    Ok(Forward {
+        packed,
+        layers,
+        lora_u,
+        x_final: x,
+    })
+}

@@ -1,0 +1,482 @@
+//! Training forward (keeps what backward needs) and the backward pass through the whole
+//! model, written once over [`TrainBackend`].
+//!
+//! Each layer of the forward is `model::layer::layer_forward`, the same function the
+//! evaluation forward (`transformer.rs`) runs (embed -> layers -> final norm -> lm_head), so
+//! the training loss is the evaluation loss. The loss is token-level
+//! cross-entropy; only rows with a target go through the final norm and lm_head.
+//!
+//! Backward stages, bottom to top: embed (0), attention of layer l (1 + 2l), MLP of layer l
+//! (2 + 2l), final norm + head (2L + 1). Stages below the lowest trainable one are not
+//! visited, and the lowest visited stage does not compute the gradient it would pass down.
+//! Weight gradients are computed only for the mask's slices (region GEMMs).
+
+mod forward;
+mod layers;
+
+use crate::backend::TrainBackend;
+use crate::model::mask::{param, LayerParam, Mask, ParamId};
+use crate::model::HostTensor;
+use crate::transformer::Model;
+use anyhow::{bail, ensure, Result};
+use forward::forward;
+use layers::{backward_layers, grad_full, head, lin_bwd, lowest_stage};
+
+/// One training sequence: `targets[t]` is the token the logits at position t must predict
+/// (`None`: no loss there). HF's `labels` are shifted: `targets[t] = labels[t + 1]`.
+///
+/// A *retain* sequence (`retain`) is scored at its target rows by KL(original ‖ model)
+/// against `teacher` (one [`SoftTarget`] per target row, in row order: the original
+/// model's next-token distribution there) instead of by cross-entropy on the tokens: the
+/// targets only say which rows count. It keeps behaviour the tuning should not change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSeq {
+    pub ids: Vec<u32>,
+    pub targets: Vec<Option<u32>>,
+    pub retain: bool,
+    pub teacher: Vec<SoftTarget>,
+}
+
+/// A next-token distribution cut to its `k` most likely tokens: `ids` with `probs`
+/// (descending); the remaining mass `1 - sum(probs)` is one bucket for every other token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftTarget {
+    pub ids: Vec<u32>,
+    pub probs: Vec<f32>,
+}
+
+impl SoftTarget {
+    /// The top `k` of `softmax(logits)` (ties broken by the lower id).
+    pub fn top_k(logits: &[f32], k: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(logits.len());
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_logit);
+            order.truncate(k);
+        }
+        order.sort_by(by_logit);
+        let probs = order
+            .iter()
+            .map(|&i| (((logits[i as usize] - max) as f64).exp() / sum) as f32)
+            .collect();
+        Self { ids: order, probs }
+    }
+}
+
+impl TrainSeq {
+    /// A cross-entropy sequence.
+    pub fn new(ids: Vec<u32>, targets: Vec<Option<u32>>) -> Self {
+        Self {
+            ids,
+            targets,
+            retain: false,
+            teacher: vec![],
+        }
+    }
+    /// From HF `input_ids` and `labels` (-100 = ignored), shifting as `ForCausalLMLoss`.
+    pub fn from_hf_labels(ids: &[u32], labels: &[i64]) -> Self {
+        let targets = (0..ids.len())
+            .map(|t| match labels.get(t + 1) {
+                Some(&l) if l >= 0 => Some(l as u32),
+                _ => None,
+            })
+            .collect();
+        Self::new(ids.to_vec(), targets)
+    }
+    pub fn n_targets(&self) -> usize {
+        self.targets.iter().flatten().count()
+    }
+}
+
+/// A low-rank adapter on one projection: `y = x W^T + scale * (x A^T) B^T`,
+/// `a [r, in]`, `b [out, r]`.
+pub struct Adapter<T> {
+    pub layer: usize,
+    pub proj: LayerParam,
+    pub a: T,
+    pub b: T,
+    pub scale: f32,
+}
+
+/// Gradient buffers: one per mask slice (shape of the slice's region), and `(dA, dB)` per
+/// adapter. Backward accumulates into them (param grads +=).
+pub struct Grads<T> {
+    pub slices: Vec<T>,
+    pub adapters: Vec<(T, T)>,
+}
+
+impl<T> Grads<T> {
+    /// Zeroed buffers for `mask` and `adapters`.
+    pub fn zeros<B: TrainBackend<Tensor = T>>(
+        model: &Model<B>,
+        mask: &Mask,
+        adapters: &[Adapter<T>],
+    ) -> Result<Self> {
+        let b = &model.backend;
+        let mut slices = Vec::with_capacity(mask.slices.len());
+        for s in &mask.slices {
+            let shape = b.shape(param(&model.weights, s.param)?).to_vec();
+            slices.push(b.zeros(&s.region.shape(&shape))?);
+        }
+        let mut ads = Vec::with_capacity(adapters.len());
+        for a in adapters {
+            ads.push((b.zeros(b.shape(&a.a))?, b.zeros(b.shape(&a.b))?));
+        }
+        Ok(Self {
+            slices,
+            adapters: ads,
+        })
+    }
+}
+
+/// How the training forward keeps activations for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ActMemory {
+    /// Keep every layer whose activations fit in the backend's free memory (less a
+    /// margin); recompute the rest from their input residual during backward.
+    #[default]
+    Auto,
+    /// Keep every layer.
+    KeepAll,
+    /// Keep only input residuals; recompute every layer during backward.
+    RecomputeAll,
+    /// Keep layers while their activations fit in this many bytes.
+    Budget(usize),
+    /// Keep layers while the whole device use (weights, optimizer state and everything
+    /// else already allocated, plus the activations) stays under this many bytes.
+    DeviceCap(usize),
+}
+
+/// Forward and backward of `scale * sum of token NLLs` over `seqs`. Weight gradients of
+/// `mask`'s slices and of `adapters` accumulate into `grads` (param grads +=). Returns the
+/// unscaled sum of token NLLs (f64) and the number of targets. For the mean loss use
+/// `scale = 1 / (targets of the whole global batch)`.
+pub fn loss_and_grads<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    mask: &Mask,
+    seqs: &[TrainSeq],
+    scale: f32,
+    grads: &mut Grads<B::Tensor>,
+) -> Result<(f64, usize)> {
+    loss_and_grads_with(m, adapters, mask, seqs, scale, grads, ActMemory::Auto)
+}
+
+/// The lowest layer a backward from stage `s_min` visits.
+fn first_layer(s_min: Option<usize>) -> Option<usize> {
+    s_min.map(|s| s.saturating_sub(1) / 2)
+}
+
+/// [`loss_and_grads`] with an explicit activation-memory policy.
+pub fn loss_and_grads_with<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    mask: &Mask,
+    seqs: &[TrainSeq],
+    scale: f32,
+    grads: &mut Grads<B::Tensor>,
+    mem: ActMemory,
+) -> Result<(f64, usize)> {
+    ensure!(
+        grads.slices.len() == mask.slices.len(),
+        "grads do not match the mask"
+    );
+    ensure!(
+        grads.adapters.len() == adapters.len(),
+        "grads do not match the adapters"
+    );
+    let b = &m.backend;
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
+    for (i, s) in seqs.iter().enumerate() {
+        ensure!(
+            s.targets.len() == s.ids.len(),
+            "sequence {i}: {} targets for {} ids",
+            s.targets.len(),
+            s.ids.len()
+        );
+        ensure!(
+            !s.retain || s.teacher.len() == s.n_targets(),
+            "sequence {i} is a retain example with {} teacher distributions for {} target rows (see tune::Trainer, which computes them from the original model)",
+            s.teacher.len(),
+            s.n_targets()
+        );
+    }
+    let nl = m.cfg.num_hidden_layers;
+    let s_min = lowest_stage(nl, mask, adapters);
+    let mut fw = forward(m, adapters, &ids, first_layer(s_min), mem)?;
+    // Rows with a target.
+    let mut rows = vec![];
+    let mut tg = vec![];
+    let mut soft: Vec<Option<&SoftTarget>> = vec![];
+    let mut off = 0;
+    for s in seqs {
+        let mut teacher = s.teacher.iter();
+        for (t, x) in s.targets.iter().enumerate() {
+            if x.is_some() {
+                rows.push(off + t);
+                tg.push(*x);
+                soft.push(if s.retain { teacher.next() } else { None });
+            }
+        }
+        off += s.ids.len();
+    }
+    if rows.is_empty() {
+        return Ok((0.0, 0));
+    }
+    let eps = m.cfg.rms_norm_eps as f32;
+    let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
+    let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, eps)?;
+    let (hw, hid) = head(m);
+    let logits = b.linear(&hn, hw)?; // [t, V]
+    let (loss, dlogits) = if soft.iter().all(Option::is_none) {
+        b.xent_fwd_bwd_owned(logits, &tg, scale)?
+    } else {
+        // Retain rows: on the host (a download and an upload of [t, V]; no device kernel).
+        let mut d = b.download(&logits)?;
+        drop(logits);
+        let loss = xent_and_kl_in_place(&mut d, &tg, &soft, scale)?;
+        (loss, b.upload(&d)?)
+    };
+    let Some(s_min) = s_min else {
+        return Ok((loss, rows.len()));
+    };
+    // ---- Final stage: logits = norm(x_final[rows]) @ head^T.
+    let st = 2 * nl + 1;
+    let need_dx = st > s_min;
+    let dhn = lin_bwd(
+        m,
+        &[(&dlogits, hid)],
+        &hn,
+        mask,
+        adapters,
+        &fw.lora_u,
+        grads,
+        need_dx || mask.trains(ParamId::FinalNorm),
+    )?;
+    if let Some(dhn) = dhn {
+        let dw = grad_full(mask, grads, ParamId::FinalNorm)?;
+        let dx_sel = b.rmsnorm_bwd(&dhn, &x_sel, &m.weights.final_norm, eps, dw)?;
+        if need_dx {
+            let mut dres = b.zeros(b.shape(&fw.x_final))?;
+            b.scatter_rows(&mut dres, &rows, &dx_sel)?;
+            backward_layers(m, adapters, mask, &mut fw, dres, s_min, grads, false)?;
+        }
+    }
+    Ok((loss, rows.len()))
+}
+
+/// Rows of `d` (logits `[t, V]`) become `scale * dloss/dlogits` in place; returns the
+/// unscaled loss sum. A row with `soft[r]` scores KL(p ‖ softmax(row)) over the teacher's
+/// top-k tokens plus one bucket for all others (gradient `q - p~`, where `p~` spreads the
+/// teacher's remaining mass over the other tokens in proportion to `q`); any other row
+/// with a target scores the token NLL (gradient `q - onehot`), as `xent_fwd_bwd`.
+pub fn xent_and_kl_in_place(
+    d: &mut HostTensor,
+    targets: &[Option<u32>],
+    soft: &[Option<&SoftTarget>],
+    scale: f32,
+) -> Result<f64> {
+    use rayon::prelude::*;
+    ensure!(d.shape.len() == 2, "logits of shape {:?}", d.shape);
+    let (n, vocab) = (d.shape[0], d.shape[1]);
+    ensure!(
+        targets.len() == n && soft.len() == n,
+        "{} targets and {} teacher rows for {n} logit rows",
+        targets.len(),
+        soft.len()
+    );
+    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+        bail!("target {t} outside the vocabulary of {vocab}");
+    }
+    if let Some(t) = soft
+        .iter()
+        .flatten()
+        .flat_map(|p| &p.ids)
+        .find(|&&i| i as usize >= vocab)
+    {
+        bail!("teacher token {t} outside the vocabulary of {vocab}");
+    }
+    let losses: Vec<f64> = d
+        .data
+        .par_chunks_mut(vocab)
+        .zip(targets)
+        .zip(soft)
+        .map(|((row, t), p)| match (*t, p) {
+            (None, _) => {
+                row.fill(0.0);
+                0.0
+            }
+            (Some(t), None) => xent_row(row, t, scale),
+            (Some(_), Some(p)) => kl_row(row, p, scale),
+        })
+        .collect();
+    Ok(losses.iter().sum())
+}
+
+/// Max and `sum exp(l - max)` of a row.
+fn softmax_norm(row: &[f32]) -> (f32, f64) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|&l| ((l - max) as f64).exp()).sum())
+}
+
+/// One cross-entropy row: NLL of `t`; the row becomes `scale * (q - onehot(t))`.
+fn xent_row(row: &mut [f32], t: u32, scale: f32) -> f64 {
+    let (max, sum) = softmax_norm(row);
+    let loss = sum.ln() + (max - row[t as usize]) as f64;
+    for v in row.iter_mut() {
+        *v = (((*v - max) as f64).exp() / sum) as f32 * scale;
+    }
+    row[t as usize] -= scale;
+    loss
+}
+
+/// One retain row: KL(p ‖ q) over p's top-k tokens plus one bucket for the rest; the row
+/// becomes `scale * (q - p~)`: `q_i - p_i` on the top k, `q_j (1 - p_rest / q_rest)` elsewhere.
+fn kl_row(row: &mut [f32], p: &SoftTarget, scale: f32) -> f64 {
+    let (max, sum) = softmax_norm(row);
+    let q_of = |l: f32| ((l - max) as f64).exp() / sum;
+    let q_top: Vec<f64> = p.ids.iter().map(|&i| q_of(row[i as usize])).collect();
+    let p_rest = (1.0 - p.probs.iter().map(|&x| x as f64).sum::<f64>()).max(0.0);
+    let q_rest = (1.0 - q_top.iter().sum::<f64>()).max(0.0);
+    let mut kl = 0.0;
+    for (&pi, &qi) in p.probs.iter().zip(&q_top) {
+        if pi > 0.0 {
+            kl += pi as f64 * (pi as f64 / qi.max(f64::MIN_POSITIVE)).ln();
+        }
+    }
+    if p_rest > 0.0 {
+        kl += p_rest * (p_rest / q_rest.max(f64::MIN_POSITIVE)).ln();
+    }
+    let other = if q_rest > 0.0 {
+        1.0 - p_rest / q_rest
+    } else {
+        1.0
+    };
+    for v in row.iter_mut() {
+        *v = (q_of(*v) * other) as f32 * scale;
+    }
+    for ((&i, &pi), &qi) in p.ids.iter().zip(&p.probs).zip(&q_top) {
+        row[i as usize] = ((qi - pi as f64) as f32) * scale;
+    }
+    kl
+}
+
+/// The `k` most likely next tokens of `m` (with `adapters`) at every target row of each
+/// sequence, in row order: the teacher of a retain sequence.
+pub fn soft_targets<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[TrainSeq],
+    k: usize,
+) -> Result<Vec<Vec<SoftTarget>>> {
+    let b = &m.backend;
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
+    let fw = forward(m, adapters, &ids, None, ActMemory::KeepAll)?;
+    let mut rows = vec![];
+    let mut off = 0;
+    for s in seqs {
+        rows.extend(
+            s.targets
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.is_some())
+                .map(|(t, _)| off + t),
+        );
+        off += s.ids.len();
+    }
+    if rows.is_empty() {
+        return Ok(seqs.iter().map(|_| vec![]).collect());
+    }
+    let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
+    let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, m.cfg.rms_norm_eps as f32)?;
+    let logits = b.download(&b.linear(&hn, head(m).0)?)?; // [t, V]
+    let vocab = m.cfg.vocab_size;
+    let mut all: Vec<SoftTarget> = logits
+        .data
+        .chunks(vocab)
+        .map(|row| SoftTarget::top_k(row, k))
+        .collect();
+    // Split the rows (one per target, in order) back into their sequences.
+    let mut out = Vec::with_capacity(seqs.len());
+    for s in seqs.iter().rev() {
+        out.push(all.split_off(all.len() - s.n_targets()));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Sum of token NLLs and number of targets (forward only).
+pub fn loss<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[TrainSeq],
+) -> Result<(f64, usize)> {
+    // Adapter gradients (if any) go to throwaway buffers.
+    let mut g = Grads::zeros(m, &Mask::none(), adapters)?;
+    loss_and_grads(m, adapters, &Mask::none(), seqs, 1.0, &mut g)
+}
+
+/// Logits `[rows, V]` at every position of `seqs` (packed), with adapters applied unmerged.
+pub fn logits_with<B: TrainBackend>(
+    m: &Model<B>,
+    adapters: &[Adapter<B::Tensor>],
+    seqs: &[Vec<u32>],
+) -> Result<HostTensor> {
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let fw = forward(m, adapters, &ids, None, ActMemory::KeepAll)?;
+    let b = &m.backend;
+    let logits = m.logits_of_residual(&fw.x_final)?;
+    b.download(&logits)
+}
+
+/// Attribution patching's backward: for a scalar f of the last-position logits of each
+/// sequence, with `dlogits_last [n_seqs, V]` = df/dlogits, the gradient df/dz of every
+/// layer at every position: per layer `dz [rows, H*D]` (rows packed as the sequences).
+/// No weight gradients are formed.
+pub fn backward_to_z<B: TrainBackend>(
+    m: &Model<B>,
+    seqs: &[Vec<u32>],
+    dlogits_last: &HostTensor,
+) -> Result<Vec<B::Tensor>> {
+    let b = &m.backend;
+    let vocab = m.cfg.vocab_size;
+    ensure!(
+        dlogits_last.shape == [seqs.len(), vocab],
+        "backward_to_z: dlogits of shape {:?} for {} sequences of vocabulary {vocab}",
+        dlogits_last.shape,
+        seqs.len()
+    );
+    let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let mut fw = forward(m, &[], &ids, Some(0), ActMemory::Auto)?;
+    let rows: Vec<usize> = fw
+        .packed
+        .spans
+        .iter()
+        .map(|s| s.q_start + s.q_len - 1)
+        .collect();
+    let eps = m.cfg.rms_norm_eps as f32;
+    let x_sel = b.gather_rows(&fw.x_final, &rows)?;
+    let (hw, _) = head(m);
+    let dl = b.upload(dlogits_last)?;
+    let dhn = b.linear_bwd_input(&dl, hw)?;
+    let dx_sel = b.rmsnorm_bwd(&dhn, &x_sel, &m.weights.final_norm, eps, None)?;
+    let mut dres = b.zeros(b.shape(&fw.x_final))?;
+    b.scatter_rows(&mut dres, &rows, &dx_sel)?;
+    let mask = Mask::none();
+    let mut grads = Grads {
+        slices: vec![],
+        adapters: vec![],
+    };
+    let dzs = backward_layers(m, &[], &mask, &mut fw, dres, 1, &mut grads, true)?;
+    dzs.into_iter()
+        .enumerate()
+        .map(|(l, d)| d.ok_or_else(|| anyhow::anyhow!("no dz for layer {l}")))
+        .collect()
+}

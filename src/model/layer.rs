@@ -1,0 +1,119 @@
+//! One decoder layer, written once: the evaluation forward (`transformer.rs`: taps, KV
+//! cache, attention patterns) and the training forward (`backward/`: LoRA adapters, the
+//! activations the backward needs) both run it, with what differs between them plugged in
+//! through [`LayerIo`].
+//!
+//! Op order (HF Llama/Mistral): `h = rmsnorm(x)`, q/k/v = linears of h, rope on q and k,
+//! `z = attention(q, k, v)`, `x_mid = o_proj(z) + x`, `h2 = rmsnorm(x_mid)`,
+//! `act = swiglu(gate(h2), up(h2))`, `x_out = down(act) + x_mid`. Hook points: `AttnIn(l)` on
+//! h, `Z(l)` on z, `AttnOut(l)` on o_proj's output, `MlpOut(l)` on down's output (`ResidPre(l)`
+//! is the caller's, on x before the call).
+
+use crate::backend::Backend;
+use crate::heads::HookPoint;
+use crate::model::mask::{param, LayerParam, ParamId};
+use crate::model::{ModelConfig, ModelWeights};
+use anyhow::Result;
+
+/// What a caller plugs into [`layer_forward`].
+pub(crate) trait LayerIo<B: Backend> {
+    /// `x @ W^T` for weight `p` of layer `l` (plus an adapter, in training).
+    fn linear(&mut self, l: usize, p: LayerParam, x: &B::Tensor) -> Result<B::Tensor>;
+    /// Attention of layer `l` (q and k already rotated): returns z `[n, H*D]`.
+    fn attention(
+        &mut self,
+        l: usize,
+        q: &B::Tensor,
+        k: &B::Tensor,
+        v: &B::Tensor,
+    ) -> Result<B::Tensor>;
+    /// Apply the taps of `point` to `t` (ablate, patch, capture). None by default.
+    fn hook(&mut self, point: HookPoint, t: &mut B::Tensor) -> Result<()> {
+        let _ = (point, t);
+        Ok(())
+    }
+}
+
+/// What a layer reads of the model (`Model::parts`): config, backend and weights.
+pub(crate) struct Parts<'m, B: Backend> {
+    pub cfg: &'m ModelConfig,
+    pub backend: &'m B,
+    pub weights: &'m ModelWeights<B::Tensor>,
+}
+
+/// [`LayerIo::linear`] without adapters: `x @ W^T`.
+pub(crate) fn plain_linear<B: Backend>(
+    m: &Parts<'_, B>,
+    l: usize,
+    p: LayerParam,
+    x: &B::Tensor,
+) -> Result<B::Tensor> {
+    m.backend.linear(x, param(m.weights, ParamId::Layer(l, p))?)
+}
+
+/// What the backward needs of one layer besides its input residual.
+pub(crate) struct LayerActs<T> {
+    pub h: T,     // [n, d] attn_norm(x_in)
+    pub q: T,     // [n, H*D] after rope
+    pub k: T,     // [n, G*D] after rope
+    pub v: T,     // [n, G*D]
+    pub z: T,     // [n, H*D]
+    pub x_mid: T, // [n, d] residual after attention
+    pub h2: T,    // [n, d] mlp_norm(x_mid)
+    pub gate: T,  // [n, F]
+    pub up: T,    // [n, F]
+    pub act: T,   // [n, F]
+}
+
+/// Layer `l` from its input residual `x` (rows at `positions`): its activations and its
+/// output residual.
+pub(crate) fn layer_forward<B: Backend>(
+    m: &Parts<'_, B>,
+    io: &mut impl LayerIo<B>,
+    l: usize,
+    x: &B::Tensor,
+    positions: &[usize],
+) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
+    let (cfg, b) = (m.cfg, m.backend);
+    let lw = &m.weights.layers[l];
+    let eps = cfg.rms_norm_eps as f32;
+    let mut h = b.rmsnorm(x, &lw.attn_norm, eps)?;
+    io.hook(HookPoint::AttnIn(l), &mut h)?;
+    let mut q = io.linear(l, LayerParam::Q, &h)?; // [n, H*D]
+    let mut k = io.linear(l, LayerParam::K, &h)?; // [n, G*D]
+    let v = io.linear(l, LayerParam::V, &h)?;
+    b.rope(&mut q, cfg.head_dim, positions, cfg.rope_theta)?;
+    b.rope(&mut k, cfg.head_dim, positions, cfg.rope_theta)?;
+    let mut z = io.attention(l, &q, &k, &v)?;
+    io.hook(HookPoint::Z(l), &mut z)?;
+    let mut attn_out = io.linear(l, LayerParam::O, &z)?; // [n, d]
+    io.hook(HookPoint::AttnOut(l), &mut attn_out)?;
+    // x_mid = attn_out + x, x_out = mlp_out + x_mid: added in place into the fresh outputs
+    // (the input residual stays for the backward). IEEE addition commutes: these are the
+    // bits of x + attn_out.
+    let mut x_mid = attn_out;
+    b.add_assign(&mut x_mid, x)?;
+    let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
+    let gate = io.linear(l, LayerParam::Gate, &h2)?; // [n, F]
+    let up = io.linear(l, LayerParam::Up, &h2)?;
+    let act = b.swiglu(&gate, &up)?;
+    let mut mlp_out = io.linear(l, LayerParam::Down, &act)?; // [n, d]
+    io.hook(HookPoint::MlpOut(l), &mut mlp_out)?;
+    let mut x_out = mlp_out;
+    b.add_assign(&mut x_out, &x_mid)?;
+    Ok((
+        LayerActs {
+            h,
+            q,
+            k,
+            v,
+            z,
+            x_mid,
+            h2,
+            gate,
+            up,
+            act,
+        },
+        x_out,
+    ))
+}

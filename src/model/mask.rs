@@ -1,0 +1,468 @@
+//! Which parts of the weights train: a list of [`Slice`]s (a parameter and a [`Region`]).
+//!
+//! Head h of layer l owns q_proj rows `[h*D, (h+1)*D)`, o_proj columns `[h*D, (h+1)*D)` and
+//! the k/v rows of its key/value group `g = h / (H/G)`: `[g*D, (g+1)*D)`. On a GQA model a
+//! k/v group is shared by H/G heads, so k/v are tuned only when asked for explicitly.
+
+use crate::backend::Region;
+use crate::heads::HeadId;
+use crate::model::{ModelConfig, ModelWeights};
+use anyhow::{bail, ensure, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A weight of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LayerParam {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    MlpNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LayerParam {
+    pub const ALL: [LayerParam; 9] = [
+        LayerParam::AttnNorm,
+        LayerParam::Q,
+        LayerParam::K,
+        LayerParam::V,
+        LayerParam::O,
+        LayerParam::MlpNorm,
+        LayerParam::Gate,
+        LayerParam::Up,
+        LayerParam::Down,
+    ];
+    /// HF name inside `model.layers.{l}.`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            LayerParam::AttnNorm => "input_layernorm.weight",
+            LayerParam::Q => "self_attn.q_proj.weight",
+            LayerParam::K => "self_attn.k_proj.weight",
+            LayerParam::V => "self_attn.v_proj.weight",
+            LayerParam::O => "self_attn.o_proj.weight",
+            LayerParam::MlpNorm => "post_attention_layernorm.weight",
+            LayerParam::Gate => "mlp.gate_proj.weight",
+            LayerParam::Up => "mlp.up_proj.weight",
+            LayerParam::Down => "mlp.down_proj.weight",
+        }
+    }
+    /// Part of the attention block (else the MLP block).
+    pub fn is_attn(self) -> bool {
+        matches!(
+            self,
+            LayerParam::AttnNorm | LayerParam::Q | LayerParam::K | LayerParam::V | LayerParam::O
+        )
+    }
+    /// Parse a projection name: q, k, v, o, gate, up, down.
+    pub fn parse_proj(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "q" | "q_proj" => LayerParam::Q,
+            "k" | "k_proj" => LayerParam::K,
+            "v" | "v_proj" => LayerParam::V,
+            "o" | "o_proj" => LayerParam::O,
+            "gate" | "gate_proj" => LayerParam::Gate,
+            "up" | "up_proj" => LayerParam::Up,
+            "down" | "down_proj" => LayerParam::Down,
+            other => bail!("unknown projection {other:?} (expected q, k, v, o, gate, up, down)"),
+        })
+    }
+}
+
+/// One weight tensor of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ParamId {
+    Embed,
+    Layer(usize, LayerParam),
+    FinalNorm,
+    /// Only on untied models; a tied model's head is `Embed`.
+    LmHead,
+}
+
+impl ParamId {
+    pub fn hf_name(self) -> String {
+        match self {
+            ParamId::Embed => "model.embed_tokens.weight".into(),
+            ParamId::Layer(l, p) => format!("model.layers.{l}.{}", p.hf_name()),
+            ParamId::FinalNorm => "model.norm.weight".into(),
+            ParamId::LmHead => "lm_head.weight".into(),
+        }
+    }
+    /// Shape as stored (`[out, in]` for matrices, `[d]` for norms).
+    pub fn shape(self, cfg: &ModelConfig) -> Vec<usize> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        match self {
+            ParamId::Embed | ParamId::LmHead => vec![cfg.vocab_size, d],
+            ParamId::FinalNorm => vec![d],
+            ParamId::Layer(_, p) => match p {
+                LayerParam::AttnNorm | LayerParam::MlpNorm => vec![d],
+                LayerParam::Q => vec![cfg.q_dim(), d],
+                LayerParam::K | LayerParam::V => vec![cfg.kv_dim(), d],
+                LayerParam::O => vec![d, cfg.q_dim()],
+                LayerParam::Gate | LayerParam::Up => vec![f, d],
+                LayerParam::Down => vec![d, f],
+            },
+        }
+    }
+    /// Position in the backward chain: embed 0, attention of layer l `1 + 2l`, MLP of layer
+    /// l `2 + 2l`, final norm and head `2L + 1`.
+    pub fn stage(self, n_layers: usize) -> usize {
+        match self {
+            ParamId::Embed => 0,
+            ParamId::Layer(l, p) if p.is_attn() => 1 + 2 * l,
+            ParamId::Layer(l, _) => 2 + 2 * l,
+            ParamId::FinalNorm | ParamId::LmHead => 2 * n_layers + 1,
+        }
+    }
+}
+
+impl fmt::Display for ParamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hf_name())
+    }
+}
+
+/// The tensor of `p` in `w`.
+pub fn param<T>(w: &ModelWeights<T>, p: ParamId) -> Result<&T> {
+    Ok(match p {
+        ParamId::Embed => &w.embed,
+        ParamId::FinalNorm => &w.final_norm,
+        ParamId::LmHead => match &w.lm_head {
+            Some(h) => h,
+            None => bail!("lm_head is tied to the embedding; train model.embed_tokens.weight"),
+        },
+        ParamId::Layer(l, lp) => {
+            ensure!(l < w.layers.len(), "no layer {l}");
+            let lw = &w.layers[l];
+            match lp {
+                LayerParam::AttnNorm => &lw.attn_norm,
+                LayerParam::Q => &lw.wq,
+                LayerParam::K => &lw.wk,
+                LayerParam::V => &lw.wv,
+                LayerParam::O => &lw.wo,
+                LayerParam::MlpNorm => &lw.mlp_norm,
+                LayerParam::Gate => &lw.w_gate,
+                LayerParam::Up => &lw.w_up,
+                LayerParam::Down => &lw.w_down,
+            }
+        }
+    })
+}
+
+/// Mutable [`param`].
+pub fn param_mut<T>(w: &mut ModelWeights<T>, p: ParamId) -> Result<&mut T> {
+    Ok(match p {
+        ParamId::Embed => &mut w.embed,
+        ParamId::FinalNorm => &mut w.final_norm,
+        ParamId::LmHead => match &mut w.lm_head {
+            Some(h) => h,
+            None => bail!("lm_head is tied to the embedding; train model.embed_tokens.weight"),
+        },
+        ParamId::Layer(l, lp) => {
+            ensure!(l < w.layers.len(), "no layer {l}");
+            let lw = &mut w.layers[l];
+            match lp {
+                LayerParam::AttnNorm => &mut lw.attn_norm,
+                LayerParam::Q => &mut lw.wq,
+                LayerParam::K => &mut lw.wk,
+                LayerParam::V => &mut lw.wv,
+                LayerParam::O => &mut lw.wo,
+                LayerParam::MlpNorm => &mut lw.mlp_norm,
+                LayerParam::Gate => &mut lw.w_gate,
+                LayerParam::Up => &mut lw.w_up,
+                LayerParam::Down => &mut lw.w_down,
+            }
+        }
+    })
+}
+
+/// A trainable part of one parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Slice {
+    pub param: ParamId,
+    pub region: Region,
+}
+
+impl fmt::Display for Slice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.region {
+            Region::Full => write!(f, "{}", self.param),
+            Region::Rows { start, len } => write!(f, "{}[{start}..{}, :]", self.param, start + len),
+            Region::Cols { start, len } => write!(f, "{}[:, {start}..{}]", self.param, start + len),
+        }
+    }
+}
+
+/// Which attention projections a head contributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadProjs {
+    pub q: bool,
+    pub k: bool,
+    pub v: bool,
+    pub o: bool,
+}
+
+impl HeadProjs {
+    /// The paper's default: q,k,v,o on MHA models, q,o on GQA models.
+    pub fn default_for(cfg: &ModelConfig) -> Self {
+        let mha = !cfg.is_gqa();
+        Self {
+            q: true,
+            k: mha,
+            v: mha,
+            o: true,
+        }
+    }
+    /// Parse `q,k,v,o` (any subset, comma separated).
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut p = Self {
+            q: false,
+            k: false,
+            v: false,
+            o: false,
+        };
+        for part in s.split(',').filter(|x| !x.trim().is_empty()) {
+            match LayerParam::parse_proj(part)? {
+                LayerParam::Q => p.q = true,
+                LayerParam::K => p.k = true,
+                LayerParam::V => p.v = true,
+                LayerParam::O => p.o = true,
+                other => bail!("--proj takes attention projections q,k,v,o; got {other:?}"),
+            }
+        }
+        ensure!(p.q || p.k || p.v || p.o, "--proj names no projection");
+        Ok(p)
+    }
+}
+
+/// The trainable slices of a model. Sorted, without duplicates, no two slices of one
+/// parameter overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Mask {
+    pub slices: Vec<Slice>,
+}
+
+impl Mask {
+    /// Nothing trains.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Build from slices: sorts, removes duplicates, drops slices inside a `Full` slice of
+    /// the same parameter, checks bounds and overlaps.
+    pub fn from_slices(cfg: &ModelConfig, mut slices: Vec<Slice>) -> Result<Self> {
+        slices.sort();
+        slices.dedup();
+        let full: Vec<ParamId> = slices
+            .iter()
+            .filter(|s| s.region == Region::Full)
+            .map(|s| s.param)
+            .collect();
+        slices.retain(|s| s.region == Region::Full || !full.contains(&s.param));
+        for s in &slices {
+            let shape = s.param.shape(cfg);
+            if shape.len() == 1 {
+                ensure!(
+                    s.region == Region::Full,
+                    "{}: a 1-D weight trains whole",
+                    s.param
+                );
+            }
+            s.region.check(&shape)?;
+        }
+        for w in slices.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if a.param != b.param {
+                continue;
+            }
+            match (a.region, b.region) {
+                (Region::Rows { start: s0, len: l0 }, Region::Rows { start: s1, .. })
+                | (Region::Cols { start: s0, len: l0 }, Region::Cols { start: s1, .. }) => {
+                    ensure!(s0 + l0 <= s1, "overlapping slices {a} and {b}")
+                }
+                _ => bail!(
+                    "{}: rows and columns of one matrix cannot both train",
+                    a.param
+                ),
+            }
+        }
+        Ok(Self { slices })
+    }
+
+    /// The slices of `heads` for the projections `projs`.
+    pub fn heads(cfg: &ModelConfig, heads: &[HeadId], projs: HeadProjs) -> Result<Self> {
+        let (hn, g, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let group = hn / g;
+        let mut slices = vec![];
+        for h in heads {
+            ensure!(
+                h.layer < cfg.num_hidden_layers && h.head < hn,
+                "head {h} does not exist in a model of {} layers x {hn} heads",
+                cfg.num_hidden_layers
+            );
+            let rows = |i: usize| Region::Rows {
+                start: i * d,
+                len: d,
+            };
+            let l = h.layer;
+            if projs.q {
+                slices.push(Slice {
+                    param: ParamId::Layer(l, LayerParam::Q),
+                    region: rows(h.head),
+                });
+            }
+            if projs.k {
+                let gi = h.head / group;
+                slices.push(Slice {
+                    param: ParamId::Layer(l, LayerParam::K),
+                    region: rows(gi),
+                });
+            }
+            if projs.v {
+                let gi = h.head / group;
+                slices.push(Slice {
+                    param: ParamId::Layer(l, LayerParam::V),
+                    region: rows(gi),
+                });
+            }
+            if projs.o {
+                slices.push(Slice {
+                    param: ParamId::Layer(l, LayerParam::O),
+                    region: Region::Cols {
+                        start: h.head * d,
+                        len: d,
+                    },
+                });
+            }
+        }
+        Self::from_slices(cfg, slices)
+    }
+
+    /// Full fine-tuning: every weight (the head only where untied).
+    pub fn all(cfg: &ModelConfig, tied: bool) -> Self {
+        let mut slices = vec![Slice {
+            param: ParamId::Embed,
+            region: Region::Full,
+        }];
+        for l in 0..cfg.num_hidden_layers {
+            for p in LayerParam::ALL {
+                slices.push(Slice {
+                    param: ParamId::Layer(l, p),
+                    region: Region::Full,
+                });
+            }
+        }
+        slices.push(Slice {
+            param: ParamId::FinalNorm,
+            region: Region::Full,
+        });
+        if !tied {
+            slices.push(Slice {
+                param: ParamId::LmHead,
+                region: Region::Full,
+            });
+        }
+        slices.sort();
+        Self { slices }
+    }
+
+    /// Every attention projection (q,k,v,o) of `layers` (all layers when `None`).
+    pub fn attn(cfg: &ModelConfig, layers: Option<&[usize]>) -> Result<Self> {
+        Self::layer_params(
+            cfg,
+            layers,
+            &[LayerParam::Q, LayerParam::K, LayerParam::V, LayerParam::O],
+        )
+    }
+
+    /// The MLP (gate, up, down) of `layers` (all layers when `None`).
+    pub fn mlp(cfg: &ModelConfig, layers: Option<&[usize]>) -> Result<Self> {
+        Self::layer_params(
+            cfg,
+            layers,
+            &[LayerParam::Gate, LayerParam::Up, LayerParam::Down],
+        )
+    }
+
+    fn layer_params(
+        cfg: &ModelConfig,
+        layers: Option<&[usize]>,
+        ps: &[LayerParam],
+    ) -> Result<Self> {
+        let all: Vec<usize> = (0..cfg.num_hidden_layers).collect();
+        let layers = layers.unwrap_or(&all);
+        let mut slices = vec![];
+        for &l in layers {
+            ensure!(
+                l < cfg.num_hidden_layers,
+                "layer {l} out of {}",
+                cfg.num_hidden_layers
+            );
+            for &p in ps {
+                slices.push(Slice {
+                    param: ParamId::Layer(l, p),
+                    region: Region::Full,
+                });
+            }
+        }
+        Self::from_slices(cfg, slices)
+    }
+
+    /// Union of two masks.
+    pub fn union(&self, other: &Mask, cfg: &ModelConfig) -> Result<Self> {
+        let mut s = self.slices.clone();
+        s.extend_from_slice(&other.slices);
+        Self::from_slices(cfg, s)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slices.is_empty()
+    }
+
+    /// Number of trainable scalars.
+    pub fn numel(&self, cfg: &ModelConfig) -> usize {
+        self.slices
+            .iter()
+            .map(|s| s.region.numel(&s.param.shape(cfg)))
+            .sum()
+    }
+
+    /// `(index, region)` of every slice of `p`.
+    pub fn slices_of(&self, p: ParamId) -> impl Iterator<Item = (usize, Region)> + '_ {
+        self.slices
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.param == p)
+            .map(|(i, s)| (i, s.region))
+    }
+
+    pub fn trains(&self, p: ParamId) -> bool {
+        self.slices.iter().any(|s| s.param == p)
+    }
+
+    /// Lowest backward stage (see [`ParamId::stage`]) with a trainable slice.
+    pub fn lowest_stage(&self, n_layers: usize) -> Option<usize> {
+        self.slices.iter().map(|s| s.param.stage(n_layers)).min()
+    }
+
+    /// Parameters trained only in part (their frozen remainder is what `authors_decay`
+    /// shrinks).
+    pub fn partial_params(&self) -> Vec<ParamId> {
+        let mut ps: Vec<ParamId> = self
+            .slices
+            .iter()
+            .filter(|s| s.region != Region::Full)
+            .map(|s| s.param)
+            .collect();
+        ps.dedup();
+        ps
+    }
+}
