@@ -2,7 +2,7 @@
 //! data, so a bad call fails the same way (same message) on every device.
 
 use super::dims2;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 /// Elementwise ops (`add`, `swiglu`, ...): `a` and `b` of the same shape.
 pub fn same_shape(what: &str, a: &[usize], b: &[usize]) -> Result<()> {
@@ -47,4 +47,33 @@ pub fn swiglu_bwd(dact: &[usize], gate: &[usize], up: &[usize]) -> Result<()> {
         "swiglu_bwd: shapes {dact:?} {gate:?} {up:?}"
     );
     Ok(())
+}
+
+/// `write_slices`: `values [vn, width]` (or `[width]`) into `x [n, c]` at `(rows[i],
+/// col0[i])`, every slice inside `x`; all checked before anything is written. Returns
+/// `(c, vn, width)`.
+pub fn write_slices(
+    x: &[usize],
+    values: &[usize],
+    rows: &[usize],
+    col0: &[usize],
+) -> Result<(usize, usize, usize)> {
+    let (n, c) = dims2(x)?;
+    let (vn, width) = match values {
+        [r, w] => (*r, *w),
+        [w] => (1, *w),
+        s => bail!("write_slices: values of shape {s:?}"),
+    };
+    ensure!(
+        rows.len() == vn && col0.len() == vn,
+        "write_slices: {vn} values for {} rows",
+        rows.len()
+    );
+    for (&r, &c0) in rows.iter().zip(col0) {
+        ensure!(
+            r < n && c0 + width <= c,
+            "write_slices: slice ({r}, {c0}) out of {x:?}"
+        );
+    }
+    Ok((c, vn, width))
 }

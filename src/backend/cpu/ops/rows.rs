@@ -2,7 +2,7 @@
 //! heads), regions of weights (the tuned slices).
 
 use crate::backend::HostTensor;
-use crate::backend::{dims2, Region};
+use crate::backend::{dims2, shapes, Region};
 use anyhow::{ensure, Result};
 
 pub(crate) fn gather_rows(x: &HostTensor, rows: &[usize]) -> Result<HostTensor> {
@@ -37,21 +37,8 @@ pub(crate) fn write_slices(
     col0: &[usize],
     values: &HostTensor,
 ) -> Result<()> {
-    let (n, c) = dims2(&x.shape)?;
-    let (vn, width) = dims2(&values.shape)?;
-    ensure!(
-        rows.len() == vn && col0.len() == vn,
-        "write_slices: {vn} values for {} rows",
-        rows.len()
-    );
+    let (c, vn, width) = shapes::write_slices(&x.shape, &values.shape, rows, col0)?;
     for i in 0..vn {
-        ensure!(
-            rows[i] < n && col0[i] + width <= c,
-            "write_slices: slice ({}, {}) out of {:?}",
-            rows[i],
-            col0[i],
-            x.shape
-        );
         x.data[rows[i] * c + col0[i]..][..width]
             .copy_from_slice(&values.data[i * width..(i + 1) * width]);
     }

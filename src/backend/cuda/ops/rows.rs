@@ -5,7 +5,7 @@ use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{
     bf16_bits, bf16_value, elem_cfg, int, rows_cfg, u32s, CudaBackend, CudaTensor,
 };
-use crate::backend::{dims2, Backend, HostTensor, Region};
+use crate::backend::{dims2, shapes, Backend, HostTensor, Region};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::PushKernelArg;
 
@@ -144,26 +144,7 @@ pub(crate) fn write_slices(
     col0: &[usize],
     values: &HostTensor,
 ) -> Result<()> {
-    let (n, c) = dims2(&x.shape)?;
-    let (vn, width) = match values.shape.as_slice() {
-        [r, w] => (*r, *w),
-        [w] => (1, *w),
-        s => bail!("write_slices: values of shape {s:?}"),
-    };
-    ensure!(
-        rows.len() == vn && col0.len() == vn,
-        "write_slices: {vn} values for {} rows",
-        rows.len()
-    );
-    for i in 0..vn {
-        ensure!(
-            rows[i] < n && col0[i] + width <= c,
-            "write_slices: slice ({}, {}) out of {:?}",
-            rows[i],
-            col0[i],
-            x.shape
-        );
-    }
+    let (c, vn, width) = shapes::write_slices(&x.shape, &values.shape, rows, col0)?;
     if vn == 0 || width == 0 {
         return Ok(());
     }
