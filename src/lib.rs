@@ -7,6 +7,7 @@ pub mod eval;
 pub mod guard;
 pub mod model;
 pub mod pipeline;
+pub mod profile;
 pub mod tune;
 pub mod util;
 

@@ -523,7 +523,9 @@ fn bad_inputs_give_clear_errors() {
     .unwrap();
     assert!(e.to_string().contains("nothing to train"));
     // The benchmark entry point runs (no timing assertions).
-    let secs = pinpoint::tune::trainer::bench_train_step(model("tiny-mistral"), 3, 2, 9).unwrap();
+    let secs = pinpoint::tune::trainer::BenchStep::new(3, 2, 9)
+        .time(model("tiny-mistral"))
+        .unwrap();
     assert!(secs >= 0.0);
     // Region helpers stay in bounds.
     assert!(CpuBackend

@@ -176,6 +176,40 @@ pub fn uniform_host(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> 
         .collect()
 }
 
+/// Timestamps taken in order on a device's queue (CUDA events), read once at the end so that
+/// timing does not serialise the queue. Named ranges go to the device's tracing tools
+/// (NVTX, where its library is present), so Nsight sees the profiler's names.
+pub trait DeviceClock: Send + Sync {
+    /// Queue a timestamp; returns its index (0, 1, ...).
+    fn mark(&self) -> Result<usize>;
+    /// Wait for the queue, then every mark's time in seconds after mark 0.
+    fn resolve(&self) -> Result<Vec<f64>>;
+    /// Open a named range in the device's tracing tools.
+    fn range_push(&self, name: &str) {
+        let _ = name;
+    }
+    /// Close the innermost range.
+    fn range_pop(&self) {}
+}
+
+/// A span on `b` that ends when dropped (see [`Backend::span_enter`]).
+pub struct Span<'a, B: Backend + ?Sized>(&'a B);
+
+impl<'a, B: Backend + ?Sized> Span<'a, B> {
+    #[inline]
+    pub fn new(b: &'a B, kind: &'static str, index: Option<usize>) -> Self {
+        b.span_enter(kind, index);
+        Span(b)
+    }
+}
+
+impl<B: Backend + ?Sized> Drop for Span<'_, B> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.span_exit();
+    }
+}
+
 /// Layer-level operations. `Tensor` is a device buffer of a 2-D shape.
 pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
@@ -216,6 +250,22 @@ pub trait Backend: Send + Sync {
     /// GEMM, `linear`'s).
     fn gemms(&self) -> &'static [Gemm] {
         &[]
+    }
+    /// Profiling (`crate::profile`): a span (a phase, a layer) begins; ops called until the
+    /// matching [`Backend::span_exit`] belong to it. A no-op on every backend but the
+    /// profiling wrapper, so model code may mark spans at no cost.
+    #[inline]
+    fn span_enter(&self, kind: &'static str, index: Option<usize>) {
+        let _ = (kind, index);
+    }
+    /// The innermost open span ends.
+    #[inline]
+    fn span_exit(&self) {}
+    /// A clock on the device's queue, for backends whose calls return before the work is
+    /// done (CUDA); None where every call runs to completion on the calling thread, so the
+    /// host's monotonic clock times it.
+    fn device_clock(&self) -> Result<Option<Box<dyn DeviceClock>>> {
+        Ok(None)
     }
     /// [`Backend::linear`] with GEMM `gemm` (one of [`Backend::gemms`]).
     fn linear_with_gemm(

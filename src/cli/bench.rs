@@ -35,9 +35,10 @@ use std::time::Instant;
 
 mod measure;
 use measure::{bench_model, bench_train, Ctx};
+pub(super) use measure::{patching_inputs, random_seqs};
 
 const WHATS: [&str; 5] = ["forward", "decode", "patching", "train", "gemm"];
-const SHAPES: [&str; 3] = ["smollm2-135m", "llama2-7b", "mistral-7b"];
+pub(super) const SHAPES: [&str; 3] = ["smollm2-135m", "llama2-7b", "mistral-7b"];
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -78,6 +79,11 @@ pub struct BenchArgs {
     /// Train: number of tuned heads.
     #[arg(long, default_value_t = 16)]
     pub k: usize,
+    /// Train: positions at the end of each sequence that carry loss (SPT's loss is on the
+    /// final assistant turn; 32 of 128 is the default data's share); 0: every position
+    /// (a language-model step, as HF `labels = input_ids`).
+    #[arg(long, default_value_t = 32)]
+    pub loss_tokens: usize,
     /// Also write every row as a JSON array to this file (atomic write).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -89,13 +95,13 @@ pub struct BenchArgs {
 
 /// Where a model comes from.
 #[derive(Debug, Clone)]
-enum Source {
+pub(super) enum Source {
     Dir(PathBuf),
     Shape(String),
 }
 
 impl Source {
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         match self {
             Source::Dir(d) => d.display().to_string(),
             Source::Shape(s) => s.clone(),
@@ -150,7 +156,7 @@ fn time_reps<B: Backend>(
 }
 
 /// Random-weight configurations of the real models (as HF config.json would give them).
-fn shape_config(name: &str) -> Result<ModelConfig> {
+pub(super) fn shape_config(name: &str) -> Result<ModelConfig> {
     let mut v = match name {
         "smollm2-135m" => json!({"hidden_size": 576, "intermediate_size": 1536,
             "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
@@ -175,7 +181,7 @@ fn shape_config(name: &str) -> Result<ModelConfig> {
 
 /// Random weights of `cfg` on `b` (scales as tests/cuda_bench.rs: uniform(+-0.02) for
 /// matrices, +-1 for the embedding, norms 1); every tensor has its own seed.
-fn random_model<B: TrainBackend>(cfg: ModelConfig, b: B) -> Result<Model<B>> {
+pub(super) fn random_model<B: TrainBackend>(cfg: ModelConfig, b: B) -> Result<Model<B>> {
     let (d, f, q, kv, v) = (
         cfg.hidden_size,
         cfg.intermediate_size,
@@ -436,6 +442,15 @@ fn run_cuda(_: &BenchArgs, _: &mut Vec<Value>) -> Result<()> {
 }
 
 impl BenchArgs {
+    /// The SPT step `train` times.
+    fn train_step(&self) -> Result<pinpoint::tune::trainer::BenchStep> {
+        Ok(pinpoint::tune::trainer::BenchStep {
+            loss_tokens: self.loss_tokens,
+            act_memory: self.act_memory()?,
+            ..pinpoint::tune::trainer::BenchStep::new(self.k, self.batch, self.seq)
+        })
+    }
+
     fn act_memory(&self) -> Result<pinpoint::backward::ActMemory> {
         use pinpoint::backward::ActMemory;
         Ok(match self.mem_cap_gib {

@@ -10,6 +10,7 @@ mod logits;
 mod make_data;
 mod models;
 mod pipeline;
+mod profile;
 mod tune;
 
 use anyhow::{Context, Result};
@@ -195,6 +196,11 @@ pub enum Command {
     ///
     /// Example: pinpoint bench forward --batch 8 --seq 128
     Bench(bench::BenchArgs),
+    /// Where the time of a workload goes: a table per op (CPU) or kernel (CUDA) with FLOPs,
+    /// bytes and the roofline, plus profile.json and trace.json (Perfetto).
+    ///
+    /// Example: pinpoint profile train --out prof
+    Profile(profile::ProfileArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -227,6 +233,7 @@ pub fn run(cli: Cli) -> Result<()> {
             checks::bench(&a)?;
             bench::bench(a)
         }
+        Command::Profile(a) => profile::profile(a),
         Command::Tune(a) => {
             checks::tune(&a)?;
             let _lock = locked_out(&a.out, &a.model)?;

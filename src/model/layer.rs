@@ -9,7 +9,7 @@
 //! h, `Z(l)` on z, `AttnOut(l)` on o_proj's output, `MlpOut(l)` on down's output (`ResidPre(l)`
 //! is the caller's, on x before the call).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Span};
 use crate::heads::HookPoint;
 use crate::model::mask::{param, LayerParam, ParamId};
 use crate::model::{ModelConfig, ModelWeights};
@@ -75,6 +75,7 @@ pub(crate) fn layer_forward<B: Backend>(
     positions: &[usize],
 ) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
     let (cfg, b) = (m.cfg, m.backend);
+    let _span = Span::new(b, "layer", Some(l));
     let lw = &m.weights.layers[l];
     let eps = cfg.rms_norm_eps as f32;
     let mut h = b.rmsnorm(x, &lw.attn_norm, eps)?;

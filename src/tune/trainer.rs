@@ -12,7 +12,7 @@
 //! epochs, each a permutation drawn from `(seed, epoch)`. The RNG state is therefore
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
-use crate::backend::{ParamState, Region, TrainBackend};
+use crate::backend::{ParamState, Region, Span, TrainBackend};
 use crate::backward::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
@@ -305,6 +305,7 @@ impl<B: TrainBackend> Trainer<B> {
             );
         }
         let b = &self.model.backend;
+        let span = Span::new(b, "optimizer", None);
         let mut sq = Vec::with_capacity(self.states.len());
         for g in &grads.slices {
             sq.push(b.sum_squares(g)?);
@@ -314,6 +315,7 @@ impl<B: TrainBackend> Trainer<B> {
             sq.push(b.sum_squares(gb)?);
         }
         let norm = AdamW::norm_of(&sq);
+        drop(span);
         if !norm.is_finite() {
             bail!(
                 "step {}: the gradient norm is {norm} (not finite); training stopped, {}",
@@ -327,6 +329,8 @@ impl<B: TrainBackend> Trainer<B> {
         let Model {
             backend, weights, ..
         } = &mut self.model;
+        let backend = &*backend;
+        let span = Span::new(backend, "optimizer", None);
         for (i, s) in self.mask.slices.iter().enumerate() {
             let w = param_mut(weights, s.param)?;
             backend.adamw_update(&mut self.states[i], &grads.slices[i], w, s.region, &adam)?;
@@ -336,6 +340,7 @@ impl<B: TrainBackend> Trainer<B> {
             backend.adamw_update(&mut sa[0], ga, &mut a.a, Region::Full, &adam)?;
             backend.adamw_update(&mut sb[0], gb, &mut a.b, Region::Full, &adam)?;
         }
+        drop(span);
         if self.cfg.authors_decay {
             self.decay_frozen_remainder(info.lr)?;
         }
@@ -478,55 +483,80 @@ impl<B: TrainBackend> Trainer<B> {
     }
 }
 
-/// Benchmark entry point: seconds of one update at `batch` sequences of `seq` random tokens
-/// with the first `k` heads (layer-major order) tuned, default projections.
-pub fn bench_train_step<B: TrainBackend>(
-    model: Model<B>,
-    k: usize,
-    batch: usize,
-    seq: usize,
-) -> Result<f64> {
-    bench_train_step_with(model, k, batch, seq, ActMemory::Auto)
+/// The benchmark's SPT step: `batch` sequences of `seq` random tokens, the first `k` heads
+/// (layer-major order) tuned with the default projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchStep {
+    pub k: usize,
+    pub batch: usize,
+    pub seq: usize,
+    /// Positions at the end of each sequence that carry loss (SPT's final assistant turn);
+    /// 0: every position with a next token (a language-model step, HF `labels = input_ids`).
+    pub loss_tokens: usize,
+    pub act_memory: ActMemory,
 }
 
-/// [`bench_train_step`] with an explicit activation-memory policy.
-pub fn bench_train_step_with<B: TrainBackend>(
-    model: Model<B>,
-    k: usize,
-    batch: usize,
-    seq: usize,
-    act_memory: ActMemory,
-) -> Result<f64> {
-    use rand::Rng;
-    let heads: Vec<HeadId> = model.all_heads().into_iter().take(k).collect();
-    ensure!(heads.len() == k, "the model has fewer than {k} heads");
-    let mask = Mask::heads(
-        &model.cfg,
-        &heads,
-        crate::tune::mask::HeadProjs::default_for(&model.cfg),
-    )?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let v = model.cfg.vocab_size as u32;
-    let data: Vec<TrainSeq> = (0..batch)
-        .map(|_| {
-            let ids: Vec<u32> = (0..seq).map(|_| rng.gen_range(0..v)).collect();
-            let targets = (0..seq).map(|t| ids.get(t + 1).copied()).collect();
-            TrainSeq::new(ids, targets)
-        })
-        .collect();
-    let cfg = TuneConfig {
-        steps: 2,
-        batch,
-        progress: false,
-        checkpoint_every: 0,
-        act_memory,
-        ..Default::default()
-    };
-    let tmp = std::env::temp_dir().join("pinpoint-bench-unused");
-    let mut t = Trainer::new(model, mask, heads, data, cfg, &tmp)?;
-    // One warm-up step (first touches of every buffer), then the timed one.
-    t.step()?;
-    let t0 = Instant::now();
-    t.step()?;
-    Ok(t0.elapsed().as_secs_f64())
+impl BenchStep {
+    /// `batch` x `seq` tokens, `k` heads, loss at every position, activation memory auto.
+    pub fn new(k: usize, batch: usize, seq: usize) -> Self {
+        Self {
+            k,
+            batch,
+            seq,
+            loss_tokens: 0,
+            act_memory: ActMemory::Auto,
+        }
+    }
+
+    /// A trainer for this step on `model` (nothing is written: no checkpoints).
+    pub fn trainer<B: TrainBackend>(&self, model: Model<B>) -> Result<Trainer<B>> {
+        use rand::Rng;
+        let k = self.k;
+        let heads: Vec<HeadId> = model.all_heads().into_iter().take(k).collect();
+        ensure!(heads.len() == k, "the model has fewer than {k} heads");
+        ensure!(self.seq >= 2, "a training sequence needs at least 2 tokens");
+        let mask = Mask::heads(
+            &model.cfg,
+            &heads,
+            crate::tune::mask::HeadProjs::default_for(&model.cfg),
+        )?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let v = model.cfg.vocab_size as u32;
+        // Targets at the last `loss_tokens` positions that have a next token.
+        let first = match self.loss_tokens {
+            0 => 0,
+            n => (self.seq - 1).saturating_sub(n),
+        };
+        let data: Vec<TrainSeq> = (0..self.batch)
+            .map(|_| {
+                let ids: Vec<u32> = (0..self.seq).map(|_| rng.gen_range(0..v)).collect();
+                let targets = (0..self.seq)
+                    .map(|t| (t >= first).then(|| ids.get(t + 1).copied()).flatten())
+                    .collect();
+                TrainSeq::new(ids, targets)
+            })
+            .collect();
+        let cfg = TuneConfig {
+            steps: 2,
+            batch: self.batch,
+            progress: false,
+            checkpoint_every: 0,
+            act_memory: self.act_memory,
+            ..Default::default()
+        };
+        let tmp = std::env::temp_dir().join("pinpoint-bench-unused");
+        Trainer::new(model, mask, heads, data, cfg, &tmp)
+    }
+
+    /// Seconds of one update on `model`, after one warm-up update (first touches of every
+    /// buffer).
+    pub fn time<B: TrainBackend>(&self, model: Model<B>) -> Result<f64> {
+        let mut t = self.trainer(model)?;
+        t.step()?;
+        t.model.backend.synchronize()?;
+        let t0 = Instant::now();
+        t.step()?;
+        t.model.backend.synchronize()?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
 }

@@ -38,7 +38,12 @@ fn peak_gib<B: Backend>(b: &B) -> Result<Value> {
     })
 }
 
-fn random_seqs(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<Vec<u32>> {
+pub(in crate::cli) fn random_seqs(
+    vocab: usize,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+) -> Vec<Vec<u32>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..batch)
         .map(|_| (0..seq).map(|_| rng.gen_range(0..vocab as u32)).collect())
@@ -135,8 +140,9 @@ fn random_pairs(vocab: usize, n: usize, seq: usize) -> Result<Vec<TokenPair>> {
 
 /// Pairs and metric: MMLU pairs with the paper's labels for a model directory; random
 /// pairs and label ids (logit difference) for a shape.
-fn patching_inputs(
-    a: &BenchArgs,
+pub(in crate::cli) fn patching_inputs(
+    n_pairs: usize,
+    seq: usize,
     src: &Source,
     cfg: &ModelConfig,
 ) -> Result<(Vec<TokenPair>, Metric)> {
@@ -147,7 +153,7 @@ fn patching_inputs(
                 &pinpoint::model::zoo::MMLU_JSONL,
                 true,
             )?)?;
-            let prompt_pairs: Vec<_> = pairs::sample(&qs, a.pairs, 0)
+            let prompt_pairs: Vec<_> = pairs::sample(&qs, n_pairs, 0)
                 .iter()
                 .map(|q| pairs::pair_for_question(q, Some(pairs::DEFAULT_SYSTEM)))
                 .collect();
@@ -162,7 +168,7 @@ fn patching_inputs(
                 syc: 1234 % v,
                 anti: 4321 % v,
             };
-            Ok((random_pairs(cfg.vocab_size, a.pairs, a.seq)?, metric))
+            Ok((random_pairs(cfg.vocab_size, n_pairs, seq)?, metric))
         }
     }
 }
@@ -170,7 +176,7 @@ fn patching_inputs(
 fn bench_patching<B: TrainBackend>(cx: &mut Ctx, src: &Source, model: &Model<B>) -> Result<()> {
     let a = cx.a;
     let b = &model.backend;
-    let (token_pairs, metric) = patching_inputs(a, src, &model.cfg)?;
+    let (token_pairs, metric) = patching_inputs(a.pairs, a.seq, src, &model.cfg)?;
     let tokens: usize = token_pairs
         .iter()
         .map(|p| p.reference.len() + p.counterfactual.len())
@@ -311,13 +317,7 @@ pub(super) fn bench_train<B: TrainBackend>(
     for _ in 0..a.reps.max(1) {
         let m = make()?;
         cfg = Some(m.cfg.clone());
-        times.push(pinpoint::tune::trainer::bench_train_step_with(
-            m,
-            a.k,
-            a.batch,
-            a.seq,
-            a.act_memory()?,
-        )?);
+        times.push(a.train_step()?.time(m)?);
     }
     let peak = peak_gib(probe)?;
     let cfg = cfg.expect("at least one rep");
@@ -327,6 +327,7 @@ pub(super) fn bench_train<B: TrainBackend>(
     let flops = 2.0 * forward_flops(&cfg, a.batch, a.seq, a.batch * a.seq);
     let row = json!({
         "bench": "train", "batch": a.batch, "seq": a.seq, "k": a.k, "reps": a.reps,
+        "loss_tokens": a.loss_tokens,
         "mem_cap_gib": a.mem_cap_gib,
         "median_s": s, "tokens_per_s": (a.batch * a.seq) as f64 / s,
         "flops": flops, "floor_ratio": s / cx.flop_floor(flops), "peak_gib": peak,

@@ -3,7 +3,7 @@
 
 use super::forward::{adapter_of, attn_shape, layer_forward, Forward, Kept, LayerActs, Packed};
 use super::{Adapter, Grads};
-use crate::backend::{Region, TrainBackend};
+use crate::backend::{Region, Span, TrainBackend};
 use crate::model::mask::{param, LayerParam, Mask, ParamId};
 use crate::transformer::Model;
 use anyhow::{bail, Result};
@@ -95,6 +95,7 @@ pub(super) fn backward_layers<B: TrainBackend>(
         if 2 + 2 * l < s_min {
             break;
         }
+        let _span = Span::new(b, "layer", Some(l));
         // This layer's activations, kept or recomputed; freed when the layer is done.
         let (x_in, a) = match std::mem::replace(&mut fw.layers[l], Kept::Nothing) {
             Kept::All(x, a) => (x, a),

@@ -14,7 +14,7 @@
 mod forward;
 mod layers;
 
-use crate::backend::TrainBackend;
+use crate::backend::{Span, TrainBackend};
 use crate::model::mask::{param, LayerParam, Mask, ParamId};
 use crate::model::HostTensor;
 use crate::transformer::Model;
@@ -210,7 +210,9 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     }
     let nl = m.cfg.num_hidden_layers;
     let s_min = lowest_stage(nl, mask, adapters);
+    let span = Span::new(b, "forward", None);
     let mut fw = forward(m, adapters, &ids, first_layer(s_min), mem)?;
+    drop(span);
     // Rows with a target.
     let mut rows = vec![];
     let mut tg = vec![];
@@ -231,6 +233,7 @@ pub fn loss_and_grads_with<B: TrainBackend>(
         return Ok((0.0, 0));
     }
     let eps = m.cfg.rms_norm_eps as f32;
+    let span = Span::new(b, "loss", None);
     let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
     let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, eps)?;
     let (hw, hid) = head(m);
@@ -244,9 +247,11 @@ pub fn loss_and_grads_with<B: TrainBackend>(
         let loss = xent_and_kl_in_place(&mut d, &tg, &soft, scale)?;
         (loss, b.upload(&d)?)
     };
+    drop(span);
     let Some(s_min) = s_min else {
         return Ok((loss, rows.len()));
     };
+    let _span = Span::new(b, "backward", None);
     // ---- Final stage: logits = norm(x_final[rows]) @ head^T.
     let st = 2 * nl + 1;
     let need_dx = st > s_min;
