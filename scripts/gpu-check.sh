@@ -14,7 +14,7 @@
 #        run(command="bash scripts/gpu-check.sh", carry=[".gpu"], timeout_s=540)
 #    Without the first call (or if the machine was given back in between) the SmolLM2
 #    steps are skipped and everything else runs. Budget: tests ~1 min, benches ~2 min,
-#    peers ~1.5 min, SmolLM2 ~2.5 min, profile ~1 min; GPU_CHECK_BUDGET (s, default 460)
+#    peers ~1.5 min, SmolLM2 ~2.5 min, profiles ~2 min; GPU_CHECK_BUDGET (s, default 460)
 #    skips the steps that would start after it; GPU_CHECK_ONLY="step ..." runs only those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   cargo build --release --bin pinpoint
   cargo test --release --no-run --message-format=json \
       --test ops --test cuda_kernels --test cuda_train --test cuda_backward --test cuda_bench \
-      --test cuda_smollm2 --test nvrtc_compile >.gpu/build.json
+      --test cuda_smollm2 --test nvrtc_compile --test profile >.gpu/build.json
   python3 - <<'PY'
 import json, shutil, os
 for line in open(".gpu/build.json"):
@@ -172,7 +172,15 @@ if ((HAVE_MODEL)); then
   cp /tmp/pp-run/stages.json "$OUT/pipeline-stages.json" 2>/dev/null
 fi
 
-# 5. Per-kernel profile of one train step (Nsight Compute, kernel durations only).
+# 5. pinpoint's own per-kernel profile (device timing events): the 7B-shape SPT step and
+#    path-patching sweep, and SmolLM2's step; profile.json (+ trace.json) into $OUT. The
+#    acceptance compares the kernels' sum (ops_s) with the wall of the step (wall_s).
+step profile_train_7b 120 "$PP" profile train --device cuda --shape llama2-7b --k 32 --out "$OUT/profile-train-7b"
+step profile_patching_7b 120 "$PP" profile patching --device cuda --shape llama2-7b --out "$OUT/profile-patching-7b"
+step profile_train_smollm2 60 "$PP" profile train --device cuda --shape smollm2-135m --k 32 --out "$OUT/profile-train-smollm2"
+step profile 30 .gpu/bin/profile --include-ignored --nocapture --test-threads=1
+
+# 6. Per-kernel profile of one train step (Nsight Compute, kernel durations only).
 if command -v ncu >/dev/null; then
   step ncu_train 90 ncu --metrics gpu__time_duration.sum --csv --print-summary per-kernel \
     "$PP" bench train --device cuda --shape smollm2-135m --reps 1 --out /tmp/ncu-bench.json
@@ -192,6 +200,11 @@ res["worst_rel_err"] = errs[-1] if errs else None
 res["skipped_tests"] = len(re.findall(r"SKIPPED", text))
 res["failed_tests"] = sorted(set(re.findall(r"thread '(\w+)' \(\d+\) panicked", text)))
 res["smollm2"] = re.findall(r"smollm2 [^\n]*", text)
+for p in sorted(glob.glob(os.path.join(out, "profile-*", "profile.json"))):
+    try:
+        j = json.load(open(p))
+        res[os.path.basename(os.path.dirname(p))] = {k: j[k] for k in ("device", "clock", "wall_s", "ops_s", "outside_ops_s", "ceilings")} | {"top_rows": sorted(j["rows"], key=lambda r: -r["total_ms"])[:12]}
+    except Exception as e: res[os.path.basename(os.path.dirname(p))] = f"unreadable: {e}"
 for p in sorted(glob.glob(os.path.join(out, "*.json"))):
     if os.path.basename(p) == "gpu-check.json":
         continue

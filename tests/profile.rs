@@ -313,3 +313,52 @@ fn cli_writes_the_table_profile_and_trace() {
         serde_json::from_slice(&std::fs::read(dir.path().join("trace.json")).unwrap()).unwrap();
     assert!(tj["traceEvents"].as_array().unwrap().len() > 50);
 }
+
+/// On the GPU: device timing events, results bit-identical to the unwrapped backend, and
+/// the kernels' time inside the step's wall.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a GPU"]
+fn cuda_profile_uses_device_time_and_changes_no_bit() {
+    use pinpoint::backend::cuda::CudaBackend;
+    let gpu = || {
+        let b = CudaBackend::new(0).expect("a CUDA device");
+        b.load_kernels().unwrap();
+        b
+    };
+    let step = BenchStep {
+        loss_tokens: 4,
+        ..BenchStep::new(2, 2, 16)
+    };
+    let mut plain = step.trainer(tiny(gpu())).unwrap();
+    let mut prof = step.trainer(tiny(Profiled::new(gpu()).unwrap())).unwrap();
+    for _ in 0..2 {
+        let (a, b) = (plain.step().unwrap(), prof.step().unwrap());
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+    }
+    prof.model.backend.restart().unwrap();
+    prof.step().unwrap();
+    let p = prof.model.backend.finish().unwrap();
+    assert_eq!(p.clock, "device");
+    let mut ops = p.ops.clone();
+    ops.sort_by(|a, b| a.start.total_cmp(&b.start));
+    for w in ops.windows(2) {
+        assert!(
+            w[1].start >= w[0].end - 1e-6,
+            "{} overlaps {}",
+            w[1].name,
+            w[0].name
+        );
+    }
+    assert!(
+        p.ops_s() <= p.wall_s,
+        "kernels {} s > wall {} s",
+        p.ops_s(),
+        p.wall_s
+    );
+    eprintln!(
+        "cuda tiny step: kernels {:.3} ms of {:.3} ms wall",
+        1e3 * p.ops_s(),
+        1e3 * p.wall_s
+    );
+}

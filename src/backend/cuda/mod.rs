@@ -13,6 +13,7 @@
 //! Work is queued on one stream; errors of a launch show up at the latest at the next
 //! download or [`CudaBackend::synchronize`].
 
+pub mod clock;
 pub mod init;
 pub mod ops;
 pub mod registry;
@@ -259,6 +260,9 @@ impl Backend for CudaBackend {
     }
     fn synchronize(&self) -> Result<()> {
         CudaBackend::synchronize(self)
+    }
+    fn device_clock(&self) -> Result<Option<Box<dyn super::DeviceClock>>> {
+        Ok(Some(Box::new(clock::CudaClock::new(self.stream.clone()))))
     }
     fn uniform(&self, shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<CudaTensor> {
         CudaBackend::uniform(self, shape, seed, scale, offset)
