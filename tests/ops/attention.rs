@@ -260,25 +260,22 @@ fn fwd_cases() -> Vec<Case> {
 /// length 1 first, lengths around tile edges, 3 and 4 query heads per group, windows
 /// shorter and longer than a tile, a window of 1 (dq = dk = 0).
 fn bwd_cases() -> Vec<Case> {
-    let cases: [(usize, usize, usize, Option<usize>, &[usize]); 13] = [
-        (4, 4, 16, None, &[7]),
-        (6, 2, 64, None, &[70, 3, 33]),
-        (6, 2, 64, Some(5), &[1, 5, 37]),
-        (8, 2, 128, Some(33), &[50, 1, 20]),
-        (4, 1, 128, None, &[45]),
-        (9, 3, 8, Some(3), &[10, 2]),
-        (2, 2, 256, None, &[9, 40]),
-        (8, 8, 64, None, &[130]),
-        (9, 3, 64, None, &[1, 64, 129, 65]),
-        (8, 2, 64, Some(40), &[130, 1, 66]),
-        (4, 4, 128, None, &[64, 17, 1]),
-        (6, 2, 128, Some(70), &[150, 2]),
-        (2, 1, 64, Some(1), &[70]),
-    ];
-    cases
-        .iter()
-        .map(|&(h, g, d, w, lens)| packed(h, g, d, w, lens, true))
-        .collect()
+    let p = |h, g, d, window, lens: &[usize]| packed(h, g, d, window, lens, true);
+    vec![
+        p(4, 4, 16, None, &[7]),
+        p(6, 2, 64, None, &[70, 3, 33]),
+        p(6, 2, 64, Some(5), &[1, 5, 37]),
+        p(8, 2, 128, Some(33), &[50, 1, 20]),
+        p(4, 1, 128, None, &[45]),
+        p(9, 3, 8, Some(3), &[10, 2]),
+        p(2, 2, 256, None, &[9, 40]),
+        p(8, 8, 64, None, &[130]),
+        p(9, 3, 64, None, &[1, 64, 129, 65]),
+        p(8, 2, 64, Some(40), &[130, 1, 66]),
+        p(4, 4, 128, None, &[64, 17, 1]),
+        p(6, 2, 128, Some(70), &[150, 2]),
+        p(2, 1, 64, Some(1), &[70]),
+    ]
 }
 
 /// The f64 reference of one call: `z`, the probabilities of the `(seq, head)` pairs asked
@@ -377,18 +374,20 @@ fn describe(c: &Case) -> String {
 }
 
 /// The forward: z, and the probabilities of one head per sequence (masked entries exactly
-/// zero), on every kernel set of the device.
+/// zero, rows summing to one through the reference), on every kernel set of the device.
 fn attention_body<B: AttnDevice>(b: &B, tol: f32) {
     for (ci, c) in fwd_cases().iter().enumerate() {
         let [q, k, v, dz] = inputs(c, 100 * ci as u64);
+        // Asked for last sequence first; returned in (seq, head) order.
         let want: Vec<(usize, usize)> = (0..c.spans.len())
             .map(|s| (s, (s * 5 + 1) % c.shape.n_heads))
             .collect();
+        let asked: Vec<(usize, usize)> = want.iter().rev().copied().collect();
         let r = attn_ref(&f64s(&q), &f64s(&k), &f64s(&v), &f64s(&dz), c, &want);
         let (qt, kt, vt) = (up(b, &q), up(b, &k), up(b, &v));
         for path in b.paths(&c.spans, c.shape, false) {
             let what = format!("attention[{path}] {}", describe(c));
-            let (z, pats) = b.attention_on(path, &qt, &kt, &vt, &c.spans, c.shape, &want);
+            let (z, pats) = b.attention_on(path, &qt, &kt, &vt, &c.spans, c.shape, &asked);
             check(&format!("{what} z"), &run(b, &z), &f32s(&r.z), tol);
             let got: Vec<(usize, usize)> = pats.iter().map(|p| (p.seq, p.head)).collect();
             assert_eq!(got, want, "{what}: patterns");
