@@ -204,17 +204,16 @@ fn diagnose_on<B: Backend>(
         "clean runs {:.2} s, sweep {:.2} s; reference metric {:.4}, counterfactual {:.4}",
         d.seconds_clean, d.seconds_sweep, d.reference_metric, d.counterfactual_metric
     );
-    crate::outln!("rank  head      score     std");
+    // Heads by TransformerLens' label, and the slice of its hook_z the score patches.
+    crate::outln!("rank  head      score     std  hook");
     for h in d.heads.iter().take(a.top_k.min(20)) {
-        let pos = h.position.map(|p| format!("@{p}")).unwrap_or_default();
         crate::outln!(
-            "{:>4}  L{}H{}{:<5} {:>9.3} {:>7.3}",
+            "{:>4}  {:<9} {:>9.3} {:>7.3}  {}",
             h.rank,
-            h.layer,
-            h.head,
-            pos,
+            h.label(),
             h.score,
-            h.std
+            h.std,
+            h.z_hook()
         );
     }
     eprintln!(
