@@ -7,41 +7,39 @@ use pinpoint::model::HostTensor;
 
 /// The kernels a device can run attention with, so that a body runs every one: the CPU
 /// has one; CUDA has the tensor-core kernels (where `Auto` takes them) and the CUDA-core
-/// ones (`Simple`), and its backward takes whole packed sequences only.
+/// ones (`Simple`), and its backward takes whole packed sequences only. `t` is
+/// `[q, k, v, dz]` on the device.
 trait AttnDevice: TrainBackend {
-    /// Names of the kernel sets that apply to a forward (backward) of these spans.
-    fn paths(&self, _spans: &[SeqSpan], _shape: AttnShape, _bwd: bool) -> Vec<&'static str> {
+    /// Names of the kernel sets that apply to the forward (backward) of a case.
+    fn paths(&self, _c: &Case, _bwd: bool) -> Vec<&'static str> {
         vec!["cpu"]
     }
     /// The backward of a cache layout (pos0 > 0) is computed, not refused.
     const BWD_CACHED: bool = true;
-    #[allow(clippy::too_many_arguments)]
-    fn attention_on(
+    /// `z` and the patterns of `want`, with the kernels of `path`.
+    fn fwd(
         &self,
         _path: &str,
-        q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        spans: &[SeqSpan],
-        shape: AttnShape,
+        t: &[Self::Tensor; 4],
+        c: &Case,
         want: &[(usize, usize)],
-    ) -> (Self::Tensor, Vec<Pattern>) {
-        self.attention(q, k, v, spans, shape, want).unwrap()
+    ) -> Fwd<Self> {
+        self.attention(&t[0], &t[1], &t[2], &c.spans, c.shape, want)
+            .unwrap()
     }
-    #[allow(clippy::too_many_arguments)]
-    fn attention_bwd_on(
-        &self,
-        _path: &str,
-        dz: &Self::Tensor,
-        q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        spans: &[SeqSpan],
-        shape: AttnShape,
-    ) -> (Self::Tensor, Self::Tensor, Self::Tensor) {
-        self.attention_bwd(dz, q, k, v, spans, shape).unwrap()
+    /// `(dq, dk, dv)`, with the kernels of `path`.
+    fn bwd(&self, _path: &str, t: &[Self::Tensor; 4], c: &Case) -> Bwd<Self> {
+        self.attention_bwd(&t[3], &t[0], &t[1], &t[2], &c.spans, c.shape)
+            .unwrap()
     }
 }
+
+type Fwd<B> = (<B as pinpoint::backend::Backend>::Tensor, Vec<Pattern>);
+type Bwd<B> = (
+    <B as pinpoint::backend::Backend>::Tensor,
+    <B as pinpoint::backend::Backend>::Tensor,
+    <B as pinpoint::backend::Backend>::Tensor,
+);
 
 impl AttnDevice for pinpoint::backend::cpu::CpuBackend {}
 
@@ -60,10 +58,10 @@ mod cuda_paths {
     }
 
     impl AttnDevice for CudaBackend {
-        fn paths(&self, spans: &[SeqSpan], shape: AttnShape, bwd: bool) -> Vec<&'static str> {
+        fn paths(&self, c: &Case, bwd: bool) -> Vec<&'static str> {
             let tc = match bwd {
-                false => attn_tensor_cores(spans, shape),
-                true => attn_bwd_tensor_cores(spans, shape),
+                false => attn_tensor_cores(&c.spans, c.shape),
+                true => attn_bwd_tensor_cores(&c.spans, c.shape),
             };
             if tc {
                 vec!["tc", "simple"]
@@ -72,32 +70,20 @@ mod cuda_paths {
             }
         }
         const BWD_CACHED: bool = false;
-        fn attention_on(
+        fn fwd(
             &self,
             path: &str,
-            q: &CudaTensor,
-            k: &CudaTensor,
-            v: &CudaTensor,
-            spans: &[SeqSpan],
-            shape: AttnShape,
+            t: &[CudaTensor; 4],
+            c: &Case,
             want: &[(usize, usize)],
-        ) -> (CudaTensor, Vec<Pattern>) {
-            let kernels = kernels(path);
-            self.attention_with(q, k, v, spans, shape, want, kernels)
+        ) -> Fwd<Self> {
+            let (q, k, v) = (&t[0], &t[1], &t[2]);
+            self.attention_with(q, k, v, &c.spans, c.shape, want, kernels(path))
                 .unwrap()
         }
-        fn attention_bwd_on(
-            &self,
-            path: &str,
-            dz: &CudaTensor,
-            q: &CudaTensor,
-            k: &CudaTensor,
-            v: &CudaTensor,
-            spans: &[SeqSpan],
-            shape: AttnShape,
-        ) -> (CudaTensor, CudaTensor, CudaTensor) {
-            let kernels = kernels(path);
-            self.attention_bwd_with(dz, q, k, v, spans, shape, kernels)
+        fn bwd(&self, path: &str, t: &[CudaTensor; 4], c: &Case) -> Bwd<Self> {
+            let (q, k, v, dz) = (&t[0], &t[1], &t[2], &t[3]);
+            self.attention_bwd_with(dz, q, k, v, &c.spans, c.shape, kernels(path))
                 .unwrap()
         }
     }
@@ -384,10 +370,10 @@ fn attention_body<B: AttnDevice>(b: &B, tol: f32) {
             .collect();
         let asked: Vec<(usize, usize)> = want.iter().rev().copied().collect();
         let r = attn_ref(&f64s(&q), &f64s(&k), &f64s(&v), &f64s(&dz), c, &want);
-        let (qt, kt, vt) = (up(b, &q), up(b, &k), up(b, &v));
-        for path in b.paths(&c.spans, c.shape, false) {
+        let t = [&q, &k, &v, &dz].map(|x| up(b, x));
+        for path in b.paths(c, false) {
             let what = format!("attention[{path}] {}", describe(c));
-            let (z, pats) = b.attention_on(path, &qt, &kt, &vt, &c.spans, c.shape, &asked);
+            let (z, pats) = b.fwd(path, &t, c, &asked);
             check(&format!("{what} z"), &run(b, &z), &f32s(&r.z), tol);
             let got: Vec<(usize, usize)> = pats.iter().map(|p| (p.seq, p.head)).collect();
             assert_eq!(got, want, "{what}: patterns");
@@ -440,10 +426,10 @@ fn attention_bwd_body<B: AttnDevice>(b: &B, tol: f32) {
                 &r.dv,
             );
         }
-        let (qt, kt, vt, dzt) = (up(b, &q), up(b, &k), up(b, &v), up(b, &dz));
-        for path in b.paths(&c.spans, c.shape, true) {
+        let t = [&q, &k, &v, &dz].map(|x| up(b, x));
+        for path in b.paths(c, true) {
             let what = format!("attention_bwd[{path}] {}", describe(c));
-            let (dq, dk, dv) = b.attention_bwd_on(path, &dzt, &qt, &kt, &vt, &c.spans, c.shape);
+            let (dq, dk, dv) = b.bwd(path, &t, c);
             for (name, t, want) in [("dq", &dq, &r.dq), ("dk", &dk, &r.dk), ("dv", &dv, &r.dv)] {
                 let got = b.download(t).unwrap();
                 let w = got.shape[1];
