@@ -314,5 +314,17 @@ fn heads_list_cases() -> Vec<Case> {
         ),
         heads_list("heads-list: garbage", "3.5", &["--heads-list", "L3H5"]),
         heads_list("heads-list: twice", "L0H0,L0H0", &["twice"]),
+        // TransformerLens hook names: an unknown hook lists the accepted forms; a known
+        // one is checked against the model like a label.
+        heads_list(
+            "heads-list: unknown hook",
+            "blocks.0.attn.hook_q[:,:,0]",
+            &["--heads-list", "hook_q", "hook_pattern[:, {head}]"],
+        ),
+        heads_list(
+            "heads-list: hook of a missing head",
+            "blocks.0.attn.hook_z[:,:,99]",
+            &["L0H99", "does not exist"],
+        ),
     ]
 }
