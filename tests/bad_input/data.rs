@@ -326,5 +326,43 @@ fn heads_list_cases() -> Vec<Case> {
             "blocks.0.attn.hook_z[:,:,99]",
             &["L0H99", "does not exist"],
         ),
+        // attention and knockout take --heads-list too, instead of --heads.
+        ok(
+            "knockout: heads by TransformerLens names",
+            nothing,
+            "knockout --model m --pairs pairs.jsonl --max-k 2 --out ko --heads-list \
+             L0H1,blocks.2.attn.hook_z[:,:,3],blocks.1.attn.hook_pattern[:,0]",
+            |e: &Env, _: &Out| {
+                let text =
+                    std::fs::read_to_string(e.p("ko/knockout.json")).map_err(|e| e.to_string())?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let ks: Vec<u64> = v["curve"]
+                    .as_array()
+                    .ok_or("no curve")?
+                    .iter()
+                    .filter_map(|p| p["k"].as_u64())
+                    .collect();
+                (ks == [0, 1, 2]).then_some(()).ok_or(format!("k {ks:?}"))
+            },
+        ),
+        fail(
+            "attention: --heads and --heads-list",
+            nothing,
+            "attention --model m --pairs pairs.jsonl --heads heads.json --heads-list L0H0 --out at",
+            &["--heads-list"],
+        ),
+        fail(
+            "attention: no heads",
+            nothing,
+            "attention --model m --pairs pairs.jsonl --out at",
+            &["--heads"],
+        ),
+        fail(
+            "attention: a missing head",
+            nothing,
+            "attention --model m --pairs pairs.jsonl --heads-list L5H0 --out at",
+            &["L5H0", "does not exist"],
+        ),
     ]
 }
