@@ -140,9 +140,9 @@ fi
 # 1. Correctness on the GPU. The GPU tests are #[ignore = "needs a GPU"] (a plain `cargo
 #    test` lists them as ignored); --include-ignored runs them, and they fail without a GPU.
 step nvrtc_compile 60 .gpu/bin/nvrtc_compile --include-ignored --nocapture --test-threads=1
-step ops 30 .gpu/bin/ops --include-ignored --nocapture --test-threads=1
-step cuda_kernels 90 .gpu/bin/cuda_kernels --include-ignored --nocapture --test-threads=1
-step cuda_train 90 .gpu/bin/cuda_train --include-ignored --nocapture --test-threads=1
+step ops 90 .gpu/bin/ops --include-ignored --nocapture --test-threads=1
+step cuda_kernels 60 .gpu/bin/cuda_kernels --include-ignored --nocapture --test-threads=1
+step cuda_train 30 .gpu/bin/cuda_train --include-ignored --nocapture --test-threads=1
 step cuda_backward 60 .gpu/bin/cuda_backward --include-ignored --nocapture --test-threads=1
 step cuda_bench 60 .gpu/bin/cuda_bench --include-ignored --nocapture --test-threads=1
 

@@ -1,12 +1,11 @@
 //! Gradients: loss and every weight gradient against torch autograd (fixtures written by
-//! scripts/make_fixtures.py), finite differences of every backward op (attention with GQA
-//! and a sliding window included) and of the whole model, and restricted-region weight
-//! gradients against the rows/columns of the full gradient.
+//! scripts/make_fixtures.py), finite differences of the whole model, and restricted-region
+//! weight gradients against the rows/columns of the full gradient. Each backward op
+//! against an f64 reference (itself checked by finite differences) is in tests/ops/.
 
 mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
-use pinpoint::backend::{AttnShape, Backend, SeqSpan};
 use pinpoint::backend::{Region, TrainBackend};
 use pinpoint::backward::{self, Grads, TrainSeq};
 use pinpoint::heads::HeadId;
@@ -145,15 +144,6 @@ fn rand_t(rng: &mut rand::rngs::StdRng, shape: Vec<usize>, s: f32) -> HostTensor
     HostTensor::new(shape, (0..n).map(|_| rng.gen_range(-s..s)).collect())
 }
 
-/// `sum(r * y)` in f64.
-fn dot(r: &HostTensor, y: &HostTensor) -> f64 {
-    r.data
-        .iter()
-        .zip(&y.data)
-        .map(|(a, b)| *a as f64 * *b as f64)
-        .sum()
-}
-
 /// Check analytic `g` = d f / d x against central differences at a few coordinates
 /// (the largest-|g| ones and random ones).
 fn check(
@@ -181,202 +171,6 @@ fn check(
             "{what}[{i}]: analytic {ana:e} vs finite difference {num:e}"
         );
     }
-}
-
-#[test]
-fn every_op_backward_matches_finite_differences() {
-    // One generator through every op, in this order (the inputs are those of one sequence).
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let r = fd_attention(&mut rng);
-    fd_rope(&mut rng, &r);
-    fd_norm_swiglu(&mut rng);
-    fd_linear(&mut rng);
-}
-
-/// Attention (GQA with a window, then MHA without) against finite differences. Returns the
-/// output gradient it used (RoPE's check reuses it).
-fn fd_attention(rng: &mut rand::rngs::StdRng) -> HostTensor {
-    let b = CpuBackend;
-    // Attention: GQA (H=4, G=2), window 3, two sequences of lengths 6 and 4 packed.
-    let shape = AttnShape {
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 4,
-        window: Some(3),
-    };
-    let spans = [
-        SeqSpan {
-            q_start: 0,
-            q_len: 6,
-            kv_start: 0,
-            pos0: 0,
-            kv_new: None,
-        },
-        SeqSpan {
-            q_start: 6,
-            q_len: 4,
-            kv_start: 6,
-            pos0: 0,
-            kv_new: None,
-        },
-    ];
-    let n = 10;
-    let q = rand_t(rng, vec![n, 16], 1.5);
-    let k = rand_t(rng, vec![n, 8], 1.5);
-    let v = rand_t(rng, vec![n, 8], 1.0);
-    let r = rand_t(rng, vec![n, 16], 1.0);
-    let (dq, dk, dv) = b.attention_bwd(&r, &q, &k, &v, &spans, shape).unwrap();
-    let att = |q: &HostTensor, k: &HostTensor, v: &HostTensor| {
-        dot(&r, &b.attention(q, k, v, &spans, shape, &[]).unwrap().0)
-    };
-    check("attention dq", &|x| att(x, &k, &v), &q, &dq, rng);
-    check("attention dk", &|x| att(&q, x, &v), &k, &dk, rng);
-    check("attention dv", &|x| att(&q, &k, x), &v, &dv, rng);
-    // No window, MHA.
-    let shape2 = AttnShape {
-        n_heads: 2,
-        n_kv_heads: 2,
-        head_dim: 4,
-        window: None,
-    };
-    let k2 = rand_t(rng, vec![n, 8], 1.5);
-    let q2 = rand_t(rng, vec![n, 8], 1.5);
-    let r2 = rand_t(rng, vec![n, 8], 1.0);
-    let (dq, dk, _) = b.attention_bwd(&r2, &q2, &k2, &v, &spans, shape2).unwrap();
-    let att2 = |q: &HostTensor, k: &HostTensor| {
-        dot(&r2, &b.attention(q, k, &v, &spans, shape2, &[]).unwrap().0)
-    };
-    check("attention(mha) dq", &|x| att2(x, &k2), &q2, &dq, rng);
-    check("attention(mha) dk", &|x| att2(&q2, x), &k2, &dk, rng);
-    r
-}
-
-/// RoPE against finite differences, with the output gradient `r` `[10, 16]`.
-fn fd_rope(rng: &mut rand::rngs::StdRng, r: &HostTensor) {
-    let b = CpuBackend;
-    let n = 10;
-    // RoPE.
-    let pos: Vec<usize> = (0..n).map(|i| i * 3).collect();
-    let x = rand_t(rng, vec![n, 16], 1.0);
-    let mut g = r.clone();
-    b.rope_bwd(&mut g, 8, &pos, 10000.0).unwrap();
-    check(
-        "rope",
-        &|x| {
-            let mut y = x.clone();
-            b.rope(&mut y, 8, &pos, 10000.0).unwrap();
-            dot(r, &y)
-        },
-        &x,
-        &g,
-        rng,
-    );
-}
-
-/// RMSNorm (input and weight) and SwiGLU against finite differences.
-fn fd_norm_swiglu(rng: &mut rand::rngs::StdRng) {
-    let b = CpuBackend;
-    // RMSNorm: input and weight.
-    let x = rand_t(rng, vec![5, 12], 2.0);
-    let w = rand_t(rng, vec![12], 1.5);
-    let r5 = rand_t(rng, vec![5, 12], 1.0);
-    let mut dw = HostTensor::zeros(vec![12]);
-    let dx = b.rmsnorm_bwd(&r5, &x, &w, 1e-5, Some(&mut dw)).unwrap();
-    check(
-        "rmsnorm dx",
-        &|x| dot(&r5, &b.rmsnorm(x, &w, 1e-5).unwrap()),
-        &x,
-        &dx,
-        rng,
-    );
-    check(
-        "rmsnorm dw",
-        &|w| dot(&r5, &b.rmsnorm(&x, w, 1e-5).unwrap()),
-        &w,
-        &dw,
-        rng,
-    );
-
-    // SwiGLU.
-    let gate = rand_t(rng, vec![5, 12], 3.0);
-    let up = rand_t(rng, vec![5, 12], 2.0);
-    let (dg, du) = b.swiglu_bwd(&r5, &gate, &up).unwrap();
-    check(
-        "swiglu dgate",
-        &|g| dot(&r5, &b.swiglu(g, &up).unwrap()),
-        &gate,
-        &dg,
-        rng,
-    );
-    check(
-        "swiglu dup",
-        &|u| dot(&r5, &b.swiglu(&gate, u).unwrap()),
-        &up,
-        &du,
-        rng,
-    );
-}
-
-/// Linear (input, and weight: full and regions) against finite differences.
-fn fd_linear(rng: &mut rand::rngs::StdRng) {
-    let b = CpuBackend;
-    // Linear: input and weight (full and regions).
-    let x = rand_t(rng, vec![5, 7], 1.0);
-    let w = rand_t(rng, vec![6, 7], 1.0);
-    let r6 = rand_t(rng, vec![5, 6], 1.0);
-    let dx = b.linear_bwd_input(&r6, &w).unwrap();
-    check(
-        "linear dx",
-        &|x| dot(&r6, &b.linear(x, &w).unwrap()),
-        &x,
-        &dx,
-        rng,
-    );
-    let mut dw = HostTensor::zeros(vec![6, 7]);
-    b.linear_bwd_weight(&r6, &x, Region::Full, &mut dw).unwrap();
-    check(
-        "linear dw",
-        &|w| dot(&r6, &b.linear(&x, w).unwrap()),
-        &w,
-        &dw,
-        rng,
-    );
-    for reg in [
-        Region::Rows { start: 2, len: 3 },
-        Region::Cols { start: 1, len: 4 },
-    ] {
-        let mut part = HostTensor::zeros(reg.shape(&[6, 7]));
-        b.linear_bwd_weight(&r6, &x, reg, &mut part).unwrap();
-        let want = b.read_region(&dw, reg).unwrap();
-        assert_close(&format!("linear dw {reg:?}"), &part.data, &want.data, 1e-6);
-    }
-
-    // Embedding (repeated ids accumulate).
-    let table = rand_t(rng, vec![9, 4], 1.0);
-    let ids = [3u32, 1, 3, 8, 0];
-    let r4 = rand_t(rng, vec![5, 4], 1.0);
-    let mut dt = HostTensor::zeros(vec![9, 4]);
-    b.embed_bwd(&r4, &ids, &mut dt).unwrap();
-    check(
-        "embed",
-        &|t| dot(&r4, &b.embed(t, &ids).unwrap()),
-        &table,
-        &dt,
-        rng,
-    );
-
-    // Cross-entropy (a row without target).
-    let logits = rand_t(rng, vec![4, 11], 4.0);
-    let tg = [Some(3u32), None, Some(10), Some(0)];
-    let (_, dl) = b.xent_fwd_bwd(&logits, &tg, 0.5).unwrap();
-    check(
-        "xent",
-        &|l| 0.5 * b.xent_fwd_bwd(l, &tg, 1.0).unwrap().0,
-        &logits,
-        &dl,
-        rng,
-    );
-    assert!(dl.data[11..22].iter().all(|&x| x == 0.0));
 }
 
 #[test]

@@ -482,6 +482,22 @@ fn bad_inputs_give_clear_errors() {
         .unwrap_err()
         .to_string()
         .contains("L3H5"));
+    // TransformerLens hook names of a head, mixed with labels.
+    assert_eq!(
+        parse_heads_list(
+            "blocks.2.attn.hook_z[:, :, 3], blocks.0.attn.hook_pattern[:, 1], L1H0",
+            c
+        )
+        .unwrap(),
+        vec![HeadId::new(2, 3), HeadId::new(0, 1), HeadId::new(1, 0)]
+    );
+    let e = parse_heads_list("blocks.2.attn.hook_q[:, :, 3]", c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--heads-list") && e.contains("hook_pattern"),
+        "{e}"
+    );
     // Data.
     assert!(parse_jsonl("\n\n", "train.jsonl")
         .unwrap_err()

@@ -154,7 +154,7 @@ pub fn attention(a: &super::diagnose::AttentionArgs) -> Result<()> {
     pairs(&a.pairs)?;
     flag::at_least("--top-k", a.top_k, 1)?;
     model_arg(&a.model)?;
-    guard::input_file(&a.heads, "--heads file")?;
+    heads_arg(&a.heads)?;
     guard::output_dir(&a.out, "--out", &inputs(&a.model))
 }
 
@@ -162,8 +162,15 @@ pub fn knockout(a: &super::diagnose::KnockoutArgs) -> Result<()> {
     pairs(&a.pairs)?;
     flag::at_least("--max-k", a.max_k, 1)?;
     model_arg(&a.model)?;
-    guard::input_file(&a.heads, "--heads file")?;
+    heads_arg(&a.heads)?;
     guard::output_dir(&a.out, "--out", &inputs(&a.model))
+}
+
+fn heads_arg(h: &super::diagnose::HeadsArg) -> Result<()> {
+    match &h.heads {
+        Some(p) => guard::input_file(p, "--heads file"),
+        None => Ok(()),
+    }
 }
 
 pub fn eval(a: &super::eval::EvalArgs) -> Result<()> {

@@ -204,17 +204,16 @@ fn diagnose_on<B: Backend>(
         "clean runs {:.2} s, sweep {:.2} s; reference metric {:.4}, counterfactual {:.4}",
         d.seconds_clean, d.seconds_sweep, d.reference_metric, d.counterfactual_metric
     );
-    crate::outln!("rank  head      score     std");
+    // Heads by TransformerLens' label, and the slice of its hook_z the score patches.
+    crate::outln!("rank  head      score     std  hook");
     for h in d.heads.iter().take(a.top_k.min(20)) {
-        let pos = h.position.map(|p| format!("@{p}")).unwrap_or_default();
         crate::outln!(
-            "{:>4}  L{}H{}{:<5} {:>9.3} {:>7.3}",
+            "{:>4}  {:<9} {:>9.3} {:>7.3}  {}",
             h.rank,
-            h.layer,
-            h.head,
-            pos,
+            h.label(),
             h.score,
-            h.std
+            h.std,
+            h.z_hook()
         );
     }
     eprintln!(
@@ -224,9 +223,36 @@ fn diagnose_on<B: Backend>(
     Ok(())
 }
 
-/// Heads from a heads.json (top k), checked against the model.
-fn ranked_heads(path: &Path, cfg: &pinpoint::model::ModelConfig, k: usize) -> Result<Vec<HeadId>> {
-    pinpoint::tune::read_heads_json(path, cfg, k)
+/// The heads `attention` and `knockout` look at: the top of a heads.json, or named ones.
+#[derive(clap::Args, Debug)]
+pub struct HeadsArg {
+    /// heads.json from `pinpoint diagnose` (heads by rank).
+    #[arg(
+        long,
+        required_unless_present = "heads_list",
+        conflicts_with = "heads_list"
+    )]
+    pub heads: Option<PathBuf>,
+    /// Heads by name instead of --heads, in this order, comma-separated: TransformerLens'
+    /// labels "L3H5,L10H2", or hook slices "blocks.3.attn.hook_z[:, :, 5]",
+    /// "blocks.3.attn.hook_pattern[:, 5]".
+    #[arg(long)]
+    pub heads_list: Option<String>,
+}
+
+impl HeadsArg {
+    /// The first `k` heads (all there are when fewer), checked against the model.
+    fn first(&self, cfg: &pinpoint::model::ModelConfig, k: usize) -> Result<Vec<HeadId>> {
+        match (&self.heads, &self.heads_list) {
+            (Some(p), _) => pinpoint::tune::read_heads_json(p, cfg, k.min(count_heads(p)?).max(1)),
+            (None, Some(l)) => {
+                let mut heads = pinpoint::tune::parse_heads_list(l, cfg)?;
+                heads.truncate(k);
+                Ok(heads)
+            }
+            (None, None) => bail!("give --heads heads.json or --heads-list"),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -235,9 +261,9 @@ pub struct AttentionArgs {
     pub model: ModelArg,
     #[command(flatten)]
     pub pairs: PairArgs,
-    /// heads.json from `pinpoint diagnose`.
-    #[arg(long)]
-    pub heads: PathBuf,
+    #[command(flatten)]
+    pub heads: HeadsArg,
+    /// How many of the heads to compare with the rest.
     #[arg(long, default_value_t = 16)]
     pub top_k: usize,
     #[arg(long, default_value = "attention")]
@@ -246,9 +272,7 @@ pub struct AttentionArgs {
 
 pub fn attention(a: AttentionArgs) -> Result<()> {
     let super::Loaded { dir, tok, model } = a.model.load()?;
-    let all = model.all_heads().len();
-    let ranked = ranked_heads(&a.heads, &model.cfg, all.min(count_heads(&a.heads)?))?;
-    let top: Vec<HeadId> = ranked.iter().take(a.top_k).copied().collect();
+    let top = a.heads.first(&model.cfg, a.top_k)?;
     let loaded = load_pairs(&a.pairs)?;
     let prompts: Vec<(Vec<u32>, usize)> = loaded
         .pairs
@@ -317,8 +341,8 @@ pub struct KnockoutArgs {
     pub model: ModelArg,
     #[command(flatten)]
     pub pairs: PairArgs,
-    #[arg(long)]
-    pub heads: PathBuf,
+    #[command(flatten)]
+    pub heads: HeadsArg,
     /// Largest k (k = 0, 1, 2, 4, ... up to it).
     #[arg(long, default_value_t = 64)]
     pub max_k: usize,
@@ -328,9 +352,8 @@ pub struct KnockoutArgs {
 
 pub fn knockout(a: KnockoutArgs) -> Result<()> {
     let super::Loaded { dir, tok, model } = a.model.load()?;
-    let n = count_heads(&a.heads)?;
-    let max_k = a.max_k.min(n);
-    let order = ranked_heads(&a.heads, &model.cfg, max_k.max(1))?;
+    let order = a.heads.first(&model.cfg, a.max_k)?;
+    let max_k = order.len();
     let loaded = load_pairs(&a.pairs)?;
     let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
     let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;

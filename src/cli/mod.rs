@@ -178,10 +178,12 @@ pub enum Command {
     /// Attention share of each head on the challenge sentence (top-k vs the rest).
     ///
     /// Example: pinpoint attention --heads diagnosis/heads.json --top-k 16
+    /// (or --heads-list "L3H5,blocks.10.attn.hook_z[:, :, 2]")
     Attention(diagnose::AttentionArgs),
     /// Mean-ablate the top-k heads and report the metric and label probabilities per k.
     ///
     /// Example: pinpoint knockout --heads diagnosis/heads.json --max-k 64
+    /// (or --heads-list "L3H5,L10H2", ablated in that order)
     Knockout(diagnose::KnockoutArgs),
     /// Supervised pinpoint tuning: train only the chosen heads' q/k/v/o slices (or a
     /// baseline: full fine-tuning, LoRA), everything else frozen bit for bit.

@@ -41,7 +41,9 @@ pub struct TuneArgs {
     /// heads.json from the diagnosis step (heads sorted by rank).
     #[arg(long, conflicts_with = "heads_list")]
     pub heads: Option<PathBuf>,
-    /// Heads to tune, e.g. "L3H5,L10H2" (instead of --heads/--top-k).
+    /// Heads to tune (instead of --heads/--top-k), comma-separated: TransformerLens' head
+    /// labels "L3H5,L10H2", or hook names "blocks.3.attn.hook_z[:, :, 5]",
+    /// "blocks.3.attn.hook_pattern[:, 5]".
     #[arg(long)]
     pub heads_list: Option<String>,
     /// How many of the top-ranked heads of --heads to tune (paper: 32 for 7B models).

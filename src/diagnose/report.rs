@@ -125,13 +125,20 @@ fn summary_md(d: &Diagnosis, model_id: &str, labels: (&str, &str), top_k: usize)
             100.0 * top / total
         );
     }
-    let _ = writeln!(s, "| rank | head | score | std |\n|---:|---|---:|---:|");
+    // Heads by TransformerLens' label, and the slice of its hook_z the score patches.
+    let _ = writeln!(
+        s,
+        "| rank | head | hook | score | std |\n|---:|---|---|---:|---:|"
+    );
     for h in d.heads.iter().take(top_k.max(10)) {
-        let pos = h.position.map(|p| format!(" @{p}")).unwrap_or_default();
         let _ = writeln!(
             s,
-            "| {} | L{}H{}{} | {:.3} | {:.3} |",
-            h.rank, h.layer, h.head, pos, h.score, h.std
+            "| {} | {} | `{}` | {:.3} | {:.3} |",
+            h.rank,
+            h.label(),
+            h.z_hook(),
+            h.score,
+            h.std
         );
     }
     let _ = writeln!(s, "\n![heatmap](heatmap.svg)");

@@ -91,6 +91,23 @@ pub struct ScoredHead {
     pub per_pair: Vec<f64>,
 }
 
+impl ScoredHead {
+    pub fn id(&self) -> HeadId {
+        HeadId::new(self.layer, self.head)
+    }
+    /// The TransformerLens label with the node's position, `L3H5` or `L3H5@17`.
+    pub fn label(&self) -> String {
+        let pos = self.position.map(|p| format!("@{p}")).unwrap_or_default();
+        format!("{}{pos}", self.id())
+    }
+    /// The slice of TransformerLens' `hook_z` the score patches:
+    /// `blocks.{l}.attn.hook_z[:, {position, or -1 for the last}, {h}]`.
+    pub fn z_hook(&self) -> String {
+        let pos = self.position.map_or("-1".into(), |p| p.to_string());
+        self.id().z_hook(&pos)
+    }
+}
+
 /// The diagnosis result (what heads.json holds, less the model/data header).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Diagnosis {
@@ -108,11 +125,7 @@ pub struct Diagnosis {
 
 impl Diagnosis {
     pub fn top(&self, k: usize) -> Vec<HeadId> {
-        self.heads
-            .iter()
-            .take(k)
-            .map(|h| HeadId::new(h.layer, h.head))
-            .collect()
+        self.heads.iter().take(k).map(ScoredHead::id).collect()
     }
 }
 

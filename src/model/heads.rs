@@ -22,9 +22,97 @@ impl HeadId {
     }
 }
 
+/// TransformerLens' head label (`HookedTransformer.all_head_labels()`): `L{layer}H{head}`.
 impl std::fmt::Display for HeadId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "L{}H{}", self.layer, self.head)
+    }
+}
+
+/// The ways to name a head, for error messages.
+pub const HEAD_FORMS: &str = "write a head as L{layer}H{head} (TransformerLens' head label, \
+     e.g. L3H5), blocks.{layer}.attn.hook_z[:, :, {head}] (a position in the middle slot is \
+     allowed and names the same head) or blocks.{layer}.attn.hook_pattern[:, {head}]";
+
+impl HeadId {
+    /// The head's slice of TransformerLens' `hook_z` (`[batch, pos, head_index, d_head]`):
+    /// `blocks.{l}.attn.hook_z[:, {pos}, {h}]`, `pos` an index in TransformerLens' terms:
+    /// `:` (every position), `-1` (the last), `17`.
+    pub fn z_hook(self, pos: &str) -> String {
+        format!(
+            "{}[:, {pos}, {}]",
+            HookPoint::Z(self.layer).tl_name(),
+            self.head
+        )
+    }
+
+    /// The head's slice of TransformerLens' `hook_pattern` (`[batch, head_index, query_pos,
+    /// key_pos]`): `blocks.{l}.attn.hook_pattern[:, {h}]`.
+    pub fn pattern_hook(self) -> String {
+        format!("{}[:, {}]", pattern_tl_name(self.layer), self.head)
+    }
+
+    /// Heads separated by commas (commas inside `[...]` belong to a hook's index).
+    pub fn parse_list(s: &str) -> anyhow::Result<Vec<HeadId>> {
+        let (mut parts, mut depth, mut start) = (vec![], 0i32, 0);
+        for (i, c) in s.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&s[start..]);
+        parts
+            .into_iter()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect()
+    }
+}
+
+/// TransformerLens' name of layer l's attention probabilities (`Taps::pattern`).
+pub fn pattern_tl_name(layer: usize) -> String {
+    format!("blocks.{layer}.attn.hook_pattern")
+}
+
+impl std::str::FromStr for HeadId {
+    type Err = anyhow::Error;
+    /// `L3H5` (any case), `blocks.3.attn.hook_z[:, :, 5]` (or `[:, 17, 5]`, `[:, -1, 5]`) or
+    /// `blocks.3.attn.hook_pattern[:, 5]`; anything else is an error listing these forms.
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let bad = || anyhow::anyhow!("bad head {s:?}: {HEAD_FORMS}");
+        let t = s.trim();
+        let Some((hook, index)) = t.strip_suffix(']').and_then(|t| t.split_once('[')) else {
+            let up = t.to_ascii_uppercase();
+            let (l, h) = up
+                .strip_prefix('L')
+                .and_then(|r| r.split_once('H'))
+                .ok_or_else(bad)?;
+            return Ok(HeadId::new(
+                l.parse().map_err(|_| bad())?,
+                h.parse().map_err(|_| bad())?,
+            ));
+        };
+        let idx: Vec<&str> = index.split(',').map(str::trim).collect();
+        let layer = |name: &str, want: &str| {
+            let l = name.strip_prefix("blocks.")?.strip_suffix(want)?;
+            l.parse::<usize>().ok()
+        };
+        let head = match (hook.parse::<HookPoint>(), idx.as_slice()) {
+            (Ok(HookPoint::Z(l)), [":", p, h]) if *p == ":" || p.parse::<i64>().is_ok() => {
+                h.parse().ok().map(|h| HeadId::new(l, h))
+            }
+            (_, [":", h]) => layer(hook, ".attn.hook_pattern")
+                .and_then(|l| Some(HeadId::new(l, h.parse().ok()?))),
+            _ => None,
+        };
+        head.ok_or_else(bad)
     }
 }
 
@@ -68,6 +156,35 @@ impl HookPoint {
             HookPoint::AttnOut(l) => format!("blocks.{l}.hook_attn_out"),
             HookPoint::MlpOut(l) => format!("blocks.{l}.hook_mlp_out"),
         }
+    }
+}
+
+/// The hook names [`HookPoint`]'s parser takes, for error messages.
+pub const HOOK_FORMS: &str = "accepted: blocks.{l}.hook_resid_pre, blocks.{l}.hook_resid_post \
+     (= blocks.{l+1}.hook_resid_pre), blocks.{l}.ln1.hook_normalized, blocks.{l}.attn.hook_z, \
+     blocks.{l}.hook_attn_out, blocks.{l}.hook_mlp_out";
+
+impl std::str::FromStr for HookPoint {
+    type Err = anyhow::Error;
+    /// TransformerLens' names ([`HookPoint::tl_name`]), and `blocks.{l}.hook_resid_post`
+    /// (the residual after layer l, which is `resid_pre` of layer l + 1).
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let bad = || anyhow::anyhow!("unknown hook point {s:?}; {HOOK_FORMS}");
+        let (l, name) = s
+            .trim()
+            .strip_prefix("blocks.")
+            .and_then(|r| r.split_once('.'))
+            .ok_or_else(bad)?;
+        let l: usize = l.parse().map_err(|_| bad())?;
+        Ok(match name {
+            "hook_resid_pre" => HookPoint::ResidPre(l),
+            "hook_resid_post" => HookPoint::ResidPre(l + 1),
+            "ln1.hook_normalized" => HookPoint::AttnIn(l),
+            "attn.hook_z" => HookPoint::Z(l),
+            "hook_attn_out" => HookPoint::AttnOut(l),
+            "hook_mlp_out" => HookPoint::MlpOut(l),
+            _ => return Err(bad()),
+        })
     }
 }
 
@@ -223,5 +340,86 @@ pub struct ForwardOutput {
 impl ForwardOutput {
     pub fn z(&self, layer: usize) -> Option<&Capture> {
         self.captures.get(&HookPoint::Z(layer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every hook point's TransformerLens name parses back to it; `hook_resid_post` is the
+    /// next layer's `hook_resid_pre`; a bad name lists the accepted forms.
+    #[test]
+    fn hook_names_round_trip() {
+        for l in [0, 1, 31] {
+            for p in [
+                HookPoint::ResidPre(l),
+                HookPoint::AttnIn(l),
+                HookPoint::Z(l),
+                HookPoint::AttnOut(l),
+                HookPoint::MlpOut(l),
+            ] {
+                assert_eq!(p.tl_name().parse::<HookPoint>().unwrap(), p, "{p:?}");
+            }
+        }
+        let post: HookPoint = "blocks.4.hook_resid_post".parse().unwrap();
+        assert_eq!(post, HookPoint::ResidPre(5));
+        for bad in [
+            "blocks.x.attn.hook_z",
+            "blocks.3.attn.hook_q",
+            "resid_pre.3",
+            "",
+        ] {
+            let e = bad.parse::<HookPoint>().unwrap_err().to_string();
+            assert!(e.contains("blocks.{l}.attn.hook_z"), "{bad}: {e}");
+        }
+    }
+
+    /// A head's label, z hook (with and without a position) and pattern hook parse back
+    /// to it; lists split outside brackets; bad names list the accepted forms.
+    #[test]
+    fn head_names_round_trip() {
+        for h in [HeadId::new(0, 0), HeadId::new(3, 5), HeadId::new(31, 12)] {
+            assert_eq!(h.to_string().parse::<HeadId>().unwrap(), h);
+            assert_eq!(h.to_string().to_lowercase().parse::<HeadId>().unwrap(), h);
+            for pos in [":", "17", "-1"] {
+                assert_eq!(h.z_hook(pos).parse::<HeadId>().unwrap(), h);
+            }
+            assert_eq!(h.pattern_hook().parse::<HeadId>().unwrap(), h);
+        }
+        assert_eq!(
+            HeadId::new(3, 5).z_hook(":"),
+            "blocks.3.attn.hook_z[:, :, 5]"
+        );
+        assert_eq!(
+            HeadId::new(3, 5).z_hook("-1"),
+            "blocks.3.attn.hook_z[:, -1, 5]"
+        );
+        assert_eq!(
+            HeadId::new(3, 5).pattern_hook(),
+            "blocks.3.attn.hook_pattern[:, 5]"
+        );
+        assert_eq!(
+            HeadId::parse_list(
+                "L2H3, blocks.0.attn.hook_z[:,:,1],blocks.4.attn.hook_pattern[:, 2],"
+            )
+            .unwrap(),
+            [HeadId::new(2, 3), HeadId::new(0, 1), HeadId::new(4, 2)]
+        );
+        for bad in [
+            "2.3",
+            "L3",
+            "blocks.3.attn.hook_z",
+            "blocks.3.attn.hook_z[5]",
+            "blocks.3.hook_resid_pre[:, :, 5]",
+            "blocks.3.attn.hook_pattern[:, :, 5]",
+            "blocks.3.attn.hook_z[:, x, 5]",
+        ] {
+            let e = bad.parse::<HeadId>().unwrap_err().to_string();
+            assert!(
+                e.contains("L3H5") && e.contains("hook_pattern[:, {head}]"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ pub mod trainer;
 
 use crate::heads::HeadId;
 use crate::model::ModelConfig;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -114,20 +114,10 @@ pub fn parse_heads_json(text: &str, cfg: &ModelConfig, k: usize) -> Result<Vec<H
     Ok(heads)
 }
 
-/// Parse `"L3H5,L10H2"`.
+/// Parse `"L3H5,L10H2"` (or TransformerLens hook names, [`HeadId::parse_list`]) and check
+/// the heads against the model.
 pub fn parse_heads_list(s: &str, cfg: &ModelConfig) -> Result<Vec<HeadId>> {
-    let mut heads = vec![];
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let up = part.to_ascii_uppercase();
-        let parsed = up
-            .strip_prefix('L')
-            .and_then(|r| r.split_once('H'))
-            .and_then(|(l, h)| Some(HeadId::new(l.parse().ok()?, h.parse().ok()?)));
-        match parsed {
-            Some(h) => heads.push(h),
-            None => bail!("bad head {part:?} in --heads-list; write heads like L3H5,L10H2"),
-        }
-    }
+    let heads = HeadId::parse_list(s).map_err(|e| anyhow!("--heads-list: {e}"))?;
     ensure!(!heads.is_empty(), "--heads-list names no heads");
     check_heads(&heads, cfg)?;
     Ok(heads)

@@ -314,5 +314,55 @@ fn heads_list_cases() -> Vec<Case> {
         ),
         heads_list("heads-list: garbage", "3.5", &["--heads-list", "L3H5"]),
         heads_list("heads-list: twice", "L0H0,L0H0", &["twice"]),
+        // TransformerLens hook names: an unknown hook lists the accepted forms; a known
+        // one is checked against the model like a label.
+        heads_list(
+            "heads-list: unknown hook",
+            "blocks.0.attn.hook_q[:,:,0]",
+            &["--heads-list", "hook_q", "hook_pattern[:, {head}]"],
+        ),
+        heads_list(
+            "heads-list: hook of a missing head",
+            "blocks.0.attn.hook_z[:,:,99]",
+            &["L0H99", "does not exist"],
+        ),
+        // attention and knockout take --heads-list too, instead of --heads.
+        ok(
+            "knockout: heads by TransformerLens names",
+            nothing,
+            "knockout --model m --pairs pairs.jsonl --max-k 2 --out ko --heads-list \
+             L0H1,blocks.2.attn.hook_z[:,:,3],blocks.1.attn.hook_pattern[:,0]",
+            |e: &Env, _: &Out| {
+                let text =
+                    std::fs::read_to_string(e.p("ko/knockout.json")).map_err(|e| e.to_string())?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let ks: Vec<u64> = v["curve"]
+                    .as_array()
+                    .ok_or("no curve")?
+                    .iter()
+                    .filter_map(|p| p["k"].as_u64())
+                    .collect();
+                (ks == [0, 1, 2]).then_some(()).ok_or(format!("k {ks:?}"))
+            },
+        ),
+        fail(
+            "attention: --heads and --heads-list",
+            nothing,
+            "attention --model m --pairs pairs.jsonl --heads heads.json --heads-list L0H0 --out at",
+            &["--heads-list"],
+        ),
+        fail(
+            "attention: no heads",
+            nothing,
+            "attention --model m --pairs pairs.jsonl --out at",
+            &["--heads"],
+        ),
+        fail(
+            "attention: a missing head",
+            nothing,
+            "attention --model m --pairs pairs.jsonl --heads-list L5H0 --out at",
+            &["L5H0", "does not exist"],
+        ),
     ]
 }

@@ -576,7 +576,3 @@ pub(crate) fn attention_bwd(
         HostTensor::new(vec![kr, kc], dv),
     ))
 }
-
-#[cfg(test)]
-#[path = "attention_tests.rs"]
-mod tests;
