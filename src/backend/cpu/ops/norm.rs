@@ -54,11 +54,11 @@ pub(crate) fn rmsnorm_bwd(
             {
                 let ms = simd::dot(xi, xi) / d as f32;
                 let r = 1.0 / (ms + eps).sqrt();
-                let mut gx = 0.0f32;
-                for ((o, (x, dy)), w) in dxi.iter_mut().zip(xi.iter().zip(dyi)).zip(&w.data) {
+                for ((o, dy), w) in dxi.iter_mut().zip(dyi).zip(&w.data) {
                     *o = w * dy;
-                    gx += *o * x;
                 }
+                // g . x in SIMD lanes (a serial f32 sum cannot be vectorised).
+                let gx = simd::dot(dxi, xi);
                 let c = r * r * r * gx / d as f32;
                 for (o, x) in dxi.iter_mut().zip(xi) {
                     *o = r * *o - x * c;
