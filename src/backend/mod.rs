@@ -11,6 +11,9 @@ pub mod cpu;
 pub mod cuda;
 pub mod host;
 pub mod shapes;
+mod span;
+
+pub use span::{DeviceClock, Span};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -174,40 +177,6 @@ pub fn uniform_host(len: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> 
             half::bf16::from_f32(offset + scale * (2.0 * u - 1.0)).to_f32()
         })
         .collect()
-}
-
-/// Timestamps taken in order on a device's queue (CUDA events), read once at the end so that
-/// timing does not serialise the queue. Named ranges go to the device's tracing tools
-/// (NVTX, where its library is present), so Nsight sees the profiler's names.
-pub trait DeviceClock: Send + Sync {
-    /// Queue a timestamp; returns its index (0, 1, ...).
-    fn mark(&self) -> Result<usize>;
-    /// Wait for the queue, then every mark's time in seconds after mark 0.
-    fn resolve(&self) -> Result<Vec<f64>>;
-    /// Open a named range in the device's tracing tools.
-    fn range_push(&self, name: &str) {
-        let _ = name;
-    }
-    /// Close the innermost range.
-    fn range_pop(&self) {}
-}
-
-/// A span on `b` that ends when dropped (see [`Backend::span_enter`]).
-pub struct Span<'a, B: Backend + ?Sized>(&'a B);
-
-impl<'a, B: Backend + ?Sized> Span<'a, B> {
-    #[inline]
-    pub fn new(b: &'a B, kind: &'static str, index: Option<usize>) -> Self {
-        b.span_enter(kind, index);
-        Span(b)
-    }
-}
-
-impl<B: Backend + ?Sized> Drop for Span<'_, B> {
-    #[inline]
-    fn drop(&mut self) {
-        self.0.span_exit();
-    }
 }
 
 /// Layer-level operations. `Tensor` is a device buffer of a 2-D shape.
