@@ -12,29 +12,6 @@ prompt; 0: every position (`labels = input_ids`, `--loss-tokens 0`). Run it besi
 Needs torch + transformers (e.g. python3 -m venv /opt/fixvenv; /opt/fixvenv/bin/pip install torch
 transformers safetensors). MODEL_DIR is a HF directory, e.g. the one `pinpoint fetch` prints:
     /opt/fixvenv/bin/python scripts/peer_cpu.py "$(pinpoint fetch)" train 32
-"""Same-machine CPU peer for `pinpoint bench forward|decode|train`: HF transformers forward
-(8 x 128 random tokens, full logits) and batch-1 greedy decode (16-token prompt, 32 new
-tokens), f32, 2 threads, sdpa attention. With a second argument `train`: instead, the brief's
-SPT-style step (q/o of every layer trainable, the rest frozen, AdamW, labels = inputs, 8 x 128),
-median of 5 after 2 warm-up steps; run it beside `pinpoint bench train` for a same-machine,
-same-hour ratio.
-
-Needs torch + transformers (e.g. python3 -m venv /opt/fixvenv; /opt/fixvenv/bin/pip install torch
-transformers safetensors). MODEL_DIR is a HF directory, e.g. the one `pinpoint fetch` prints:
-    /opt/fixvenv/bin/python scripts/peer_cpu.py "$(pinpoint fetch)"
-"""Same-machine CPU peer for `pinpoint bench forward|decode|train`: HF transformers forward
-(8 x 128 random tokens, full logits) and batch-1 greedy decode (16-token prompt, 32 new
-tokens), f32, 2 threads, sdpa attention. With a second argument `train [LOSS_TOKENS]`:
-instead, the brief's SPT-style step (q/o of every layer trainable, the rest frozen, AdamW,
-8 x 128), median of 5 after 2 warm-up steps. The loss is on the last LOSS_TOKENS positions
-of each sequence (default 32, as `pinpoint bench train`'s default `--loss-tokens 32`: SPT's
-loss is on the final assistant turn), the rest labelled -100, as HF training code masks a
-prompt; 0: every position (`labels = input_ids`, `--loss-tokens 0`). Run it beside
-`pinpoint bench train` for a same-machine, same-hour ratio.
-
-Needs torch + transformers (e.g. python3 -m venv /opt/fixvenv; /opt/fixvenv/bin/pip install torch
-transformers safetensors). MODEL_DIR is a HF directory, e.g. the one `pinpoint fetch` prints:
-    /opt/fixvenv/bin/python scripts/peer_cpu.py "$(pinpoint fetch)" train 32
 """
 import torch, time, json, sys
 from transformers import AutoModelForCausalLM
