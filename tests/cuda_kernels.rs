@@ -203,10 +203,11 @@ fn rope_matches_cpu() {
     ] {
         let x = rand_t(&mut r, &[n, heads * dh], 1.0);
         let pos: Vec<usize> = (0..n).map(|_| r.gen_range(0..5000)).collect();
+        let inv = pinpoint::backend::rope_inv_freq(dh, theta);
         let mut want = x.clone();
-        cpu.rope(&mut want, dh, &pos, theta).unwrap();
+        cpu.rope(&mut want, dh, &pos, &inv).unwrap();
         let mut xd = g.upload(&x).unwrap();
-        g.rope(&mut xd, dh, &pos, theta).unwrap();
+        g.rope(&mut xd, dh, &pos, &inv).unwrap();
         check(
             &format!("rope {n}x{heads}x{dh}"),
             &g.download(&xd).unwrap().data,

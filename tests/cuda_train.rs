@@ -200,10 +200,11 @@ fn rmsnorm_rope_swiglu_scale_copy_bwd_match_cpu() {
     ] {
         let dxh = rand_t(&mut r, &[n, heads * dh], 1.0);
         let pos: Vec<usize> = (0..n).map(|_| r.gen_range(0..5000)).collect();
+        let inv = pinpoint::backend::rope_inv_freq(dh, theta);
         let mut want = dxh.clone();
-        cpu.rope_bwd(&mut want, dh, &pos, theta).unwrap();
+        cpu.rope_bwd(&mut want, dh, &pos, &inv).unwrap();
         let mut got = g.upload(&dxh).unwrap();
-        g.rope_bwd(&mut got, dh, &pos, theta).unwrap();
+        g.rope_bwd(&mut got, dh, &pos, &inv).unwrap();
         check(
             &format!("rope_bwd {n}x{heads}x{dh}"),
             &down(&g, &got).data,
@@ -212,8 +213,8 @@ fn rmsnorm_rope_swiglu_scale_copy_bwd_match_cpu() {
         );
         // rope_bwd undoes rope (up to bf16 rounding).
         let mut back = g.upload(&dxh).unwrap();
-        g.rope(&mut back, dh, &pos, theta).unwrap();
-        g.rope_bwd(&mut back, dh, &pos, theta).unwrap();
+        g.rope(&mut back, dh, &pos, &inv).unwrap();
+        g.rope_bwd(&mut back, dh, &pos, &inv).unwrap();
         check(
             &format!("rope then rope_bwd {n}x{heads}x{dh}"),
             &down(&g, &back).data,

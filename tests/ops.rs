@@ -162,10 +162,10 @@ fn rope_body<B: TrainBackend>(b: &B, tol: f32) {
         f32s(&out)
     };
     let mut t = b.upload(&x).unwrap();
-    b.rope(&mut t, dh, &positions, theta).unwrap();
+    b.rope(&mut t, dh, &positions, &inv).unwrap();
     check("rope", &run(b, &t), &rotate(1.0), tol);
     let mut t = b.upload(&x).unwrap();
-    b.rope_bwd(&mut t, dh, &positions, theta).unwrap();
+    b.rope_bwd(&mut t, dh, &positions, &inv).unwrap();
     check("rope_bwd", &run(b, &t), &rotate(-1.0), tol);
 }
 test_device!(rope_body, rope_cpu, rope_cuda);

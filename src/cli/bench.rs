@@ -201,6 +201,7 @@ fn random_model<B: TrainBackend>(cfg: ModelConfig, b: B) -> Result<Model<B>> {
             w_gate: r(&[f, d], s, 0.0)?,
             w_up: r(&[f, d], s, 0.0)?,
             w_down: r(&[d, f], s, 0.0)?,
+            qkv_bias: None,
         });
     }
     let weights = ModelWeights {

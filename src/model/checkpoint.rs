@@ -207,7 +207,17 @@ pub struct LayerWeights<T> {
     pub w_gate: T,    // [d_ff, d_model]
     pub w_up: T,      // [d_ff, d_model]
     pub w_down: T,    // [d_model, d_ff]
+    /// q/k/v biases (`[H*D]`, `[G*D]`, `[G*D]`) where the model has them (Qwen2); frozen in
+    /// training.
+    pub qkv_bias: Option<[T; 3]>,
 }
+
+/// HF names of the q/k/v biases inside `model.layers.{l}.`.
+pub const QKV_BIAS_NAMES: [&str; 3] = [
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+];
 
 /// All weights of a Llama/Mistral model. `lm_head` is `None` when tied to `embed`.
 #[derive(Debug, Clone)]
@@ -234,6 +244,14 @@ impl<T> ModelWeights<T> {
                 w_gate: f(&format!("{p}.mlp.gate_proj.weight"), &l.w_gate)?,
                 w_up: f(&format!("{p}.mlp.up_proj.weight"), &l.w_up)?,
                 w_down: f(&format!("{p}.mlp.down_proj.weight"), &l.w_down)?,
+                qkv_bias: match &l.qkv_bias {
+                    Some([q, k, v]) => Some([
+                        f(&format!("{p}.{}", QKV_BIAS_NAMES[0]), q)?,
+                        f(&format!("{p}.{}", QKV_BIAS_NAMES[1]), k)?,
+                        f(&format!("{p}.{}", QKV_BIAS_NAMES[2]), v)?,
+                    ]),
+                    None => None,
+                },
             });
         }
         Ok(ModelWeights {
@@ -261,6 +279,11 @@ impl<T> ModelWeights<T> {
             out.push((format!("{p}.mlp.gate_proj.weight"), &l.w_gate));
             out.push((format!("{p}.mlp.up_proj.weight"), &l.w_up));
             out.push((format!("{p}.mlp.down_proj.weight"), &l.w_down));
+            if let Some(b) = &l.qkv_bias {
+                for (name, t) in QKV_BIAS_NAMES.iter().zip(b) {
+                    out.push((format!("{p}.{name}"), t));
+                }
+            }
         }
         out.push(("model.norm.weight".to_string(), &self.final_norm));
         if let Some(h) = &self.lm_head {
@@ -275,11 +298,6 @@ pub fn weights_from_tensors(
     cfg: &ModelConfig,
     mut t: LoadedTensors,
 ) -> Result<ModelWeights<HostTensor>> {
-    if cfg.raw.get("attention_bias").and_then(|x| x.as_bool()) == Some(true)
-        || cfg.raw.get("mlp_bias").and_then(|x| x.as_bool()) == Some(true)
-    {
-        bail!("config.json asks for attention_bias/mlp_bias, which pinpoint does not support");
-    }
     let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let embed = t.take("model.embed_tokens.weight", &[v, d])?;
@@ -296,6 +314,15 @@ pub fn weights_from_tensors(
             w_gate: t.take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
             w_up: t.take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
             w_down: t.take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+            qkv_bias: if cfg.qkv_bias {
+                Some([
+                    t.take(&format!("{p}.{}", QKV_BIAS_NAMES[0]), &[qd])?,
+                    t.take(&format!("{p}.{}", QKV_BIAS_NAMES[1]), &[kvd])?,
+                    t.take(&format!("{p}.{}", QKV_BIAS_NAMES[2]), &[kvd])?,
+                ])
+            } else {
+                None
+            },
         });
     }
     let final_norm = t.take("model.norm.weight", &[d])?;

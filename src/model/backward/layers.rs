@@ -5,6 +5,7 @@ use super::forward::{adapter_of, attn_shape, layer_forward, Forward, Kept, Layer
 use super::{Adapter, Grads};
 use crate::backend::{Region, TrainBackend};
 use crate::model::mask::{param, LayerParam, Mask, ParamId};
+use crate::model::rope::rope_qk_bwd;
 use crate::transformer::Model;
 use anyhow::{bail, Result};
 
@@ -291,8 +292,7 @@ impl<B: TrainBackend> StageBwd<'_, B> {
         if need_dx || qkv_train {
             let (mut dq, mut dk, dv) =
                 b.attention_bwd(&dz, &a.q, &a.k, &a.v, &packed.spans, attn_shape(m))?;
-            b.rope_bwd(&mut dq, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
-            b.rope_bwd(&mut dk, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+            rope_qk_bwd(b, &cfg.rope, &mut dq, &mut dk, &packed.positions)?;
             let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
             let dh = lin_bwd(
                 m,
