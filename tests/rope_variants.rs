@@ -239,3 +239,38 @@ fn unsupported_rope_and_qwen2_features_are_refused_naming_the_key() {
     let e = err_of(c);
     assert!(e.contains("layer_types"), "{e}");
 }
+
+/// `pinpoint inspect` names the family, the RoPE variant and the chat format.
+#[test]
+fn inspect_prints_family_rope_and_template() {
+    let d = tempfile::tempdir().unwrap();
+    for src in [fixture("tiny-qwen2"), fixture("tokenizer").join("qwen25")] {
+        for e in std::fs::read_dir(src).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, d.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let run = |dir: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["inspect", "--json", "--model"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v = run(d.path());
+    assert_eq!(v["family"], "qwen2");
+    assert_eq!(v["rope"], "default");
+    assert_eq!(v["qkv_bias"], true);
+    assert_eq!(v["chat_template"], "qwen");
+    assert_eq!(v["end_of_turn"][0], "<|im_end|>");
+    let v = run(&fixture("tiny-llama3"));
+    assert_eq!(v["family"], "llama");
+    assert_eq!(v["rope"], "llama3");
+    assert!(v["rope_detail"].as_str().unwrap().contains("factor 8"));
+}

@@ -177,6 +177,15 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The model family: `llama`, `mistral` or `qwen2`.
+    pub fn family(&self) -> &'static str {
+        match self.architecture.as_str() {
+            "MistralForCausalLM" => "mistral",
+            "Qwen2ForCausalLM" => "qwen2",
+            _ => "llama",
+        }
+    }
+
     /// Query heads per key/value group.
     pub fn group_size(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads

@@ -326,11 +326,11 @@ impl Rope {
     pub fn describe(&self) -> String {
         let p = match &self.scaling {
             RopeScaling::Default => String::new(),
-            RopeScaling::Linear { factor } => format!(" factor {factor}"),
+            RopeScaling::Linear { factor } => format!(", factor {factor}"),
             RopeScaling::Dynamic {
                 factor,
                 max_position_embeddings,
-            } => format!(" factor {factor}, past {max_position_embeddings} positions"),
+            } => format!(", factor {factor}, past {max_position_embeddings} positions"),
             RopeScaling::Yarn {
                 factor,
                 original_max_position_embeddings,
@@ -339,7 +339,7 @@ impl Rope {
                 attention_factor,
                 ..
             } => format!(
-                " factor {factor}, original context {original_max_position_embeddings}, beta {beta_fast}/{beta_slow}, attention factor {attention_factor:.6}"
+                ", factor {factor}, original context {original_max_position_embeddings}, beta {beta_fast}/{beta_slow}, attention factor {attention_factor:.6}"
             ),
             RopeScaling::Llama3 {
                 factor,
@@ -347,7 +347,7 @@ impl Rope {
                 high_freq_factor,
                 original_max_position_embeddings,
             } => format!(
-                " factor {factor}, low/high freq factor {low_freq_factor}/{high_freq_factor}, original context {original_max_position_embeddings}"
+                ", factor {factor}, low/high freq factor {low_freq_factor}/{high_freq_factor}, original context {original_max_position_embeddings}"
             ),
         };
         format!("{} (theta {}{p})", self.scaling.name(), self.theta)
