@@ -19,10 +19,10 @@ const MODELS: &[&str] = &[
     "tiny-qwen2",
 ];
 
-/// Models whose forward of a sequence in pieces (KV cache, shared prefixes, batches of
-/// other lengths) equals the forward of the whole: all but dynamic NTK RoPE, whose
-/// frequencies depend on the longest position of each call (in HF as here), so keys cached
-/// at a shorter length were rotated with other frequencies.
+/// Models whose forward of a sequence in pieces (KV cache, shared prefixes) equals the
+/// forward of the whole: all but dynamic NTK RoPE, whose frequencies depend on the length a
+/// sequence has when its keys are computed (in HF as here), so keys cached at a shorter
+/// length were rotated with other frequencies.
 fn length_free(name: &str) -> bool {
     name != "tiny-dynamic"
 }
@@ -212,7 +212,7 @@ fn patched_and_ablated_logits_match_hf_hooks() {
 
 #[test]
 fn sequences_of_different_lengths_in_one_batch() {
-    for name in MODELS.iter().filter(|n| length_free(n)) {
+    for name in MODELS {
         let (m, r) = load(name);
         let ids = id_rows(&r["input_ids"]);
         let short = id_rows(&r["short_ids"]).remove(0);
@@ -477,11 +477,12 @@ fn hook_points_have_transformer_lens_names() {
     );
 }
 
-/// Dynamic NTK: a 6-token forward (within max_position_embeddings 6) uses plain frequencies
-/// and matches HF's fresh model; in one call with the 11-token row it takes that call's
-/// frequencies, as a padded HF batch does, and differs.
+/// Dynamic NTK: each sequence takes the table of its own length. A 6-token sequence (within
+/// max_position_embeddings 6) uses plain frequencies and matches HF's 6-token run, alone or in
+/// one call with the 11-token sequence (which matches HF's 11-token run), so results do not
+/// depend on batching.
 #[test]
-fn dynamic_rope_takes_each_calls_longest_position() {
+fn dynamic_rope_gives_each_sequence_the_table_of_its_length() {
     let (m, r) = load("tiny-dynamic");
     let ids = id_rows(&r["input_ids"]);
     let short = id_rows(&r["short_ids"]).remove(0);
@@ -501,9 +502,21 @@ fn dynamic_rope_takes_each_calls_longest_position() {
         &r["logits"].data[..t * v],
         TOL,
     );
-    let d = max_abs_diff(&both.logits.data.data[t * v..], &alone.logits.data.data);
-    assert!(
-        d > 1e-2,
-        "the short row in the long call should use the long call's frequencies (diff {d})"
+    assert_close(
+        "tiny-dynamic short row beside the long one",
+        &both.logits.data.data[t * v..],
+        &r["short_logits"].data,
+        TOL,
     );
+    // The plan of that call has two tables, and the long one is not the plain one.
+    let spans = [(0, t), (t, short.len())].map(|(q_start, q_len)| pinpoint::backend::SeqSpan {
+        q_start,
+        q_len,
+        kv_start: q_start,
+        pos0: 0,
+        kv_new: None,
+    });
+    let plan = m.cfg.rope.plan(&spans);
+    assert_eq!(plan.parts.len(), 2);
+    assert_ne!(plan.parts[0].1, plan.parts[1].1);
 }

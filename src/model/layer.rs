@@ -13,7 +13,7 @@
 use crate::backend::Backend;
 use crate::heads::HookPoint;
 use crate::model::mask::{param, LayerParam, ParamId};
-use crate::model::rope::rope_qk;
+use crate::model::rope::{rope_qk, RopePlan};
 use crate::model::{ModelConfig, ModelWeights};
 use anyhow::Result;
 
@@ -76,14 +76,15 @@ pub(crate) struct LayerActs<T> {
     pub act: T,   // [n, F]
 }
 
-/// Layer `l` from its input residual `x` (rows at `positions`): its activations and its
-/// output residual.
+/// Layer `l` from its input residual `x` (rows at `positions`, rotated by the call's `rope`
+/// plan): its activations and its output residual.
 pub(crate) fn layer_forward<B: Backend>(
     m: &Parts<'_, B>,
     io: &mut impl LayerIo<B>,
     l: usize,
     x: &B::Tensor,
     positions: &[usize],
+    rope: &RopePlan,
 ) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
     let (cfg, b) = (m.cfg, m.backend);
     let lw = &m.weights.layers[l];
@@ -98,7 +99,7 @@ pub(crate) fn layer_forward<B: Backend>(
         add_bias(b, &mut k, bk)?;
         add_bias(b, &mut v, bv)?;
     }
-    rope_qk(b, &cfg.rope, &mut q, &mut k, positions)?;
+    rope_qk(b, rope, &mut q, &mut k, positions)?;
     let mut z = io.attention(l, &q, &k, &v)?;
     io.hook(HookPoint::Z(l), &mut z)?;
     let mut attn_out = io.linear(l, LayerParam::O, &z)?; // [n, d]

@@ -6,16 +6,18 @@
 //! a variant changes the kernel's input, never the kernel. Two variants need more than a
 //! table:
 //! - `dynamic` (NTK) depends on the sequence length: HF recomputes `inv_freq` when
-//!   `max(position_ids) + 1` exceeds `max_position_embeddings`. pinpoint computes the table of
-//!   each forward from the largest position of that call ([`Rope::table`]), which is what HF
-//!   computes on a freshly loaded model (HF keeps the largest length it has seen, a state
-//!   pinpoint does not keep; in generation both grow with the sequence, so they agree).
+//!   `max(position_ids) + 1` exceeds `max_position_embeddings`. pinpoint gives each sequence
+//!   of a call the table of its own length (its last position + 1; [`Rope::plan`]), which is
+//!   what HF computes for that sequence alone on a freshly loaded model, so a result does not
+//!   depend on how sequences were batched (HF takes the longest of a padded batch, and keeps
+//!   the largest length it has seen: a state pinpoint does not keep; in generation both grow
+//!   with the sequence, so they agree).
 //! - `yarn` multiplies HF's cos and sin by an attention factor (mscale). The rotation is
 //!   linear, so pinpoint rotates q and k with the plain cos/sin and then scales them by the
 //!   factor ([`rope_qk`]); the backward scales dq and dk before the inverse rotation
 //!   ([`rope_qk_bwd`]). The attention logits carry the factor squared, as in HF.
 
-use crate::backend::{rope_inv_freq, Backend, TrainBackend};
+use crate::backend::{rope_inv_freq, Backend, SeqSpan, TrainBackend};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -317,9 +319,49 @@ impl Rope {
         }
     }
 
-    /// The table of a forward over rows at `positions`.
-    pub fn table_for(&self, positions: &[usize]) -> RopeTable {
-        self.table(positions.iter().copied().max().unwrap_or(0))
+    /// Do a sequence's frequencies depend on its length (dynamic NTK)? Then keys computed
+    /// at a shorter length (a KV-cached prefix) are rotated otherwise than in one forward of
+    /// the whole sequence, as in HF.
+    pub fn length_dependent(&self) -> bool {
+        matches!(self.scaling, RopeScaling::Dynamic { .. })
+    }
+
+    /// How a call over the sequences `spans` rotates its rows: one table for every row,
+    /// except under dynamic NTK where sequences of different lengths past
+    /// `max_position_embeddings` get their own tables.
+    pub fn plan(&self, spans: &[SeqSpan]) -> RopePlan {
+        let RopeScaling::Dynamic {
+            max_position_embeddings: mp,
+            ..
+        } = self.scaling
+        else {
+            return RopePlan {
+                head_dim: self.head_dim,
+                parts: vec![(None, self.table(0))],
+            };
+        };
+        // Sequences at or below the context share the plain table (length `mp`).
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for s in spans {
+            let len = (s.pos0 + s.q_len).max(mp);
+            groups
+                .entry(len)
+                .or_default()
+                .extend(s.q_start..s.q_start + s.q_len);
+        }
+        let parts = if groups.len() <= 1 {
+            let len = groups.keys().next().copied().unwrap_or(mp);
+            vec![(None, self.table(len - 1))]
+        } else {
+            groups
+                .into_iter()
+                .map(|(len, rows)| (Some(rows), self.table(len - 1)))
+                .collect()
+        };
+        RopePlan {
+            head_dim: self.head_dim,
+            parts,
+        }
     }
 
     /// One line for `inspect`: the variant and its parameters.
@@ -354,39 +396,71 @@ impl Rope {
     }
 }
 
-/// Rotate `q` and `k` (rows at `positions`) as the model's RoPE does: the inverse
-/// frequencies of this call, then the attention factor (yarn) on both.
+/// The tables of one call ([`Rope::plan`]): `(rows, table)` parts, `None` for every row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopePlan {
+    pub head_dim: usize,
+    pub parts: Vec<(Option<Vec<usize>>, RopeTable)>,
+}
+
+impl RopePlan {
+    /// Apply `f(x, positions, table)` to the rows of each part of `x` (gathered and scattered
+    /// back where a part is not every row).
+    fn each<B: Backend, F>(&self, b: &B, x: &mut B::Tensor, positions: &[usize], f: F) -> Result<()>
+    where
+        F: Fn(&mut B::Tensor, &[usize], &RopeTable) -> Result<()>,
+    {
+        for (rows, t) in &self.parts {
+            match rows {
+                None => f(x, positions, t)?,
+                Some(rows) => {
+                    let pos: Vec<usize> = rows.iter().map(|&r| positions[r]).collect();
+                    let mut sub = b.gather_rows(x, rows)?;
+                    f(&mut sub, &pos, t)?;
+                    b.scatter_rows(x, rows, &sub)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rotate `q` and `k` (rows at `positions`) as the model's RoPE does: the inverse frequencies
+/// of the plan, then the attention factor (yarn) on both.
 pub(crate) fn rope_qk<B: Backend>(
     b: &B,
-    rope: &Rope,
+    plan: &RopePlan,
     q: &mut B::Tensor,
     k: &mut B::Tensor,
     positions: &[usize],
 ) -> Result<()> {
-    let t = rope.table_for(positions);
-    b.rope(q, rope.head_dim, positions, &t.inv_freq)?;
-    b.rope(k, rope.head_dim, positions, &t.inv_freq)?;
-    if t.attention_factor != 1.0 {
-        b.scale(q, t.attention_factor)?;
-        b.scale(k, t.attention_factor)?;
-    }
-    Ok(())
+    let d = plan.head_dim;
+    let f = |x: &mut B::Tensor, pos: &[usize], t: &RopeTable| -> Result<()> {
+        b.rope(x, d, pos, &t.inv_freq)?;
+        if t.attention_factor != 1.0 {
+            b.scale(x, t.attention_factor)?;
+        }
+        Ok(())
+    };
+    plan.each(b, q, positions, f)?;
+    plan.each(b, k, positions, f)
 }
 
 /// Backward of [`rope_qk`], in place on the gradients of the rotated q and k.
 pub(crate) fn rope_qk_bwd<B: TrainBackend>(
     b: &B,
-    rope: &Rope,
+    plan: &RopePlan,
     dq: &mut B::Tensor,
     dk: &mut B::Tensor,
     positions: &[usize],
 ) -> Result<()> {
-    let t = rope.table_for(positions);
-    if t.attention_factor != 1.0 {
-        b.scale(dq, t.attention_factor)?;
-        b.scale(dk, t.attention_factor)?;
-    }
-    b.rope_bwd(dq, rope.head_dim, positions, &t.inv_freq)?;
-    b.rope_bwd(dk, rope.head_dim, positions, &t.inv_freq)?;
-    Ok(())
+    let d = plan.head_dim;
+    let f = |x: &mut B::Tensor, pos: &[usize], t: &RopeTable| -> Result<()> {
+        if t.attention_factor != 1.0 {
+            b.scale(x, t.attention_factor)?;
+        }
+        b.rope_bwd(x, d, pos, &t.inv_freq)
+    };
+    plan.each(b, dq, positions, f)?;
+    plan.each(b, dk, positions, f)
 }

@@ -453,6 +453,7 @@ impl<B: Backend> Model<B> {
                 .collect(),
             _ => vec![],
         };
+        let rope = cfg.rope.plan(&spans);
         let mut out = ForwardOutput::default();
         let mut pending: Vec<PendingCapture<B::Tensor>> = vec![];
         let (first_layer, mut x) = match start {
@@ -479,7 +480,7 @@ impl<B: Backend> Model<B> {
                 cache_rows: &cache_rows,
                 patterns: &mut out.patterns,
             };
-            x = layer_forward(&self.parts(), &mut io, l, &x, &positions)?.1;
+            x = layer_forward(&self.parts(), &mut io, l, &x, &positions, &rope)?.1;
         }
         self.hook(
             HookPoint::ResidPre(cfg.num_hidden_layers),

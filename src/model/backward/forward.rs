@@ -164,7 +164,8 @@ pub(super) fn layer_forward<B: TrainBackend>(
         lora_u,
         spans: &packed.spans,
     };
-    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions)
+    let rope = m.cfg.rope.plan(&packed.spans);
+    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions, &rope)
 }
 
 /// The training side of [`LayerIo`]: linears with their adapters (recording `u`), plain

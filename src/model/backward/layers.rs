@@ -292,7 +292,8 @@ impl<B: TrainBackend> StageBwd<'_, B> {
         if need_dx || qkv_train {
             let (mut dq, mut dk, dv) =
                 b.attention_bwd(&dz, &a.q, &a.k, &a.v, &packed.spans, attn_shape(m))?;
-            rope_qk_bwd(b, &cfg.rope, &mut dq, &mut dk, &packed.positions)?;
+            let rope = cfg.rope.plan(&packed.spans);
+            rope_qk_bwd(b, &rope, &mut dq, &mut dk, &packed.positions)?;
             let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
             let dh = lin_bwd(
                 m,
