@@ -223,6 +223,12 @@ fn unsupported_rope_and_qwen2_features_are_refused_naming_the_key() {
         json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
     ));
     assert!(e.contains("low_freq_factor"), "{e}");
+    // tiny-llama's rope_parameters say theta 10000.
+    let e = err_of(set("rope_theta", json!(5.0)));
+    assert!(
+        e.contains("`rope_theta`") && e.contains("rope_parameters.rope_theta"),
+        "{e}"
+    );
     let e = err_of(set("partial_rotary_factor", json!(0.5)));
     assert!(e.contains("partial_rotary_factor"), "{e}");
     let e = err_of(set("attention_bias", json!(true)));

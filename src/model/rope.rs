@@ -107,7 +107,12 @@ impl Rope {
         if !spec.is_object() {
             bail!("config key `{key}` is {spec}, not an object");
         }
-        let theta = num(spec, "rope_theta").or(top_theta).unwrap_or(10000.0);
+        let theta = match (num(spec, "rope_theta"), top_theta) {
+            (Some(a), Some(b)) if a != b => {
+                bail!("config keys `rope_theta` ({b}) and `{key}.rope_theta` ({a}) disagree")
+            }
+            (a, b) => a.or(b).unwrap_or(10000.0),
+        };
         let kind = spec
             .get("rope_type")
             .or_else(|| spec.get("type"))

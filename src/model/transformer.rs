@@ -406,7 +406,10 @@ impl<B: Backend> Model<B> {
         ensure!(!inputs.is_empty(), "forward called with no sequences");
         for (i, inp) in inputs.iter().enumerate() {
             ensure!(!inp.tokens.is_empty(), "sequence {i} is empty");
-            warn_past_context(cfg.max_position_embeddings, inp.pos0 + inp.tokens.len());
+            // Dynamic NTK RoPE is made to run past max_position_embeddings.
+            if !cfg.rope.length_dependent() {
+                warn_past_context(cfg.max_position_embeddings, inp.pos0 + inp.tokens.len());
+            }
             if let Some(t) = inp.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 bail!(
                     "sequence {i}: token id {t} is outside the vocabulary ({})",
