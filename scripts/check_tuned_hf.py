@@ -30,8 +30,9 @@ a tiny random HF model of that family written by transformers (Qwen2ForCausalLM 
 nonzero q/k/v biases and untied embeddings; a Llama with `llama3` RoPE scaling and tied
 embeddings), with the family's tiny tokenizer and chat template from
 tests/fixtures/tokenizer/{qwen25,llama3}, tunes two of its heads with `pinpoint tune` on a
-few conversations, checks that the tuned heads' slices moved and everything else (Qwen2's
-biases too) stayed bit for bit, and then runs the check on the tuned output:
+few conversations (Qwen2: `--proj q,k,v,o,bias`, the heads' parts of the biases too),
+checks that the tuned heads' slices moved and everything else stayed bit for bit, and then
+runs the check on the tuned output:
 
     /opt/fixvenv/bin/python scripts/check_tuned_hf.py --tune-tiny qwen2 --tune-tiny llama3
 
@@ -128,7 +129,9 @@ def tune_tiny(family, binary, tmp):
         for conv in TRAIN:
             f.write(json.dumps({"messages": conv}) + "\n")
     heads = "L1H2,L2H0"
-    cmd = [binary, "tune", "--model", base, "--heads-list", heads, "--proj", "q,k,v,o", "--data", data,
+    # Qwen2: the heads' parts of the q/k/v biases train too.
+    proj = "q,k,v,o,bias" if family == "qwen2" else "q,k,v,o"
+    cmd = [binary, "tune", "--model", base, "--heads-list", heads, "--proj", proj, "--data", data,
            "--out", tuned, "--steps", "4", "--batch", "2", "--lr", "1e-2", "--save-dtype", "f32", "--quiet"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -148,6 +151,10 @@ def tune_tiny(family, binary, tmp):
         rows.setdefault(p + "k_proj.weight", []).append(h // per_group)
         rows.setdefault(p + "v_proj.weight", []).append(h // per_group)
         cols.setdefault(p + "o_proj.weight", []).append(h)
+        if family == "qwen2":
+            rows.setdefault(p + "q_proj.bias", []).append(h)
+            rows.setdefault(p + "k_proj.bias", []).append(h // per_group)
+            rows.setdefault(p + "v_proj.bias", []).append(h // per_group)
     for n in sorted(set(a) & set(b)):
         diff = (a[n] - b[n]).abs()
         mask = diff.new_zeros(diff.shape, dtype=bool)

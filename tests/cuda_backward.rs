@@ -117,6 +117,7 @@ fn tiny_models_loss_and_grads_match_cpu() {
             k: true,
             v: true,
             o: true,
+            bias: cfg.qkv_bias,
         };
         let mask = Mask::heads(&cfg, &heads, projs)
             .unwrap()

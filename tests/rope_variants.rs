@@ -280,3 +280,46 @@ fn inspect_prints_family_rope_and_template() {
     assert_eq!(v["rope"], "llama3");
     assert!(v["rope_detail"].as_str().unwrap().contains("factor 8"));
 }
+
+/// `--proj ...,bias` asks for the heads' parts of the q/k/v biases: column ranges of the
+/// `[1, out]` bias rows, only on a model that has biases.
+#[test]
+fn bias_slices_are_asked_for_and_only_where_biases_exist() {
+    use pinpoint::backend::Region;
+    use pinpoint::heads::HeadId;
+    use pinpoint::model::mask::{HeadProjs, LayerParam, Mask, ParamId};
+    let p = HeadProjs::parse("q,o,bias").unwrap();
+    assert!(p.bias && p.q && p.o && !p.k);
+    assert!(HeadProjs::parse("bias").is_err());
+    assert!(!HeadProjs::parse("q,k,v,o").unwrap().bias);
+    let q = ModelConfig::from_json(raw_config("tiny-qwen2")).unwrap();
+    let m = Mask::heads(
+        &q,
+        &[HeadId::new(1, 3)],
+        HeadProjs::parse("q,k,bias").unwrap(),
+    )
+    .unwrap();
+    let d = q.head_dim;
+    assert!(m
+        .slices
+        .iter()
+        .any(|s| s.param == ParamId::Layer(1, LayerParam::QBias)
+            && s.region
+                == Region::Cols {
+                    start: 3 * d,
+                    len: d
+                }));
+    // Head 3 of 4 with 2 key/value groups: group 1.
+    assert!(m
+        .slices
+        .iter()
+        .any(|s| s.param == ParamId::Layer(1, LayerParam::KBias)
+            && s.region == Region::Cols { start: d, len: d }));
+    assert!(!m
+        .slices
+        .iter()
+        .any(|s| s.param == ParamId::Layer(1, LayerParam::VBias)));
+    let l = ModelConfig::from_json(raw_config("tiny-llama")).unwrap();
+    let e = Mask::heads(&l, &[HeadId::new(0, 0)], p).unwrap_err();
+    assert!(format!("{e}").contains("no q/k/v biases"), "{e}");
+}

@@ -207,8 +207,9 @@ pub struct LayerWeights<T> {
     pub w_gate: T,    // [d_ff, d_model]
     pub w_up: T,      // [d_ff, d_model]
     pub w_down: T,    // [d_model, d_ff]
-    /// q/k/v biases (`[H*D]`, `[G*D]`, `[G*D]`) where the model has them (Qwen2); frozen in
-    /// training.
+    /// q/k/v biases where the model has them (Qwen2), held as rows `[1, H*D]`, `[1, G*D]`,
+    /// `[1, G*D]` (a checkpoint's `[out]`, same values): a head's part is a column region,
+    /// trained when the mask asks for it.
     pub qkv_bias: Option<[T; 3]>,
 }
 
@@ -315,10 +316,15 @@ pub fn weights_from_tensors(
             w_up: t.take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
             w_down: t.take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
             qkv_bias: if cfg.qkv_bias {
+                let mut row = |name: &str, n: usize| -> Result<HostTensor> {
+                    let mut b = t.take(&format!("{p}.{name}"), &[n])?;
+                    b.shape = vec![1, n];
+                    Ok(b)
+                };
                 Some([
-                    t.take(&format!("{p}.{}", QKV_BIAS_NAMES[0]), &[qd])?,
-                    t.take(&format!("{p}.{}", QKV_BIAS_NAMES[1]), &[kvd])?,
-                    t.take(&format!("{p}.{}", QKV_BIAS_NAMES[2]), &[kvd])?,
+                    row(QKV_BIAS_NAMES[0], qd)?,
+                    row(QKV_BIAS_NAMES[1], kvd)?,
+                    row(QKV_BIAS_NAMES[2], kvd)?,
                 ])
             } else {
                 None
@@ -443,7 +449,21 @@ pub fn save_model_dir(
 ) -> Result<()> {
     const SHARD_BYTES: usize = 4 << 30;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let named = w.named();
+    // Biases are held as [1, out] rows; HF stores them as [out].
+    let flat: Vec<(String, HostTensor)> = w
+        .named()
+        .into_iter()
+        .filter(|(n, t)| n.ends_with(".bias") && t.shape.len() == 2)
+        .map(|(n, t)| (n, HostTensor::new(vec![t.numel()], t.data.clone())))
+        .collect();
+    let named: Vec<(String, &HostTensor)> = w
+        .named()
+        .into_iter()
+        .map(|(n, t)| match flat.iter().find(|(f, _)| *f == n) {
+            Some((_, b)) => (n, b),
+            None => (n, t),
+        })
+        .collect();
     let elem = if dtype == StoreDtype::F32 { 4 } else { 2 };
     let total: usize = named.iter().map(|(_, t)| t.numel() * elem).sum();
     let mut cfg_json = cfg.to_json();

@@ -53,9 +53,10 @@ pub(crate) fn plain_linear<B: Backend>(
     m.backend.linear(x, param(m.weights, ParamId::Layer(l, p))?)
 }
 
-/// `y[i] += bias` for every row i of `y [n, c]` (`bias [c]`): the bias broadcast by gathering
-/// its one row n times, then added (existing ops, no bias kernel). The bias is a constant of
-/// the backward (biases are frozen), so the input gradients do not change.
+/// `y[i] += bias` for every row i of `y [n, c]` (`bias [1, c]`): the bias broadcast by
+/// gathering its one row n times, then added (existing ops, no bias kernel). A bias adds a
+/// constant to the linear's output, so the input gradients do not change; its own gradient
+/// (the column sums of dy) is the backward's (`backward/layers.rs`).
 fn add_bias<B: Backend>(b: &B, y: &mut B::Tensor, bias: &B::Tensor) -> Result<()> {
     let n = b.shape(y)[0];
     let rows = b.gather_rows(bias, &vec![0; n])?;
