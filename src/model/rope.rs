@@ -220,7 +220,7 @@ impl Rope {
         })
     }
 
-    /// Inverse frequencies and attention factor for a forward whose largest position is
+    /// Inverse frequencies and attention factor for a sequence whose last position is
     /// `max_pos` (only `dynamic` looks at it).
     pub fn table(&self, max_pos: usize) -> RopeTable {
         let d = self.head_dim;
