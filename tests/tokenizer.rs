@@ -233,3 +233,123 @@ fn stream_decoder_reproduces_decode_on_multibyte_text() {
     assert_eq!(out, text);
     assert!(held_back, "the emoji should span several byte-level tokens");
 }
+
+/// Llama-3.1, Qwen2.5 and Mistral v0.3: tiny tokenizers with each family's special tokens
+/// and released chat template (scripts/make_tokenizer_fixtures.py); the rendered text and
+/// token ids equal transformers' `apply_chat_template` on the same messages.
+#[test]
+fn llama3_qwen25_mistral_v03_chat_ids_match_transformers() {
+    let mut n = 0;
+    for (family, format, eot) in [
+        ("llama3", "llama3", "<|eot_id|>"),
+        ("qwen25", "qwen", "<|im_end|>"),
+        ("mistral-v03", "mistral-control", "</s>"),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizer")
+            .join(family);
+        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let fx = fixture(&format!("tokenizer/{family}/chats.json"));
+        assert_eq!(
+            tok.vocab_size(),
+            fx["vocab_size"].as_u64().unwrap() as usize
+        );
+        assert_eq!(tok.chat_format(), format, "{family}");
+        for (t, id) in fx["special_ids"].as_object().unwrap() {
+            assert_eq!(
+                tok.token_id(t),
+                Some(id.as_u64().unwrap() as u32),
+                "{family} {t}"
+            );
+        }
+        for t in fx["texts"].as_array().unwrap() {
+            let text = t["text"].as_str().unwrap();
+            assert_eq!(
+                tok.encode(text, false).unwrap(),
+                ids(&t["ids"]),
+                "{family} {text:?}"
+            );
+            assert_eq!(
+                tok.encode(text, true).unwrap(),
+                ids(&t["ids_with_special"]),
+                "{family} {text:?} with special tokens"
+            );
+        }
+        for (w, id) in fx["first_token_of_word"].as_object().unwrap() {
+            assert_eq!(
+                tok.first_token_of_word(w).unwrap(),
+                id.as_u64().unwrap() as u32,
+                "{family} {w:?}"
+            );
+        }
+        for c in fx["chats"].as_array().unwrap() {
+            let msgs = messages(&c["messages"]);
+            let gen = c["add_generation_prompt"].as_bool().unwrap();
+            match (c.get("text"), c.get("error")) {
+                (Some(t), _) => {
+                    let text = tok.apply_chat_template(&msgs, gen).unwrap();
+                    assert_eq!(text, t.as_str().unwrap(), "{family} {msgs:?} gen={gen}");
+                    assert_eq!(
+                        tok.encode_chat(&msgs, gen).unwrap(),
+                        ids(&c["ids"]),
+                        "{family} {msgs:?} gen={gen}"
+                    );
+                    n += 1;
+                }
+                (_, Some(e)) => {
+                    let err = format!("{:#}", tok.apply_chat_template(&msgs, gen).unwrap_err());
+                    assert!(err.contains(e.as_str().unwrap()), "{family}: {err}");
+                }
+                _ => unreachable!(),
+            }
+        }
+        // The end-of-turn token ends generation and the loss mask.
+        let eot_id = tok.token_id(eot).unwrap();
+        assert!(tok.end_of_turn_ids().contains(&eot_id), "{family}");
+        let conv = pinpoint::tune::data::Conversation {
+            line: 1,
+            messages: vec![
+                ChatMessage::user("What is 2 + 2?"),
+                ChatMessage::assistant("2 + 2 = 4."),
+            ],
+            retain: false,
+        };
+        let seq = pinpoint::tune::data::tokenize(&tok, std::slice::from_ref(&conv), None)
+            .unwrap()
+            .remove(0);
+        let prompt = tok.encode_chat(&conv.messages[..1], true).unwrap();
+        let reply: Vec<u32> = seq.targets.iter().flatten().copied().collect();
+        assert_eq!(seq.ids[..prompt.len()], prompt[..], "{family}: the prompt");
+        assert_eq!(
+            reply.last(),
+            Some(&eot_id),
+            "{family}: the reply ends with its end-of-turn token, nothing after"
+        );
+        assert_eq!(
+            reply.len(),
+            seq.ids.len() - prompt.len(),
+            "{family}: every reply token is a target"
+        );
+    }
+    assert!(n >= 30, "{n} chats compared");
+}
+
+/// Llama-3's base tokenizer names `<|end_of_text|>` as eos; `<|eot_id|>` still ends a turn.
+#[test]
+fn eot_ends_a_turn_when_eos_is_end_of_text() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/llama3");
+    let d = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "chat_template.jinja"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        d.path().join("tokenizer_config.json"),
+        json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}).to_string(),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_dir(d.path()).unwrap();
+    let ids = tok.end_of_turn_ids();
+    assert_eq!(ids[0], tok.token_id("<|end_of_text|>").unwrap());
+    assert!(ids.contains(&tok.token_id("<|eot_id|>").unwrap()));
+    assert_eq!(tok.eos_token_ids(), vec![ids[0]]);
+}

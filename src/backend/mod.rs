@@ -123,7 +123,8 @@ pub fn dims2(shape: &[usize]) -> Result<(usize, usize)> {
     }
 }
 
-/// RoPE inverse frequencies as HF computes them (f32): `1 / theta^(2i/D)`.
+/// Plain RoPE's inverse frequencies as HF computes them (f32): `1 / theta^(2i/D)`. The
+/// variants start from these (`model::rope`, the one place a model's table is made).
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| {
@@ -255,14 +256,18 @@ pub trait Backend: Send + Sync {
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
     /// `x += y`, same shape.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
-    /// Rotate-half RoPE in place on `x [n, heads * head_dim]`, row i at `positions[i]`.
+    /// Rotate-half RoPE in place on `x [n, heads * head_dim]`, row i at `positions[i]`, with
+    /// the inverse frequencies `inv_freq [head_dim / 2]` (the model computes them for its RoPE
+    /// variant: `model::rope`; plain RoPE is [`rope_inv_freq`]).
     fn rope(
         &self,
         x: &mut Self::Tensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()>;
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()>;
     /// Causal grouped-query attention. `q [n, H*D]`, `k`,`v` `[rows, G*D]`.
     /// Returns `z [n, H*D]` and the probabilities of `(seq, head)` pairs in `want`.
     fn attention(
@@ -414,8 +419,6 @@ impl AdamStep {
 pub trait TrainBackend: Backend {
     /// A copy of `t`.
     fn copy(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
-    /// `x *= s`.
-    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()>;
 
     /// Backward of `y = x @ w^T`: activation grads `dx [n, in] = dy [n, out] @ w [out, in]`.
     fn linear_bwd_input(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
@@ -458,13 +461,13 @@ pub trait TrainBackend: Backend {
     ) -> Result<Self::Tensor>;
 
     /// Backward of rotate-half RoPE, in place on the gradient `dx [n, heads * head_dim]`
-    /// (the transpose of the rotation: rotate by `-angle`).
+    /// (the transpose of the rotation: rotate by `-angle`), with the forward's `inv_freq`.
     fn rope_bwd(
         &self,
         dx: &mut Self::Tensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()>;
 
     /// Backward of [`Backend::attention`] (causal, GQA, sliding window), recomputing the

@@ -207,6 +207,7 @@ pub(super) fn random_model<B: TrainBackend>(cfg: ModelConfig, b: B) -> Result<Mo
             w_gate: r(&[f, d], s, 0.0)?,
             w_up: r(&[f, d], s, 0.0)?,
             w_down: r(&[d, f], s, 0.0)?,
+            qkv_bias: None,
         });
     }
     let weights = ModelWeights {

@@ -33,7 +33,7 @@ impl SamplingArgs {
             temperature: self.temperature,
             top_p: self.top_p,
             seed: self.seed,
-            eos_ids: tok.eos_token_ids(),
+            eos_ids: tok.end_of_turn_ids(),
             stop_strings: self.stop.clone(),
         }
     }

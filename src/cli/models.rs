@@ -37,9 +37,27 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let loaded = load_tensors(&files)?;
     pinpoint::model::checkpoint::weights_from_tensors(&cfg, loaded)
         .with_context(|| format!("checking the weights of {}", dir.display()))?;
+    // The chat format the tokenizer's template writes and the tokens that end a turn.
+    let (template, end_of_turn) = if dir.join("tokenizer.json").exists() {
+        let tok = pinpoint::model::tokenizer::Tokenizer::from_dir(&dir)?;
+        let eot: Vec<String> = tok
+            .end_of_turn_ids()
+            .iter()
+            .map(|&i| tok.inner().id_to_token(i).unwrap_or_else(|| i.to_string()))
+            .collect();
+        (tok.chat_format().to_string(), eot)
+    } else {
+        ("none (no tokenizer.json)".to_string(), vec![])
+    };
     let info = serde_json::json!({
         "dir": dir.display().to_string(),
+        "family": cfg.family(),
         "architecture": cfg.architecture,
+        "rope": cfg.rope.scaling.name(),
+        "rope_detail": cfg.rope.describe(),
+        "qkv_bias": cfg.qkv_bias,
+        "chat_template": template,
+        "end_of_turn": end_of_turn,
         "layers": cfg.num_hidden_layers,
         "heads": cfg.num_attention_heads,
         "kv_heads": cfg.num_key_value_heads,
@@ -58,6 +76,19 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         crate::outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         crate::outln!("{}", dir.display());
+        crate::outln!(
+            "  family {} ({}), RoPE {}{}, chat template {} (end of turn: {})",
+            cfg.family(),
+            cfg.architecture,
+            cfg.rope.describe(),
+            if cfg.qkv_bias { ", q/k/v biases" } else { "" },
+            template,
+            if end_of_turn.is_empty() {
+                "none".to_string()
+            } else {
+                end_of_turn.join(" ")
+            }
+        );
         crate::outln!(
             "  {}: {} layers, {} query heads, {} key/value heads{}, head dim {}, hidden {}, MLP {}, vocab {}",
             cfg.architecture,

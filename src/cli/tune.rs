@@ -59,7 +59,8 @@ pub struct TuneArgs {
     #[arg(long, value_enum, default_value = "spt")]
     pub mode: TuneMode,
     /// Projections a head contributes: any of q,k,v,o (default: q,k,v,o on MHA models,
-    /// q,o on GQA models, where k/v are shared by a group of heads).
+    /// q,o on GQA models, where k/v are shared by a group of heads), plus `bias` to train the
+    /// head's part of those projections' biases (Qwen2; frozen otherwise).
     #[arg(long)]
     pub proj: Option<String>,
     /// Layers for --mode attn/mlp/lora, e.g. "0,1,5" (default all).

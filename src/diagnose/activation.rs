@@ -28,6 +28,12 @@ pub fn activation_patching_last<B: Backend>(
         model.head_dim(),
         model.cfg.hidden_size,
     );
+    ensure!(
+        !model.cfg.rope.length_dependent(),
+        "activation patching at the last position continues a KV-cached prefix, which dynamic NTK RoPE \
+         (config key rope_scaling, rope_type \"dynamic\") rotates with the prefix's own length, not the \
+         prompt's: use --method path (exact), or --positions with explicit positions (whole forwards)"
+    );
     let heads = model.all_heads();
     let label = LabelHead::new(model, metric)?;
     let mut per_pair = vec![vec![0.0; pairs.len()]; heads.len()];

@@ -71,10 +71,16 @@ pub fn clean_runs<B: Backend>(
         let n = group.len();
         // The two prompts of a pair share everything before the challenge: run that common
         // prefix once into a KV cache, then both suffixes on top of it (seq i = X_r of
-        // pair i, seq n + i = its X_c).
+        // pair i, seq n + i = its X_c). Not under a RoPE whose frequencies depend on the
+        // length (dynamic NTK): a prefix cached at its own length would be rotated otherwise
+        // than in one forward of each prompt, so each prompt runs whole.
+        let share = !model.cfg.rope.length_dependent();
         let common: Vec<usize> = group
             .iter()
             .map(|p| {
+                if !share {
+                    return 0;
+                }
                 let lcp = p
                     .reference
                     .iter()

@@ -126,7 +126,7 @@ pub fn generate_replies<B: Backend>(
 ) -> Result<Vec<String>> {
     let gc = GenConfig {
         max_new_tokens,
-        eos_ids: tok.eos_token_ids(),
+        eos_ids: tok.end_of_turn_ids(),
         ..GenConfig::default()
     };
     let prompts: Vec<Vec<u32>> = convs

@@ -207,7 +207,18 @@ pub struct LayerWeights<T> {
     pub w_gate: T,    // [d_ff, d_model]
     pub w_up: T,      // [d_ff, d_model]
     pub w_down: T,    // [d_model, d_ff]
+    /// q/k/v biases where the model has them (Qwen2), held as rows `[1, H*D]`, `[1, G*D]`,
+    /// `[1, G*D]` (a checkpoint's `[out]`, same values): a head's part is a column region,
+    /// trained when the mask asks for it.
+    pub qkv_bias: Option<[T; 3]>,
 }
+
+/// HF names of the q/k/v biases inside `model.layers.{l}.`.
+pub const QKV_BIAS_NAMES: [&str; 3] = [
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+];
 
 /// All weights of a Llama/Mistral model. `lm_head` is `None` when tied to `embed`.
 #[derive(Debug, Clone)]
@@ -234,6 +245,14 @@ impl<T> ModelWeights<T> {
                 w_gate: f(&format!("{p}.mlp.gate_proj.weight"), &l.w_gate)?,
                 w_up: f(&format!("{p}.mlp.up_proj.weight"), &l.w_up)?,
                 w_down: f(&format!("{p}.mlp.down_proj.weight"), &l.w_down)?,
+                qkv_bias: match &l.qkv_bias {
+                    Some([q, k, v]) => Some([
+                        f(&format!("{p}.{}", QKV_BIAS_NAMES[0]), q)?,
+                        f(&format!("{p}.{}", QKV_BIAS_NAMES[1]), k)?,
+                        f(&format!("{p}.{}", QKV_BIAS_NAMES[2]), v)?,
+                    ]),
+                    None => None,
+                },
             });
         }
         Ok(ModelWeights {
@@ -261,6 +280,11 @@ impl<T> ModelWeights<T> {
             out.push((format!("{p}.mlp.gate_proj.weight"), &l.w_gate));
             out.push((format!("{p}.mlp.up_proj.weight"), &l.w_up));
             out.push((format!("{p}.mlp.down_proj.weight"), &l.w_down));
+            if let Some(b) = &l.qkv_bias {
+                for (name, t) in QKV_BIAS_NAMES.iter().zip(b) {
+                    out.push((format!("{p}.{name}"), t));
+                }
+            }
         }
         out.push(("model.norm.weight".to_string(), &self.final_norm));
         if let Some(h) = &self.lm_head {
@@ -275,11 +299,6 @@ pub fn weights_from_tensors(
     cfg: &ModelConfig,
     mut t: LoadedTensors,
 ) -> Result<ModelWeights<HostTensor>> {
-    if cfg.raw.get("attention_bias").and_then(|x| x.as_bool()) == Some(true)
-        || cfg.raw.get("mlp_bias").and_then(|x| x.as_bool()) == Some(true)
-    {
-        bail!("config.json asks for attention_bias/mlp_bias, which pinpoint does not support");
-    }
     let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let embed = t.take("model.embed_tokens.weight", &[v, d])?;
@@ -296,6 +315,20 @@ pub fn weights_from_tensors(
             w_gate: t.take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
             w_up: t.take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
             w_down: t.take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+            qkv_bias: if cfg.qkv_bias {
+                let mut row = |name: &str, n: usize| -> Result<HostTensor> {
+                    let mut b = t.take(&format!("{p}.{name}"), &[n])?;
+                    b.shape = vec![1, n];
+                    Ok(b)
+                };
+                Some([
+                    row(QKV_BIAS_NAMES[0], qd)?,
+                    row(QKV_BIAS_NAMES[1], kvd)?,
+                    row(QKV_BIAS_NAMES[2], kvd)?,
+                ])
+            } else {
+                None
+            },
         });
     }
     let final_norm = t.take("model.norm.weight", &[d])?;
@@ -416,7 +449,21 @@ pub fn save_model_dir(
 ) -> Result<()> {
     const SHARD_BYTES: usize = 4 << 30;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let named = w.named();
+    // Biases are held as [1, out] rows; HF stores them as [out].
+    let flat: Vec<(String, HostTensor)> = w
+        .named()
+        .into_iter()
+        .filter(|(n, t)| n.ends_with(".bias") && t.shape.len() == 2)
+        .map(|(n, t)| (n, HostTensor::new(vec![t.numel()], t.data.clone())))
+        .collect();
+    let named: Vec<(String, &HostTensor)> = w
+        .named()
+        .into_iter()
+        .map(|(n, t)| match flat.iter().find(|(f, _)| *f == n) {
+            Some((_, b)) => (n, b),
+            None => (n, t),
+        })
+        .collect();
     let elem = if dtype == StoreDtype::F32 { 4 } else { 2 };
     let total: usize = named.iter().map(|(_, t)| t.numel() * elem).sum();
     let mut cfg_json = cfg.to_json();

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Architectures pinpoint runs. Anything else is refused by name.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
 /// The subset of a HF config that defines the Llama/Mistral forward.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -21,10 +22,15 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// The RoPE variant (`rope_scaling` / `rope_parameters`) and its parameters.
+    pub rope: crate::model::rope::Rope,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// Mistral: query i attends to keys j with i - j < window.
     pub sliding_window: Option<usize>,
+    /// q/k/v projections carry a bias (Qwen2).
+    #[serde(default)]
+    pub qkv_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub torch_dtype: String,
@@ -66,7 +72,8 @@ impl ModelConfig {
             None => match model_type.as_str() {
                 "llama" => "LlamaForCausalLM".into(),
                 "mistral" => "MistralForCausalLM".into(),
-                other => bail!("config has no `architectures` and model_type {other:?} is not llama or mistral"),
+                "qwen2" => "Qwen2ForCausalLM".into(),
+                other => bail!("config has no `architectures` and model_type {other:?} is not llama, mistral or qwen2"),
             },
         };
         if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
@@ -91,29 +98,8 @@ impl ModelConfig {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             bail!("head_dim {head_dim} must be even and positive for rotary embeddings");
         }
-        let rope_spec = v
-            .get("rope_scaling")
-            .filter(|x| !x.is_null())
-            .or_else(|| v.get("rope_parameters"));
-        if let Some(rs) = rope_spec {
-            let kind = rs
-                .get("rope_type")
-                .or_else(|| rs.get("type"))
-                .and_then(|s| s.as_str())
-                .unwrap_or("?");
-            if kind != "default" {
-                bail!("rope_scaling type {kind:?} is not supported yet (only plain RoPE)");
-            }
-        }
-        let rope_theta = v
-            .get("rope_theta")
-            .and_then(|x| x.as_f64())
-            .or_else(|| {
-                v.get("rope_parameters")
-                    .and_then(|r| r.get("rope_theta"))
-                    .and_then(|x| x.as_f64())
-            })
-            .unwrap_or(10000.0);
+        let rope = crate::model::rope::Rope::from_config(&v, head_dim)?;
+        let rope_theta = rope.theta;
         let eos_token_ids = match v.get("eos_token_id") {
             Some(serde_json::Value::Number(n)) => vec![n.as_u64().unwrap_or(0) as u32],
             Some(serde_json::Value::Array(a)) => a
@@ -128,7 +114,34 @@ impl ModelConfig {
         } else {
             None
         };
+        let qwen2 = architecture == "Qwen2ForCausalLM";
+        let flag = |k: &str| v.get(k).and_then(|x| x.as_bool()) == Some(true);
+        if qwen2 {
+            if flag("use_sliding_window") {
+                bail!("config key `use_sliding_window` is true: pinpoint runs Qwen2 with full attention only");
+            }
+            let sliding_layers = v
+                .get("layer_types")
+                .and_then(|x| x.as_array())
+                .is_some_and(|a| a.iter().any(|t| t.as_str() != Some("full_attention")));
+            if sliding_layers {
+                bail!("config key `layer_types` lists layers other than full_attention: pinpoint runs Qwen2 with full attention only");
+            }
+        } else if flag("attention_bias") {
+            bail!("config key `attention_bias` is true (biases on q/k/v and o_proj): pinpoint runs q/k/v biases only, as Qwen2ForCausalLM has them");
+        }
+        if flag("mlp_bias") {
+            bail!("config key `mlp_bias` is true: pinpoint does not run MLP biases");
+        }
+        if let Some(act) = v
+            .get("hidden_act")
+            .and_then(|x| x.as_str())
+            .filter(|a| *a != "silu")
+        {
+            bail!("config key `hidden_act` is {act:?}: pinpoint runs SwiGLU with silu only");
+        }
         let cfg = Self {
+            qkv_bias: qwen2,
             architecture,
             model_type,
             vocab_size: need("vocab_size")?,
@@ -143,6 +156,7 @@ impl ModelConfig {
                 .and_then(|x| x.as_f64())
                 .unwrap_or(1e-6),
             rope_theta,
+            rope,
             max_position_embeddings: get_usize(&v, "max_position_embeddings").unwrap_or(4096),
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
@@ -161,6 +175,15 @@ impl ModelConfig {
         };
         crate::guard::check_config(&cfg)?;
         Ok(cfg)
+    }
+
+    /// The model family: `llama`, `mistral` or `qwen2`.
+    pub fn family(&self) -> &'static str {
+        match self.architecture.as_str() {
+            "MistralForCausalLM" => "mistral",
+            "Qwen2ForCausalLM" => "qwen2",
+            _ => "llama",
+        }
     }
 
     /// Query heads per key/value group.

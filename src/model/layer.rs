@@ -3,7 +3,8 @@
 //! activations the backward needs) both run it, with what differs between them plugged in
 //! through [`LayerIo`].
 //!
-//! Op order (HF Llama/Mistral): `h = rmsnorm(x)`, q/k/v = linears of h, rope on q and k,
+//! Op order (HF Llama/Mistral/Qwen2): `h = rmsnorm(x)`, q/k/v = linears of h (plus Qwen2's
+//! biases), rope on q and k (`model::rope`: the variant's frequencies, yarn's factor),
 //! `z = attention(q, k, v)`, `x_mid = o_proj(z) + x`, `h2 = rmsnorm(x_mid)`,
 //! `act = swiglu(gate(h2), up(h2))`, `x_out = down(act) + x_mid`. Hook points: `AttnIn(l)` on
 //! h, `Z(l)` on z, `AttnOut(l)` on o_proj's output, `MlpOut(l)` on down's output (`ResidPre(l)`
@@ -12,6 +13,7 @@
 use crate::backend::{Backend, Span};
 use crate::heads::HookPoint;
 use crate::model::mask::{param, LayerParam, ParamId};
+use crate::model::rope::{rope_qk, RopePlan};
 use crate::model::{ModelConfig, ModelWeights};
 use anyhow::Result;
 
@@ -51,6 +53,16 @@ pub(crate) fn plain_linear<B: Backend>(
     m.backend.linear(x, param(m.weights, ParamId::Layer(l, p))?)
 }
 
+/// `y[i] += bias` for every row i of `y [n, c]` (`bias [1, c]`): the bias broadcast by
+/// gathering its one row n times, then added (existing ops, no bias kernel). A bias adds a
+/// constant to the linear's output, so the input gradients do not change; its own gradient
+/// (the column sums of dy) is the backward's (`backward/layers.rs`).
+fn add_bias<B: Backend>(b: &B, y: &mut B::Tensor, bias: &B::Tensor) -> Result<()> {
+    let n = b.shape(y)[0];
+    let rows = b.gather_rows(bias, &vec![0; n])?;
+    b.add_assign(y, &rows)
+}
+
 /// What the backward needs of one layer besides its input residual.
 pub(crate) struct LayerActs<T> {
     pub h: T,     // [n, d] attn_norm(x_in)
@@ -65,14 +77,15 @@ pub(crate) struct LayerActs<T> {
     pub act: T,   // [n, F]
 }
 
-/// Layer `l` from its input residual `x` (rows at `positions`): its activations and its
-/// output residual.
+/// Layer `l` from its input residual `x` (rows at `positions`, rotated by the call's `rope`
+/// plan): its activations and its output residual.
 pub(crate) fn layer_forward<B: Backend>(
     m: &Parts<'_, B>,
     io: &mut impl LayerIo<B>,
     l: usize,
     x: &B::Tensor,
     positions: &[usize],
+    rope: &RopePlan,
 ) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
     let (cfg, b) = (m.cfg, m.backend);
     let _span = Span::new(b, "layer", Some(l));
@@ -82,9 +95,13 @@ pub(crate) fn layer_forward<B: Backend>(
     io.hook(HookPoint::AttnIn(l), &mut h)?;
     let mut q = io.linear(l, LayerParam::Q, &h)?; // [n, H*D]
     let mut k = io.linear(l, LayerParam::K, &h)?; // [n, G*D]
-    let v = io.linear(l, LayerParam::V, &h)?;
-    b.rope(&mut q, cfg.head_dim, positions, cfg.rope_theta)?;
-    b.rope(&mut k, cfg.head_dim, positions, cfg.rope_theta)?;
+    let mut v = io.linear(l, LayerParam::V, &h)?;
+    if let Some([bq, bk, bv]) = &lw.qkv_bias {
+        add_bias(b, &mut q, bq)?;
+        add_bias(b, &mut k, bk)?;
+        add_bias(b, &mut v, bv)?;
+    }
+    rope_qk(b, rope, &mut q, &mut k, positions)?;
     let mut z = io.attention(l, &q, &k, &v)?;
     io.hook(HookPoint::Z(l), &mut z)?;
     let mut attn_out = io.linear(l, LayerParam::O, &z)?; // [n, d]

@@ -23,6 +23,10 @@ pub enum LayerParam {
     Gate,
     Up,
     Down,
+    /// q/k/v biases (Qwen2), held as `[1, out]` rows: a head's part is a column region.
+    QBias,
+    KBias,
+    VBias,
 }
 
 impl LayerParam {
@@ -37,6 +41,8 @@ impl LayerParam {
         LayerParam::Up,
         LayerParam::Down,
     ];
+    /// The q/k/v biases, in that order.
+    pub const BIASES: [LayerParam; 3] = [LayerParam::QBias, LayerParam::KBias, LayerParam::VBias];
     /// HF name inside `model.layers.{l}.`.
     pub fn hf_name(self) -> &'static str {
         match self {
@@ -49,13 +55,23 @@ impl LayerParam {
             LayerParam::Gate => "mlp.gate_proj.weight",
             LayerParam::Up => "mlp.up_proj.weight",
             LayerParam::Down => "mlp.down_proj.weight",
+            LayerParam::QBias => "self_attn.q_proj.bias",
+            LayerParam::KBias => "self_attn.k_proj.bias",
+            LayerParam::VBias => "self_attn.v_proj.bias",
         }
     }
     /// Part of the attention block (else the MLP block).
     pub fn is_attn(self) -> bool {
         matches!(
             self,
-            LayerParam::AttnNorm | LayerParam::Q | LayerParam::K | LayerParam::V | LayerParam::O
+            LayerParam::AttnNorm
+                | LayerParam::Q
+                | LayerParam::K
+                | LayerParam::V
+                | LayerParam::O
+                | LayerParam::QBias
+                | LayerParam::KBias
+                | LayerParam::VBias
         )
     }
     /// Parse a projection name: q, k, v, o, gate, up, down.
@@ -92,7 +108,8 @@ impl ParamId {
             ParamId::LmHead => "lm_head.weight".into(),
         }
     }
-    /// Shape as stored (`[out, in]` for matrices, `[d]` for norms).
+    /// Shape as stored (`[out, in]` for matrices, `[d]` for norms, `[1, out]` for biases;
+    /// a checkpoint stores biases as `[out]`).
     pub fn shape(self, cfg: &ModelConfig) -> Vec<usize> {
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         match self {
@@ -105,6 +122,8 @@ impl ParamId {
                 LayerParam::O => vec![d, cfg.q_dim()],
                 LayerParam::Gate | LayerParam::Up => vec![f, d],
                 LayerParam::Down => vec![d, f],
+                LayerParam::QBias => vec![1, cfg.q_dim()],
+                LayerParam::KBias | LayerParam::VBias => vec![1, cfg.kv_dim()],
             },
         }
     }
@@ -148,9 +167,22 @@ pub fn param<T>(w: &ModelWeights<T>, p: ParamId) -> Result<&T> {
                 LayerParam::Gate => &lw.w_gate,
                 LayerParam::Up => &lw.w_up,
                 LayerParam::Down => &lw.w_down,
+                LayerParam::QBias | LayerParam::KBias | LayerParam::VBias => match &lw.qkv_bias {
+                    Some(b) => &b[bias_index(lp)],
+                    None => bail!("layer {l} has no q/k/v biases (only Qwen2 models have them)"),
+                },
             }
         }
     })
+}
+
+/// Index of a bias parameter in [`crate::model::LayerWeights::qkv_bias`].
+fn bias_index(p: LayerParam) -> usize {
+    match p {
+        LayerParam::QBias => 0,
+        LayerParam::KBias => 1,
+        _ => 2,
+    }
 }
 
 /// Mutable [`param`].
@@ -175,6 +207,14 @@ pub fn param_mut<T>(w: &mut ModelWeights<T>, p: ParamId) -> Result<&mut T> {
                 LayerParam::Gate => &mut lw.w_gate,
                 LayerParam::Up => &mut lw.w_up,
                 LayerParam::Down => &mut lw.w_down,
+                LayerParam::QBias | LayerParam::KBias | LayerParam::VBias => {
+                    match &mut lw.qkv_bias {
+                        Some(b) => &mut b[bias_index(lp)],
+                        None => {
+                            bail!("layer {l} has no q/k/v biases (only Qwen2 models have them)")
+                        }
+                    }
+                }
             }
         }
     })
@@ -204,6 +244,9 @@ pub struct HeadProjs {
     pub k: bool,
     pub v: bool,
     pub o: bool,
+    /// Also the head's part of the q/k/v biases of the projections above (Qwen2).
+    #[serde(default)]
+    pub bias: bool,
 }
 
 impl HeadProjs {
@@ -215,26 +258,39 @@ impl HeadProjs {
             k: mha,
             v: mha,
             o: true,
+            bias: false,
         }
     }
-    /// Parse `q,k,v,o` (any subset, comma separated).
+    /// Parse `q,k,v,o` (any subset, comma separated), plus `bias` for those projections'
+    /// biases.
     pub fn parse(s: &str) -> Result<Self> {
         let mut p = Self {
             q: false,
             k: false,
             v: false,
             o: false,
+            bias: false,
         };
         for part in s.split(',').filter(|x| !x.trim().is_empty()) {
+            if part.trim().eq_ignore_ascii_case("bias") {
+                p.bias = true;
+                continue;
+            }
             match LayerParam::parse_proj(part)? {
                 LayerParam::Q => p.q = true,
                 LayerParam::K => p.k = true,
                 LayerParam::V => p.v = true,
                 LayerParam::O => p.o = true,
-                other => bail!("--proj takes attention projections q,k,v,o; got {other:?}"),
+                other => {
+                    bail!("--proj takes attention projections q,k,v,o (and bias); got {other:?}")
+                }
             }
         }
         ensure!(p.q || p.k || p.v || p.o, "--proj names no projection");
+        ensure!(
+            !p.bias || p.q || p.k || p.v,
+            "--proj bias trains the biases of q, k or v: name at least one of them"
+        );
         Ok(p)
     }
 }
@@ -301,6 +357,11 @@ impl Mask {
             cfg.head_dim,
         );
         let group = hn / g;
+        ensure!(
+            !projs.bias || cfg.qkv_bias,
+            "bias slices asked for, but this {} model has no q/k/v biases",
+            cfg.architecture
+        );
         let mut slices = vec![];
         for h in heads {
             ensure!(
@@ -313,6 +374,26 @@ impl Mask {
                 len: d,
             };
             let l = h.layer;
+            if projs.bias {
+                // Biases are [1, out] rows: a head's part is a column range.
+                let cols = |i: usize| Region::Cols {
+                    start: i * d,
+                    len: d,
+                };
+                let gi = h.head / group;
+                for (on, p, i) in [
+                    (projs.q, LayerParam::QBias, h.head),
+                    (projs.k, LayerParam::KBias, gi),
+                    (projs.v, LayerParam::VBias, gi),
+                ] {
+                    if on {
+                        slices.push(Slice {
+                            param: ParamId::Layer(l, p),
+                            region: cols(i),
+                        });
+                    }
+                }
+            }
             if projs.q {
                 slices.push(Slice {
                     param: ParamId::Layer(l, LayerParam::Q),
@@ -346,14 +427,19 @@ impl Mask {
         Self::from_slices(cfg, slices)
     }
 
-    /// Full fine-tuning: every weight (the head only where untied).
+    /// Full fine-tuning: every weight (the head only where untied) and bias.
     pub fn all(cfg: &ModelConfig, tied: bool) -> Self {
         let mut slices = vec![Slice {
             param: ParamId::Embed,
             region: Region::Full,
         }];
+        let biases: &[LayerParam] = if cfg.qkv_bias {
+            &LayerParam::BIASES
+        } else {
+            &[]
+        };
         for l in 0..cfg.num_hidden_layers {
-            for p in LayerParam::ALL {
+            for &p in LayerParam::ALL.iter().chain(biases) {
                 slices.push(Slice {
                     param: ParamId::Layer(l, p),
                     region: Region::Full,

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod heads;
 pub(crate) mod layer;
 pub mod mask;
+pub mod rope;
 pub mod tokenizer;
 pub mod transformer;
 pub mod zoo;

@@ -44,6 +44,10 @@ const SPECIAL_NAMES: &[&str] = &[
     "mask_token",
 ];
 
+/// Tokens that end an assistant turn in the chat formats pinpoint knows (Llama 3, ChatML /
+/// Qwen); used besides the eos token where the vocabulary has them.
+pub const END_OF_TURN_TOKENS: &[&str] = &["<|eot_id|>", "<|im_end|>"];
+
 /// A loaded tokenizer with its chat template and special tokens.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -205,6 +209,50 @@ impl Tokenizer {
             }
         }
         out
+    }
+
+    /// The tokens that end a turn: [`Tokenizer::eos_token_ids`], then those of
+    /// [`END_OF_TURN_TOKENS`] this vocabulary has (Llama-3's `<|eot_id|>` and ChatML's
+    /// `<|im_end|>` end a turn even where `eos_token` is `<|end_of_text|>` / `<|endoftext|>`).
+    /// Generation stops at them and the loss mask ends the reply at the last one.
+    pub fn end_of_turn_ids(&self) -> Vec<u32> {
+        let mut out = self.eos_token_ids();
+        for t in END_OF_TURN_TOKENS {
+            if let Some(i) = self.token_id(t) {
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    /// The chat format the template writes, for `inspect`: `llama3`, `chatml` (`qwen` when it
+    /// has Qwen's default system prompt), `mistral-control` (`[INST]` as a control token, as
+    /// Mistral v0.3), `mistral`, `llama2`, `other`, or `none`.
+    pub fn chat_format(&self) -> &'static str {
+        let Some(t) = self.chat_template.as_deref() else {
+            return "none";
+        };
+        if t.contains("<|start_header_id|>") {
+            "llama3"
+        } else if t.contains("<|im_start|>") {
+            if t.contains("You are Qwen") {
+                "qwen"
+            } else {
+                "chatml"
+            }
+        } else if t.contains("<<SYS>>") {
+            "llama2"
+        } else if t.contains("[INST]") {
+            if self.token_id("[INST]").is_some() {
+                "mistral-control"
+            } else {
+                "mistral"
+            }
+        } else {
+            "other"
+        }
     }
 
     /// Vocabulary size including added tokens (HF's `len(tokenizer)`).

@@ -406,7 +406,10 @@ impl<B: Backend> Model<B> {
         ensure!(!inputs.is_empty(), "forward called with no sequences");
         for (i, inp) in inputs.iter().enumerate() {
             ensure!(!inp.tokens.is_empty(), "sequence {i} is empty");
-            warn_past_context(cfg.max_position_embeddings, inp.pos0 + inp.tokens.len());
+            // Dynamic NTK RoPE is made to run past max_position_embeddings.
+            if !cfg.rope.length_dependent() {
+                warn_past_context(cfg.max_position_embeddings, inp.pos0 + inp.tokens.len());
+            }
             if let Some(t) = inp.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 bail!(
                     "sequence {i}: token id {t} is outside the vocabulary ({})",
@@ -453,6 +456,7 @@ impl<B: Backend> Model<B> {
                 .collect(),
             _ => vec![],
         };
+        let rope = cfg.rope.plan(&spans);
         let mut out = ForwardOutput::default();
         let mut pending: Vec<PendingCapture<B::Tensor>> = vec![];
         let (first_layer, mut x) = match start {
@@ -479,7 +483,7 @@ impl<B: Backend> Model<B> {
                 cache_rows: &cache_rows,
                 patterns: &mut out.patterns,
             };
-            x = layer_forward(&self.parts(), &mut io, l, &x, &positions)?.1;
+            x = layer_forward(&self.parts(), &mut io, l, &x, &positions, &rope)?.1;
         }
         self.hook(
             HookPoint::ResidPre(cfg.num_hidden_layers),

@@ -308,10 +308,16 @@ impl<B: Backend> Backend for Profiled<B> {
         x: &mut Self::Tensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()> {
         let c = cost::elementwise(numel(self.inner.shape(x)), 3.0, 1, 1, self.e());
-        self.op("rope", c, || self.inner.rope(x, head_dim, positions, theta))
+        self.op("rope", c, || {
+            self.inner.rope(x, head_dim, positions, inv_freq)
+        })
+    }
+    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()> {
+        let c = cost::elementwise(numel(self.inner.shape(x)), 1.0, 1, 1, self.e());
+        self.op("scale", c, || self.inner.scale(x, s))
     }
     fn attention(
         &self,
@@ -391,10 +397,6 @@ impl<B: TrainBackend> TrainBackend for Profiled<B> {
         let c = cost::elementwise(numel(self.inner.shape(t)), 0.0, 1, 1, self.e());
         self.op("copy", c, || self.inner.copy(t))
     }
-    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()> {
-        let c = cost::elementwise(numel(self.inner.shape(x)), 1.0, 1, 1, self.e());
-        self.op("scale", c, || self.inner.scale(x, s))
-    }
     fn linear_bwd_input(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
         let ((n, m), k) = (rc(self.inner.shape(dy)), rc(self.inner.shape(w)).1);
         self.op("linear_bwd_input", cost::linear(n, k, m, self.e()), || {
@@ -448,11 +450,11 @@ impl<B: TrainBackend> TrainBackend for Profiled<B> {
         dx: &mut Self::Tensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()> {
         let c = cost::elementwise(numel(self.inner.shape(dx)), 3.0, 1, 1, self.e());
         self.op("rope_bwd", c, || {
-            self.inner.rope_bwd(dx, head_dim, positions, theta)
+            self.inner.rope_bwd(dx, head_dim, positions, inv_freq)
         })
     }
     fn attention_bwd(

@@ -138,7 +138,7 @@ pub fn tokenize(
                 .with_context(|| format!("line {}: applying the chat template", c.line))?;
             // Train up to the reply's end-of-turn token, not on template text after it
             // (ChatML's "\n" after <|im_end|>).
-            let eos = tok.eos_token_ids();
+            let eos = tok.end_of_turn_ids();
             let mut full = full;
             if full.len() > prompt.len() {
                 if let Some(i) = full[prompt.len()..].iter().rposition(|t| eos.contains(t)) {

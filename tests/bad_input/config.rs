@@ -164,16 +164,16 @@ const EDITS: &[Edit] = &[
         &["rope_theta"],
     ),
     (
-        "rope scaling",
+        "rope scaling unknown type",
         "rope_scaling",
-        Some(r#"{"type": "linear", "factor": 2.0}"#),
-        &["rope_scaling"],
+        Some(r#"{"type": "longrope", "factor": 2.0}"#),
+        &["rope_scaling", "longrope"],
     ),
     (
         "rope parameters yarn",
         "rope_parameters",
         Some(r#"{"rope_type": "yarn", "rope_theta": 1e4}"#),
-        &["rope_scaling", "yarn"],
+        &["rope_parameters", "yarn", "factor"],
     ),
     (
         "architecture gpt2",

@@ -68,9 +68,13 @@ impl Backend for CpuBackend {
         x: &mut HostTensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()> {
-        ops::rope::rope(x, head_dim, positions, theta)
+        ops::rope::rope(x, head_dim, positions, inv_freq)
+    }
+    fn scale(&self, x: &mut HostTensor, s: f32) -> Result<()> {
+        x.data.par_iter_mut().for_each(|v| *v *= s);
+        Ok(())
     }
 
     fn attention(
@@ -122,10 +126,6 @@ impl TrainBackend for CpuBackend {
     fn copy(&self, t: &HostTensor) -> Result<HostTensor> {
         Ok(t.clone())
     }
-    fn scale(&self, x: &mut HostTensor, s: f32) -> Result<()> {
-        x.data.par_iter_mut().for_each(|v| *v *= s);
-        Ok(())
-    }
 
     fn linear_bwd_input(&self, dy: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
         self.linear_bwd_input_sum(&[(dy, w)])
@@ -170,9 +170,9 @@ impl TrainBackend for CpuBackend {
         dx: &mut HostTensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()> {
-        ops::rope::rope_bwd(dx, head_dim, positions, theta)
+        ops::rope::rope_bwd(dx, head_dim, positions, inv_freq)
     }
 
     fn attention_bwd(

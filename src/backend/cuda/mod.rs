@@ -363,9 +363,22 @@ impl Backend for CudaBackend {
         x: &mut CudaTensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()> {
-        self.rope_launch(registry::ROPE_ROTATE_HALF, x, head_dim, positions, theta)
+        self.rope_launch(registry::ROPE_ROTATE_HALF, x, head_dim, positions, inv_freq)
+    }
+
+    fn scale(&self, x: &mut CudaTensor, s: f32) -> Result<()> {
+        let len = x.numel();
+        if len == 0 {
+            return Ok(());
+        }
+        let li = len as i64;
+        let f = self.func(registry::SCALE_BF16)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.buf).arg(&s).arg(&li);
+        unsafe { b.launch(elem_cfg(len)) }.context("scale_bf16")?;
+        Ok(())
     }
 
     fn attention(
@@ -433,27 +446,14 @@ impl TrainBackend for CudaBackend {
         })
     }
 
-    fn scale(&self, x: &mut CudaTensor, s: f32) -> Result<()> {
-        let len = x.numel();
-        if len == 0 {
-            return Ok(());
-        }
-        let li = len as i64;
-        let f = self.func(registry::SCALE_BF16)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.buf).arg(&s).arg(&li);
-        unsafe { b.launch(elem_cfg(len)) }.context("scale_bf16")?;
-        Ok(())
-    }
-
     fn rope_bwd(
         &self,
         dx: &mut CudaTensor,
         head_dim: usize,
         positions: &[usize],
-        theta: f64,
+        inv_freq: &[f32],
     ) -> Result<()> {
-        self.rope_launch(registry::ROPE_BWD, dx, head_dim, positions, theta)
+        self.rope_launch(registry::ROPE_BWD, dx, head_dim, positions, inv_freq)
     }
 
     fn attention_bwd(

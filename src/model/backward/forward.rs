@@ -164,7 +164,8 @@ pub(super) fn layer_forward<B: TrainBackend>(
         lora_u,
         spans: &packed.spans,
     };
-    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions)
+    let rope = m.cfg.rope.plan(&packed.spans);
+    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions, &rope)
 }
 
 /// The training side of [`LayerIo`]: linears with their adapters (recording `u`), plain
@@ -205,7 +206,9 @@ pub(super) fn forward<B: TrainBackend>(
     let b = &m.backend;
     let w = &m.weights;
     for s in seqs {
-        crate::model::transformer::warn_past_context(cfg.max_position_embeddings, s.len());
+        if !cfg.rope.length_dependent() {
+            crate::model::transformer::warn_past_context(cfg.max_position_embeddings, s.len());
+        }
     }
     let packed = pack(seqs, cfg.vocab_size)?;
     let plan = keep_plan(m, packed.ids.len(), first, mem);

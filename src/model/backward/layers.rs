@@ -3,8 +3,9 @@
 
 use super::forward::{adapter_of, attn_shape, layer_forward, Forward, Kept, LayerActs, Packed};
 use super::{Adapter, Grads};
-use crate::backend::{Region, Span, TrainBackend};
+use crate::backend::{HostTensor, Region, Span, TrainBackend};
 use crate::model::mask::{param, LayerParam, Mask, ParamId};
+use crate::model::rope::rope_qk_bwd;
 use crate::transformer::Model;
 use anyhow::{bail, Result};
 
@@ -172,6 +173,32 @@ pub(super) fn lowest_stage<T>(
     }
 }
 
+/// Weight gradients of the q/k/v bias slices the mask trains, from the gradients of the
+/// projections' outputs (before rope: `dq`, `dk`, `dv`): a bias `[1, out]` is the weight of a
+/// linear whose input is the constant 1, so `dbias[reg] += (1^T dy)[reg]`, the column sums of
+/// dy, by the weight-gradient GEMM with a column of ones as its output gradient.
+fn bias_grads<B: TrainBackend>(
+    m: &Model<B>,
+    l: usize,
+    mask: &Mask,
+    dys: [&B::Tensor; 3],
+    grads: &mut Grads<B::Tensor>,
+) -> Result<()> {
+    let b = &m.backend;
+    let mut ones: Option<B::Tensor> = None;
+    for (p, dy) in LayerParam::BIASES.into_iter().zip(dys) {
+        for (i, reg) in mask.slices_of(ParamId::Layer(l, p)) {
+            if ones.is_none() {
+                let n = b.shape(dy)[0];
+                ones = Some(b.upload(&HostTensor::new(vec![n, 1], vec![1.0; n]))?);
+            }
+            let ones = ones.as_ref().expect("made above");
+            b.linear_bwd_weight(ones, dy, reg, &mut grads.slices[i])?;
+        }
+    }
+    Ok(())
+}
+
 /// The backward of one layer's two stages, with what both share.
 struct StageBwd<'a, B: TrainBackend> {
     m: &'a Model<B>,
@@ -272,6 +299,9 @@ impl<B: TrainBackend> StageBwd<'_, B> {
             LayerParam::Q,
             LayerParam::K,
             LayerParam::V,
+            LayerParam::QBias,
+            LayerParam::KBias,
+            LayerParam::VBias,
         ]
         .iter()
         .any(|&p| trains(mask, adapters, l, p));
@@ -292,8 +322,9 @@ impl<B: TrainBackend> StageBwd<'_, B> {
         if need_dx || qkv_train {
             let (mut dq, mut dk, dv) =
                 b.attention_bwd(&dz, &a.q, &a.k, &a.v, &packed.spans, attn_shape(m))?;
-            b.rope_bwd(&mut dq, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
-            b.rope_bwd(&mut dk, cfg.head_dim, &packed.positions, cfg.rope_theta)?;
+            let rope = cfg.rope.plan(&packed.spans);
+            rope_qk_bwd(b, &rope, &mut dq, &mut dk, &packed.positions)?;
+            bias_grads(m, l, mask, [&dq, &dk, &dv], grads)?;
             let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
             let dh = lin_bwd(
                 m,

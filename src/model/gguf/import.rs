@@ -121,23 +121,22 @@ fn token_of(tokens: &[&str], id: Option<u64>) -> Option<String> {
         .map(|s| s.to_string())
 }
 
-/// Build `tokenizer.json` + `tokenizer_config.json` for a byte-level BPE ("gpt2") vocabulary the
-/// way transformers' GGUF tokenizer conversion does.
+/// Build `tokenizer.json` + `tokenizer_config.json` the way transformers' GGUF tokenizer
+/// conversion does, for a byte-level BPE (`tokenizer.ggml.model = "gpt2"`) or a sentencepiece
+/// (`"llama"`: Llama-2, Mistral) vocabulary.
 fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     let file = g.path.display();
     let model = g.get_str("tokenizer.ggml.model").unwrap_or("");
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         bail!(
-            "{file}: tokenizer model {model:?} is not supported yet (pinpoint imports byte-level BPE, \
-             tokenizer.ggml.model = \"gpt2\")"
+            "{file}: tokenizer.ggml.model {model:?} is not supported (pinpoint imports byte-level BPE \
+             \"gpt2\" and sentencepiece \"llama\" vocabularies)"
         );
     }
+    let sentencepiece = model == "llama";
     let tokens = g
         .get_str_array("tokenizer.ggml.tokens")?
         .with_context(|| format!("{file}: no tokenizer.ggml.tokens"))?;
-    let merges = g
-        .get_str_array("tokenizer.ggml.merges")?
-        .with_context(|| format!("{file}: no tokenizer.ggml.merges"))?;
     let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .as_array()
@@ -153,7 +152,9 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     }
     let spelling = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
-    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    // A sentencepiece vocabulary is used as the file spells it; a byte-level one in the byte
+    // alphabet.
+    let in_alphabet = |t: &str| sentencepiece || t.chars().all(|c| alphabet.contains(&c));
     let mut vocab = serde_json::Map::new();
     for (i, t) in tokens.iter().enumerate() {
         let key = if in_alphabet(t) {
@@ -163,25 +164,35 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
         };
         vocab.insert(key, json!(i));
     }
-    let merges: Vec<Value> = merges
-        .iter()
-        .map(|m| {
-            let parts: Vec<&str> = m.split(' ').collect();
-            match parts.as_slice() {
-                [a, b] => Ok(json!([a, b])),
-                _ => bail!("{file}: merge {m:?} is not two tokens separated by one space"),
+    let merges: Vec<Value> = match g.get_str_array("tokenizer.ggml.merges")? {
+        Some(merges) => merges
+            .iter()
+            .map(|m| {
+                let parts: Vec<&str> = m.split(' ').collect();
+                match parts.as_slice() {
+                    [a, b] => Ok(json!([a, b])),
+                    _ => bail!("{file}: merge {m:?} is not two tokens separated by one space"),
+                }
+            })
+            .collect::<Result<_>>()?,
+        None if sentencepiece => {
+            let scores: Vec<f64> = g
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.as_array())
+                .and_then(|a| a.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>())
+                .with_context(|| {
+                    format!("{file}: a sentencepiece vocabulary without merges needs tokenizer.ggml.scores (numbers)")
+                })?;
+            if scores.len() != tokens.len() {
+                bail!(
+                    "{file}: {} tokenizer.ggml.scores for {} tokens",
+                    scores.len(),
+                    tokens.len()
+                );
             }
-        })
-        .collect::<Result<_>>()?;
-    let added = added_tokens(&tokens, &types, &vocab, &in_alphabet);
-
-    let pre_tokenizer = if LLAMA3_PRES.contains(&pre) {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-        ]})
-    } else {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+            merges_from_scores(&tokens, &scores)
+        }
+        None => bail!("{file}: no tokenizer.ggml.merges"),
     };
 
     let id = |k: &str| g.get_u64(&format!("tokenizer.ggml.{k}"));
@@ -189,8 +200,67 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     let eos = token_of(&tokens, id("eos_token_id"));
     let unk = token_of(&tokens, id("unknown_token_id"));
     let pad = token_of(&tokens, id("padding_token_id"));
-    let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
+    // transformers: a sentencepiece vocabulary adds BOS unless the file says otherwise.
+    let add_bos = g
+        .get_bool("tokenizer.ggml.add_bos_token")
+        .unwrap_or(sentencepiece)
+        && bos.is_some();
     let add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && eos.is_some();
+
+    let mut added = added_tokens(&tokens, &types, &vocab, &in_alphabet);
+    if sentencepiece {
+        // LlamaTokenizer registers its unk/bos/eos (and pad) as special tokens too.
+        let named: Vec<&str> = [&unk, &bos, &eos, &pad]
+            .iter()
+            .filter_map(|t| t.as_deref())
+            .collect();
+        for t in named {
+            if added.iter().any(|a| a["content"] == t) {
+                continue;
+            }
+            if let Some(i) = vocab.get(t).and_then(|v| v.as_u64()) {
+                added.push(added_token(i, t, true));
+            }
+        }
+        added.sort_by_key(|a| a["id"].as_u64());
+    }
+
+    let split = LLAMA3_PRES.contains(&pre).then(|| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]})
+    });
+    let (pre_tokenizer, decoder, bpe) = if sentencepiece {
+        (
+            split.unwrap_or_else(|| {
+                json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false})
+            }),
+            json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+            ]}),
+            json!({
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": merges
+            }),
+        )
+    } else {
+        (
+            split.unwrap_or_else(|| {
+                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+            }),
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+            json!({
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges
+            }),
+        )
+    };
 
     let post_processor = post_processor(
         add_bos,
@@ -207,12 +277,8 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges
-        }
+        "decoder": decoder,
+        "model": bpe
     });
     let mut cfg = serde_json::Map::new();
     cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
@@ -236,6 +302,50 @@ fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
     })
 }
 
+/// The merges a sentencepiece vocabulary implies, as transformers' `generate_merges(vocab,
+/// scores)` derives them: every split of a token into two tokens of the vocabulary, per token
+/// in the order of the scores' dict (first appearance) sorted by the parts' ids, then all of
+/// them stably sorted by (score, left length, right length), best first. `vocab` maps a token
+/// to its last id, the scores' dict to its last score, as Python dicts built from the lists do.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<Value> {
+    use std::collections::HashMap;
+    let mut id: HashMap<&str, usize> = HashMap::new();
+    let mut score: HashMap<&str, f64> = HashMap::new();
+    let mut order: Vec<&str> = vec![];
+    for (i, (&t, &s)) in tokens.iter().zip(scores).enumerate() {
+        id.insert(t, i);
+        if score.insert(t, s).is_none() {
+            order.push(t);
+        }
+    }
+    let mut merges: Vec<(&str, &str, f64)> = vec![];
+    for &t in &order {
+        let mut local: Vec<(&str, &str, f64)> = t
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| (&t[..i], &t[i..]))
+            .filter(|(l, r)| id.contains_key(l) && id.contains_key(r))
+            .map(|(l, r)| (l, r, score[t]))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (id[l], id[r]));
+        merges.extend(local);
+    }
+    // Python's sorted(..., reverse=True) is stable: equal keys keep their order.
+    let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges.into_iter().map(|(l, r, _)| json!([l, r])).collect()
+}
+
+fn added_token(id: u64, content: &str, special: bool) -> Value {
+    json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+           "normalized": false, "special": special})
+}
+
 /// The added tokens of tokenizer.json: special ones (type 3) spelled in the byte alphabet,
 /// then user-defined ones (type 4), each once, in id order.
 fn added_tokens(
@@ -257,11 +367,7 @@ fn added_tokens(
             if !seen.insert(t.to_string()) {
                 continue;
             }
-            added.push((
-                id,
-                json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                       "normalized": false, "special": special}),
-            ));
+            added.push((id, added_token(id, t, special)));
         }
     }
     added.sort_by_key(|(id, _)| *id);
@@ -322,7 +428,10 @@ fn build_config(g: &GgufFile) -> Result<Value> {
         .get_str(&key("rope.scaling.type"))
         .filter(|t| *t != "none")
     {
-        bail!("{file}: rope scaling {t:?} is not supported yet");
+        bail!(
+            "{file}: metadata {} is {t:?}: pinpoint does not import RoPE scaling from GGUF (use the HF checkpoint, whose config.json has rope_scaling)",
+            key("rope.scaling.type")
+        );
     }
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
@@ -409,6 +518,15 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
     let config = build_config(&g)?;
     crate::model::config::ModelConfig::from_json(config.clone())
         .with_context(|| format!("{file}: the derived config is not one pinpoint can run"))?;
+    if g.tensor_info("rope_freqs.weight").is_some() {
+        // llama.cpp stores Llama-3.1's llama3 RoPE scaling as per-frequency factors in this
+        // tensor, which has no place in a HF checkpoint (transformers drops it, and runs plain
+        // RoPE): refuse rather than import a model with other frequencies.
+        bail!(
+            "{file}: tensor rope_freqs.weight holds RoPE frequency factors (Llama-3.1's llama3 scaling); \
+             pinpoint does not import them from GGUF: use the HF checkpoint, whose config.json has rope_scaling"
+        );
+    }
     let tok = build_tokenizer(&g)?;
     let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;

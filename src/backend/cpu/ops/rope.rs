@@ -1,8 +1,8 @@
 //! Rotate-half RoPE on the CPU: forward and backward (the rotation by `-angle`).
 
 use crate::backend::cpu::rows_per_task;
+use crate::backend::dims2;
 use crate::backend::HostTensor;
-use crate::backend::{dims2, rope_inv_freq};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
@@ -19,17 +19,16 @@ pub fn rope_cos_sin(pos: usize, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Rotate-half RoPE in place on rows of width `c` (heads of `head_dim`), row i at
-/// `positions[i]`: a' = a cos - b sin, b' = b cos + a sin. `inverse` applies the transpose
+/// `positions[i]` with inverse frequencies `inv` (`[head_dim / 2]`): a' = a cos - b sin, b' = b cos + a sin. `inverse` applies the transpose
 /// (the backward): a = a' cos + b' sin, b = b' cos - a' sin.
 pub fn rotate_half(
     data: &mut [f32],
     c: usize,
     head_dim: usize,
     positions: &[usize],
-    theta: f64,
+    inv: &[f32],
     inverse: bool,
 ) {
-    let inv = rope_inv_freq(head_dim, theta);
     let half = head_dim / 2;
     let sign = if inverse { -1.0f32 } else { 1.0 };
     // (cos, sin) per distinct position, computed once: a packed batch repeats positions
@@ -37,8 +36,7 @@ pub fn rotate_half(
     let mut distinct: Vec<usize> = positions.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
-    let table: Vec<(Vec<f32>, Vec<f32>)> =
-        distinct.iter().map(|&p| rope_cos_sin(p, &inv)).collect();
+    let table: Vec<(Vec<f32>, Vec<f32>)> = distinct.iter().map(|&p| rope_cos_sin(p, inv)).collect();
     data.par_chunks_mut(c)
         .with_min_len(rows_per_task(c))
         .zip(positions)
@@ -57,19 +55,35 @@ pub fn rotate_half(
         });
 }
 
+fn check(
+    n: usize,
+    c: usize,
+    head_dim: usize,
+    positions: &[usize],
+    inv_freq: &[f32],
+    what: &str,
+) -> Result<()> {
+    ensure!(
+        positions.len() == n
+            && head_dim > 0
+            && c.is_multiple_of(head_dim)
+            && inv_freq.len() * 2 == head_dim,
+        "{what}: {n} rows of width {c}, {} positions, head_dim {head_dim}, {} inverse frequencies",
+        positions.len(),
+        inv_freq.len()
+    );
+    Ok(())
+}
+
 pub(crate) fn rope(
     x: &mut HostTensor,
     head_dim: usize,
     positions: &[usize],
-    theta: f64,
+    inv_freq: &[f32],
 ) -> Result<()> {
     let (n, c) = dims2(&x.shape)?;
-    ensure!(
-        positions.len() == n && c % head_dim == 0,
-        "rope: {n} rows, {} positions",
-        positions.len()
-    );
-    rotate_half(&mut x.data, c, head_dim, positions, theta, false);
+    check(n, c, head_dim, positions, inv_freq, "rope")?;
+    rotate_half(&mut x.data, c, head_dim, positions, inv_freq, false);
     Ok(())
 }
 
@@ -77,14 +91,10 @@ pub(crate) fn rope_bwd(
     dx: &mut HostTensor,
     head_dim: usize,
     positions: &[usize],
-    theta: f64,
+    inv_freq: &[f32],
 ) -> Result<()> {
     let (n, c) = dims2(&dx.shape)?;
-    ensure!(
-        positions.len() == n && c % head_dim == 0,
-        "rope_bwd: {n} rows, {} positions",
-        positions.len()
-    );
-    rotate_half(&mut dx.data, c, head_dim, positions, theta, true);
+    check(n, c, head_dim, positions, inv_freq, "rope_bwd")?;
+    rotate_half(&mut dx.data, c, head_dim, positions, inv_freq, true);
     Ok(())
 }
