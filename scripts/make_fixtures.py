@@ -67,6 +67,15 @@ HF_REF_DIR = "/tmp/hf_smollm2_ref"
 B, T = 2, 11
 
 
+
+# What every tiny-model fixture's expected.json says of its reference and tensor layouts.
+REFERENCE = "transformers eager attention, float32, CPU, model reloaded from this directory"
+LAYOUTS = {
+    "z.{l}": "[B, T, H, D]: input of model.layers[l].self_attn.o_proj reshaped from [B, T, H*D]",
+    "attn.{l}": "[B, H, T, T]: softmax probabilities (output_attentions=True), [b, h, query, key]",
+    "resid.{l}": "[B, T, hidden]: residual stream entering layer l (= output_hidden_states[l])",
+}
+
 def versions():
     import gguf  # noqa: F401
     from importlib.metadata import version
@@ -372,14 +381,10 @@ def make_tiny_llama():
                    "head_dim": cfg.head_dim, "intermediate": cfg.intermediate_size,
                    "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_parameters["rope_theta"],
                    "tie_word_embeddings": True, "weights_dtype_on_disk": "float32"},
-        "reference": "transformers eager attention, float32, CPU, model reloaded from this directory",
+        "reference": REFERENCE,
         "init": "seed 1234; embed N(0, 0.25^2), linear N(0, 0.15^2), norm weights 1 + 0.1*N(0,1)",
         "tensors": shape_dtype(out),
-        "layouts": {
-            "z.{l}": "[B, T, H, D]: input of model.layers[l].self_attn.o_proj reshaped from [B, T, H*D]",
-            "attn.{l}": "[B, H, T, T]: softmax probabilities (output_attentions=True), [b, h, query, key]",
-            "resid.{l}": "[B, T, hidden]: residual stream entering layer l (= output_hidden_states[l])",
-        },
+        "layouts": LAYOUTS,
         **meta,
         "versions": versions(),
     })
@@ -600,15 +605,11 @@ def make_variant(name):
         "rope": {"variant": spec["rope"], "why_it_matters_here": spec["why"],
                  "inv_freq_at_init": [float(x) for x in inv],
                  "attention_scaling": float(rot.attention_scaling)},
-        "reference": "transformers eager attention, float32, CPU, model reloaded from this directory",
+        "reference": REFERENCE,
         "init": (f"seed {spec['seed']}; embed N(0, 0.5^2), linear N(0, 0.25^2), norm 1 + 0.1*N(0,1)"
                  + ("; q/k/v biases N(0, 0.5^2)" if spec["family"] == "qwen2" else "")),
         "tensors": shape_dtype(out),
-        "layouts": {
-            "z.{l}": "[B, T, H, D]: input of model.layers[l].self_attn.o_proj reshaped from [B, T, H*D]",
-            "attn.{l}": "[B, H, T, T]: softmax probabilities (output_attentions=True), [b, h, query, key]",
-            "resid.{l}": "[B, T, hidden]: residual stream entering layer l (= output_hidden_states[l])",
-        },
+        "layouts": LAYOUTS,
         **meta,
         "versions": versions(),
     })

@@ -14,15 +14,7 @@ use pinpoint::tune::mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 use pinpoint::Model;
 use rand::{Rng, SeedableRng};
 
-const MODELS: &[&str] = &[
-    "tiny-llama",
-    "tiny-mistral",
-    "tiny-llama3",
-    "tiny-linear",
-    "tiny-dynamic",
-    "tiny-yarn",
-    "tiny-qwen2",
-];
+const MODELS: &[&str] = common::TINY_MODELS;
 
 fn load(name: &str) -> (Model<CpuBackend>, std::collections::HashMap<String, Ref>) {
     let dir = fixture(name);

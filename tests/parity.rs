@@ -9,15 +9,7 @@ use pinpoint::model::checkpoint::{load_model_dir, save_model_dir};
 use pinpoint::Model;
 
 const TOL: f32 = 1e-4;
-const MODELS: &[&str] = &[
-    "tiny-llama",
-    "tiny-mistral",
-    "tiny-llama3",
-    "tiny-linear",
-    "tiny-dynamic",
-    "tiny-yarn",
-    "tiny-qwen2",
-];
+const MODELS: &[&str] = common::TINY_MODELS;
 
 /// Models whose forward of a sequence in pieces (KV cache, shared prefixes) equals the
 /// forward of the whole: all but dynamic NTK RoPE, whose frequencies depend on the length a

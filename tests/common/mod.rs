@@ -6,6 +6,10 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+mod models;
+#[allow(unused_imports)] // not every test file uses it
+pub use models::TINY_MODELS;
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests")

@@ -15,19 +15,10 @@ pub use checks::{check, check_elements, nrel};
 
 /// A fixture folder. `PINPOINT_REPO` points at the checkout when the test binary was built
 /// elsewhere (scripts/gpu-check.sh runs prebuilt binaries on the device machine).
-/// The tiny HF fixture models the GPU is compared with the CPU on: Llama, Mistral (GQA,
-/// window), the RoPE variants (llama3, linear, dynamic, yarn: the same kernel with other
-/// frequencies, and yarn's factor) and Qwen2 (q/k/v biases).
-#[allow(dead_code)]
-pub const TINY_MODELS: &[&str] = &[
-    "tiny-llama",
-    "tiny-mistral",
-    "tiny-llama3",
-    "tiny-linear",
-    "tiny-dynamic",
-    "tiny-yarn",
-    "tiny-qwen2",
-];
+#[path = "../common/models.rs"]
+mod models;
+#[allow(unused_imports)] // not every test file uses it
+pub use models::TINY_MODELS;
 
 pub fn fixture(name: &str) -> std::path::PathBuf {
     let root = std::env::var_os("PINPOINT_REPO")
