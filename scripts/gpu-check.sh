@@ -147,14 +147,16 @@ step cuda_backward 60 .gpu/bin/cuda_backward --include-ignored --nocapture --tes
 step cuda_bench 60 .gpu/bin/cuda_bench --include-ignored --nocapture --test-threads=1
 
 # 2. Benchmarks, random weights made on the device in real shapes (JSON rows into
-#    $OUT/bench-*.json). The train step tunes K = 32 heads; the 7B step runs twice: keeping
-#    what fits on the card, and under a 16 GiB cap (layers that do not fit recomputed).
+#    $OUT/bench-*.json). The train step tunes K = 32 heads with the loss on every position
+#    (--loss-tokens 0), as torch_peer.py's step (labels = input ids); the 7B step runs twice:
+#    keeping what fits on the card, and under a 16 GiB cap (layers that do not fit
+#    recomputed).
 step bench_smollm2 120 "$PP" bench gemm,forward,patching,decode,train --device cuda \
-  --shape smollm2-135m --k 32 --reps 5 --new-tokens 16 --out "$OUT/bench-smollm2-135m.json"
+  --shape smollm2-135m --k 32 --loss-tokens 0 --reps 5 --new-tokens 16 --out "$OUT/bench-smollm2-135m.json"
 step bench_llama2_7b 150 "$PP" bench gemm,forward,patching,decode,train --device cuda \
-  --shape llama2-7b --k 32 --reps 3 --new-tokens 16 --out "$OUT/bench-llama2-7b.json"
+  --shape llama2-7b --k 32 --loss-tokens 0 --reps 3 --new-tokens 16 --out "$OUT/bench-llama2-7b.json"
 step bench_llama2_7b_cap16 90 "$PP" bench train --device cuda --shape llama2-7b --k 32 \
-  --reps 3 --mem-cap-gib 16 --out "$OUT/bench-llama2-7b-cap16.json"
+  --loss-tokens 0 --reps 3 --mem-cap-gib 16 --out "$OUT/bench-llama2-7b-cap16.json"
 
 # 3. The PyTorch peers on the same card, in the same run.
 [[ -f .gpu/torch_peer.py ]] && (cd "$OUT" && step torch_peer 120 python3 "$ROOT/.gpu/torch_peer.py")
@@ -175,15 +177,15 @@ fi
 # 5. pinpoint's own per-kernel profile (device timing events): the 7B-shape SPT step and
 #    path-patching sweep, and SmolLM2's step; profile.json (+ trace.json) into $OUT. The
 #    acceptance compares the kernels' sum (ops_s) with the wall of the step (wall_s).
-step profile_train_7b 120 "$PP" profile train --device cuda --shape llama2-7b --k 32 --out "$OUT/profile-train-7b"
+step profile_train_7b 120 "$PP" profile train --device cuda --shape llama2-7b --k 32 --loss-tokens 0 --out "$OUT/profile-train-7b"
 step profile_patching_7b 120 "$PP" profile patching --device cuda --shape llama2-7b --out "$OUT/profile-patching-7b"
-step profile_train_smollm2 60 "$PP" profile train --device cuda --shape smollm2-135m --k 32 --out "$OUT/profile-train-smollm2"
+step profile_train_smollm2 60 "$PP" profile train --device cuda --shape smollm2-135m --k 32 --loss-tokens 0 --out "$OUT/profile-train-smollm2"
 step profile 30 .gpu/bin/profile --include-ignored --nocapture --test-threads=1
 
 # 6. Per-kernel profile of one train step (Nsight Compute, kernel durations only).
 if command -v ncu >/dev/null; then
   step ncu_train 90 ncu --metrics gpu__time_duration.sum --csv --print-summary per-kernel \
-    "$PP" bench train --device cuda --shape smollm2-135m --reps 1 --out /tmp/ncu-bench.json
+    "$PP" bench train --device cuda --shape smollm2-135m --loss-tokens 0 --reps 1 --out /tmp/ncu-bench.json
   grep -A200 '"ID"\|Kernel Name' "$LOG" | tail -60 >"$OUT/ncu-summary.txt" 2>/dev/null
 fi
 
