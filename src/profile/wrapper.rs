@@ -3,11 +3,11 @@
 
 use super::cost::{self, Cost};
 use super::{OpRec, Profile, SpanRec};
+use crate::backend::HostTensor;
 use crate::backend::{
     AdamStep, AttnShape, Backend, DeviceClock, Gemm, ParamState, Pattern, Region, SeqSpan,
     TrainBackend,
 };
-use crate::model::HostTensor;
 use anyhow::{ensure, Result};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -159,12 +159,14 @@ impl<B: Backend> Profiled<B> {
                 (Stamp::Host(a, t0.elapsed().as_secs_f64()), r)
             }
             Some(c) => {
-                c.range_push(name);
                 let a = c.mark()?;
+                c.range_push(name);
                 let r = f();
-                let b = c.mark();
                 c.range_pop();
-                (Stamp::Device(a, b?), r?)
+                let b = c.mark();
+                // The call's own error first: it says more than a failed timestamp.
+                let r = r?;
+                (Stamp::Device(a, b?), r)
             }
         };
         let mut s = self.lock();
