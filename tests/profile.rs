@@ -362,3 +362,30 @@ fn cuda_profile_uses_device_time_and_changes_no_bit() {
         1e3 * p.wall_s
     );
 }
+
+#[test]
+fn cli_refuses_bad_sizes_and_outputs_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let model = common::fixture("tiny-llama");
+    for (args, want) in [
+        (vec!["--batch", "0"], "--batch"),
+        (vec!["--seq", "1"], "--seq"),
+        (vec!["--k", "0"], "--k"),
+        (vec!["--out", file.to_str().unwrap()], "--out"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .args(["profile", "train", "--no-ceilings", "--model"])
+            .arg(&model)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            err.contains(want) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -238,6 +238,19 @@ pub fn bench(a: &super::bench::BenchArgs) -> Result<()> {
     }
 }
 
+/// `profile`: sizes that make a workload, and an output folder that can be written.
+pub fn profile(a: &super::profile::ProfileArgs) -> Result<()> {
+    flag::at_least("--batch", a.batch, 1)?;
+    flag::at_least("--seq", a.seq, if a.what == "train" { 2 } else { 1 })?;
+    flag::at_least("--k", a.k, 1)?;
+    flag::at_least("--pairs", a.pairs, 1)?;
+    flag::at_least("--new-tokens", a.new_tokens, 1)?;
+    if a.shape.is_none() {
+        model_arg(&a.model)?;
+    }
+    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+}
+
 /// `import GGUF OUT`: a GGUF file, and an output folder that is missing or empty.
 pub fn import(gguf: &Path, out: &Path) -> Result<()> {
     guard::input_file(gguf, "GGUF file")?;

@@ -235,7 +235,10 @@ pub fn run(cli: Cli) -> Result<()> {
             checks::bench(&a)?;
             bench::bench(a)
         }
-        Command::Profile(a) => profile::profile(a),
+        Command::Profile(a) => {
+            checks::profile(&a)?;
+            profile::profile(a)
+        }
         Command::Tune(a) => {
             checks::tune(&a)?;
             let _lock = locked_out(&a.out, &a.model)?;
