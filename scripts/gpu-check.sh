@@ -81,6 +81,12 @@ export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64${LD_LIBRARY
 export PINPOINT_HOME=/tmp/pinpoint-home        # PTX cache, model and data
 export PINPOINT_REPO=$ROOT                     # fixtures (the binaries were built elsewhere)
 export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
+# NVTX for pinpoint profile's ranges: CUDA 13 ships only the libnvtx3interop shim (also in
+# PyTorch's nvidia-nvtx wheel); pinpoint finds it on the library path or at $PINPOINT_NVTX.
+if [[ -z ${PINPOINT_NVTX:-} ]]; then
+  nvtx=$(python3 -c "import glob, site; print(*[f for p in site.getsitepackages() for f in glob.glob(p + '/nvidia/cu*/lib/libnvtx3interop.so.1')][:1])" 2>/dev/null)
+  [[ -f $nvtx ]] && export PINPOINT_NVTX=$nvtx
+fi
 # The toolkit's NVRTC matches the driver (PTX from a newer NVRTC may not load).
 if ls /usr/local/cuda/lib64/libnvrtc.so* >/dev/null 2>&1; then
   export PINPOINT_NVRTC=/usr/local/cuda/lib64
