@@ -1,7 +1,7 @@
 //! The shape checks of the ops, written once: both backends call these before touching any
 //! data, so a bad call fails the same way (same message) on every device.
 
-use super::dims2;
+use super::{dims2, AttnShape};
 use anyhow::{bail, ensure, Result};
 
 /// Elementwise ops (`add`, `swiglu`, ...): `a` and `b` of the same shape.
@@ -76,4 +76,114 @@ pub fn write_slices(
         );
     }
     Ok((c, vn, width))
+}
+
+/// Attention (`what`: `attention` or `attention_bwd`): `q [n, H*D]`, `k` and `v`
+/// `[rows, G*D]` alike, `dz` (backward) shaped as `q`, H a multiple of G, no empty window.
+/// Returns `(n, H*D, rows, G*D)`.
+pub fn attention(
+    what: &str,
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+    dz: Option<&[usize]>,
+    shape: AttnShape,
+) -> Result<(usize, usize, usize, usize)> {
+    let AttnShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: dh,
+        window,
+    } = shape;
+    let (n, qc) = dims2(q)?;
+    let (kr, kc) = dims2(k)?;
+    ensure!(
+        qc == n_heads * dh && kc == n_kv_heads * dh && dz.is_none_or(|d| d == q),
+        "{what}: bad widths: q {q:?}, k {k:?}{} for {n_heads} heads, {n_kv_heads} kv heads \
+         of {dh}",
+        dz.map_or(String::new(), |d| format!(", dz {d:?}"))
+    );
+    ensure!(k == v, "{what}: k {k:?} and v {v:?} differ");
+    ensure!(
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        "{what}: {n_heads} query heads over {n_kv_heads} key/value heads"
+    );
+    ensure!(
+        window != Some(0),
+        "{what}: a sliding window of 0 hides every key"
+    );
+    Ok((n, qc, kr, kc))
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use super::*;
+
+    #[test]
+    fn attention_checks_name_the_op_and_the_problem() {
+        let sh = |h, g, w| AttnShape {
+            n_heads: h,
+            n_kv_heads: g,
+            head_dim: 4,
+            window: w,
+        };
+        let ok = attention(
+            "attention",
+            &[5, 16],
+            &[7, 8],
+            &[7, 8],
+            None,
+            sh(4, 2, None),
+        );
+        assert_eq!(ok.unwrap(), (5, 16, 7, 8));
+        let err = |r: Result<(usize, usize, usize, usize)>| r.unwrap_err().to_string();
+        let e = err(attention(
+            "attention",
+            &[5, 12],
+            &[7, 8],
+            &[7, 8],
+            None,
+            sh(4, 2, None),
+        ));
+        assert!(e.starts_with("attention: bad widths"), "{e}");
+        let e = err(attention(
+            "attention_bwd",
+            &[5, 16],
+            &[7, 8],
+            &[7, 8],
+            Some(&[4, 16]),
+            sh(4, 2, None),
+        ));
+        assert!(
+            e.contains("attention_bwd: bad widths") && e.contains("dz [4, 16]"),
+            "{e}"
+        );
+        let e = err(attention(
+            "attention",
+            &[5, 16],
+            &[7, 8],
+            &[6, 8],
+            None,
+            sh(4, 2, None),
+        ));
+        assert!(e.contains("differ"), "{e}");
+        let e = err(attention(
+            "attention",
+            &[5, 12],
+            &[7, 8],
+            &[7, 8],
+            None,
+            sh(3, 2, None),
+        ));
+        assert!(e.contains("3 query heads over 2"), "{e}");
+        let e = err(attention(
+            "attention",
+            &[5, 16],
+            &[7, 8],
+            &[7, 8],
+            None,
+            sh(4, 2, Some(0)),
+        ));
+        assert!(e.contains("window of 0"), "{e}");
+    }
 }

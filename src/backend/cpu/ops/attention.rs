@@ -6,8 +6,8 @@ use crate::backend::cpu::buf::par_zeroed;
 use crate::backend::cpu::gemm::Strided;
 use crate::backend::cpu::simd;
 use crate::backend::HostTensor;
-use crate::backend::{dims2, AttnShape, Pattern, SeqSpan};
-use anyhow::{ensure, Result};
+use crate::backend::{shapes, AttnShape, Pattern, SeqSpan};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// Softmax of `row` in place (max-subtracted, f32).
@@ -351,13 +351,8 @@ pub(crate) fn attention(
         head_dim: dh,
         window,
     } = shape;
-    let (n, qc) = dims2(&q.shape)?;
-    let (kr, kc) = dims2(&k.shape)?;
-    ensure!(
-        qc == n_heads * dh && kc == n_kv_heads * dh,
-        "attention: bad q/k widths {qc}/{kc}"
-    );
-    ensure!(k.shape == v.shape, "attention: k and v shapes differ");
+    let (n, qc, kr, kc) =
+        shapes::attention("attention", &q.shape, &k.shape, &v.shape, None, shape)?;
     for s in spans {
         s.check(n, kr)?;
     }
@@ -515,14 +510,14 @@ pub(crate) fn attention_bwd(
         head_dim: dh,
         ..
     } = shape;
-    let (n, qc) = dims2(&q.shape)?;
-    let (kr, kc) = dims2(&k.shape)?;
-    ensure!(
-        qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
-        "attention_bwd: bad widths q {qc} k {kc} dz {:?}",
-        dz.shape
-    );
-    ensure!(k.shape == v.shape, "attention_bwd: k and v shapes differ");
+    let (n, qc, kr, kc) = shapes::attention(
+        "attention_bwd",
+        &q.shape,
+        &k.shape,
+        &v.shape,
+        Some(&dz.shape),
+        shape,
+    )?;
     for s in spans {
         s.check(n, kr)?;
     }

@@ -3,7 +3,7 @@
 
 use crate::backend::cuda::registry::{self};
 use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
-use crate::backend::{dims2, AttnShape, Backend, HostTensor, Pattern, SeqSpan};
+use crate::backend::{shapes, AttnShape, Backend, HostTensor, Pattern, SeqSpan};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::OnceLock;
@@ -140,24 +140,11 @@ impl CudaBackend {
             head_dim: dh,
             window,
         } = shape;
-        let (n, qc) = dims2(&q.shape)?;
-        let (kr, kc) = dims2(&k.shape)?;
-        ensure!(
-            qc == n_heads * dh && kc == n_kv_heads * dh,
-            "attention: bad q/k widths {qc}/{kc}"
-        );
-        ensure!(k.shape == v.shape, "attention: k and v shapes differ");
-        ensure!(
-            n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-            "attention: {n_heads} query heads over {n_kv_heads} key/value heads"
-        );
+        let (n, qc, kr, _) =
+            shapes::attention("attention", &q.shape, &k.shape, &v.shape, None, shape)?;
         ensure!(
             dh.is_multiple_of(2) && dh <= ATT_MAXD,
             "attention: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
-        );
-        ensure!(
-            window != Some(0),
-            "attention: a sliding window of 0 hides every key"
         );
         let tc = kernels == AttnKernels::Auto && attn_tensor_cores(spans, shape);
         let mut tiles: Vec<i32> = Vec::new();
@@ -531,39 +518,19 @@ fn check_attention_bwd(
     spans: &[SeqSpan],
     shape: AttnShape,
 ) -> Result<(usize, usize, usize, usize)> {
-    let AttnShape {
-        n_heads,
-        n_kv_heads,
-        head_dim: dh,
-        window,
-    } = shape;
-    let (n, qc) = dims2(&q.shape)?;
-    let (kr, kc) = dims2(&k.shape)?;
-    ensure!(
-        qc == n_heads * dh && kc == n_kv_heads * dh && dz.shape == q.shape,
-        "attention_bwd: bad widths: q {:?}, k {:?}, dz {:?} for {n_heads} heads, \
-         {n_kv_heads} kv heads of {dh}",
-        q.shape,
-        k.shape,
-        dz.shape
-    );
-    ensure!(
-        k.shape == v.shape,
-        "attention_bwd: k {:?} and v {:?} differ",
-        k.shape,
-        v.shape
-    );
-    ensure!(
-        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
-        "attention_bwd: {n_heads} query heads over {n_kv_heads} key/value heads"
-    );
+    let n_heads = shape.n_heads;
+    let dh = shape.head_dim;
+    let (n, qc, kr, kc) = shapes::attention(
+        "attention_bwd",
+        &q.shape,
+        &k.shape,
+        &v.shape,
+        Some(&dz.shape),
+        shape,
+    )?;
     ensure!(
         dh > 0 && dh.is_multiple_of(2) && dh <= ATT_MAXD,
         "attention_bwd: head_dim {dh} must be even and at most {ATT_MAXD} on CUDA"
-    );
-    ensure!(
-        window != Some(0),
-        "attention_bwd: a sliding window of 0 hides every key"
     );
     ensure!(
         n_heads < 65536,
