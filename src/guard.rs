@@ -1,10 +1,9 @@
 //! Guards that keep a user's files safe and results honest: output locations checked before
-//! any work (writable, not the input model, the right kind, locked), writes that go through
-//! symlinks instead of replacing them, finiteness checks on what is written or called good,
-//! and numeric flag checks. Every error names the path, flag or tensor.
+//! any work (writable, not the input model, the right kind, locked), finiteness checks on
+//! what is written or called good, and numeric flag checks. Every error names the path,
+//! flag or tensor. Imports nothing of the crate above `util`; the model's and the trainer's
+//! own checks (config values, finite weights, the resume fingerprint) live with them.
 
-use crate::backward::TrainSeq;
-use crate::model::{HostTensor, ModelWeights};
 use anyhow::{bail, Context, Result};
 use std::path::{Component, Path, PathBuf};
 
@@ -163,30 +162,6 @@ pub fn input_file(p: &Path, what: &str) -> Result<()> {
     }
 }
 
-/// Where a write to `path` should land: a symlink is followed to its target (also a
-/// dangling one), so the link itself is never replaced.
-pub fn write_target(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf();
-    for _ in 0..40 {
-        match std::fs::read_link(&p) {
-            Ok(t) => {
-                p = if t.is_absolute() {
-                    t
-                } else {
-                    p.parent().unwrap_or(Path::new(".")).join(t)
-                };
-            }
-            Err(_) => return p,
-        }
-    }
-    p
-}
-
-/// A device, pipe or socket (not a regular file, folder or missing path).
-pub fn is_special(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
-}
-
 /// An exclusive lock on an output folder, held until dropped (released by the OS when the
 /// process ends, so a killed run never leaves a stale lock).
 /// On drop the lock file is removed (while still held), and the folder too when this lock
@@ -258,60 +233,6 @@ pub fn finite(what: &str, data: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Values of a parsed `config.json` that would make the model compute garbage (NaN from a
-/// negative epsilon, empty tensors from zero sizes); the error names the field.
-pub fn check_config(c: &crate::model::ModelConfig) -> Result<()> {
-    for (k, v) in [
-        ("vocab_size", c.vocab_size),
-        ("hidden_size", c.hidden_size),
-        ("intermediate_size", c.intermediate_size),
-        ("num_hidden_layers", c.num_hidden_layers),
-        ("max_position_embeddings", c.max_position_embeddings),
-    ] {
-        if v == 0 {
-            bail!("`{k}` is 0; it must be positive");
-        }
-    }
-    // A present field of the wrong type reads as absent; say so instead of using a default.
-    for k in [
-        "rms_norm_eps",
-        "rope_theta",
-        "max_position_embeddings",
-        "num_key_value_heads",
-        "head_dim",
-        "tie_word_embeddings",
-    ] {
-        if let Some(v) = c.raw.get(k) {
-            let ok = match k {
-                "rms_norm_eps" | "rope_theta" => v.is_number(),
-                "tie_word_embeddings" => v.is_boolean(),
-                _ => v.is_u64(),
-            };
-            if !ok && !v.is_null() {
-                bail!("`{k}` is {v}, not a valid value");
-            }
-        }
-    }
-    if let Some(a) = c.raw.get("architectures") {
-        let ok = a
-            .as_array()
-            .is_some_and(|l| l.iter().all(|x| x.is_string()));
-        if !ok && !a.is_null() {
-            bail!("`architectures` is {a}, not a list of names");
-        }
-    }
-    if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {
-        bail!("`rms_norm_eps` is {}; it must be above 0", c.rms_norm_eps);
-    }
-    if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
-        bail!("`rope_theta` is {}; it must be above 0", c.rope_theta);
-    }
-    if c.sliding_window == Some(0) {
-        bail!("`sliding_window` is 0; it must be positive or null");
-    }
-    Ok(())
-}
-
 /// [`finite`] for f64 results (metrics, scores).
 pub fn finite64(what: &str, data: &[f64]) -> Result<()> {
     if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
@@ -322,70 +243,6 @@ pub fn finite64(what: &str, data: &[f64]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Every tensor of `w` finite; the error names the tensor.
-pub fn weights_finite(w: &ModelWeights<HostTensor>) -> Result<()> {
-    for (name, t) in w.named() {
-        finite(&format!("tensor {name}"), &t.data)?;
-    }
-    Ok(())
-}
-
-/// SHA-256 of tokenized training data (ids and targets, in order): what a resume depends on.
-pub fn data_fingerprint(data: &[TrainSeq]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for s in data {
-        h.update((s.ids.len() as u64).to_le_bytes());
-        for id in &s.ids {
-            h.update(id.to_le_bytes());
-        }
-        for t in &s.targets {
-            h.update(t.map_or(u64::MAX, |x| x as u64).to_le_bytes());
-        }
-        // The loss kind (cross-entropy or retain) is part of the data.
-        h.update([u8::from(s.retain)]);
-    }
-    hex::encode(h.finalize())
-}
-
-/// The settings in which a checkpoint's optimizer differs from this run's, named as flags.
-pub fn optim_diffs(ckpt: &crate::tune::AdamWConfig, run: &crate::tune::AdamWConfig) -> Vec<String> {
-    let mut d = vec![];
-    let mut f = |flag: &str, a: String, b: String| {
-        if a != b {
-            d.push(format!("{flag} {a} in the checkpoint, {b} now"));
-        }
-    };
-    f("--lr", ckpt.lr.to_string(), run.lr.to_string());
-    f("--lr-end", ckpt.lr_end.to_string(), run.lr_end.to_string());
-    f(
-        "--warmup",
-        ckpt.warmup_steps.to_string(),
-        run.warmup_steps.to_string(),
-    );
-    f(
-        "--steps",
-        ckpt.total_steps.to_string(),
-        run.total_steps.to_string(),
-    );
-    f("--power", ckpt.power.to_string(), run.power.to_string());
-    f(
-        "--weight-decay",
-        ckpt.weight_decay.to_string(),
-        run.weight_decay.to_string(),
-    );
-    let clip = |c: Option<f32>| c.map_or("off".to_string(), |x| x.to_string());
-    f(
-        "--max-grad-norm",
-        clip(ckpt.max_grad_norm),
-        clip(run.max_grad_norm),
-    );
-    f("beta1", ckpt.beta1.to_string(), run.beta1.to_string());
-    f("beta2", ckpt.beta2.to_string(), run.beta2.to_string());
-    f("eps", ckpt.eps.to_string(), run.eps.to_string());
-    d
 }
 
 /// Numeric flag checks, each naming the flag.
@@ -497,16 +354,6 @@ mod tests {
             e.contains("tensor w") && e.contains("2 of 3") && e.contains("index 1"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn write_target_follows_links() {
-        let t = tempfile::tempdir().unwrap();
-        let real = t.path().join("real.json");
-        let link = t.path().join("link.json");
-        std::os::unix::fs::symlink("real.json", &link).unwrap();
-        assert_eq!(write_target(&link), real);
-        assert_eq!(write_target(&real), real);
     }
 
     #[test]

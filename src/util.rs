@@ -35,7 +35,7 @@ pub fn atomic_write_with(
 ) -> Result<()> {
     // A device or pipe (`/dev/stdout`) is written in place; a symlink is written through
     // (the temp file goes beside its target), never replaced by a file.
-    if crate::guard::is_special(path) {
+    if is_special(path) {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
@@ -45,7 +45,7 @@ pub fn atomic_write_with(
             .flush()
             .with_context(|| format!("writing {}", path.display()));
     }
-    let target = crate::guard::write_target(path);
+    let target = write_target(path);
     let path = target.as_path();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -138,4 +138,43 @@ pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<indicatif::Progr
     );
     pb.set_message(what.to_string());
     Some(pb)
+}
+
+/// Where a write to `path` should land: a symlink is followed to its target (also a
+/// dangling one), so the link itself is never replaced.
+pub fn write_target(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(t) => {
+                p = if t.is_absolute() {
+                    t
+                } else {
+                    p.parent().unwrap_or(Path::new(".")).join(t)
+                };
+            }
+            Err(_) => return p,
+        }
+    }
+    p
+}
+
+/// A device, pipe or socket (not a regular file, folder or missing path).
+pub fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_target_follows_links() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real.json");
+        let link = t.path().join("link.json");
+        std::os::unix::fs::symlink("real.json", &link).unwrap();
+        assert_eq!(write_target(&link), real);
+        assert_eq!(write_target(&real), real);
+    }
 }

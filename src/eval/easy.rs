@@ -14,7 +14,8 @@
 //! Ids are `family:key` and do not depend on the seed or the phrasing, so splits by id
 //! never put the same item in training and evaluation in two wordings.
 
-use super::datasets::{Gold, Question};
+use super::answer::normalize;
+use super::question::{Gold, Question};
 use std::sync::OnceLock;
 use tables::*;
 
@@ -226,11 +227,7 @@ pub fn wrong_answer(q: &Question, pool: &[Question], salt: u64) -> Option<String
             Gold::Texts(t) => t.first().cloned(),
             _ => None,
         })
-        .filter(|a| {
-            !same
-                .iter()
-                .any(|r| super::judge::normalize(r) == super::judge::normalize(a))
-        })
+        .filter(|a| !same.iter().any(|r| normalize(r) == normalize(a)))
         .collect();
     cands.sort();
     cands.dedup();

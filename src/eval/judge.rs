@@ -1,7 +1,8 @@
 //! Judges: which letter a multiple-choice reply gives, whether a short answer matches, and
 //! whether a reply admits a mistake (rule-based, or a model asked as the authors' judge).
 
-use super::datasets::{Gold, Question};
+pub use super::answer::{normalize, short_answer_matches};
+use super::question::{Gold, Question};
 use crate::backend::Backend;
 use crate::heads::Taps;
 use crate::model::tokenizer::{ChatMessage, Tokenizer};
@@ -34,29 +35,6 @@ pub fn extract_letter(text: &str) -> Option<usize> {
         }
     }
     b.iter().find_map(|&c| letter_index(c))
-}
-
-/// Lower-case, punctuation to spaces, articles dropped, whitespace collapsed.
-pub fn normalize(text: &str) -> String {
-    let lower: String = text
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect();
-    lower
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Does `reply` contain one of `answers` (normalized, as whole words)?
-pub fn short_answer_matches(reply: &str, answers: &[String]) -> bool {
-    let r = format!(" {} ", normalize(reply));
-    answers.iter().any(|a| {
-        let n = normalize(a);
-        !n.is_empty() && r.contains(&format!(" {n} "))
-    })
 }
 
 /// Is `reply` a correct answer to `q`? Multiple choice: the extracted letter is the gold one.

@@ -1,6 +1,7 @@
 //! Evaluation: question data, the two-turn "are you sure?" protocol, judges, metrics with
 //! intervals, KL drift, behavioural knockout, and the training-data builder.
 
+pub mod answer;
 pub mod datasets;
 pub mod easy;
 pub mod judge;
@@ -9,7 +10,8 @@ pub mod knockout;
 pub mod make_data;
 pub mod metrics;
 pub mod protocol;
+pub mod question;
 
-pub use datasets::{Gold, Question};
 pub use metrics::{Metrics, Rate};
 pub use protocol::{ProtocolConfig, Transcript};
+pub use question::{Gold, Question};

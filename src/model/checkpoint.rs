@@ -380,8 +380,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTenso
     let dtype = loaded.dtype;
     let w = weights_from_tensors(&cfg, loaded)
         .with_context(|| format!("loading weights of {}", dir.display()))?;
-    crate::guard::weights_finite(&w)
-        .with_context(|| format!("{}: corrupt weights", dir.display()))?;
+    weights_finite(&w).with_context(|| format!("{}: corrupt weights", dir.display()))?;
     Ok((cfg, w, dtype))
 }
 
@@ -509,6 +508,14 @@ pub fn save_model_dir(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Every tensor of `w` finite; the error names the tensor.
+pub fn weights_finite(w: &ModelWeights<HostTensor>) -> Result<()> {
+    for (name, t) in w.named() {
+        crate::guard::finite(&format!("tensor {name}"), &t.data)?;
     }
     Ok(())
 }

@@ -173,7 +173,7 @@ impl ModelConfig {
                 .to_string(),
             raw: v,
         };
-        crate::guard::check_config(&cfg)?;
+        check_config(&cfg)?;
         Ok(cfg)
     }
 
@@ -274,4 +274,58 @@ pub fn model_header(cfg: &ModelConfig, model_id: &str) -> serde_json::Value {
         "hidden_size": cfg.hidden_size,
         "vocab_size": cfg.vocab_size,
     })
+}
+
+/// Values of a parsed `config.json` that would make the model compute garbage (NaN from a
+/// negative epsilon, empty tensors from zero sizes); the error names the field.
+fn check_config(c: &ModelConfig) -> Result<()> {
+    for (k, v) in [
+        ("vocab_size", c.vocab_size),
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+        ("num_hidden_layers", c.num_hidden_layers),
+        ("max_position_embeddings", c.max_position_embeddings),
+    ] {
+        if v == 0 {
+            bail!("`{k}` is 0; it must be positive");
+        }
+    }
+    // A present field of the wrong type reads as absent; say so instead of using a default.
+    for k in [
+        "rms_norm_eps",
+        "rope_theta",
+        "max_position_embeddings",
+        "num_key_value_heads",
+        "head_dim",
+        "tie_word_embeddings",
+    ] {
+        if let Some(v) = c.raw.get(k) {
+            let ok = match k {
+                "rms_norm_eps" | "rope_theta" => v.is_number(),
+                "tie_word_embeddings" => v.is_boolean(),
+                _ => v.is_u64(),
+            };
+            if !ok && !v.is_null() {
+                bail!("`{k}` is {v}, not a valid value");
+            }
+        }
+    }
+    if let Some(a) = c.raw.get("architectures") {
+        let ok = a
+            .as_array()
+            .is_some_and(|l| l.iter().all(|x| x.is_string()));
+        if !ok && !a.is_null() {
+            bail!("`architectures` is {a}, not a list of names");
+        }
+    }
+    if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {
+        bail!("`rms_norm_eps` is {}; it must be above 0", c.rms_norm_eps);
+    }
+    if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
+        bail!("`rope_theta` is {}; it must be above 0", c.rope_theta);
+    }
+    if c.sliding_window == Some(0) {
+        bail!("`sliding_window` is 0; it must be positive or null");
+    }
+    Ok(())
 }

@@ -460,7 +460,8 @@ impl<B: TrainBackend> Trainer<B> {
     pub fn run(&mut self) -> Result<PathBuf> {
         self.run_until(self.cfg.steps)?;
         let w = self.final_weights()?;
-        crate::guard::weights_finite(&w).with_context(|| self.diverged(self.opt.step))?;
+        crate::model::checkpoint::weights_finite(&w)
+            .with_context(|| self.diverged(self.opt.step))?;
         save_model_dir(
             &self.out,
             &self.model.cfg,

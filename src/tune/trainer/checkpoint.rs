@@ -40,7 +40,7 @@ impl<B: TrainBackend> Trainer<B> {
         let name = format!("step-{step:06}");
         let dir = root.join(&name);
         let w = self.final_weights()?;
-        crate::guard::weights_finite(&w).with_context(|| self.diverged(step))?;
+        crate::model::checkpoint::weights_finite(&w).with_context(|| self.diverged(step))?;
         let tmp = root.join(format!(".tmp-{name}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
@@ -95,7 +95,7 @@ impl<B: TrainBackend> Trainer<B> {
             optim: self.opt.cfg,
             history: self.history.clone(),
             model: model_summary(&self.model.cfg),
-            data_sha256: Some(crate::guard::data_fingerprint(&self.data)),
+            data_sha256: Some(data_fingerprint(&self.data)),
         };
         write_json(&tmp.join("tune_state.json"), &state)?;
         if dir.exists() {
@@ -216,7 +216,7 @@ impl<B: TrainBackend> Trainer<B> {
                 self.model.backend.write_region(dst, Region::Full, &w)?;
             }
         }
-        let diffs = crate::guard::optim_diffs(&st.optim, &self.opt.cfg);
+        let diffs = optim_diffs(&st.optim, &self.opt.cfg);
         ensure!(
             diffs.is_empty(),
             "the checkpoint was trained with other settings: {}; resume with the same flags, or choose another --out",
@@ -224,7 +224,7 @@ impl<B: TrainBackend> Trainer<B> {
         );
         if let Some(h) = &st.data_sha256 {
             ensure!(
-                *h == crate::guard::data_fingerprint(&self.data),
+                *h == data_fingerprint(&self.data),
                 "the checkpoint was trained on other data (its tokenized data hash {h} differs from this run's); resume with the same --data, or choose another --out"
             );
         }
@@ -234,4 +234,60 @@ impl<B: TrainBackend> Trainer<B> {
         self.last_checkpoint = Some(dir.to_path_buf());
         Ok(())
     }
+}
+
+/// SHA-256 of tokenized training data (ids and targets, in order): what a resume depends on.
+pub fn data_fingerprint(data: &[TrainSeq]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for s in data {
+        h.update((s.ids.len() as u64).to_le_bytes());
+        for id in &s.ids {
+            h.update(id.to_le_bytes());
+        }
+        for t in &s.targets {
+            h.update(t.map_or(u64::MAX, |x| x as u64).to_le_bytes());
+        }
+        // The loss kind (cross-entropy or retain) is part of the data.
+        h.update([u8::from(s.retain)]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The settings in which a checkpoint's optimizer differs from this run's, named as flags.
+fn optim_diffs(ckpt: &AdamWConfig, run: &AdamWConfig) -> Vec<String> {
+    let mut d = vec![];
+    let mut f = |flag: &str, a: String, b: String| {
+        if a != b {
+            d.push(format!("{flag} {a} in the checkpoint, {b} now"));
+        }
+    };
+    f("--lr", ckpt.lr.to_string(), run.lr.to_string());
+    f("--lr-end", ckpt.lr_end.to_string(), run.lr_end.to_string());
+    f(
+        "--warmup",
+        ckpt.warmup_steps.to_string(),
+        run.warmup_steps.to_string(),
+    );
+    f(
+        "--steps",
+        ckpt.total_steps.to_string(),
+        run.total_steps.to_string(),
+    );
+    f("--power", ckpt.power.to_string(), run.power.to_string());
+    f(
+        "--weight-decay",
+        ckpt.weight_decay.to_string(),
+        run.weight_decay.to_string(),
+    );
+    let clip = |c: Option<f32>| c.map_or("off".to_string(), |x| x.to_string());
+    f(
+        "--max-grad-norm",
+        clip(ckpt.max_grad_norm),
+        clip(run.max_grad_norm),
+    );
+    f("beta1", ckpt.beta1.to_string(), run.beta1.to_string());
+    f("beta2", ckpt.beta2.to_string(), run.beta2.to_string());
+    f("eps", ckpt.eps.to_string(), run.eps.to_string());
+    d
 }
