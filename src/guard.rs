@@ -7,9 +7,18 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Component, Path, PathBuf};
 
-/// `p` made absolute and free of `.`/`..` and symlinks as far as it exists (the missing tail
-/// is appended as written), so that paths can be compared before they are created.
+mod own;
+pub use own::{check_owned, claim_dir, marker_command, MARKER};
+
+/// `p` made absolute and resolved as the OS resolves it: component by component, each
+/// existing prefix canonicalized (symlinks followed) BEFORE the next `..` applies, so
+/// `link/..` is the parent of the link's target, never the folder holding the link. The
+/// missing tail (nothing there can be a link) is appended with `..` applied to it.
 pub fn resolved(p: &Path) -> PathBuf {
+    resolved_at_depth(p, 0)
+}
+
+fn resolved_at_depth(p: &Path, depth: usize) -> PathBuf {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -17,35 +26,24 @@ pub fn resolved(p: &Path) -> PathBuf {
             .unwrap_or_else(|_| PathBuf::from("/"))
             .join(p)
     };
-    let mut clean = PathBuf::new();
+    let mut cur = PathBuf::from("/");
     for c in abs.components() {
         match c {
-            Component::CurDir => {}
             Component::ParentDir => {
-                clean.pop();
+                cur.pop();
             }
-            other => clean.push(other),
+            Component::Normal(name) => cur.push(name),
+            _ => continue,
+        }
+        if let Ok(real) = std::fs::canonicalize(&cur) {
+            cur = real;
+        } else if let (Ok(target), true) = (std::fs::read_link(&cur), depth < 40) {
+            // A dangling link: a file created through it lands where it points.
+            let parent = cur.parent().unwrap_or(Path::new("/")).to_path_buf();
+            cur = resolved_at_depth(&parent.join(target), depth + 1);
         }
     }
-    // The longest existing prefix, canonicalized; then the rest.
-    let mut head = clean.clone();
-    let mut tail = vec![];
-    loop {
-        if let Ok(c) = std::fs::canonicalize(&head) {
-            let mut out = c;
-            for t in tail.iter().rev() {
-                out.push(t);
-            }
-            return out;
-        }
-        match (head.file_name().map(|s| s.to_os_string()), head.parent()) {
-            (Some(name), Some(parent)) => {
-                tail.push(name);
-                head = parent.to_path_buf();
-            }
-            _ => return clean,
-        }
-    }
+    cur
 }
 
 /// Refuse an output that is, is inside, or contains one of the input folders.
@@ -170,11 +168,16 @@ pub struct DirLock {
     _file: std::fs::File,
     dir: std::path::PathBuf,
     created: bool,
+    /// This lock's claim wrote the ownership marker (removed again if nothing else was written).
+    wrote_marker: bool,
 }
 
 impl Drop for DirLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        if self.wrote_marker {
+            own::forget_unused_marker(&self.dir);
+        }
         if self.created {
             // Fails (and keeps the folder) unless it is empty.
             let _ = std::fs::remove_dir(&self.dir);
@@ -185,14 +188,22 @@ impl Drop for DirLock {
 /// Name of the lock file inside a locked folder.
 pub const LOCK_FILE: &str = ".pinpoint.lock";
 
-/// Lock `out` (created if needed) for this process, or fail naming it when another run holds it.
+/// Lock `out` (created if needed) for this process, or fail naming it and the lock file when
+/// another run holds it. Output commands take it through [`claim_dir`].
 pub fn lock_dir(out: &Path, flag: &str) -> Result<DirLock> {
+    lock_dir_as(out, flag, "pinpoint")
+}
+
+/// [`lock_dir`], recording `holder` (e.g. `pinpoint tune`) and this process id in the lock
+/// file, so that a second run's error says who holds the folder.
+pub fn lock_dir_as(out: &Path, flag: &str, holder: &str) -> Result<DirLock> {
     let created = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("{flag}: creating {}", out.display()))?;
     let p = out.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&p)
         .with_context(|| format!("{flag}: creating the lock file {}", p.display()))?;
@@ -202,17 +213,27 @@ pub fn lock_dir(out: &Path, flag: &str) -> Result<DirLock> {
         // SAFETY: flock on a file descriptor we own.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
+            let who = std::fs::read_to_string(&p).unwrap_or_default();
+            let who = match who.trim() {
+                "" => "another pinpoint run".to_string(),
+                w => w.to_string(),
+            };
             bail!(
-                "{flag} {} is in use by another pinpoint run (it holds {}); wait for it to finish or choose another folder",
+                "{flag} {} is in use by {who} (it holds {}); wait for it to finish or choose another folder",
                 out.display(),
                 p.display()
             );
         }
+        use std::io::{Seek, Write};
+        let _ = file.set_len(0);
+        let _ = file.seek(std::io::SeekFrom::Start(0));
+        let _ = write!(file, "{holder} (process {})", std::process::id());
     }
     Ok(DirLock {
         _file: file,
         dir: out.to_path_buf(),
         created,
+        wrote_marker: false,
     })
 }
 
@@ -296,6 +317,33 @@ mod tests {
         std::fs::create_dir(&a).unwrap();
         let r = resolved(&a.join("x/../y/z"));
         assert_eq!(r, std::fs::canonicalize(&a).unwrap().join("y/z"));
+    }
+
+    #[test]
+    fn resolved_follows_a_link_before_its_dot_dot() {
+        // z/L -> model/sub: `z/L/..` is `model`, as the OS resolves it, not `z`.
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("model");
+        std::fs::create_dir_all(m.join("sub")).unwrap();
+        std::fs::create_dir(t.path().join("z")).unwrap();
+        std::os::unix::fs::symlink(m.join("sub"), t.path().join("z/L")).unwrap();
+        let canon = std::fs::canonicalize(&m).unwrap();
+        assert_eq!(resolved(&t.path().join("z/L/..")), canon);
+        assert_eq!(
+            resolved(&t.path().join("z/L/../config.json")),
+            canon.join("config.json")
+        );
+        let e = output_dir(&t.path().join("z/L/.."), "--out", &[&m])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is the input"), "{e}");
+        let e = output_file(&t.path().join("z/L/../config.json"), "--out", &[&m])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inside the input"), "{e}");
+        // A dangling link is judged where it points.
+        std::os::unix::fs::symlink(m.join("new"), t.path().join("z/D")).unwrap();
+        assert_eq!(resolved(&t.path().join("z/D/x")), canon.join("new/x"));
     }
 
     #[test]

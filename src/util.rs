@@ -52,8 +52,11 @@ pub fn atomic_write_with(
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // 0666 masked by the umask, as any new file: the output is as shareable as the user's
+    // other files (tempfile's default 0600 would make a tuned model private).
     let mut tmp = tempfile::Builder::new()
         .prefix(".pinpoint-tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;

@@ -77,7 +77,7 @@ pub fn tune(a: &super::tune::TuneArgs) -> Result<()> {
             heads_scores(h)?;
         }
     }
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "tune")
 }
 
 /// A heads file whose scores are all zero ranks nothing (e.g. pairs whose reference and
@@ -133,14 +133,14 @@ pub fn pipeline(a: &super::pipeline::PipelineArgs) -> Result<()> {
     }
     flag::within("--planted-share", a.recipe.planted_share, 0.0, 1.0)?;
     model_arg(&a.model)?;
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "pipeline")
 }
 
 pub fn diagnose(a: &super::diagnose::DiagnoseArgs) -> Result<()> {
     pairs(&a.pairs)?;
     flag::at_least("--top-k", a.top_k, 1)?;
     model_arg(&a.model)?;
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "diagnose")
 }
 
 fn pairs(p: &super::diagnose::PairArgs) -> Result<()> {
@@ -155,7 +155,7 @@ pub fn attention(a: &super::diagnose::AttentionArgs) -> Result<()> {
     flag::at_least("--top-k", a.top_k, 1)?;
     model_arg(&a.model)?;
     heads_arg(&a.heads)?;
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "attention")
 }
 
 pub fn knockout(a: &super::diagnose::KnockoutArgs) -> Result<()> {
@@ -163,7 +163,7 @@ pub fn knockout(a: &super::diagnose::KnockoutArgs) -> Result<()> {
     flag::at_least("--max-k", a.max_k, 1)?;
     model_arg(&a.model)?;
     heads_arg(&a.heads)?;
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "knockout")
 }
 
 fn heads_arg(h: &super::diagnose::HeadsArg) -> Result<()> {
@@ -187,7 +187,7 @@ pub fn eval(a: &super::eval::EvalArgs) -> Result<()> {
     model_arg(&a.model)?;
     let mut ins = inputs(&a.model);
     ins.extend(a.judge_model.as_deref());
-    guard::output_dir(&a.out, "--out", &ins)
+    out_dir(&a.out, &ins, "eval")
 }
 
 pub fn make_data(a: &super::make_data::MakeDataArgs) -> Result<()> {
@@ -198,7 +198,7 @@ pub fn make_data(a: &super::make_data::MakeDataArgs) -> Result<()> {
         guard::input_file(e, "--exclude file")?;
     }
     model_arg(&a.model)?;
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "make-data")
 }
 
 pub fn logits(a: &super::logits::LogitsArgs) -> Result<()> {
@@ -248,19 +248,20 @@ pub fn profile(a: &super::profile::ProfileArgs) -> Result<()> {
     if a.shape.is_none() {
         model_arg(&a.model)?;
     }
-    guard::output_dir(&a.out, "--out", &inputs(&a.model))
+    out_dir(&a.out, &inputs(&a.model), "profile")
 }
 
-/// `import GGUF OUT`: a GGUF file, and an output folder that is missing or empty.
+/// `import GGUF OUT`: a GGUF file, and an output folder that is missing, empty or an
+/// earlier import.
 pub fn import(gguf: &Path, out: &Path) -> Result<()> {
     guard::input_file(gguf, "GGUF file")?;
-    if let Ok(mut it) = std::fs::read_dir(out) {
-        if it.next().is_some() {
-            bail!(
-                "{} is not empty; import writes a new model folder: give a new or empty folder",
-                out.display()
-            );
-        }
-    }
-    guard::output_dir(out, "the output folder", &[])
+    guard::output_dir(out, "the output folder", &[])?;
+    guard::check_owned(out, "the output folder", "import")
+}
+
+/// An output folder (`--out`): the right kind, not the input, writable, and pinpoint's to
+/// write ([`guard::check_owned`]: new, empty, or an earlier output of `command`).
+fn out_dir(out: &Path, inputs: &[&Path], command: &str) -> Result<()> {
+    guard::output_dir(out, "--out", inputs)?;
+    guard::check_owned(out, "--out", command)
 }

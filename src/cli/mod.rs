@@ -220,6 +220,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Import { gguf, out } => {
             checks::import(&gguf, &out)?;
+            let _lock = pinpoint::guard::claim_dir(&out, "the output folder", "import")?;
             import(&gguf, &out)
         }
         Command::Inspect(a) => models::inspect(a),
@@ -237,11 +238,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Profile(a) => {
             checks::profile(&a)?;
+            let _lock = claim(&a.out, "profile")?;
             profile::profile(a)
         }
         Command::Tune(a) => {
             checks::tune(&a)?;
-            let _lock = locked_out(&a.out, &a.model)?;
+            let _lock = locked_out(&a.out, &a.model, "tune")?;
             tune::tune(a)
         }
         Command::Logits(a) => {
@@ -250,6 +252,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) => {
             checks::eval(&a)?;
+            let _lock = claim(&a.out, "eval")?;
             eval::eval(a)
         }
         Command::Kl(a) => {
@@ -258,34 +261,44 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::MakeData(a) => {
             checks::make_data(&a)?;
+            let _lock = claim(&a.out, "make-data")?;
             make_data::make_data(a)
         }
         Command::Pipeline(a) => {
             checks::pipeline(&a)?;
-            let _lock = locked_out(&a.out, &a.model)?;
+            let _lock = locked_out(&a.out, &a.model, "pipeline")?;
             pipeline::pipeline(a)
         }
         Command::Diagnose(a) => {
             checks::diagnose(&a)?;
+            let _lock = claim(&a.out, "diagnose")?;
             diagnose::diagnose(a)
         }
         Command::Attention(a) => {
             checks::attention(&a)?;
+            let _lock = claim(&a.out, "attention")?;
             diagnose::attention(a)
         }
         Command::Knockout(a) => {
             checks::knockout(&a)?;
+            let _lock = claim(&a.out, "knockout")?;
             diagnose::knockout(a)
         }
     }
 }
 
-/// The output folder of a long run, checked against the resolved model and locked for
-/// this process.
-fn locked_out(out: &Path, m: &ModelArg) -> Result<pinpoint::guard::DirLock> {
+/// The output folder of a long run, checked against the resolved model (the default
+/// model is known only now), then claimed for `command` and locked for this process.
+fn locked_out(out: &Path, m: &ModelArg, command: &str) -> Result<pinpoint::guard::DirLock> {
     let dir = m.resolve()?;
     pinpoint::guard::output_dir(out, "--out", &[&dir])?;
-    pinpoint::guard::lock_dir(out, "--out")
+    claim(out, command)
+}
+
+/// `--out` claimed for `pinpoint {command}` (ownership marker, lock) until the guard drops:
+/// one writer per folder, and never a folder pinpoint does not own.
+fn claim(out: &Path, command: &str) -> Result<pinpoint::guard::DirLock> {
+    pinpoint::guard::claim_dir(out, "--out", command)
 }
 
 /// `println!` that returns an error (a closed pipe, a full disk) instead of panicking.

@@ -245,6 +245,7 @@ fn tune_cases() -> Vec<Case> {
         "out: tune with checkpoints, no --resume",
         |e: &Env| {
             e.write("o/checkpoints/latest", "step-000001");
+            e.write("o/.pinpoint-output", r#"{"command": "tune"}"#);
             std::fs::create_dir_all(e.p("o/checkpoints/step-000001")).unwrap();
         },
         &format!("{TUNE} --out o"),

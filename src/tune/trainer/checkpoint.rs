@@ -37,7 +37,7 @@ impl<B: TrainBackend> Trainer<B> {
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let step = self.opt.step;
         let root = self.checkpoints_dir();
-        let name = format!("step-{step:06}");
+        let name = checkpoint_name(step);
         let dir = root.join(&name);
         let w = self.final_weights()?;
         crate::model::checkpoint::weights_finite(&w).with_context(|| self.diverged(step))?;
@@ -105,7 +105,7 @@ impl<B: TrainBackend> Trainer<B> {
             .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
         atomic_write(&root.join("latest"), name.as_bytes())?;
         self.last_checkpoint = Some(dir.clone());
-        self.prune_checkpoints(&root, &name)?;
+        self.prune_checkpoints(&root, step)?;
         Ok(dir)
     }
 
@@ -118,22 +118,30 @@ impl<B: TrainBackend> Trainer<B> {
         format!("step {step}: training diverged (try a lower --lr); nothing was saved for this step, {last}")
     }
 
-    fn prune_checkpoints(&self, root: &Path, keep_newest: &str) -> Result<()> {
-        let mut names: Vec<String> = std::fs::read_dir(root)?
+    /// Delete the oldest of pinpoint's own checkpoints (names exactly `step-` and six or
+    /// more digits, as [`checkpoint_name`] writes) so that `keep_checkpoints` are left, none
+    /// newer than `keep_newest`. Any other name (a user's `step-000002-keep`) is never touched.
+    fn prune_checkpoints(&self, root: &Path, keep_newest: usize) -> Result<()> {
+        let mut steps: Vec<usize> = std::fs::read_dir(root)
+            .with_context(|| format!("reading {}", root.display()))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("step-") && n.as_str() <= keep_newest)
+            .filter_map(|n| checkpoint_step(&n))
+            .filter(|&s| s <= keep_newest)
             .collect();
-        names.sort();
-        let drop = names.len().saturating_sub(self.cfg.keep_checkpoints);
-        for n in &names[..drop] {
-            std::fs::remove_dir_all(root.join(n))
+        steps.sort_unstable();
+        let drop = steps.len().saturating_sub(self.cfg.keep_checkpoints);
+        for &s in &steps[..drop] {
+            let n = checkpoint_name(s);
+            std::fs::remove_dir_all(root.join(&n))
                 .with_context(|| format!("removing old checkpoint {n}"))?;
         }
         Ok(())
     }
 
-    /// The newest complete checkpoint under `out`, if any.
+    /// The newest complete checkpoint under `out`, if any. `checkpoints/latest` must name one
+    /// of pinpoint's checkpoint folders (`step-NNNNNN`); an empty or other name is an error
+    /// naming the file.
     pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
         let f = out.join("checkpoints").join("latest");
         if !f.exists() {
@@ -141,7 +149,18 @@ impl<B: TrainBackend> Trainer<B> {
         }
         let name =
             std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        let dir = out.join("checkpoints").join(name.trim());
+        let name = name.trim();
+        ensure!(
+            !name.is_empty(),
+            "{} is empty (it should name the newest checkpoint folder, e.g. step-000020): the checkpoint write was cut short or the file was edited; restore it or choose another --out",
+            f.display()
+        );
+        ensure!(
+            checkpoint_step(name).is_some_and(|s| checkpoint_name(s) == name),
+            "{} names {name:?}, which is not a pinpoint checkpoint folder (step-NNNNNN)",
+            f.display()
+        );
+        let dir = out.join("checkpoints").join(name);
         ensure!(
             dir.is_dir(),
             "{} names {}, which does not exist",
@@ -234,6 +253,21 @@ impl<B: TrainBackend> Trainer<B> {
         self.last_checkpoint = Some(dir.to_path_buf());
         Ok(())
     }
+}
+
+/// The folder name of the checkpoint after `step` updates.
+pub fn checkpoint_name(step: usize) -> String {
+    format!("step-{step:06}")
+}
+
+/// The step of a checkpoint folder name, only for names [`checkpoint_name`] writes.
+pub fn checkpoint_step(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("step-")?;
+    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let step: usize = digits.parse().ok()?;
+    (checkpoint_name(step) == name).then_some(step)
 }
 
 /// SHA-256 of tokenized training data (ids and targets, in order): what a resume depends on.
