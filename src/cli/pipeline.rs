@@ -102,6 +102,13 @@ pub fn parse_ks(k: &str) -> Result<Vec<usize>> {
     if ks.contains(&0) {
         anyhow::bail!("--k {k}: a head count must be at least 1");
     }
+    if let Some((i, d)) = ks.iter().enumerate().find(|(i, x)| ks[..*i].contains(x)) {
+        anyhow::bail!(
+            "--k {k}: the head count {d} is listed twice (entries {} and {}); each K is one SPT variant, list it once",
+            ks.iter().position(|x| x == d).unwrap_or(0) + 1,
+            i + 1
+        );
+    }
     Ok(ks)
 }
 
@@ -155,6 +162,10 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.protocol.max_new_tokens_reply = a.max_reply_tokens;
     c.protocol.max_new_tokens_answer = a.max_answer_tokens;
     c.protocol.progress = !a.quiet;
+    c.device = match a.device.device {
+        super::Device::Cpu => "cpu".into(),
+        super::Device::Cuda => "cuda".into(),
+    };
     let stop = a.stop_after.as_deref();
     c.check_stop_after(stop)?;
     let mut p = Pipeline::open(c, &a.out, !a.quiet)?;

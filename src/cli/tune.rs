@@ -209,6 +209,7 @@ fn tune_config(a: &TuneArgs, lora: Option<LoraConfig>) -> Result<TuneConfig> {
             }
             (None, false) => ActMemory::Auto,
         },
+        max_len: a.max_len,
     })
 }
 

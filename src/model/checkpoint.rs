@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 pub use crate::backend::HostTensor;
 
+mod headers;
+use headers::fits_dtype;
+pub use headers::{safetensors_metadata, stored_dtypes};
+
 /// Storage dtype of a tensor in a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StoreDtype {
@@ -67,7 +71,7 @@ pub fn view_to_f32(view: &TensorView<'_>, file: &Path, name: &str) -> Result<Vec
     Ok(out)
 }
 
-fn store_dtype_of(d: Dtype) -> Option<StoreDtype> {
+pub(crate) fn store_dtype_of(d: Dtype) -> Option<StoreDtype> {
     match d {
         Dtype::F32 => Some(StoreDtype::F32),
         Dtype::F16 => Some(StoreDtype::F16),
@@ -82,6 +86,10 @@ pub struct LoadedTensors {
     pub origin: HashMap<String, PathBuf>,
     /// The dtype most tensors were stored in (used when saving back).
     pub dtype: StoreDtype,
+    /// Each tensor's stored dtype (a mixed model is saved back tensor by tensor).
+    pub dtypes: HashMap<String, StoreDtype>,
+    /// Content digest of the stored tensors ([`super::digest`]).
+    pub digest: String,
 }
 
 impl LoadedTensors {
@@ -106,9 +114,16 @@ impl LoadedTensors {
     }
 }
 
-/// The safetensors files of a model directory: `model.safetensors`, or the shards listed in
-/// `model.safetensors.index.json`, or every `*.safetensors` file.
+/// The safetensors files of a model directory: `model.safetensors` (also when an index is
+/// beside it, as transformers loads it), or the shards listed in
+/// `model.safetensors.index.json` (each inside the folder once resolved), or every
+/// `*.safetensors` file.
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    // transformers' rule: a single model.safetensors wins over an index beside it.
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)
@@ -125,6 +140,9 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         files.dedup();
+        for f in &files {
+            headers::shard_inside(dir, &index, f)?;
+        }
         if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
             bail!(
                 "{} lists the shard {f}, which is not in {} (a stale index?)",
@@ -133,10 +151,6 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             );
         }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
-    }
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading directory {}", dir.display()))?
@@ -158,6 +172,8 @@ pub fn load_tensors(files: &[PathBuf]) -> Result<LoadedTensors> {
     let mut tensors = HashMap::new();
     let mut origin = HashMap::new();
     let mut dtype_count: BTreeMap<&'static str, (usize, StoreDtype)> = BTreeMap::new();
+    let mut dtypes = HashMap::new();
+    let mut sums = vec![];
     for file in files {
         let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
         // SAFETY: the file is opened read-only and not modified while mapped by us.
@@ -168,8 +184,15 @@ pub fn load_tensors(files: &[PathBuf]) -> Result<LoadedTensors> {
         })?;
         for (name, view) in st.tensors() {
             let data = view_to_f32(&view, file, &name)?;
+            sums.push(super::digest::TensorSum::of(
+                &name,
+                &view.dtype().to_string(),
+                view.shape(),
+                view.data(),
+            ));
             if let Some(d) = store_dtype_of(view.dtype()) {
                 dtype_count.entry(d.torch_name()).or_insert((0, d)).0 += 1;
+                dtypes.insert(name.clone(), d);
             }
             if tensors
                 .insert(name.clone(), HostTensor::new(view.shape().to_vec(), data))
@@ -192,6 +215,8 @@ pub fn load_tensors(files: &[PathBuf]) -> Result<LoadedTensors> {
         tensors,
         origin,
         dtype,
+        dtypes,
+        digest: super::digest::combine(sums),
     })
 }
 
@@ -334,8 +359,10 @@ pub fn weights_from_tensors(
     let final_norm = t.take("model.norm.weight", &[d])?;
     let lm_head = if t.tensors.contains_key("lm_head.weight") {
         let h = t.take("lm_head.weight", &[v, d])?;
-        // A tied checkpoint may still store lm_head; keep it only if it differs.
-        if cfg.tie_word_embeddings && h.data == embed.data {
+        if cfg.tie_word_embeddings {
+            // transformers ties lm_head to the embedding and ignores a stored copy: one
+            // that differs would make pinpoint compute another model than transformers.
+            headers::tied_copy_matches(&h, &embed, t.origin.get("lm_head.weight"))?;
             None
         } else {
             Some(h)
@@ -377,6 +404,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTenso
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let files = safetensors_files(dir)?;
     let loaded = load_tensors(&files)?;
+    super::digest::remember(dir, &loaded.digest);
     let dtype = loaded.dtype;
     let w = weights_from_tensors(&cfg, loaded)
         .with_context(|| format!("loading weights of {}", dir.display()))?;
@@ -404,21 +432,37 @@ pub fn save_safetensors(
     tensors: &[(String, &HostTensor)],
     dtype: StoreDtype,
 ) -> Result<()> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    save_safetensors_with(path, tensors, &|_| dtype, &[])
+}
+
+/// [`save_safetensors`] with each tensor in the dtype `dtype_of(name)` gives, and `extra`
+/// entries added to the header's `__metadata__`. A value that the dtype cannot hold (it
+/// would become inf) is an error naming the tensor, the value and the dtype.
+pub fn save_safetensors_with(
+    path: &Path,
+    tensors: &[(String, &HostTensor)],
+    dtype_of: &dyn Fn(&str) -> StoreDtype,
+    extra: &[(&str, String)],
+) -> Result<()> {
+    for (n, t) in tensors {
+        fits_dtype(n, &t.data, dtype_of(n))?;
+    }
+    let encoded: Vec<(String, Vec<usize>, StoreDtype, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.shape.clone(), encode(&t.data, dtype)))
+        .map(|(n, t)| {
+            let d = dtype_of(n);
+            (n.clone(), t.shape.clone(), d, encode(&t.data, d))
+        })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = encoded
         .iter()
-        .map(|(n, s, b)| {
-            Ok((
-                n.clone(),
-                TensorView::new(dtype.safetensors(), s.clone(), b)?,
-            ))
-        })
+        .map(|(n, s, d, b)| Ok((n.clone(), TensorView::new(d.safetensors(), s.clone(), b)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
+    for (k, v) in extra {
+        meta.insert(k.to_string(), v.clone());
+    }
     atomic_write_with(path, |f| {
         let bytes = safetensors::serialize(views, Some(meta))?;
         use std::io::Write;
@@ -446,6 +490,19 @@ pub fn save_model_dir(
     dtype: StoreDtype,
     side_from: Option<&Path>,
 ) -> Result<()> {
+    save_model_dir_as(dir, cfg, w, &|_| dtype, dtype, side_from)
+}
+
+/// [`save_model_dir`] with each tensor in the dtype `dtype_of(name)` gives (a mixed
+/// f16/f32 model saved as it was loaded); `torch_dtype` is what config.json states.
+pub fn save_model_dir_as(
+    dir: &Path,
+    cfg: &ModelConfig,
+    w: &ModelWeights<HostTensor>,
+    dtype_of: &dyn Fn(&str) -> StoreDtype,
+    torch_dtype: StoreDtype,
+    side_from: Option<&Path>,
+) -> Result<()> {
     const SHARD_BYTES: usize = 4 << 30;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Biases are held as [1, out] rows; HF stores them as [out].
@@ -463,30 +520,31 @@ pub fn save_model_dir(
             None => (n, t),
         })
         .collect();
-    let elem = if dtype == StoreDtype::F32 { 4 } else { 2 };
-    let total: usize = named.iter().map(|(_, t)| t.numel() * elem).sum();
+    let elem = |n: &str| if dtype_of(n) == StoreDtype::F32 { 4 } else { 2 };
+    let total: usize = named.iter().map(|(n, t)| t.numel() * elem(n)).sum();
     let mut cfg_json = cfg.to_json();
-    cfg_json["torch_dtype"] = dtype.torch_name().into();
+    cfg_json["torch_dtype"] = torch_dtype.torch_name().into();
     cfg_json["tie_word_embeddings"] = w.lm_head.is_none().into();
     if total <= SHARD_BYTES {
-        save_safetensors(&dir.join("model.safetensors"), &named, dtype)?;
+        save_safetensors_with(&dir.join("model.safetensors"), &named, dtype_of, &[])?;
         let _ = std::fs::remove_file(dir.join("model.safetensors.index.json"));
     } else {
         let mut shards: Vec<Vec<(String, &HostTensor)>> = vec![vec![]];
         let mut cur = 0;
         for (n, t) in named {
-            if cur + t.numel() * elem > SHARD_BYTES && !shards.last().unwrap().is_empty() {
+            let bytes = t.numel() * elem(&n);
+            if cur + bytes > SHARD_BYTES && !shards.last().unwrap().is_empty() {
                 shards.push(vec![]);
                 cur = 0;
             }
-            cur += t.numel() * elem;
+            cur += bytes;
             shards.last_mut().unwrap().push((n, t));
         }
         let count = shards.len();
         let mut weight_map = serde_json::Map::new();
         for (i, shard) in shards.iter().enumerate() {
             let fname = format!("model-{:05}-of-{:05}.safetensors", i + 1, count);
-            save_safetensors(&dir.join(&fname), shard, dtype)?;
+            save_safetensors_with(&dir.join(&fname), shard, dtype_of, &[])?;
             for (n, _) in shard {
                 weight_map.insert(n.clone(), fname.clone().into());
             }

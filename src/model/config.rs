@@ -39,6 +39,36 @@ pub struct ModelConfig {
     pub raw: serde_json::Value,
 }
 
+/// Token ids given as one number or a list (HF's `eos_token_id`): each a whole number below
+/// `vocab` (when known). `what` names the key and file in errors; null or absent is none.
+pub(crate) fn token_ids(
+    v: Option<&serde_json::Value>,
+    vocab: Option<usize>,
+    what: &str,
+) -> Result<Vec<u32>> {
+    let items: Vec<&serde_json::Value> = match v {
+        None | Some(serde_json::Value::Null) => return Ok(vec![]),
+        Some(serde_json::Value::Array(a)) => a.iter().collect(),
+        Some(one) => vec![one],
+    };
+    let limit = vocab.map_or(u32::MAX as u64, |n| n as u64);
+    items
+        .into_iter()
+        .map(|x| match x.as_u64() {
+            Some(id) if id < limit => Ok(id as u32),
+            _ => {
+                let range = vocab.map_or(String::new(), |n| {
+                    format!(
+                        " (the vocabulary has {n} tokens: 0 to {})",
+                        n.saturating_sub(1)
+                    )
+                });
+                bail!("{what}: {x} is not a token id{range}")
+            }
+        })
+        .collect()
+}
+
 fn get_usize(v: &serde_json::Value, key: &str) -> Option<usize> {
     v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
 }
@@ -100,15 +130,11 @@ impl ModelConfig {
         }
         let rope = crate::model::rope::Rope::from_config(&v, head_dim)?;
         let rope_theta = rope.theta;
-        let eos_token_ids = match v.get("eos_token_id") {
-            Some(serde_json::Value::Number(n)) => vec![n.as_u64().unwrap_or(0) as u32],
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as u32)
-                .collect(),
-            _ => vec![],
-        };
+        let eos_token_ids = token_ids(
+            v.get("eos_token_id"),
+            get_usize(&v, "vocab_size"),
+            "config key `eos_token_id`",
+        )?;
         let sliding_window = if model_type == "mistral" || architecture == "MistralForCausalLM" {
             get_usize(&v, "sliding_window")
         } else {

@@ -4,6 +4,7 @@
 pub mod backward;
 pub mod checkpoint;
 pub mod config;
+pub mod digest;
 pub mod generate;
 pub mod gguf;
 pub mod heads;

@@ -77,18 +77,6 @@ fn token_string(v: &Value) -> Option<String> {
     }
 }
 
-fn ids_of(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
-        _ => vec![],
-    }
-}
-
 impl Tokenizer {
     /// Load `tokenizer.json`, and if present `tokenizer_config.json`, `special_tokens_map.json`,
     /// `chat_template.jinja` and `generation_config.json`, from a model directory.
@@ -147,7 +135,14 @@ impl Tokenizer {
             }
         };
         let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
-        let generation_eos = ids_of(gen.get("eos_token_id"));
+        let generation_eos = crate::model::config::token_ids(
+            gen.get("eos_token_id"),
+            Some(inner.get_vocab_size(true)),
+            &format!(
+                "{}: eos_token_id",
+                dir.join("generation_config.json").display()
+            ),
+        )?;
         Ok(Self {
             inner,
             chat_template,

@@ -91,6 +91,13 @@ pub struct PipelineConfig {
     /// How training dialogues are made from the model's first answers.
     #[serde(default)]
     pub recipe: make_data::Recipe,
+    /// The backend the stages run on (`cpu`, `cuda`): it shapes every number.
+    #[serde(default = "cpu_device")]
+    pub device: String,
+}
+
+fn cpu_device() -> String {
+    "cpu".into()
 }
 
 impl PipelineConfig {
@@ -122,20 +129,29 @@ impl PipelineConfig {
             protocol: ProtocolConfig::default(),
             balance: false,
             recipe: make_data::Recipe::default(),
+            device: cpu_device(),
         }
     }
 
-    /// The settings every stage depends on (a rerun with other values refuses the folder).
+    /// Every setting that shapes a stage's result, by the flag that sets it (a rerun with
+    /// other values refuses the folder, naming the one that differs). `--k` and
+    /// `--baselines` are not here: they add or leave out whole stages.
     fn core(&self) -> serde_json::Value {
+        let p = &self.protocol;
         json!({
-            "model_dir": self.model_dir, "n_pairs": self.n_pairs,
-            "n_train_mc": self.n_train_mc, "n_train_short": self.n_train_short,
-            "n_eval_mc": self.n_eval_mc, "n_eval_short": self.n_eval_short,
-            "steps": self.steps, "batch": self.batch, "seed": self.seed,
-            "lr": [self.lr_spt, self.lr_sft, self.lr_lora],
-            "kl": [self.kl_texts, self.kl_len], "protocol": [self.protocol.max_new_tokens_answer, self.protocol.max_new_tokens_reply],
-            "all_challenges": self.protocol.all_challenges, "n_knockout": self.n_knockout,
-            "balance": self.balance, "recipe": self.recipe,
+            "--model": self.model_dir, "--pairs": self.n_pairs,
+            "--train-mc": self.n_train_mc, "--train-short": self.n_train_short,
+            "--eval-mc": self.n_eval_mc, "--eval-short": self.n_eval_short,
+            "--steps": self.steps, "--batch": self.batch, "--micro-batch": self.micro_batch,
+            "--seed": self.seed, "--lr": self.lr_spt, "--lr-sft": self.lr_sft,
+            "--lr-lora": self.lr_lora, "--kl-texts": self.kl_texts, "--kl-len": self.kl_len,
+            "--max-answer-tokens": p.max_new_tokens_answer,
+            "--max-reply-tokens": p.max_new_tokens_reply,
+            "final-answer tokens": p.max_new_tokens_final, "generation batch": p.batch,
+            "system prompt": p.system, "--all-challenges": p.all_challenges,
+            "--knockout": self.n_knockout, "--knockout-max-k": self.knockout_max_k,
+            "checkpoint interval": self.checkpoint_every, "judge sample": self.judge_sample,
+            "--balance": self.balance, "recipe": self.recipe, "--device": self.device,
         })
     }
 
@@ -186,6 +202,41 @@ struct StageRecord {
 struct State {
     core: serde_json::Value,
     done: BTreeMap<String, StageRecord>,
+    /// Content digest of `--model`'s weights the stages were computed from
+    /// ([`crate::model::digest`]); checked before any stage is skipped.
+    #[serde(default)]
+    weights: Option<String>,
+}
+
+/// The settings in which a recorded core differs from this run's: `flag old then, new now`
+/// for each (one level into objects such as the recipe).
+fn core_diffs(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (o, n) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = vec![];
+    for k in keys {
+        let (a, b) = (o.get(k), n.get(k));
+        if a == b {
+            continue;
+        }
+        match (a, b) {
+            (Some(a @ serde_json::Value::Object(_)), Some(b @ serde_json::Value::Object(_))) => {
+                out.extend(core_diffs(a, b).into_iter().map(|d| format!("{k}.{d}")));
+            }
+            _ => {
+                let show =
+                    |v: Option<&serde_json::Value>| v.map_or("unset".into(), |v| v.to_string());
+                out.push(format!("{k} {} then, {} now", show(a), show(b)));
+            }
+        }
+    }
+    out
 }
 
 /// Runs stages in order, skipping recorded ones.
@@ -233,10 +284,16 @@ impl Pipeline {
             let st: State = serde_json::from_value(read_json(&sp)?)
                 .with_context(|| format!("{} is not a pipeline state", sp.display()))?;
             if st.core != cfg.core() {
+                if st.core.get("--steps").is_none() {
+                    bail!(
+                        "{} was made by an older pinpoint, which recorded fewer of the settings that shape its results; use another --out, or delete it to start over",
+                        out.display()
+                    );
+                }
                 bail!(
-                    "{} was made with other settings ({}); use another --out, or delete it to start over",
+                    "{} was made with other settings: {}; rerun with the same flags, use another --out, or delete it to start over",
                     out.display(),
-                    st.core
+                    core_diffs(&st.core, &cfg.core()).join("; ")
                 );
             }
             st
@@ -244,6 +301,7 @@ impl Pipeline {
             State {
                 core: cfg.core(),
                 done: BTreeMap::new(),
+                weights: None,
             }
         };
         let p = Self {
@@ -307,6 +365,33 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Refuse to go on (and so to skip any finished stage) when `--model`'s weights, just
+    /// loaded, are not those the finished stages were computed from; record them otherwise.
+    fn check_weights(&mut self) -> Result<()> {
+        let dir = &self.cfg.model_dir;
+        let Some(now) = crate::model::digest::loaded(dir) else {
+            bail!(
+                "--model {}: no digest of its weights was taken while loading",
+                dir.display()
+            );
+        };
+        match &self.state.weights {
+            Some(then) if *then != now => bail!(
+                "--model {}: its weights changed since this run's stages were computed (content digest {then} in {}, {now} now); finished stages would be stale: use another --out, or delete it to start over",
+                dir.display(),
+                self.out.join("stages.json").display()
+            ),
+            None if !self.state.done.is_empty() => bail!(
+                "{} records no digest of --model's weights (an older pinpoint), so its finished stages cannot be checked against {}; use another --out, or delete it to start over",
+                self.out.join("stages.json").display(),
+                dir.display()
+            ),
+            _ => {}
+        }
+        self.state.weights = Some(now);
+        self.save_state()
+    }
+
     pub fn stage_seconds(&self) -> BTreeMap<String, f64> {
         self.state
             .done
@@ -329,6 +414,7 @@ impl Pipeline {
     ) -> Result<()> {
         self.cfg.check_stop_after(stop_after)?;
         let base = load(&self.cfg.model_dir)?;
+        self.check_weights()?;
         let tok = Tokenizer::from_dir(&self.cfg.model_dir)?;
         macro_rules! stop {
             ($n:expr) => {

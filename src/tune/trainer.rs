@@ -15,7 +15,10 @@
 use crate::backend::{ParamState, Region, Span, TrainBackend};
 use crate::backward::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
-use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
+use crate::model::checkpoint::{
+    load_tensors, safetensors_metadata, save_model_dir, save_model_dir_as, save_safetensors_with,
+    stored_dtypes,
+};
 use crate::model::{HostTensor, ModelWeights, StoreDtype};
 use crate::transformer::Model;
 use crate::tune::lora::{self, LoraConfig};
@@ -58,6 +61,10 @@ pub struct TuneConfig {
     /// recomputed): the memory/speed trade of a step.
     #[serde(default)]
     pub act_memory: ActMemory,
+    /// The `--max-len` the data was tokenized with (recorded in checkpoints, so a resume
+    /// with another one is named as such).
+    #[serde(default)]
+    pub max_len: Option<usize>,
 }
 
 impl Default for TuneConfig {
@@ -75,6 +82,7 @@ impl Default for TuneConfig {
             lora: None,
             progress: true,
             act_memory: ActMemory::Auto,
+            max_len: None,
         }
     }
 }
@@ -106,6 +114,9 @@ pub struct Trainer<B: TrainBackend> {
     pub history: Vec<StepLog>,
     data: Vec<TrainSeq>,
     last_checkpoint: Option<PathBuf>,
+    /// Content digest of the base model's weights as loaded ([`crate::model::digest`]);
+    /// None for a model not loaded from a folder.
+    base_digest: Option<String>,
 }
 
 fn model_summary(cfg: &crate::model::ModelConfig) -> serde_json::Value {
@@ -212,6 +223,7 @@ impl<B: TrainBackend> Trainer<B> {
         let mut optim = cfg.optim;
         optim.total_steps = cfg.steps;
         let opt = AdamW::new(optim)?;
+        let base_digest = model.dir.as_deref().and_then(crate::model::digest::loaded);
         Ok(Self {
             model,
             mask,
@@ -225,6 +237,7 @@ impl<B: TrainBackend> Trainer<B> {
             history: vec![],
             data,
             last_checkpoint: None,
+            base_digest,
         })
     }
 
@@ -462,13 +475,7 @@ impl<B: TrainBackend> Trainer<B> {
         let w = self.final_weights()?;
         crate::model::checkpoint::weights_finite(&w)
             .with_context(|| self.diverged(self.opt.step))?;
-        save_model_dir(
-            &self.out,
-            &self.model.cfg,
-            &w,
-            self.save_dtype(),
-            self.model.dir.as_deref(),
-        )?;
+        self.save_weights(&self.out, &w)?;
         let summary = serde_json::json!({
             "steps": self.opt.step,
             "heads": self.heads,

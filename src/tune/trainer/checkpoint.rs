@@ -19,14 +19,46 @@ struct StateJson {
     optim: AdamWConfig,
     history: Vec<StepLog>,
     model: serde_json::Value,
-    /// SHA-256 of the tokenized data (absent in older checkpoints).
+    /// SHA-256 of the tokenized data (absent in older checkpoints, which are refused).
     #[serde(default)]
     data_sha256: Option<String>,
+    /// Content digest of the base model's weights ([`crate::model::digest`]).
+    #[serde(default)]
+    base_weights: Option<String>,
+    /// Sequences per forward/backward (it changes the sums' order, so the result).
+    #[serde(default)]
+    micro_batch: Option<usize>,
+    /// `--max-len` of the tokenized data.
+    #[serde(default)]
+    max_len: Option<usize>,
+    /// `history`'s loss, lr and grad-norm as bit patterns (f64, f32, f64): JSON decimals
+    /// do not always parse back to the same f64, these do.
+    #[serde(default)]
+    history_bits: Vec<[u64; 3]>,
+}
+
+/// Metadata key of `tune_state.safetensors` holding the SHA-256 of `tune_state.json`: the
+/// two files of a checkpoint vouch for each other, so an edited or truncated state is seen.
+const STATE_JSON_SHA: &str = "tune_state_json_sha256";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 impl<B: TrainBackend> Trainer<B> {
-    pub(super) fn save_dtype(&self) -> StoreDtype {
-        self.cfg.save_dtype.unwrap_or(self.model.dtype)
+    /// Save `w` as a model folder: every tensor in `--save-dtype` when given, else each in
+    /// the dtype the base model stores it in (a mixed f16/f32 model stays mixed, and
+    /// frozen tensors keep their bits).
+    pub(super) fn save_weights(&self, dir: &Path, w: &ModelWeights<HostTensor>) -> Result<()> {
+        let side = self.model.dir.as_deref();
+        if let Some(d) = self.cfg.save_dtype {
+            return save_model_dir(dir, &self.model.cfg, w, d, side);
+        }
+        let own = self.model.dtype;
+        let stored = side.map(stored_dtypes).unwrap_or_default();
+        let dtype_of = |n: &str| stored.get(n).copied().unwrap_or(own);
+        save_model_dir_as(dir, &self.model.cfg, w, &dtype_of, own, side)
     }
 
     fn checkpoints_dir(&self) -> PathBuf {
@@ -46,13 +78,7 @@ impl<B: TrainBackend> Trainer<B> {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        save_model_dir(
-            &tmp,
-            &self.model.cfg,
-            &w,
-            self.save_dtype(),
-            self.model.dir.as_deref(),
-        )?;
+        self.save_weights(&tmp, &w)?;
         // Optimizer state of the tuned slices only.
         let mut named: Vec<(String, HostTensor)> = vec![];
         for (i, s) in self.host_states()?.iter().enumerate() {
@@ -79,8 +105,6 @@ impl<B: TrainBackend> Trainer<B> {
                 named.push((format!("decayed.{}", p.hf_name()), t));
             }
         }
-        let refs: Vec<(String, &HostTensor)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
-        save_safetensors(&tmp.join("tune_state.safetensors"), &refs, StoreDtype::F32)?;
         let state = StateJson {
             format: 1,
             step,
@@ -96,8 +120,30 @@ impl<B: TrainBackend> Trainer<B> {
             history: self.history.clone(),
             model: model_summary(&self.model.cfg),
             data_sha256: Some(data_fingerprint(&self.data)),
+            base_weights: self.base_digest.clone(),
+            micro_batch: Some(self.cfg.micro_batch),
+            max_len: self.cfg.max_len,
+            history_bits: self
+                .history
+                .iter()
+                .map(|h| {
+                    [
+                        h.loss.to_bits(),
+                        h.lr.to_bits().into(),
+                        h.grad_norm.to_bits(),
+                    ]
+                })
+                .collect(),
         };
-        write_json(&tmp.join("tune_state.json"), &state)?;
+        let text = serde_json::to_string_pretty(&state)?;
+        atomic_write(&tmp.join("tune_state.json"), text.as_bytes())?;
+        let refs: Vec<(String, &HostTensor)> = named.iter().map(|(n, t)| (n.clone(), t)).collect();
+        save_safetensors_with(
+            &tmp.join("tune_state.safetensors"),
+            &refs,
+            &|_| StoreDtype::F32,
+            &[(STATE_JSON_SHA, sha256_hex(text.as_bytes()))],
+        )?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
@@ -185,39 +231,26 @@ impl<B: TrainBackend> Trainer<B> {
         let p = dir.join("tune_state.json");
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let sp = dir.join("tune_state.safetensors");
+        match safetensors_metadata(&sp)?.get(STATE_JSON_SHA) {
+            Some(h) if *h == sha256_hex(text.as_bytes()) => {}
+            Some(_) => bail!(
+                "{} was edited or cut short after it was written (it no longer matches the digest that {} records); restore it, or choose another --out",
+                p.display(),
+                sp.display()
+            ),
+            None => bail!(
+                "{} records no digest of {} (a checkpoint of an older pinpoint?), so the state cannot be checked; start again in another --out",
+                sp.display(),
+                p.display()
+            ),
+        }
         let st: StateJson = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a tune state", p.display()))?;
         ensure!(st.format == 1, "unknown tune state format {}", st.format);
-        ensure!(
-            st.model == model_summary(&self.model.cfg),
-            "the checkpoint is of another model: {}",
-            st.model
-        );
-        ensure!(
-            st.mask == self.mask,
-            "the checkpoint tuned other slices than this run (other heads or --proj)"
-        );
-        ensure!(
-            st.lora == self.cfg.lora,
-            "the checkpoint's LoRA settings differ from this run's"
-        );
-        ensure!(
-            st.seed == self.cfg.seed
-                && st.batch == self.cfg.batch
-                && st.n_examples == self.data.len(),
-            "the checkpoint used seed {} / batch {} / {} examples; this run has {} / {} / {}",
-            st.seed,
-            st.batch,
-            st.n_examples,
-            self.cfg.seed,
-            self.cfg.batch,
-            self.data.len()
-        );
-        ensure!(
-            st.authors_decay == self.cfg.authors_decay,
-            "the checkpoint's authors_decay setting differs"
-        );
-        let mut t = load_tensors(&[dir.join("tune_state.safetensors")])?;
+        consistent(&st, dir).with_context(|| format!("{} is inconsistent", p.display()))?;
+        self.check_same_run(&st)?;
+        let mut t = load_tensors(&[sp])?;
         for i in 0..self.states.len() {
             let n = self.state_lens[i];
             let host = ParamState {
@@ -235,24 +268,145 @@ impl<B: TrainBackend> Trainer<B> {
                 self.model.backend.write_region(dst, Region::Full, &w)?;
             }
         }
-        let diffs = optim_diffs(&st.optim, &self.opt.cfg);
+        self.opt.step = st.step;
+        self.history = restored_history(&st);
+        self.write_masters()?;
+        self.last_checkpoint = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Refuse a checkpoint of another run: another base model (by content), other slices,
+    /// data or settings. Each error names the one thing that differs, with both values.
+    fn check_same_run(&self, st: &StateJson) -> Result<()> {
+        ensure!(
+            st.model == model_summary(&self.model.cfg),
+            "the checkpoint is of another model: {}",
+            st.model
+        );
+        let here = self.model.dir.as_deref().map(|d| d.display().to_string());
+        let here = here.unwrap_or_else(|| "the model".into());
+        match (&st.base_weights, &self.base_digest) {
+            (Some(a), Some(b)) => ensure!(
+                a == b,
+                "--model {here} holds other weights than the run started from (content digest {a} in the checkpoint, {b} now): another model of the same shape, or weights changed in place; resume with the model the run started from, or choose another --out"
+            ),
+            (None, _) => bail!(
+                "the checkpoint records no digest of its base model's weights, so it cannot be checked against --model {here}; start again in another --out"
+            ),
+            (Some(_), None) => bail!(
+                "the checkpoint records its base model's weights, but {here} was not loaded from a folder, so they cannot be compared"
+            ),
+        }
+        ensure!(
+            st.mask == self.mask,
+            "the checkpoint tuned other slices than this run (other heads or --proj)"
+        );
+        ensure!(
+            st.lora == self.cfg.lora,
+            "the checkpoint's LoRA settings differ from this run's"
+        );
+        let opt = |v: Option<usize>| v.map_or("none".to_string(), |x| x.to_string());
+        let mut diffs = vec![];
+        let mut differ = |flag: &str, a: String, b: String| {
+            if a != b {
+                diffs.push(format!("{flag} {a} in the checkpoint, {b} now"));
+            }
+        };
+        differ("--max-len", opt(st.max_len), opt(self.cfg.max_len));
+        differ("--seed", st.seed.to_string(), self.cfg.seed.to_string());
+        differ("--batch", st.batch.to_string(), self.cfg.batch.to_string());
+        differ(
+            "--micro-batch",
+            opt(st.micro_batch),
+            self.cfg.micro_batch.to_string(),
+        );
+        differ(
+            "--authors-decay",
+            st.authors_decay.to_string(),
+            self.cfg.authors_decay.to_string(),
+        );
+        diffs.extend(optim_diffs(&st.optim, &self.opt.cfg));
         ensure!(
             diffs.is_empty(),
             "the checkpoint was trained with other settings: {}; resume with the same flags, or choose another --out",
             diffs.join(", ")
         );
-        if let Some(h) = &st.data_sha256 {
-            ensure!(
-                *h == data_fingerprint(&self.data),
-                "the checkpoint was trained on other data (its tokenized data hash {h} differs from this run's); resume with the same --data, or choose another --out"
-            );
-        }
-        self.opt.step = st.step;
-        self.history = st.history;
-        self.write_masters()?;
-        self.last_checkpoint = Some(dir.to_path_buf());
+        let Some(h) = &st.data_sha256 else {
+            bail!("the checkpoint records no hash of its training data, so --data cannot be checked against it; start again in another --out");
+        };
+        ensure!(
+            st.n_examples == self.data.len() && *h == data_fingerprint(&self.data),
+            "the checkpoint was trained on other data ({} examples, tokenized data hash {h}; this run has {} examples, hash {}); resume with the same --data, or choose another --out",
+            st.n_examples,
+            self.data.len(),
+            data_fingerprint(&self.data)
+        );
         Ok(())
     }
+}
+
+/// A state that agrees with itself: its folder is named for its step, one history entry per
+/// update (numbered 1..=step) with its bit patterns, the data cursor at `step * batch`.
+fn consistent(st: &StateJson, dir: &Path) -> Result<()> {
+    let folder = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    ensure!(
+        checkpoint_step(folder) == Some(st.step),
+        "its step {} does not match its folder {folder}",
+        st.step
+    );
+    ensure!(
+        st.step >= 1 && st.step <= st.optim.total_steps,
+        "its step {} is outside 1..={} (its --steps)",
+        st.step,
+        st.optim.total_steps
+    );
+    ensure!(
+        st.history.len() == st.step,
+        "it holds {} history entries for {} steps (truncated or edited)",
+        st.history.len(),
+        st.step
+    );
+    if let Some((i, h)) = st.history.iter().enumerate().find(|(i, h)| h.step != i + 1) {
+        bail!("history entry {} is numbered step {}", i + 1, h.step);
+    }
+    ensure!(
+        st.data_cursor == st.step * st.batch,
+        "its data cursor {} is not step {} x batch {}",
+        st.data_cursor,
+        st.step,
+        st.batch
+    );
+    ensure!(
+        st.history_bits.len() == st.history.len(),
+        "it holds {} history bit patterns for {} history entries",
+        st.history_bits.len(),
+        st.history.len()
+    );
+    let near = |a: f64, b: f64| a == b || (a - b).abs() <= a.abs().max(b.abs()) * 1e-6;
+    for (h, b) in st.history.iter().zip(&st.history_bits) {
+        let lr_ok = u32::try_from(b[1]).is_ok_and(|x| near(f32::from_bits(x).into(), h.lr.into()));
+        ensure!(
+            lr_ok && near(f64::from_bits(b[0]), h.loss) && near(f64::from_bits(b[2]), h.grad_norm),
+            "step {}: the history's loss/lr/grad-norm disagree with their bit patterns",
+            h.step
+        );
+    }
+    Ok(())
+}
+
+/// The history with loss, lr and grad-norm taken from their bit patterns: exactly the
+/// values the uninterrupted run computed.
+fn restored_history(st: &StateJson) -> Vec<StepLog> {
+    st.history
+        .iter()
+        .zip(&st.history_bits)
+        .map(|(h, b)| StepLog {
+            loss: f64::from_bits(b[0]),
+            lr: f32::from_bits(b[1] as u32),
+            grad_norm: f64::from_bits(b[2]),
+            ..*h
+        })
+        .collect()
 }
 
 /// The folder name of the checkpoint after `step` updates.
