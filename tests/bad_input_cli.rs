@@ -196,3 +196,110 @@ fn pipeline_stages_verify_their_outputs() {
     let e = p.run_all(Some("diagnosis")).unwrap_err().to_string();
     assert!(e.contains("diagnosis"), "{e}");
 }
+
+// Issue 24: ownership, resume and rerun content checks, concurrent writers, saved dtypes
+// and permissions, ambiguous model folders.
+
+#[test]
+fn ownership_of_outputs() {
+    run_cases(bad_input::ownership::cases());
+}
+
+#[test]
+fn resume_checks_content() {
+    run_cases(bad_input::resume::cases());
+}
+
+#[test]
+fn saved_models_keep_dtypes() {
+    run_cases(bad_input::saved::cases());
+}
+
+#[test]
+fn outputs_get_umask_permissions() {
+    bad_input::saved::umask_modes();
+}
+
+#[test]
+fn ambiguous_model_folders() {
+    run_cases(bad_input::folders::cases());
+}
+
+#[test]
+fn concurrent_writers() {
+    for c in bad_input::locks::cases() {
+        let env = Env::new();
+        let _held = pinpoint::guard::lock_dir_as(&env.p("o"), "--out", "test holder").unwrap();
+        let o = env.run(&c.args);
+        assert_eq!(o.code, Some(1), "{}: {}", c.name, o.stderr);
+        for n in ["o", "in use by test holder", ".pinpoint.lock"] {
+            assert!(
+                o.stderr.contains(n),
+                "{}: stderr lacks {n:?}: {}",
+                c.name,
+                o.stderr
+            );
+        }
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+        let written: Vec<_> = std::fs::read_dir(env.p("o"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".pinpoint.lock")
+            .collect();
+        assert!(written.is_empty(), "{}: wrote {written:?}", c.name);
+    }
+}
+
+#[test]
+fn issue_24_kinds_have_enough_cases() {
+    let n = |c: Vec<Case>| c.len();
+    assert!(n(bad_input::ownership::cases()) >= 4 + 5);
+    assert!(n(bad_input::resume::cases()) >= 5 + 5);
+    assert!(n(bad_input::saved::cases()) >= 5);
+    assert!(n(bad_input::folders::cases()) >= 5 + 5);
+    assert!(n(bad_input::locks::cases()) >= 3 + 5);
+}
+
+#[test]
+fn pipeline_reruns_check_settings_and_weights() {
+    use pinpoint::pipeline::{Pipeline, PipelineConfig};
+    let env = Env::new();
+    let cfg = PipelineConfig::cpu_defaults(env.p("m"), "tiny".into());
+    let out = env.p("run");
+    pinpoint::Model::load_cpu(&env.p("m")).unwrap();
+    let mut p = Pipeline::open(cfg.clone(), &out, false).unwrap();
+    p.check_weights().unwrap();
+    p.stage("split", |_, d| Ok(std::fs::write(d.join("a.txt"), "x")?))
+        .unwrap();
+    // One setting changed: the refusal names it with both values, and nothing else.
+    let mut other = cfg.clone();
+    other.micro_batch = 4;
+    let e = format!("{:#}", Pipeline::open(other, &out, false).err().unwrap());
+    assert!(e.contains("--micro-batch 8 then, 4 now"), "{e}");
+    assert!(!e.contains("--steps") && !e.contains("--lr"), "{e}");
+    let mut other = cfg.clone();
+    other.recipe.planted_share = 0.25;
+    let e = format!("{:#}", Pipeline::open(other, &out, false).err().unwrap());
+    assert!(
+        e.contains("recipe.planted_share") && e.contains("0.25 now"),
+        "{e}"
+    );
+    // Same settings, same weights: open and go on.
+    let mut p = Pipeline::open(cfg.clone(), &out, false).unwrap();
+    p.check_weights().unwrap();
+    assert!(p.is_done("split"));
+    // The weights changed in place (same path, same config): refused before any skip.
+    let w = env.p("m/model.safetensors");
+    let mut b = std::fs::read(&w).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    b[8 + n + 2] ^= 0x01;
+    std::fs::write(&w, b).unwrap();
+    pinpoint::Model::load_cpu(&env.p("m")).unwrap();
+    let mut p = Pipeline::open(cfg, &out, false).unwrap();
+    let e = format!("{:#}", p.check_weights().unwrap_err());
+    assert!(
+        e.contains("weights changed") && e.contains("stages.json"),
+        "{e}"
+    );
+}

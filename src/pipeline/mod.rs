@@ -367,7 +367,7 @@ impl Pipeline {
 
     /// Refuse to go on (and so to skip any finished stage) when `--model`'s weights, just
     /// loaded, are not those the finished stages were computed from; record them otherwise.
-    fn check_weights(&mut self) -> Result<()> {
+    pub fn check_weights(&mut self) -> Result<()> {
         let dir = &self.cfg.model_dir;
         let Some(now) = crate::model::digest::loaded(dir) else {
             bail!(

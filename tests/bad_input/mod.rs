@@ -6,9 +6,14 @@
 pub mod config;
 pub mod data;
 pub mod flags;
+pub mod folders;
 pub mod gguf;
+pub mod locks;
 pub mod outputs;
+pub mod ownership;
+pub mod resume;
 pub mod safetensors;
+pub mod saved;
 pub mod training;
 
 use crate::common::fixture;
