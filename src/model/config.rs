@@ -51,6 +51,8 @@ pub(crate) fn token_ids(
         Some(serde_json::Value::Array(a)) => a.iter().collect(),
         Some(one) => vec![one],
     };
+    // A vocab_size of 0 is refused (naming it) by the caller's own check.
+    let vocab = vocab.filter(|&n| n > 0);
     let limit = vocab.map_or(u32::MAX as u64, |n| n as u64);
     items
         .into_iter()

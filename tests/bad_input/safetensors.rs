@@ -220,7 +220,7 @@ fn value_cases() -> Vec<Case> {
     ]
 }
 
-/// `m/model.safetensors.index.json` with this text.
+/// `m/model.safetensors.index.json` with this text (the weights in a shard of another name).
 const INDEXES: &[(&str, &str, &[&str])] = &[
     (
         "st: stale index",
@@ -273,7 +273,16 @@ fn file_cases() -> Vec<Case> {
     cases.extend(INDEXES.iter().map(|&(name, text, needles)| {
         fail(
             name,
-            move |e: &Env| e.write("m/model.safetensors.index.json", text),
+            // The weights moved to a shard: an index beside model.safetensors is not read
+            // (transformers loads the single file; `bad_input/folders.rs`).
+            move |e: &Env| {
+                std::fs::rename(
+                    e.p("m/model.safetensors"),
+                    e.p("m/model-00001-of-00001.safetensors"),
+                )
+                .unwrap();
+                e.write("m/model.safetensors.index.json", text)
+            },
             LOGITS,
             needles,
         )

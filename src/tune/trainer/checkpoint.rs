@@ -123,17 +123,7 @@ impl<B: TrainBackend> Trainer<B> {
             base_weights: self.base_digest.clone(),
             micro_batch: Some(self.cfg.micro_batch),
             max_len: self.cfg.max_len,
-            history_bits: self
-                .history
-                .iter()
-                .map(|h| {
-                    [
-                        h.loss.to_bits(),
-                        h.lr.to_bits().into(),
-                        h.grad_norm.to_bits(),
-                    ]
-                })
-                .collect(),
+            history_bits: history_bits(&self.history),
         };
         let text = serde_json::to_string_pretty(&state)?;
         atomic_write(&tmp.join("tune_state.json"), text.as_bytes())?;
