@@ -2,8 +2,6 @@
 
 mod cli;
 
-use clap::Parser;
-
 /// Keep freed memory in the heap for reuse: the forward and backward free and re-allocate
 /// buffers of tens to hundreds of MB every step, and glibc would otherwise return each to
 /// the OS and fault it back in zeroed (a quarter of a train step's time).
@@ -39,7 +37,7 @@ fn quiet_print_failures() {
 fn main() {
     keep_freed_memory();
     quiet_print_failures();
-    let args = cli::Cli::parse();
+    let args = cli::parse_args();
     let r = cli::run(args).and_then(|()| {
         use std::io::Write as _;
         std::io::stdout()

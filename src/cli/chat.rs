@@ -65,8 +65,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         messages.push(ChatMessage::system(s));
     }
     if let Some(h) = &a.history {
-        let text =
-            std::fs::read_to_string(h).with_context(|| format!("reading {}", h.display()))?;
+        let text = pinpoint::util::read_text(h)?;
         let hist: Vec<ChatMessage> = serde_json::from_str(&text)
             .with_context(|| format!("{}: expected a JSON list of messages", h.display()))?;
         messages.extend(hist);
@@ -124,8 +123,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let super::Loaded { tok, model, .. } = a.model.load()?;
     let mut prompts = a.prompts.clone();
     if let Some(f) = &a.file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = pinpoint::util::read_text(f)?;
         prompts.extend(
             text.lines()
                 .filter(|l| !l.trim().is_empty())

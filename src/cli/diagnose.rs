@@ -151,6 +151,7 @@ pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
             let dir = a.model.resolve()?;
             let tok = Tokenizer::from_dir(&dir)?;
             let (cfg, w, _) = pinpoint::model::checkpoint::load_model_dir(&dir)?;
+            tok.check_vocab(cfg.vocab_size, &dir)?;
             let b = a.device.cuda()?;
             let model = Model::from_host(cfg, &w, b)?;
             drop(w);
@@ -326,8 +327,7 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
 }
 
 fn count_heads(path: &Path) -> Result<usize> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = pinpoint::util::read_text(path)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     Ok(v.get("heads")

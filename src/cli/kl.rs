@@ -37,6 +37,7 @@ pub fn kl(a: KlArgs) -> Result<()> {
     kl::check_same_base(&base.cfg, &tuned.cfg)
         .with_context(|| format!("{} vs {}", a.base.display(), a.tuned.display()))?;
     let tok = Tokenizer::from_dir(&a.base)?;
+    tok.check_vocab(base.cfg.vocab_size, &a.base)?;
     let texts: Vec<String> = datasets::owt_texts(!a.quiet)?
         .into_iter()
         .take(a.n)

@@ -260,6 +260,7 @@ fn tune_on<B: TrainBackend>(
     let convs = read_jsonl(&a.data)?;
     let tok = Tokenizer::from_dir(&dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    tok.check_vocab(cfg.vocab_size, &dir)?;
     let data = tokenize(&tok, &convs, a.max_len)
         .with_context(|| format!("tokenising {}", a.data.display()))?;
     let has_ckpt =

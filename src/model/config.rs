@@ -45,8 +45,7 @@ fn get_usize(v: &serde_json::Value, key: &str) -> Option<usize> {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::util::read_text(path)?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_json(v).with_context(|| format!("in {}", path.display()))

@@ -11,6 +11,7 @@ pub(crate) mod layer;
 pub mod mask;
 pub mod rope;
 pub mod tokenizer;
+pub mod tokenizer_file;
 pub mod transformer;
 pub mod zoo;
 

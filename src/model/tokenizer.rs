@@ -61,8 +61,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     let v = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Some(v))
@@ -100,8 +99,7 @@ impl Tokenizer {
                 tj.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tj)
-            .map_err(|e| anyhow!("loading {}: {e}", tj.display()))?;
+        let inner = crate::model::tokenizer_file::load_tokenizer_json(&tj)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
         let map = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(Value::Null);
@@ -117,10 +115,7 @@ impl Tokenizer {
         }
         let jinja = dir.join("chat_template.jinja");
         let chat_template = if jinja.exists() {
-            Some(
-                std::fs::read_to_string(&jinja)
-                    .with_context(|| format!("reading {}", jinja.display()))?,
-            )
+            Some(crate::util::read_text(&jinja)?)
         } else {
             match cfg.get("chat_template") {
                 None | Some(Value::Null) => None,
@@ -154,6 +149,11 @@ impl Tokenizer {
             special,
             generation_eos,
         })
+    }
+
+    /// Error unless every id of this tokenizer (loaded from `dir`) is below `vocab_size`.
+    pub fn check_vocab(&self, vocab_size: usize, dir: &Path) -> Result<()> {
+        crate::model::tokenizer_file::check_vocab(&self.inner, vocab_size, dir)
     }
 
     /// The underlying `tokenizers` tokenizer.

@@ -208,8 +208,7 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 }
 
 fn read_jsonl_rows<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<Vec<T>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -220,8 +219,7 @@ fn read_jsonl_rows<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<Vec<T>> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
@@ -330,6 +328,7 @@ impl Pipeline {
         self.cfg.check_stop_after(stop_after)?;
         let base = load(&self.cfg.model_dir)?;
         let tok = Tokenizer::from_dir(&self.cfg.model_dir)?;
+        tok.check_vocab(base.cfg.vocab_size, &self.cfg.model_dir)?;
         macro_rules! stop {
             ($n:expr) => {
                 if stop_after == Some($n) {

@@ -70,8 +70,7 @@ pub fn parse_jsonl(text: &str, name: &str) -> Result<Vec<Conversation>> {
 
 /// Read a JSONL file of conversations.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     parse_jsonl(&text, &path.display().to_string())
 }
 
