@@ -59,7 +59,7 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let super::Loaded { tok, model, .. } = a.model.load()?;
+    let super::Loaded { tok, model, dir } = a.model.load()?;
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(ChatMessage::system(s));
@@ -75,6 +75,9 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         eprintln!("{}", tok.apply_chat_template(&messages, true)?);
     }
     let ids = tok.encode_chat(&messages, true)?;
+    let what = "the conversation (--history, --system and the message)";
+    pinpoint::generate::check_fits_context(&model.cfg, what, ids.len())?;
+    super::limits::generation(&a.sampling, &model.cfg, &dir, std::slice::from_ref(&ids))?;
     let cfg = a.sampling.config(&tok);
     let mut stream = StreamDecoder::new(&tok, true);
     let mut stdout = std::io::stdout();
@@ -120,7 +123,7 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let super::Loaded { tok, model, .. } = a.model.load()?;
+    let super::Loaded { tok, model, dir } = a.model.load()?;
     let mut prompts = a.prompts.clone();
     if let Some(f) = &a.file {
         let text = pinpoint::util::read_text(f)?;
@@ -134,6 +137,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|p| tok.encode(p, a.add_special_tokens))
         .collect::<Result<_>>()?;
+    for (p, ids) in prompts.iter().zip(&ids) {
+        let what = format!("--prompt {}", super::limits::short(p));
+        pinpoint::generate::check_fits_context(&model.cfg, &what, ids.len())?;
+    }
+    super::limits::generation(&a.sampling, &model.cfg, &dir, &ids)?;
     let cfg = a.sampling.config(&tok);
     let decode = |ids: &[u32]| tok.decode(ids, true);
     let outs = run_generate(

@@ -172,6 +172,7 @@ fn diagnose_on<B: Backend>(
     let dir = dir.to_path_buf();
     let loaded = load_pairs(&a.pairs)?;
     let token_pairs = pairs::tokenize_pairs(tok, &loaded.pairs)?;
+    super::limits::pairs(&model.cfg, &token_pairs, a.pairs.pairs.as_deref())?;
     let (metric, syc, anti) = build_metric(&a.pairs, model, tok, &token_pairs)?;
     eprintln!(
         "diagnosing {} on {} with {} pairs: {:?} patching, labels {syc:?} ({}) vs {anti:?} ({})",
@@ -280,6 +281,18 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
         .iter()
         .map(|p| challenge_span(&tok, &p.reference))
         .collect::<Result<_>>()?;
+    for (i, (ids, _)) in prompts.iter().enumerate() {
+        let from = a
+            .pairs
+            .pairs
+            .as_ref()
+            .map_or(String::new(), |f| format!(" of --pairs {}", f.display()));
+        pinpoint::generate::check_fits_context(
+            &model.cfg,
+            &format!("pair #{i}{from}: its reference prompt"),
+            ids.len(),
+        )?;
+    }
     let pb = progress_bar(prompts.len() as u64, "attention", true);
     let shares = attention_shares(&model, &prompts, pb.as_ref())?;
     let share_of = |h: &HeadId| shares.share[h.layer * model.n_heads() + h.head];
@@ -356,6 +369,7 @@ pub fn knockout(a: KnockoutArgs) -> Result<()> {
     let max_k = order.len();
     let loaded = load_pairs(&a.pairs)?;
     let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
+    super::limits::pairs(&model.cfg, &token_pairs, a.pairs.pairs.as_deref())?;
     let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;
     let refs: Vec<Vec<u32>> = token_pairs.iter().map(|p| p.reference.clone()).collect();
     let cfs: Vec<Vec<u32>> = token_pairs

@@ -6,6 +6,7 @@ mod checks;
 mod diagnose;
 mod eval;
 mod kl;
+mod limits;
 mod logits;
 mod make_data;
 mod models;
