@@ -1,5 +1,6 @@
 //! Small shared helpers: atomic file writes, the cache directory, progress bars.
 
+pub mod alloc_cap;
 pub mod charts;
 
 use anyhow::{Context, Result};

@@ -52,6 +52,8 @@ pub const END_OF_TURN_TOKENS: &[&str] = &["<|eot_id|>", "<|im_end|>"];
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
+    /// The file the chat template came from (for errors).
+    template_file: String,
     /// (name, token string) for each special token set in the config.
     special: Vec<(String, String)>,
     generation_eos: Vec<u32>,
@@ -114,6 +116,8 @@ impl Tokenizer {
             }
         }
         let jinja = dir.join("chat_template.jinja");
+        let template_file = if jinja.exists() { &jinja } else { &cfg_path };
+        let template_file = template_file.display().to_string();
         let chat_template = if jinja.exists() {
             Some(crate::util::read_text(&jinja)?)
         } else {
@@ -146,6 +150,7 @@ impl Tokenizer {
         Ok(Self {
             inner,
             chat_template,
+            template_file,
             special,
             generation_eos,
         })
@@ -296,7 +301,11 @@ impl Tokenizer {
             "add_generation_prompt".into(),
             JValue::from(add_generation_prompt),
         );
-        render_chat_template(template, JValue::from_iter(ctx))
+        let what = format!("rendering the chat template of {}", self.template_file);
+        crate::util::alloc_cap::capped(TEMPLATE_MEMORY, &what, || {
+            render_chat_template(template, JValue::from_iter(ctx))
+        })
+        .with_context(|| format!("the chat template of {}", self.template_file))
     }
 
     /// Render and encode without special tokens, as HF `apply_chat_template(tokenize=True)`.
@@ -315,12 +324,21 @@ impl Tokenizer {
     }
 }
 
+/// The most bytes rendering one conversation may allocate (counted cumulatively): real
+/// templates use kilobytes; a template that grows a string without end is stopped here.
+pub const TEMPLATE_MEMORY: usize = 1 << 30;
+
+/// The most template instructions one rendering may run (minijinja's fuel): a real
+/// template runs some per message; nested loops over huge ranges are stopped here.
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
+
 /// Render a chat template with the jinja2 settings HF uses (trim_blocks, lstrip_blocks, loop
 /// controls, python string methods, `raise_exception`, `strftime_now`, HF's `tojson`).
 pub fn render_chat_template(template: &str, ctx: JValue) -> Result<String> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<JValue, JError> {
         Err(JError::new(ErrorKind::InvalidOperation, msg))
