@@ -349,15 +349,18 @@ fn sources(a: &BenchArgs) -> Result<Vec<Source>> {
 }
 
 fn run_cpu(a: &BenchArgs, rows: &mut Vec<Value>) -> Result<()> {
-    let ceil = ceilings(&CpuBackend, a.reps, None)?;
-    let mut cx = Ctx { a, ceil, rows };
-    for src in sources(a)? {
-        let cfg = match &src {
+    let srcs = sources(a)?;
+    for src in &srcs {
+        let cfg = match src {
             Source::Dir(d) => ModelConfig::from_file(&d.join("config.json"))?,
             Source::Shape(s) => shape_config(s)?,
         };
         let host = super::limits::host_available();
         super::limits::bench(a, &cfg, 4, host, "this machine")?;
+    }
+    let ceil = ceilings(&CpuBackend, a.reps, None)?;
+    let mut cx = Ctx { a, ceil, rows };
+    for src in srcs {
         let make = || -> Result<Model<CpuBackend>> {
             match &src {
                 Source::Dir(d) => Model::load_cpu(d),

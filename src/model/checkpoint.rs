@@ -376,6 +376,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTenso
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let files = safetensors_files(dir)?;
     let loaded = load_tensors(&files)?;
+    crate::model::shard_index::check(dir, &loaded.origin)?;
     let dtype = loaded.dtype;
     let w = weights_from_tensors(&cfg, loaded)
         .with_context(|| format!("loading weights of {}", dir.display()))?;

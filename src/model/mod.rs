@@ -10,6 +10,7 @@ pub mod heads;
 pub(crate) mod layer;
 pub mod mask;
 pub mod rope;
+pub mod shard_index;
 pub mod tokenizer;
 pub mod tokenizer_file;
 pub mod transformer;

@@ -324,9 +324,9 @@ impl Tokenizer {
     }
 }
 
-/// The most bytes rendering one conversation may allocate (counted cumulatively): real
-/// templates use kilobytes; a template that grows a string without end is stopped here.
-pub const TEMPLATE_MEMORY: usize = 1 << 30;
+/// The most bytes rendering one conversation may allocate (counted cumulatively, 256 MiB):
+/// real templates use kilobytes; a template that grows a string without end stops here.
+pub const TEMPLATE_MEMORY: usize = 256 << 20;
 
 /// The most template instructions one rendering may run (minijinja's fuel): a real
 /// template runs some per message; nested loops over huge ranges are stopped here.

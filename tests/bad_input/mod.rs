@@ -5,10 +5,13 @@
 
 pub mod config;
 pub mod data;
+pub mod flag_values;
 pub mod flags;
 pub mod gguf;
+pub mod messages;
 pub mod outputs;
 pub mod safetensors;
+pub mod sizes;
 pub mod training;
 
 use crate::common::fixture;
