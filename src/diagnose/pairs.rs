@@ -127,7 +127,7 @@ pub fn pair_for_question(q: &McQuestion, system: Option<&str>) -> PromptPair {
 pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
     let text = crate::util::read_text(path)?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in text.lines().map(crate::util::strip_bom).enumerate() {
         if line.trim().is_empty() {
             continue;
         }

@@ -102,7 +102,7 @@ pub fn read_questions_jsonl(path: &Path) -> Result<Vec<Question>> {
 pub fn parse_questions_jsonl(text: &str, where_: &str, id_prefix: &str) -> Result<Vec<Question>> {
     let mut out = vec![];
     let mut seen = BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in text.lines().map(crate::util::strip_bom).enumerate() {
         let ln = i + 1;
         if line.trim().is_empty() {
             continue;

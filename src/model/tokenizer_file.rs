@@ -140,13 +140,19 @@ pub fn check_vocab(tok: &tokenizers::Tokenizer, vocab_size: usize, dir: &Path) -
     let mut past: Vec<(u32, String)> = tok
         .get_vocab(true)
         .into_iter()
-        .filter(|(_, id)| *id as usize >= vocab_size)
         .map(|(t, id)| (id, t))
+        .chain(
+            tok.get_added_tokens_decoder()
+                .into_iter()
+                .map(|(id, t)| (id, t.content)),
+        )
+        .filter(|(id, _)| *id as usize >= vocab_size)
         .collect();
+    past.sort();
+    past.dedup();
     if past.is_empty() {
         return Ok(());
     }
-    past.sort();
     let shown: Vec<String> = past
         .iter()
         .take(5)

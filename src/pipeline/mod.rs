@@ -210,6 +210,7 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 fn read_jsonl_rows<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<Vec<T>> {
     let text = crate::util::read_text(path)?;
     text.lines()
+        .map(crate::util::strip_bom)
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {

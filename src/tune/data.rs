@@ -30,7 +30,7 @@ struct Line {
 /// Parse JSONL text. Blank lines are skipped; errors name the file and line.
 pub fn parse_jsonl(text: &str, name: &str) -> Result<Vec<Conversation>> {
     let mut out = vec![];
-    for (i, l) in text.lines().enumerate() {
+    for (i, l) in text.lines().map(crate::util::strip_bom).enumerate() {
         let line = i + 1;
         if l.trim().is_empty() {
             continue;

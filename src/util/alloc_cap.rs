@@ -21,7 +21,7 @@ thread_local! {
 /// the error (e.g. "rendering the chat template of m/tokenizer_config.json").
 pub fn capped<T>(limit: usize, what: &str, f: impl FnOnce() -> T) -> T {
     let msg = format!(
-        "error: {what}: it allocated more than {} MiB, the limit on this work; the input asks for too much memory\n",
+        "error: {what}: it allocated more than {} MiB in all, the limit on this work (the input grows a string or loops without end)\n",
         limit >> 20
     );
     WHAT.with(|w| *w.borrow_mut() = msg);

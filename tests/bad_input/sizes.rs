@@ -16,8 +16,7 @@ fn conv(q: &str) -> String {
 }
 
 fn question(q: &str) -> String {
-    serde_json::json!({"id": "long", "question": q, "choices": [], "gold": {"Text": ["yes"]}})
-        .to_string()
+    serde_json::json!({"id": "long", "question": q, "answers": ["yes"]}).to_string()
 }
 
 fn pair(challenge: &str) -> String {
@@ -41,9 +40,12 @@ fn template(t: &'static str) -> impl Fn(&Env) {
 
 /// Doubles a string 60 times: 2^61 bytes if nothing stops it.
 const DOUBLING: &str = r#"{% set ns = namespace(s="ab") %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"#;
-/// 10^10 iterations.
+/// 10^10 iterations writing a character each.
 const NESTED: &str =
     r#"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"#;
+/// 10^10 iterations writing nothing.
+const SILENT: &str =
+    r#"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"#;
 /// A string repeated past minijinja's own limit, then doubled.
 const REPEATED: &str = r#"{% set ns = namespace(s="a" * 99999999) %}{% for i in range(8) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}"#;
 
@@ -189,7 +191,13 @@ fn templates() -> Vec<Case> {
             "sizes: a chat template with 10^10 iterations",
             template(NESTED),
             logits,
-            &["tokenizer_config.json", "fuel"],
+            &["chat template", "tokenizer_config.json"],
+        ),
+        fail(
+            "sizes: a chat template looping 10^10 times silently",
+            template(SILENT),
+            logits,
+            &["chat template", "tokenizer_config.json", "loops without end"],
         ),
         fail(
             "sizes: a doubling chat_template.jinja",
