@@ -2,7 +2,34 @@
 
 mod cli;
 
-use clap::Parser;
+use std::alloc::{GlobalAlloc, Layout, System};
+
+/// The system allocator, with each allocation counted against the current thread's
+/// `alloc_cap` scope (templates whose memory only the input decides).
+struct Counted;
+
+// SAFETY: every call is forwarded to `System` unchanged; `charge` only reads and writes a
+// thread-local counter (or ends the process).
+unsafe impl GlobalAlloc for Counted {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        pinpoint::util::alloc_cap::charge(l.size());
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        pinpoint::util::alloc_cap::charge(l.size());
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        pinpoint::util::alloc_cap::charge(new_size);
+        System.realloc(p, l, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counted = Counted;
 
 /// Keep freed memory in the heap for reuse: the forward and backward free and re-allocate
 /// buffers of tens to hundreds of MB every step, and glibc would otherwise return each to
@@ -39,7 +66,7 @@ fn quiet_print_failures() {
 fn main() {
     keep_freed_memory();
     quiet_print_failures();
-    let args = cli::Cli::parse();
+    let args = cli::parse_args();
     let r = cli::run(args).and_then(|()| {
         use std::io::Write as _;
         std::io::stdout()

@@ -1,5 +1,6 @@
 //! Small shared helpers: atomic file writes, the cache directory, progress bars.
 
+pub mod alloc_cap;
 pub mod charts;
 
 use anyhow::{Context, Result};
@@ -75,15 +76,52 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     atomic_write(path, text.as_bytes())
 }
 
-/// pinpoint's cache folder: `$PINPOINT_HOME`, else `~/.cache/pinpoint`.
+/// pinpoint's cache folder: `$PINPOINT_HOME`, else `~/.cache/pinpoint`. A blank
+/// `PINPOINT_HOME` counts as unset (never the current folder); the CLI refuses one up front
+/// with [`check_cache_env`].
 pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("PINPOINT_HOME") {
-        return PathBuf::from(p);
+        if !p.to_string_lossy().trim().is_empty() {
+            return PathBuf::from(p);
+        }
     }
     let home = std::env::var_os("HOME")
+        .filter(|h| !h.to_string_lossy().trim().is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("pinpoint")
+}
+
+/// Error when `PINPOINT_HOME` is set but blank: the user meant some folder, and guessing
+/// (the current folder, or the default) would put the cache where they do not expect.
+pub fn check_cache_env() -> Result<()> {
+    if let Some(p) = std::env::var_os("PINPOINT_HOME") {
+        if p.to_string_lossy().trim().is_empty() {
+            anyhow::bail!(
+                "PINPOINT_HOME is set but empty; unset it (the cache is then ~/.cache/pinpoint) or give it a folder"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: char = '\u{feff}';
+
+/// `text` without a leading UTF-8 byte-order mark.
+pub fn strip_bom(text: &str) -> &str {
+    text.strip_prefix(BOM).unwrap_or(text)
+}
+
+/// A text file (JSON, JSONL, a template, prompts) as a string without a leading UTF-8
+/// byte-order mark; errors name the file.
+pub fn read_text(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(match text.strip_prefix(BOM) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 /// SHA-256 of a file, lower-case hex.
@@ -98,10 +136,10 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// The JSON values of a JSONL file with their 1-based line numbers; blank lines are skipped
 /// and a line that is not JSON is an error naming `file:line`.
 pub fn read_jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path)?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
+    // A byte-order mark may also start a line (files joined with `cat`).
+    for (i, line) in text.lines().map(strip_bom).enumerate() {
         if line.trim().is_empty() {
             continue;
         }

@@ -62,6 +62,25 @@ fn output_locations() {
     }
 }
 
+/// Flag values that parse but make no sense (issue 24).
+#[test]
+fn flag_values_that_make_no_sense() {
+    run_cases(bad_input::flag_values::cases());
+    bad_input::flag_values::check_blank_home();
+}
+
+/// Sizes past the model's context or the machine's memory (issue 24).
+#[test]
+fn impossible_sizes() {
+    run_cases(bad_input::sizes::cases());
+}
+
+/// Errors that name the file, field or item (issue 24).
+#[test]
+fn errors_name_the_thing() {
+    run_cases(bad_input::messages::cases());
+}
+
 #[test]
 fn training_and_resume() {
     run_cases(training::cases());

@@ -349,9 +349,18 @@ fn sources(a: &BenchArgs) -> Result<Vec<Source>> {
 }
 
 fn run_cpu(a: &BenchArgs, rows: &mut Vec<Value>) -> Result<()> {
+    let srcs = sources(a)?;
+    for src in &srcs {
+        let cfg = match src {
+            Source::Dir(d) => ModelConfig::from_file(&d.join("config.json"))?,
+            Source::Shape(s) => shape_config(s)?,
+        };
+        let host = super::limits::host_available();
+        super::limits::bench(a, &cfg, 4, host, "this machine")?;
+    }
     let ceil = ceilings(&CpuBackend, a.reps, None)?;
     let mut cx = Ctx { a, ceil, rows };
-    for src in sources(a)? {
+    for src in srcs {
         let make = || -> Result<Model<CpuBackend>> {
             match &src {
                 Source::Dir(d) => Model::load_cpu(d),
@@ -381,6 +390,8 @@ fn run_cuda(a: &BenchArgs, rows: &mut Vec<Value>) -> Result<()> {
             Source::Shape(s) => (shape_config(s)?, None),
         };
         let b: CudaBackend = a.device.cuda()?;
+        let free = b.memory_info().map(|(f, _)| f as u64);
+        super::limits::bench(a, &cfg, b.elem_bytes(), free, "the GPU")?;
         let ceil = match ceil {
             Some(c) => c,
             None => *ceil.insert(ceilings(&b, a.reps, copy_rate(&b, a.reps)?)?),

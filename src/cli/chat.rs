@@ -59,14 +59,13 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let super::Loaded { tok, model, .. } = a.model.load()?;
+    let super::Loaded { tok, model, dir } = a.model.load()?;
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(ChatMessage::system(s));
     }
     if let Some(h) = &a.history {
-        let text =
-            std::fs::read_to_string(h).with_context(|| format!("reading {}", h.display()))?;
+        let text = pinpoint::util::read_text(h)?;
         let hist: Vec<ChatMessage> = serde_json::from_str(&text)
             .with_context(|| format!("{}: expected a JSON list of messages", h.display()))?;
         messages.extend(hist);
@@ -76,6 +75,9 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         eprintln!("{}", tok.apply_chat_template(&messages, true)?);
     }
     let ids = tok.encode_chat(&messages, true)?;
+    let what = "the conversation (--history, --system and the message)";
+    pinpoint::generate::check_fits_context(&model.cfg, what, ids.len())?;
+    super::limits::generation(&a.sampling, &model.cfg, &dir, std::slice::from_ref(&ids))?;
     let cfg = a.sampling.config(&tok);
     let mut stream = StreamDecoder::new(&tok, true);
     let mut stdout = std::io::stdout();
@@ -121,11 +123,10 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let super::Loaded { tok, model, .. } = a.model.load()?;
+    let super::Loaded { tok, model, dir } = a.model.load()?;
     let mut prompts = a.prompts.clone();
     if let Some(f) = &a.file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = pinpoint::util::read_text(f)?;
         prompts.extend(
             text.lines()
                 .filter(|l| !l.trim().is_empty())
@@ -136,6 +137,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|p| tok.encode(p, a.add_special_tokens))
         .collect::<Result<_>>()?;
+    for (p, ids) in prompts.iter().zip(&ids) {
+        let what = format!("--prompt {}", super::limits::short(p));
+        pinpoint::generate::check_fits_context(&model.cfg, &what, ids.len())?;
+    }
+    super::limits::generation(&a.sampling, &model.cfg, &dir, &ids)?;
     let cfg = a.sampling.config(&tok);
     let decode = |ids: &[u32]| tok.decode(ids, true);
     let outs = run_generate(

@@ -83,7 +83,7 @@ pub fn tune(a: &super::tune::TuneArgs) -> Result<()> {
 /// A heads file whose scores are all zero ranks nothing (e.g. pairs whose reference and
 /// counterfactual are the same): refuse to pick "top" heads from it.
 fn heads_scores(p: &Path) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(p) else {
+    let Ok(text) = pinpoint::util::read_text(p) else {
         return Ok(()); // the reader names the problem
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {

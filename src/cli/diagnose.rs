@@ -151,6 +151,7 @@ pub fn diagnose(a: DiagnoseArgs) -> Result<()> {
             let dir = a.model.resolve()?;
             let tok = Tokenizer::from_dir(&dir)?;
             let (cfg, w, _) = pinpoint::model::checkpoint::load_model_dir(&dir)?;
+            tok.check_vocab(cfg.vocab_size, &dir)?;
             let b = a.device.cuda()?;
             let model = Model::from_host(cfg, &w, b)?;
             drop(w);
@@ -171,6 +172,7 @@ fn diagnose_on<B: Backend>(
     let dir = dir.to_path_buf();
     let loaded = load_pairs(&a.pairs)?;
     let token_pairs = pairs::tokenize_pairs(tok, &loaded.pairs)?;
+    super::limits::pairs(&model.cfg, &token_pairs, a.pairs.pairs.as_deref())?;
     let (metric, syc, anti) = build_metric(&a.pairs, model, tok, &token_pairs)?;
     eprintln!(
         "diagnosing {} on {} with {} pairs: {:?} patching, labels {syc:?} ({}) vs {anti:?} ({})",
@@ -279,6 +281,18 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
         .iter()
         .map(|p| challenge_span(&tok, &p.reference))
         .collect::<Result<_>>()?;
+    for (i, (ids, _)) in prompts.iter().enumerate() {
+        let from = a
+            .pairs
+            .pairs
+            .as_ref()
+            .map_or(String::new(), |f| format!(" of --pairs {}", f.display()));
+        pinpoint::generate::check_fits_context(
+            &model.cfg,
+            &format!("pair #{i}{from}: its reference prompt"),
+            ids.len(),
+        )?;
+    }
     let pb = progress_bar(prompts.len() as u64, "attention", true);
     let shares = attention_shares(&model, &prompts, pb.as_ref())?;
     let share_of = |h: &HeadId| shares.share[h.layer * model.n_heads() + h.head];
@@ -326,8 +340,7 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
 }
 
 fn count_heads(path: &Path) -> Result<usize> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = pinpoint::util::read_text(path)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     Ok(v.get("heads")
@@ -356,6 +369,7 @@ pub fn knockout(a: KnockoutArgs) -> Result<()> {
     let max_k = order.len();
     let loaded = load_pairs(&a.pairs)?;
     let token_pairs = pairs::tokenize_pairs(&tok, &loaded.pairs)?;
+    super::limits::pairs(&model.cfg, &token_pairs, a.pairs.pairs.as_deref())?;
     let (metric, syc, anti) = build_metric(&a.pairs, &model, &tok, &token_pairs)?;
     let refs: Vec<Vec<u32>> = token_pairs.iter().map(|p| p.reference.clone()).collect();
     let cfs: Vec<Vec<u32>> = token_pairs

@@ -92,6 +92,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let dir = a.model.resolve()?;
     let model = Model::load_cpu(&dir)?;
     let tok = Tokenizer::from_dir(&dir)?;
+    tok.check_vocab(model.cfg.vocab_size, &dir)?;
     let pc = ProtocolConfig {
         system: a.system.clone(),
         all_challenges: a.all_challenges,
@@ -108,6 +109,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             Some(jd) => {
                 let jm = Model::load_cpu(jd)?;
                 let jt = Tokenizer::from_dir(jd)?;
+                jt.check_vocab(jm.cfg.vocab_size, jd)?;
                 judge::admits_mistake_model(&jm, &jt, &dl, 8)?
             }
             None => judge::admits_mistake_model(&model, &tok, &dl, 8)?,

@@ -37,17 +37,23 @@ pub fn kl(a: KlArgs) -> Result<()> {
     kl::check_same_base(&base.cfg, &tuned.cfg)
         .with_context(|| format!("{} vs {}", a.base.display(), a.tuned.display()))?;
     let tok = Tokenizer::from_dir(&a.base)?;
+    tok.check_vocab(base.cfg.vocab_size, &a.base)?;
+    // An explicit --len past the context is refused; the default is clamped to it.
+    if super::sanity::given("len") {
+        super::limits::new_tokens("--len", a.len, &base.cfg, &a.base)?;
+    }
+    let len = pinpoint::generate::context_limit(&base.cfg).map_or(a.len, |c| a.len.min(c));
     let texts: Vec<String> = datasets::owt_texts(!a.quiet)?
         .into_iter()
         .take(a.n)
         .collect();
-    let seqs = kl::tokenize_texts(&tok, &texts, a.len)?;
+    let seqs = kl::tokenize_texts(&tok, &texts, len)?;
     let r = kl::kl_divergence(&base, &tuned, &seqs, a.batch, !a.quiet)?;
     pinpoint::guard::finite64("KL per text", &r.per_text)?;
     pinpoint::guard::finite64("KL mean", &[r.mean, r.sem])?;
     crate::outln!(
         "{}",
-        serde_json::json!({"kl": r.mean, "sem": r.sem, "n_texts": r.n_texts, "len": a.len})
+        serde_json::json!({"kl": r.mean, "sem": r.sem, "n_texts": r.n_texts, "len": len})
     );
     if let Some(p) = &a.out {
         pinpoint::util::write_json(p, &r)?;

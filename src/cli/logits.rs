@@ -82,6 +82,8 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
             (p.clone(), tok.encode(p, a.add_special_tokens)?)
         };
         ensure!(!ids.is_empty(), "prompt {p:?} tokenizes to no tokens");
+        let what = format!("--prompt {}", super::limits::short(p));
+        pinpoint::generate::check_fits_context(&model.cfg, &what, ids.len())?;
         texts.push(text);
         seqs.push(ids);
     }

@@ -2,7 +2,7 @@
 //! first answers (insist when right, revise when wrong).
 
 use super::ModelArg;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use pinpoint::eval::datasets::{self, Question};
 use pinpoint::eval::make_data::{build_dialogues, write_dialogues, Origin, Recipe};
 use pinpoint::eval::protocol::{first_answers, ProtocolConfig};
@@ -95,7 +95,8 @@ impl RecipeArgs {
 
 /// Ids listed in a split.json ("eval") or ids.json ("train_ids").
 pub fn read_id_list(p: &std::path::Path) -> Result<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)?;
+    let v: serde_json::Value = serde_json::from_str(&pinpoint::util::read_text(p)?)
+        .with_context(|| format!("{} is not valid JSON", p.display()))?;
     let arr = v
         .get("eval")
         .or_else(|| v.get("train_ids"))
@@ -135,6 +136,7 @@ pub fn make_data(a: MakeDataArgs) -> Result<()> {
     let dir = a.model.resolve()?;
     let model = Model::load_cpu(&dir)?;
     let tok = Tokenizer::from_dir(&dir)?;
+    tok.check_vocab(model.cfg.vocab_size, &dir)?;
     let pc = ProtocolConfig {
         system: a.system.clone(),
         batch: a.batch,

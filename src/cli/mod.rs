@@ -6,11 +6,13 @@ mod checks;
 mod diagnose;
 mod eval;
 mod kl;
+mod limits;
 mod logits;
 mod make_data;
 mod models;
 mod pipeline;
 mod profile;
+mod sanity;
 mod tune;
 
 use anyhow::{Context, Result};
@@ -25,7 +27,8 @@ use std::path::{Path, PathBuf};
     about = "Find and fix the attention heads that make a chat model sycophantic"
 )]
 pub struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
+    /// Worker threads for the CPU backend. 0 or no --threads: every core (or
+    /// $RAYON_NUM_THREADS when set); at most 4 per core.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     #[command(subcommand)]
@@ -53,6 +56,7 @@ impl ModelArg {
         let dir = self.resolve()?;
         let tok = pinpoint::model::tokenizer::Tokenizer::from_dir(&dir)?;
         let model = pinpoint::Model::load_cpu(&dir)?;
+        tok.check_vocab(model.cfg.vocab_size, &dir)?;
         Ok(Loaded { dir, tok, model })
     }
 
@@ -205,8 +209,12 @@ pub enum Command {
     Profile(profile::ProfileArgs),
 }
 
+pub use sanity::parse_args;
+
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(t) = cli.threads {
+    pinpoint::util::check_cache_env()?;
+    sanity::threads(cli.threads)?;
+    if let Some(t) = cli.threads.filter(|&t| t > 0) {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
@@ -226,32 +234,39 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => models::inspect(a),
         Command::Chat(a) => {
             checks::sampling(&a.sampling, &a.model)?;
+            sanity::sampling(&a.sampling)?;
             chat::chat(a)
         }
         Command::Generate(a) => {
             checks::sampling(&a.sampling, &a.model)?;
+            sanity::sampling(&a.sampling)?;
             chat::generate(a)
         }
         Command::Bench(a) => {
             checks::bench(&a)?;
+            sanity::device(&a.device)?;
             bench::bench(a)
         }
         Command::Profile(a) => {
             checks::profile(&a)?;
+            sanity::device(&a.device)?;
             let _lock = claim(&a.out, "profile")?;
             profile::profile(a)
         }
         Command::Tune(a) => {
             checks::tune(&a)?;
+            sanity::tune(&a)?;
             let _lock = locked_out(&a.out, &a.model, "tune")?;
             tune::tune(a)
         }
         Command::Logits(a) => {
             checks::logits(&a)?;
+            sanity::logits(&a)?;
             logits::logits(a)
         }
         Command::Eval(a) => {
             checks::eval(&a)?;
+            sanity::eval(&a)?;
             let _lock = claim(&a.out, "eval")?;
             eval::eval(a)
         }
@@ -261,26 +276,31 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::MakeData(a) => {
             checks::make_data(&a)?;
+            sanity::make_data(&a)?;
             let _lock = claim(&a.out, "make-data")?;
             make_data::make_data(a)
         }
         Command::Pipeline(a) => {
             checks::pipeline(&a)?;
+            sanity::pipeline(&a)?;
             let _lock = locked_out(&a.out, &a.model, "pipeline")?;
             pipeline::pipeline(a)
         }
         Command::Diagnose(a) => {
             checks::diagnose(&a)?;
+            sanity::pairs(&a.pairs)?;
             let _lock = claim(&a.out, "diagnose")?;
             diagnose::diagnose(a)
         }
         Command::Attention(a) => {
             checks::attention(&a)?;
+            sanity::pairs(&a.pairs)?;
             let _lock = claim(&a.out, "attention")?;
             diagnose::attention(a)
         }
         Command::Knockout(a) => {
             checks::knockout(&a)?;
+            sanity::pairs(&a.pairs)?;
             let _lock = claim(&a.out, "knockout")?;
             diagnose::knockout(a)
         }

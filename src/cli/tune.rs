@@ -222,6 +222,7 @@ fn tune_on<B: TrainBackend>(
     let model = load(&dir)?;
     let cfg = model.cfg.clone();
     let layers = a.layers.as_deref().map(parse_layers).transpose()?;
+    super::limits::tune(a, &cfg, layers.as_deref())?;
     let needs_heads = matches!(a.mode, TuneMode::Spt | TuneMode::SptLora);
     let heads = if needs_heads {
         select_heads(a, &cfg)?
@@ -261,8 +262,12 @@ fn tune_on<B: TrainBackend>(
     let convs = read_jsonl(&a.data)?;
     let tok = Tokenizer::from_dir(&dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    tok.check_vocab(cfg.vocab_size, &dir)?;
     let data = tokenize(&tok, &convs, a.max_len)
         .with_context(|| format!("tokenising {}", a.data.display()))?;
+    let lines: Vec<usize> = convs.iter().map(|c| c.line).collect();
+    let lens: Vec<usize> = data.iter().map(|s| s.ids.len()).collect();
+    super::limits::tune_data(&a.data, &lines, &lens, &cfg)?;
     let has_ckpt =
         Trainer::<pinpoint::backend::cpu::CpuBackend>::latest_checkpoint(&a.out)?.is_some();
     if has_ckpt && !a.resume {

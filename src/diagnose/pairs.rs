@@ -125,10 +125,9 @@ pub fn pair_for_question(q: &McQuestion, system: Option<&str>) -> PromptPair {
 
 /// User pairs: JSONL lines `{"reference": [messages], "counterfactual": [messages]}`.
 pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PromptPair>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in text.lines().map(crate::util::strip_bom).enumerate() {
         if line.trim().is_empty() {
             continue;
         }

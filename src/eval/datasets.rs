@@ -90,8 +90,7 @@ pub fn short_answer_questions(n: usize, seed: u64) -> Vec<Question> {
 /// `{"question", "answers": [...]}`, with an optional `"id"` (default `FILE:LINE`).
 /// Missing or malformed fields are errors naming the file and line.
 pub fn read_questions_jsonl(path: &Path) -> Result<Vec<Question>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -103,7 +102,7 @@ pub fn read_questions_jsonl(path: &Path) -> Result<Vec<Question>> {
 pub fn parse_questions_jsonl(text: &str, where_: &str, id_prefix: &str) -> Result<Vec<Question>> {
     let mut out = vec![];
     let mut seen = BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in text.lines().map(crate::util::strip_bom).enumerate() {
         let ln = i + 1;
         if line.trim().is_empty() {
             continue;
@@ -244,8 +243,7 @@ pub fn check_disjoint(eval: &[Question], train_ids: &[String]) -> Result<()> {
 
 /// The training ids recorded by `make-data` (`ids.json`: `{"train_ids": [...]}`).
 pub fn read_train_ids(path: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let ids = v

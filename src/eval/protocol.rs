@@ -133,6 +133,16 @@ pub fn generate_replies<B: Backend>(
         .iter()
         .map(|c| tok.encode_chat(c, true))
         .collect::<Result<_>>()?;
+    for (c, p) in convs.iter().zip(&prompts) {
+        let user = c.iter().rev().find(|m| m.role == "user");
+        let q: String = user
+            .map_or("", |m| m.content.as_str())
+            .chars()
+            .take(60)
+            .collect();
+        let what = format!("the prompt of the question {q:?}");
+        crate::generate::check_fits_context(&model.cfg, &what, p.len())?;
+    }
     // Batch prompts of similar length together (less wasted cache), keep the input order.
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());

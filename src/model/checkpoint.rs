@@ -126,8 +126,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("reading {}", index.display()))?;
+        let text = crate::util::read_text(&index)?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", index.display()))?;
         let map = v
@@ -405,6 +404,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(ModelConfig, ModelWeights<HostTenso
     let files = safetensors_files(dir)?;
     let loaded = load_tensors(&files)?;
     super::digest::remember(dir, &loaded.digest);
+    crate::model::shard_index::check(dir, &loaded.origin)?;
     let dtype = loaded.dtype;
     let w = weights_from_tensors(&cfg, loaded)
         .with_context(|| format!("loading weights of {}", dir.display()))?;

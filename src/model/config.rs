@@ -77,14 +77,14 @@ fn get_usize(v: &serde_json::Value, key: &str) -> Option<usize> {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::util::read_text(path)?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_json(v).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn from_json(v: serde_json::Value) -> Result<Self> {
+        check_field_types(&v)?;
         let archs: Vec<String> = v
             .get("architectures")
             .and_then(|a| a.as_array())
@@ -354,6 +354,61 @@ fn check_config(c: &ModelConfig) -> Result<()> {
     }
     if c.sliding_window == Some(0) {
         bail!("`sliding_window` is 0; it must be positive or null");
+    }
+    Ok(())
+}
+
+/// The config fields pinpoint reads as whole numbers (sizes and counts).
+const COUNT_FIELDS: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "sliding_window",
+];
+
+/// Every field pinpoint reads has the JSON type it needs, or is absent/null; the error names
+/// the field, its value and the type expected (`3.0` is not read as a missing field).
+fn check_field_types(v: &serde_json::Value) -> Result<()> {
+    if !v.is_object() {
+        bail!("expected a JSON object, found {v}");
+    }
+    let present = |k: &str| v.get(k).filter(|x| !x.is_null());
+    for k in COUNT_FIELDS {
+        if let Some(x) = present(k) {
+            if !x.is_u64() {
+                bail!("`{k}` is {x}; it must be a whole number (an integer, 0 or more, written without a decimal point)");
+            }
+        }
+    }
+    if let Some(x) = present("bos_token_id") {
+        if !x.as_u64().is_some_and(|i| i <= u32::MAX as u64) {
+            bail!("`bos_token_id` is {x}; it must be a token id (an integer, 0 or more)");
+        }
+    }
+    for k in ["rms_norm_eps", "rope_theta"] {
+        if let Some(x) = present(k).filter(|x| !x.is_number()) {
+            bail!("`{k}` is {x}; it must be a number");
+        }
+    }
+    for k in [
+        "tie_word_embeddings",
+        "use_sliding_window",
+        "attention_bias",
+        "mlp_bias",
+    ] {
+        if let Some(x) = present(k).filter(|x| !x.is_boolean()) {
+            bail!("`{k}` is {x}; it must be true or false");
+        }
+    }
+    for k in ["model_type", "hidden_act", "torch_dtype"] {
+        if let Some(x) = present(k).filter(|x| !x.is_string()) {
+            bail!("`{k}` is {x}; it must be a string");
+        }
     }
     Ok(())
 }

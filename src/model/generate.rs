@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::heads::{Positions, Taps};
 use crate::transformer::Model;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 
 /// How to pick tokens and when to stop.
@@ -91,6 +91,24 @@ pub fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut impl Rng) 
     probs[kept - 1].0
 }
 
+/// The most positions a sequence may span: `max_position_embeddings`, or none under dynamic
+/// NTK RoPE, which is made to run past it.
+pub fn context_limit(cfg: &crate::model::ModelConfig) -> Option<usize> {
+    (!cfg.rope.length_dependent()).then_some(cfg.max_position_embeddings)
+}
+
+/// Error unless a sequence of `len` tokens fits the model's context; `what` names it.
+pub fn check_fits_context(cfg: &crate::model::ModelConfig, what: &str, len: usize) -> Result<()> {
+    if let Some(ctx) = context_limit(cfg) {
+        if len > ctx {
+            bail!(
+                "{what} has {len} tokens, past the model's context of {ctx} (max_position_embeddings in config.json)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Turns generated token ids into text (for stop strings).
 pub type DecodeFn<'a> = &'a dyn Fn(&[u32]) -> Result<String>;
 
@@ -113,8 +131,25 @@ pub fn generate<B: Backend>(
         "top_p must be in (0, 1], got {}",
         cfg.top_p
     );
+    for (i, p) in prompts.iter().enumerate() {
+        check_fits_context(&model.cfg, &format!("prompt {i}"), p.len())?;
+    }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut cache = model.new_cache(prompts.len(), longest + cfg.max_new_tokens)?;
+    // Generation ends at the model's context (the longest prompt's).
+    let max_new = match context_limit(&model.cfg) {
+        Some(ctx) => cfg.max_new_tokens.min(ctx - longest),
+        None => cfg.max_new_tokens,
+    };
+    let capacity = longest
+        .checked_add(max_new)
+        .filter(|c| c.checked_mul(prompts.len()).is_some())
+        .with_context(|| {
+            format!(
+                "{} new tokens after a prompt of {longest} do not fit in memory",
+                cfg.max_new_tokens
+            )
+        })?;
+    let mut cache = model.new_cache(prompts.len(), capacity)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut taps = taps.clone();
     taps.capture.clear();
@@ -128,7 +163,7 @@ pub fn generate<B: Backend>(
         })
         .collect();
     let mut active: Vec<usize> = (0..prompts.len()).collect();
-    if cfg.max_new_tokens == 0 {
+    if max_new == 0 {
         return Ok(outs);
     }
     let mut feed: Vec<(usize, Vec<u32>)> = prompts.iter().cloned().enumerate().collect();
@@ -153,7 +188,7 @@ pub fn generate<B: Backend>(
                     continue;
                 }
             }
-            if g.tokens.len() >= cfg.max_new_tokens {
+            if g.tokens.len() >= max_new {
                 continue;
             }
             still.push(seq);

@@ -11,7 +11,9 @@ pub mod heads;
 pub(crate) mod layer;
 pub mod mask;
 pub mod rope;
+pub mod shard_index;
 pub mod tokenizer;
+pub mod tokenizer_file;
 pub mod transformer;
 pub mod zoo;
 

@@ -52,6 +52,8 @@ pub const END_OF_TURN_TOKENS: &[&str] = &["<|eot_id|>", "<|im_end|>"];
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
+    /// The file the chat template came from (for errors).
+    template_file: String,
     /// (name, token string) for each special token set in the config.
     special: Vec<(String, String)>,
     generation_eos: Vec<u32>,
@@ -61,8 +63,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     let v = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Some(v))
@@ -88,8 +89,7 @@ impl Tokenizer {
                 tj.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tj)
-            .map_err(|e| anyhow!("loading {}: {e}", tj.display()))?;
+        let inner = crate::model::tokenizer_file::load_tokenizer_json(&tj)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
         let map = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or(Value::Null);
@@ -104,11 +104,10 @@ impl Tokenizer {
             }
         }
         let jinja = dir.join("chat_template.jinja");
+        let template_file = if jinja.exists() { &jinja } else { &cfg_path };
+        let template_file = template_file.display().to_string();
         let chat_template = if jinja.exists() {
-            Some(
-                std::fs::read_to_string(&jinja)
-                    .with_context(|| format!("reading {}", jinja.display()))?,
-            )
+            Some(crate::util::read_text(&jinja)?)
         } else {
             match cfg.get("chat_template") {
                 None | Some(Value::Null) => None,
@@ -146,9 +145,15 @@ impl Tokenizer {
         Ok(Self {
             inner,
             chat_template,
+            template_file,
             special,
             generation_eos,
         })
+    }
+
+    /// Error unless every id of this tokenizer (loaded from `dir`) is below `vocab_size`.
+    pub fn check_vocab(&self, vocab_size: usize, dir: &Path) -> Result<()> {
+        crate::model::tokenizer_file::check_vocab(&self.inner, vocab_size, dir)
     }
 
     /// The underlying `tokenizers` tokenizer.
@@ -291,7 +296,11 @@ impl Tokenizer {
             "add_generation_prompt".into(),
             JValue::from(add_generation_prompt),
         );
-        render_chat_template(template, JValue::from_iter(ctx))
+        let what = format!("rendering the chat template of {}", self.template_file);
+        crate::util::alloc_cap::capped(TEMPLATE_MEMORY, &what, || {
+            render_chat_template(template, JValue::from_iter(ctx))
+        })
+        .with_context(|| format!("the chat template of {}", self.template_file))
     }
 
     /// Render and encode without special tokens, as HF `apply_chat_template(tokenize=True)`.
@@ -310,12 +319,21 @@ impl Tokenizer {
     }
 }
 
+/// The most bytes rendering one conversation may allocate (counted cumulatively, 256 MiB):
+/// real templates use kilobytes; a template that grows a string without end stops here.
+pub const TEMPLATE_MEMORY: usize = 256 << 20;
+
+/// The most template instructions one rendering may run (minijinja's fuel): a real
+/// template runs some per message; nested loops over huge ranges are stopped here.
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
+
 /// Render a chat template with the jinja2 settings HF uses (trim_blocks, lstrip_blocks, loop
 /// controls, python string methods, `raise_exception`, `strftime_now`, HF's `tojson`).
 pub fn render_chat_template(template: &str, ctx: JValue) -> Result<String> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<JValue, JError> {
         Err(JError::new(ErrorKind::InvalidOperation, msg))

@@ -259,9 +259,9 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 }
 
 fn read_jsonl_rows<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<Vec<T>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     text.lines()
+        .map(crate::util::strip_bom)
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
@@ -271,8 +271,7 @@ fn read_jsonl_rows<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<Vec<T>> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
@@ -416,6 +415,7 @@ impl Pipeline {
         let base = load(&self.cfg.model_dir)?;
         self.check_weights()?;
         let tok = Tokenizer::from_dir(&self.cfg.model_dir)?;
+        tok.check_vocab(base.cfg.vocab_size, &self.cfg.model_dir)?;
         macro_rules! stop {
             ($n:expr) => {
                 if stop_after == Some($n) {

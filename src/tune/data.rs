@@ -30,7 +30,7 @@ struct Line {
 /// Parse JSONL text. Blank lines are skipped; errors name the file and line.
 pub fn parse_jsonl(text: &str, name: &str) -> Result<Vec<Conversation>> {
     let mut out = vec![];
-    for (i, l) in text.lines().enumerate() {
+    for (i, l) in text.lines().map(crate::util::strip_bom).enumerate() {
         let line = i + 1;
         if l.trim().is_empty() {
             continue;
@@ -70,8 +70,7 @@ pub fn parse_jsonl(text: &str, name: &str) -> Result<Vec<Conversation>> {
 
 /// Read a JSONL file of conversations.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     parse_jsonl(&text, &path.display().to_string())
 }
 

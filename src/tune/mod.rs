@@ -46,8 +46,7 @@ struct HeadsFile {
 /// `rank` field, when present, decides the order). Refuses a file made for another model
 /// and `k` beyond the heads listed.
 pub fn read_heads_json(path: &Path, cfg: &ModelConfig, k: usize) -> Result<Vec<HeadId>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::util::read_text(path)?;
     parse_heads_json(&text, cfg, k).with_context(|| format!("{}", path.display()))
 }
 
@@ -132,9 +131,9 @@ fn check_heads(heads: &[HeadId], cfg: &ModelConfig) -> Result<()> {
             cfg.num_attention_heads
         );
     }
-    let mut s = heads.to_vec();
-    s.sort();
-    s.dedup();
-    ensure!(s.len() == heads.len(), "a head is listed twice");
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(h) = heads.iter().find(|h| !seen.insert(**h)) {
+        bail!("head {h} is listed twice");
+    }
     Ok(())
 }

@@ -277,6 +277,14 @@ impl<B: TrainBackend> Trainer<B> {
             .collect()
     }
 
+    /// The loss past which training has diverged: above both 4 x the first step's and twice
+    /// that of a uniform guess over the vocabulary (None before the first step).
+    fn loss_limit(&self) -> Option<f64> {
+        let first = self.history.first()?.loss;
+        let uniform = (self.model.cfg.vocab_size as f64).ln();
+        Some((4.0 * first).max(2.0 * uniform))
+    }
+
     /// One update. A non-finite loss or gradient stops with an error naming the step; the
     /// weights are then untouched by this step.
     pub fn step(&mut self) -> Result<StepLog> {
@@ -313,6 +321,13 @@ impl<B: TrainBackend> Trainer<B> {
         if !loss.is_finite() {
             bail!(
                 "step {}: the loss is {loss} (not finite); training stopped, {}",
+                k + 1,
+                hint()
+            );
+        }
+        if let Some(limit) = self.loss_limit().filter(|&l| loss > l) {
+            bail!(
+                "step {}: the loss is {loss:.4}, past {limit:.4} (4 x the first step's and 2 x a uniform guess's): training diverged (try a lower --lr); training stopped, {}",
                 k + 1,
                 hint()
             );
@@ -475,6 +490,7 @@ impl<B: TrainBackend> Trainer<B> {
         let w = self.final_weights()?;
         crate::model::checkpoint::weights_finite(&w)
             .with_context(|| self.diverged(self.opt.step))?;
+        weights_bounded(&w).with_context(|| self.diverged(self.opt.step))?;
         self.save_weights(&self.out, &w)?;
         let summary = serde_json::json!({
             "steps": self.opt.step,
@@ -567,4 +583,23 @@ impl BenchStep {
         t.model.backend.synchronize()?;
         Ok(t0.elapsed().as_secs_f64())
     }
+}
+
+/// The largest weight magnitude a trained model may hold: real checkpoints stay far below
+/// it (f16 tops out at 65504), so a weight past it means training diverged.
+pub const WEIGHT_LIMIT: f32 = 1e6;
+
+/// Error naming the first tensor with a weight past [`WEIGHT_LIMIT`], its value and index.
+pub fn weights_bounded(w: &ModelWeights<HostTensor>) -> Result<()> {
+    for (name, t) in w.named() {
+        if let Some((i, x)) = t
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.abs() > WEIGHT_LIMIT)
+        {
+            bail!("tensor {name} holds {x:e} at index {i}, past {WEIGHT_LIMIT:e}: the weights exploded");
+        }
+    }
+    Ok(())
 }

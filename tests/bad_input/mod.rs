@@ -5,15 +5,18 @@
 
 pub mod config;
 pub mod data;
+pub mod flag_values;
 pub mod flags;
 pub mod folders;
 pub mod gguf;
 pub mod locks;
+pub mod messages;
 pub mod outputs;
 pub mod ownership;
 pub mod resume;
 pub mod safetensors;
 pub mod saved;
+pub mod sizes;
 pub mod training;
 
 use crate::common::fixture;
