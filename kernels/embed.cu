@@ -1,18 +1,5 @@
-// Row gathers: the token embedding (rows of the table by token id) and the tap/logits
-// gathers (rows of an activation). out[i] = x[rows[i]] for i < nrows; x, out have `c` cols.
-// The host checks every index. One block per output row.
+// The embedding backward (the forward is a row gather: rows.cu's gather_rows).
 #include "common.cuh"
-
-extern "C" __global__ void gather_rows(const bf16_t* __restrict__ x, const u32* __restrict__ rows,
-                                       bf16_t* __restrict__ out, int nrows, int c) {
-    const int i = blockIdx.x;
-    if (i >= nrows) return;
-    const bf16_t* src = x + (size_t)rows[i] * c;
-    bf16_t* dst = out + (size_t)i * c;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) dst[j] = src[j];
-}
-
-// ---- backward ----
 
 // Embedding backward: dtable[id] += sum of dx[row] over the rows holding token `id`.
 // The host groups rows by id (CSR): unique ids uid[u], their rows rows[start[u] ..

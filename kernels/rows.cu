@@ -1,5 +1,17 @@
-// Head taps: the writes of patching and ablation (reads are embed.cu's gather_rows).
+// Row moves: gathers (the token embedding, rows of the table by token id; the taps and
+// logits rows of an activation), scatters and slice writes (patching and ablation), and
+// column blocks of weights (the tuned regions). The host checks every index.
 #include "common.cuh"
+
+// out[i] = x[rows[i]] for i < nrows; x, out have `c` cols. One block per output row.
+extern "C" __global__ void gather_rows(const bf16_t* __restrict__ x, const u32* __restrict__ rows,
+                                       bf16_t* __restrict__ out, int nrows, int c) {
+    const int i = blockIdx.x;
+    if (i >= nrows) return;
+    const bf16_t* src = x + (size_t)rows[i] * c;
+    bf16_t* dst = out + (size_t)i * c;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) dst[j] = src[j];
+}
 
 // dst[rows[i]] = src[i] (rows of width c), e.g. new keys/values into the KV cache.
 extern "C" __global__ void scatter_rows(bf16_t* __restrict__ dst, const u32* __restrict__ rows,

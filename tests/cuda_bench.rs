@@ -6,7 +6,7 @@
 
 mod cuda_common;
 use cuda_common::gpu;
-use pinpoint::backend::cuda::init;
+use pinpoint::backend::uniform_host;
 use pinpoint::backend::Backend;
 
 /// `init_uniform` on the device gives exactly the host reference's values, whatever the
@@ -24,7 +24,7 @@ fn device_init_matches_the_host_reference() {
         let dev = b
             .download(&b.uniform(&[n], seed, scale, offset).unwrap())
             .unwrap();
-        let host = init::uniform_host(n, seed, scale, offset);
+        let host = uniform_host(n, seed, scale, offset);
         assert_eq!(dev.data.len(), n);
         let bad = (0..n).find(|&i| dev.data[i].to_bits() != host[i].to_bits());
         assert!(

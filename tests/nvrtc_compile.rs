@@ -3,14 +3,81 @@
 //! Needs no GPU: only `libnvrtc`. Where it comes from (first found):
 //! `$PINPOINT_NVRTC` (file or folder), the PyPI package `nvidia-cuda-nvrtc` as seen by
 //! `python3` (`site-packages/nvidia/cu13/lib`, see scripts/install-nvrtc.sh), the library
-//! path, `/usr/local/cuda/lib64`. Missing NVRTC fails the test under CI (`CI=true`) and
-//! skips it, with the reason printed, elsewhere.
-#![cfg(feature = "cuda")]
+//! path, `/usr/local/cuda/lib64`. Missing NVRTC fails the tests that need it under CI
+//! (`CI=true`) and reports them ignored, with the reason, elsewhere (`harness = false`: the
+//! trials of libtest-mimic can be ignored at run time, which `#[test]` cannot).
 
+#[cfg(feature = "cuda")]
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+#[cfg(feature = "cuda")]
 use pinpoint::backend::cuda::registry::{self, KernelSource, KERNELS};
+#[cfg(feature = "cuda")]
 use std::path::PathBuf;
+#[cfg(feature = "cuda")]
 use std::sync::OnceLock;
 
+#[cfg(not(feature = "cuda"))]
+fn main() {
+    eprintln!("nvrtc_compile: built without the cuda feature, nothing to test");
+}
+
+#[cfg(feature = "cuda")]
+fn main() {
+    let args = Arguments::from_args();
+    let needs_nvrtc: [(&str, fn()); 3] = [
+        (
+            "every_kernel_compiles_for_sm80_and_sm90",
+            every_kernel_compiles_for_sm80_and_sm90,
+        ),
+        (
+            "a_broken_kernel_fails_with_the_compiler_log",
+            a_broken_kernel_fails_with_the_compiler_log,
+        ),
+        (
+            "hot_kernels_do_not_spill_registers",
+            hot_kernels_do_not_spill_registers,
+        ),
+    ];
+    let mut trials: Vec<Trial> = needs_nvrtc
+        .into_iter()
+        .map(|(name, body)| Trial::ignorable_test(name, move || with_nvrtc(body)))
+        .collect();
+    let plain: [(&str, fn()); 2] = [
+        (
+            "ptx_cache_key_covers_source_arch_and_nvrtc",
+            ptx_cache_key_covers_source_arch_and_nvrtc,
+        ),
+        (
+            "a_spill_report_with_loads_is_a_spill",
+            a_spill_report_with_loads_is_a_spill,
+        ),
+    ];
+    trials.extend(plain.into_iter().map(|(name, body)| {
+        Trial::test(name, move || {
+            body();
+            Ok(())
+        })
+    }));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Run `body` where NVRTC loads; report the trial ignored (with the reason) where it does
+/// not, or failed under CI.
+#[cfg(feature = "cuda")]
+fn with_nvrtc(body: fn()) -> Result<Completion, Failed> {
+    match nvrtc() {
+        Ok(()) => {
+            body();
+            Ok(Completion::Completed)
+        }
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            Err(format!("NVRTC is required under CI but missing: {why}").into())
+        }
+        Err(why) => Ok(Completion::ignored_with(format!("no NVRTC: {why}"))),
+    }
+}
+
+#[cfg(feature = "cuda")]
 /// The lib folder of the pip package `nvidia-cuda-nvrtc`, asked of python3.
 fn pip_nvrtc_dir() -> Option<PathBuf> {
     let code = "import nvidia, os\n\
@@ -28,6 +95,7 @@ fn pip_nvrtc_dir() -> Option<PathBuf> {
     text.lines().last().map(PathBuf::from)
 }
 
+#[cfg(feature = "cuda")]
 /// `Ok` when NVRTC is usable; the reason otherwise.
 fn nvrtc() -> Result<(), String> {
     static ONCE: OnceLock<Result<(), String>> = OnceLock::new();
@@ -43,25 +111,8 @@ fn nvrtc() -> Result<(), String> {
     .clone()
 }
 
-/// True when the test should go on; false (after printing why) to skip. Panics under CI.
-fn have_nvrtc(test: &str) -> bool {
-    match nvrtc() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: NVRTC is required under CI but missing: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: no NVRTC ({why})");
-            false
-        }
-    }
-}
-
-#[test]
+#[cfg(feature = "cuda")]
 fn every_kernel_compiles_for_sm80_and_sm90() {
-    if !have_nvrtc("every_kernel_compiles_for_sm80_and_sm90") {
-        return;
-    }
     let (major, minor) = registry::nvrtc_version().unwrap();
     eprintln!("NVRTC {major}.{minor}");
     let mut modules: Vec<&str> = KERNELS.iter().map(|k| k.module).collect();
@@ -125,11 +176,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-#[test]
+#[cfg(feature = "cuda")]
 fn a_broken_kernel_fails_with_the_compiler_log() {
-    if !have_nvrtc("a_broken_kernel_fails_with_the_compiler_log") {
-        return;
-    }
     let broken = KernelSource {
         module: "broken",
         source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }",
@@ -145,7 +193,7 @@ fn a_broken_kernel_fails_with_the_compiler_log() {
     assert!(err.contains("broken.cu"), "{err}");
 }
 
-#[test]
+#[cfg(feature = "cuda")]
 fn ptx_cache_key_covers_source_arch_and_nvrtc() {
     let k = KERNELS[0];
     let mut edited = k;
@@ -157,11 +205,8 @@ fn ptx_cache_key_covers_source_arch_and_nvrtc() {
     assert!(a.starts_with(pinpoint::util::cache_dir().join("ptx")));
 }
 
-#[test]
+#[cfg(feature = "cuda")]
 fn hot_kernels_do_not_spill_registers() {
-    if !have_nvrtc("hot_kernels_do_not_spill_registers") {
-        return;
-    }
     for arch in ["sm_80", "sm_90"] {
         for module in ["gemm", "attention", "attention_tc", "xent", "norm"] {
             let k = registry::source(module).unwrap();
@@ -176,13 +221,14 @@ fn hot_kernels_do_not_spill_registers() {
     }
 }
 
+#[cfg(feature = "cuda")]
 /// A ptxas line about spills that reports none: both stores and loads are 0 bytes
 /// (`0 bytes spill stores, 0 bytes spill loads`); a line with spill loads alone is a spill.
 fn spill_free(line: &str) -> bool {
     line.contains(" 0 bytes spill stores") && line.contains(" 0 bytes spill loads")
 }
 
-#[test]
+#[cfg(feature = "cuda")]
 fn a_spill_report_with_loads_is_a_spill() {
     assert!(spill_free(
         "ptxas info    :  0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"

@@ -10,10 +10,13 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod host;
+pub use host::norm_dot as norm_dot_host;
+mod clock;
 pub mod shapes;
 mod span;
 
-pub use span::{DeviceClock, Span};
+pub use clock::DeviceClock;
+pub use span::Span;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -309,14 +312,7 @@ pub trait Backend: Send + Sync {
         norm: &Self::Tensor,
         eps: f32,
         w: &Self::Tensor,
-    ) -> Result<HostTensor> {
-        norm_dot_host(
-            &self.download(x)?,
-            &self.download(norm)?,
-            eps,
-            &self.download(w)?,
-        )
-    }
+    ) -> Result<HostTensor>;
 }
 
 // ---- Training: the backward of every op above, and the optimizer.
@@ -384,6 +380,7 @@ impl ParamState {
 
 /// The scalars of one AdamW update (`torch.optim.AdamW`, decoupled decay), the same for
 /// every buffer of the step; computed once on the host by `tune::optim::AdamW::next`.
+/// The update itself: `cpu/ops/adamw.rs` (host code calls `host::adamw`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamStep {
     pub beta1: f32,
@@ -397,22 +394,6 @@ pub struct AdamStep {
     pub decay: f32,
     /// Gradient scale from global-norm clipping (1: none).
     pub clip: f32,
-}
-
-impl AdamStep {
-    /// The update on host buffers (the reference every backend matches):
-    /// `g' = g * clip; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
-    /// master = master * decay - step_size * m / (sqrt(v) / bc2_sqrt + eps)`.
-    pub fn apply(&self, s: &mut ParamState, g: &[f32]) {
-        let it = s.master.iter_mut().zip(s.m.iter_mut()).zip(s.v.iter_mut());
-        for (((w, m), v), &g) in it.zip(g) {
-            let gi = g * self.clip;
-            *m = self.beta1 * *m + (1.0 - self.beta1) * gi;
-            *v = self.beta2 * *v + (1.0 - self.beta2) * gi * gi;
-            let denom = v.sqrt() / self.bc2_sqrt + self.eps;
-            *w = *w * self.decay - self.step_size * *m / denom;
-        }
-    }
 }
 
 /// Backward ops. Shapes: `n` rows (tokens), weights `[out, in]` as in HF.
@@ -554,38 +535,4 @@ pub trait TrainBackend: Backend {
         reg: Region,
         a: &AdamStep,
     ) -> Result<()>;
-}
-
-/// [`Backend::norm_dot`] on host tensors, in f64.
-pub fn norm_dot_host(
-    x: &HostTensor,
-    norm: &HostTensor,
-    eps: f32,
-    w: &HostTensor,
-) -> Result<HostTensor> {
-    use rayon::prelude::*;
-    let d = norm.numel();
-    anyhow::ensure!(
-        d > 0 && x.numel().is_multiple_of(d) && w.numel().is_multiple_of(d),
-        "norm_dot: rows of {:?}, norm of {d}, weights of {:?}",
-        x.shape,
-        w.shape
-    );
-    let (n, m) = (x.numel() / d, w.numel() / d);
-    let data: Vec<f32> = x
-        .data
-        .par_chunks(d)
-        .flat_map_iter(|row| {
-            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
-            let inv = 1.0 / (ms + eps as f64).sqrt();
-            w.data.chunks(d).map(move |wr| {
-                let mut acc = 0.0f64;
-                for ((&xv, &g), &wv) in row.iter().zip(&norm.data).zip(wr) {
-                    acc += xv as f64 * inv * g as f64 * wv as f64;
-                }
-                acc as f32
-            })
-        })
-        .collect();
-    Ok(HostTensor::new(vec![n, m], data))
 }

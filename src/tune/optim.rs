@@ -173,7 +173,7 @@ impl AdamW {
         }
         let (a, info) = self.next(Self::grad_norm(grads))?;
         for (s, g) in states.iter_mut().zip(grads) {
-            a.apply(s, g);
+            crate::backend::host::adamw(&a, s, g);
         }
         Ok(info)
     }

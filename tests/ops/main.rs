@@ -8,7 +8,8 @@
 //! `--include-ignored` (scripts/gpu-check.sh). Inputs are bf16-exact, so both devices see
 //! the same values. Awkward sizes: no dimension is a multiple of a tile.
 //!
-//! One file per op: norm, swiglu, rope, attention, embed, xent, adamw, linear.
+//! One file per op: norm, swiglu, rope, attention, embed, xent, adamw, linear; rows.rs: a
+//! bad index writes nothing.
 
 #[cfg(feature = "cuda")]
 #[path = "../cuda_common/mod.rs"]
@@ -57,6 +58,7 @@ mod embed;
 mod linear;
 mod norm;
 mod rope;
+mod rows;
 mod swiglu;
 mod xent;
 

@@ -1,6 +1,16 @@
-//! CPU buffers: zeroed and filled in parallel chunks, on transparent huge pages when large.
+//! CPU buffers: zeroed and filled in parallel chunks, on transparent huge pages when large;
+//! how much work a parallel task gets.
 
 use rayon::prelude::*;
+
+/// Elementwise work below this many elements stays on one thread: waking the pool costs
+/// more than it saves (decode steps are one row per sequence).
+pub(crate) const ELEMS_PER_TASK: usize = 1 << 15;
+
+/// Rows of width `cols` per parallel task for row-wise ops.
+pub(crate) fn rows_per_task(cols: usize) -> usize {
+    (ELEMS_PER_TASK / cols.max(1)).max(1)
+}
 
 /// `vec![0.0; len]`, on transparent huge pages when large: such a buffer is a fresh
 /// mapping (glibc maps allocations above 32 MiB), and 4 KiB pages would cost one page fault

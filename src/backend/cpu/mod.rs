@@ -9,21 +9,11 @@ pub mod simd;
 use super::{AdamStep, AttnShape, Backend, ParamState, Pattern, Region, SeqSpan, TrainBackend};
 use crate::backend::HostTensor;
 use anyhow::Result;
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
 
 pub use gemm::matmul_t;
-
-/// Elementwise work below this many elements stays on one thread: waking the pool costs
-/// more than it saves (decode steps are one row per sequence).
-pub(crate) const ELEMS_PER_TASK: usize = 1 << 15;
-
-/// Rows of width `cols` per parallel task for row-wise ops.
-pub(crate) fn rows_per_task(cols: usize) -> usize {
-    (ELEMS_PER_TASK / cols.max(1)).max(1)
-}
 
 impl Backend for CpuBackend {
     type Tensor = HostTensor;
@@ -73,8 +63,7 @@ impl Backend for CpuBackend {
         ops::rope::rope(x, head_dim, positions, inv_freq)
     }
     fn scale(&self, x: &mut HostTensor, s: f32) -> Result<()> {
-        x.data.par_iter_mut().for_each(|v| *v *= s);
-        Ok(())
+        ops::elementwise::scale(x, s)
     }
 
     fn attention(
@@ -112,13 +101,17 @@ impl Backend for CpuBackend {
     }
 
     fn add_assign(&self, x: &mut HostTensor, y: &HostTensor) -> Result<()> {
-        super::shapes::same_shape("add", &x.shape, &y.shape)?;
-        x.data
-            .par_iter_mut()
-            .with_min_len(ELEMS_PER_TASK)
-            .zip(&y.data)
-            .for_each(|(a, b)| *a += b);
-        Ok(())
+        ops::elementwise::add_assign(x, y)
+    }
+
+    fn norm_dot(
+        &self,
+        x: &HostTensor,
+        norm: &HostTensor,
+        eps: f32,
+        w: &HostTensor,
+    ) -> Result<HostTensor> {
+        ops::norm::norm_dot(x, norm, eps, w)
     }
 }
 

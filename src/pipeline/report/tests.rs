@@ -1,7 +1,9 @@
 //! write_report on a run folder with a few hand-written stage outputs (no model runs).
 
 use super::*;
+use crate::eval::metrics::Rate;
 use crate::pipeline::{Pipeline, PipelineConfig};
+use serde_json::Value;
 use std::path::Path;
 
 fn rates(fields: &[(&str, usize, usize)]) -> Value {

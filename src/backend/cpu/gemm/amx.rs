@@ -27,7 +27,7 @@ const CHUNK: usize = 32;
 /// Tile rows (output rows of a tile, bf16 pairs of a B tile).
 const TR: usize = 16;
 /// bf16 pieces per f32 value.
-const PIECES: usize = 3;
+pub const PIECES: usize = 3;
 /// bf16 elements of one packed tile.
 const TILE: usize = TR * CHUNK;
 /// Chunks per reduction slice: a pair of row tiles' slice of A, 2 x SLICE x PIECES KiB, stays in
@@ -420,9 +420,13 @@ unsafe fn tile_pairs(
 }
 
 /// The three bf16 pieces of 32 f32 values (`lo` then `hi`), each as 32 bf16 in lane order.
+///
+/// # Safety
+/// The CPU must support avx512f and avx512bf16.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
-unsafe fn split3(mut lo: __m512, mut hi: __m512) -> [__m512i; PIECES] {
+#[doc(hidden)] // public for tests/cpu_gemm.rs
+pub unsafe fn split3(mut lo: __m512, mut hi: __m512) -> [__m512i; PIECES] {
     let mut out = [_mm512_setzero_si512(); PIECES];
     for (p, piece) in out.iter_mut().enumerate() {
         // Round to nearest even; lanes 0-15 from lo, 16-31 from hi.
@@ -566,7 +570,3 @@ unsafe fn pack_b_tile(b: Strided<'_>, k: usize, m: usize, chunks: usize, t: usiz
         }
     }
 }
-
-#[cfg(test)]
-#[path = "amx_tests.rs"]
-mod tests;

@@ -14,7 +14,8 @@ pub mod amx;
 mod common;
 #[cfg(target_arch = "x86_64")]
 mod dot;
-mod packed;
+#[doc(hidden)] // public for tests/cpu_gemm.rs
+pub mod packed;
 #[cfg(test)]
 mod tests;
 

@@ -17,7 +17,7 @@ const KC: usize = 256;
 /// Deepest reduction pass of the packed GEMM. Deep passes mean fewer loads and stores of
 /// the output (with k = 576 one pass instead of three; measured ~10% faster): the packed
 /// A micro-panel (14 x KC) and the B panel (KC x 32) stream from L2.
-pub(super) const KC_MAX: usize = 768;
+pub const KC_MAX: usize = 768;
 /// Rows of A per inner block (its pass slice stays in L2 across a task's panels).
 const MC: usize = MR * 8;
 /// A task's slice of B for one reduction pass (the pass's rows by its panels) stays in L2
@@ -147,7 +147,7 @@ fn lane_masks(cols: usize) -> (u16, u16) {
 /// The f32 FMA GEMM behind [`gemm_packed_ptr`] (bounds checked there; `k > 0`).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm_avx512_ptr(
+pub unsafe fn gemm_avx512_ptr(
     dst: *mut f32,
     accumulate: bool,
     n: usize,

@@ -1,17 +1,11 @@
 //! `y = x @ w^T` on the CPU and its backward (input and weight-region gradients).
 
 use crate::backend::cpu::gemm::{gemm_into, matmul_t, Strided};
-use crate::backend::HostTensor;
-use crate::backend::{dims2, Region};
-use anyhow::{bail, ensure, Result};
+use crate::backend::{shapes, HostTensor, Region};
+use anyhow::Result;
 
 pub(crate) fn linear(x: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
-    let (n, k) = dims2(&x.shape)?;
-    let (m, k2) = dims2(&w.shape)?;
-    ensure!(
-        k == k2,
-        "linear: input has {k} columns, weight expects {k2}"
-    );
+    let (n, k, m) = shapes::linear(&x.shape, &w.shape)?;
     Ok(HostTensor::new(
         vec![n, m],
         matmul_t(&x.data, &w.data, n, k, m),
@@ -19,21 +13,15 @@ pub(crate) fn linear(x: &HostTensor, w: &HostTensor) -> Result<HostTensor> {
 }
 
 pub(crate) fn linear_bwd_input_sum(parts: &[(&HostTensor, &HostTensor)]) -> Result<HostTensor> {
-    let Some(&(dy0, w0)) = parts.first() else {
-        bail!("linear_bwd_input_sum: no parts");
-    };
-    let (n, _) = dims2(&dy0.shape)?;
-    let (_, k) = dims2(&w0.shape)?;
+    let shapes: Vec<(&[usize], &[usize])> = parts
+        .iter()
+        .map(|(dy, w)| (&dy.shape[..], &w.shape[..]))
+        .collect();
+    let (n, k) = shapes::linear_bwd_input(&shapes)?;
     // Part i: dy_i [n, m_i] (row-major) @ w_i [m_i, k] (row-major).
     let mut views = Vec::with_capacity(parts.len());
-    for (i, &(dy, w)) in parts.iter().enumerate() {
-        let (n2, m) = dims2(&dy.shape)?;
-        let (m2, k2) = dims2(&w.shape)?;
-        ensure!(
-            m == m2 && n2 == n && k2 == k,
-            "linear_bwd_input: part {i}: dy [{n2}, {m}] and weight [{m2}, {k2}] do not \
-             make [{n}, {k}]"
-        );
+    for &(dy, w) in parts {
+        let m = dy.shape[1];
         let dy_view = Strided {
             data: &dy.data,
             off: 0,
@@ -73,16 +61,7 @@ pub(crate) fn linear_bwd_weight(
     reg: Region,
     dw_reg: &mut HostTensor,
 ) -> Result<()> {
-    let (n, m) = dims2(&dy.shape)?;
-    let (n2, k) = dims2(&x.shape)?;
-    ensure!(n == n2, "linear_bwd_weight: dy has {n} rows, x has {n2}");
-    reg.check(&[m, k])?;
-    let want = reg.shape(&[m, k]);
-    ensure!(
-        dw_reg.numel() == want.iter().product::<usize>(),
-        "linear_bwd_weight: grad buffer {:?} for region {reg:?} of [{m}, {k}]",
-        dw_reg.shape
-    );
+    let (n, m, k) = shapes::linear_bwd_weight(&dy.shape, &x.shape, reg, dw_reg.numel())?;
     match reg {
         Region::Full | Region::Rows { .. } => {
             let (r0, len) = match reg {

@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod elementwise;
 pub mod embed;
 pub mod linear;
 pub mod norm;

@@ -1,7 +1,8 @@
 //! RMSNorm on the CPU: forward `y = w * x / rms(x)` and its backward.
 
+use crate::backend::cpu::buf::rows_per_task;
 use crate::backend::cpu::buf::{par_new, par_zeroed};
-use crate::backend::cpu::{rows_per_task, simd};
+use crate::backend::cpu::simd;
 use crate::backend::shapes;
 use crate::backend::HostTensor;
 use anyhow::Result;
@@ -84,4 +85,26 @@ pub(crate) fn rmsnorm_bwd(
         }
     }
     Ok(HostTensor::new(vec![n, d], dx))
+}
+
+/// `rmsnorm(x) * norm` of rows `x [n, d]` times label rows `w [m, d]^T`, in f64 (what
+/// `Backend::norm_dot` returns): `[n, m]`.
+pub fn norm_dot(x: &HostTensor, norm: &HostTensor, eps: f32, w: &HostTensor) -> Result<HostTensor> {
+    let (n, d, m) = shapes::norm_dot(&x.shape, norm.numel(), &w.shape)?;
+    let data: Vec<f32> = x
+        .data
+        .par_chunks(d)
+        .flat_map_iter(|row| {
+            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            w.data.chunks(d).map(move |wr| {
+                let mut acc = 0.0f64;
+                for ((&xv, &g), &wv) in row.iter().zip(&norm.data).zip(wr) {
+                    acc += xv as f64 * inv * g as f64 * wv as f64;
+                }
+                acc as f32
+            })
+        })
+        .collect();
+    Ok(HostTensor::new(vec![n, m], data))
 }

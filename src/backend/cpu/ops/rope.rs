@@ -1,9 +1,8 @@
 //! Rotate-half RoPE on the CPU: forward and backward (the rotation by `-angle`).
 
-use crate::backend::cpu::rows_per_task;
-use crate::backend::dims2;
-use crate::backend::HostTensor;
-use anyhow::{ensure, Result};
+use crate::backend::cpu::buf::rows_per_task;
+use crate::backend::{shapes, HostTensor};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// `(cos, sin)` of one position: `[D/2]` each, angle = pos * inv_freq in f32 as HF.
@@ -55,34 +54,13 @@ pub fn rotate_half(
         });
 }
 
-fn check(
-    n: usize,
-    c: usize,
-    head_dim: usize,
-    positions: &[usize],
-    inv_freq: &[f32],
-    what: &str,
-) -> Result<()> {
-    ensure!(
-        positions.len() == n
-            && head_dim > 0
-            && c.is_multiple_of(head_dim)
-            && inv_freq.len() * 2 == head_dim,
-        "{what}: {n} rows of width {c}, {} positions, head_dim {head_dim}, {} inverse frequencies",
-        positions.len(),
-        inv_freq.len()
-    );
-    Ok(())
-}
-
 pub(crate) fn rope(
     x: &mut HostTensor,
     head_dim: usize,
     positions: &[usize],
     inv_freq: &[f32],
 ) -> Result<()> {
-    let (n, c) = dims2(&x.shape)?;
-    check(n, c, head_dim, positions, inv_freq, "rope")?;
+    let (_, c) = shapes::rope("rope", &x.shape, head_dim, positions, inv_freq)?;
     rotate_half(&mut x.data, c, head_dim, positions, inv_freq, false);
     Ok(())
 }
@@ -93,8 +71,7 @@ pub(crate) fn rope_bwd(
     positions: &[usize],
     inv_freq: &[f32],
 ) -> Result<()> {
-    let (n, c) = dims2(&dx.shape)?;
-    check(n, c, head_dim, positions, inv_freq, "rope_bwd")?;
+    let (_, c) = shapes::rope("rope_bwd", &dx.shape, head_dim, positions, inv_freq)?;
     rotate_half(&mut dx.data, c, head_dim, positions, inv_freq, true);
     Ok(())
 }

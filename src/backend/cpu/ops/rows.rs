@@ -1,31 +1,22 @@
 //! Row and region moves on the CPU: gather, scatter and slices of rows (the taps of
 //! heads), regions of weights (the tuned slices).
 
-use crate::backend::HostTensor;
-use crate::backend::{dims2, shapes, Region};
-use anyhow::{ensure, Result};
+use crate::backend::{shapes, HostTensor, Region};
+use anyhow::Result;
 
 pub(crate) fn gather_rows(x: &HostTensor, rows: &[usize]) -> Result<HostTensor> {
-    let (n, c) = dims2(&x.shape)?;
+    let (_, c) = shapes::gather_rows(&x.shape, rows)?;
     let mut out = Vec::with_capacity(rows.len() * c);
     for &r in rows {
-        ensure!(r < n, "gather: row {r} out of {n}");
         out.extend_from_slice(&x.data[r * c..(r + 1) * c]);
     }
     Ok(HostTensor::new(vec![rows.len(), c], out))
 }
 
+/// Every row is checked before any of `dst` changes.
 pub(crate) fn scatter_rows(dst: &mut HostTensor, rows: &[usize], src: &HostTensor) -> Result<()> {
-    let (n, c) = dims2(&dst.shape)?;
-    let (sn, sc) = dims2(&src.shape)?;
-    ensure!(
-        sc == c && sn == rows.len(),
-        "scatter: src {:?} for {} rows of width {c}",
-        src.shape,
-        rows.len()
-    );
+    let (_, c) = shapes::scatter_rows(&dst.shape, rows, &src.shape)?;
     for (i, &r) in rows.iter().enumerate() {
-        ensure!(r < n, "scatter: row {r} out of {n}");
         dst.data[r * c..(r + 1) * c].copy_from_slice(&src.data[i * c..(i + 1) * c]);
     }
     Ok(())
@@ -65,14 +56,7 @@ pub(crate) fn read_region(t: &HostTensor, reg: Region) -> Result<HostTensor> {
 }
 
 pub(crate) fn write_region(t: &mut HostTensor, reg: Region, src: &HostTensor) -> Result<()> {
-    reg.check(&t.shape)?;
-    let n = reg.numel(&t.shape);
-    ensure!(
-        src.numel() == n,
-        "write_region: {} values for {reg:?} of {:?}",
-        src.numel(),
-        t.shape
-    );
+    shapes::write_region(&t.shape, reg, src.numel())?;
     match reg {
         Region::Full => t.data.copy_from_slice(&src.data),
         Region::Rows { start, len } => {

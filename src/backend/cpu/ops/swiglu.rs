@@ -1,7 +1,8 @@
 //! SwiGLU on the CPU: `silu(gate) * up` and its backward.
 
+use crate::backend::cpu::buf::ELEMS_PER_TASK;
 use crate::backend::cpu::buf::{par_new, par_new2};
-use crate::backend::cpu::{simd, ELEMS_PER_TASK};
+use crate::backend::cpu::simd;
 use crate::backend::shapes;
 use crate::backend::HostTensor;
 use anyhow::Result;

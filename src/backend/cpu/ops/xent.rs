@@ -1,23 +1,9 @@
 //! Fused softmax cross-entropy on the CPU (loss and `dlogits` in one pass).
 
 use crate::backend::cpu::simd;
-use crate::backend::dims2;
-use crate::backend::HostTensor;
-use anyhow::{bail, ensure, Result};
+use crate::backend::{shapes, HostTensor};
+use anyhow::Result;
 use rayon::prelude::*;
-
-/// Targets of a `[n, vocab]` cross-entropy: one per row, inside the vocabulary.
-fn check_targets(n: usize, vocab: usize, targets: &[Option<u32>]) -> Result<()> {
-    ensure!(
-        targets.len() == n,
-        "xent: {} targets for {n} rows",
-        targets.len()
-    );
-    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
-        bail!("xent: target {t} outside the vocabulary of {vocab}");
-    }
-    Ok(())
-}
 
 /// In place: each row of logits becomes its row of dlogits (no 200 MB allocation,
 /// zero-fill and copy for a SmolLM2 batch).
@@ -26,8 +12,7 @@ pub(crate) fn xent_fwd_bwd_owned(
     targets: &[Option<u32>],
     scale: f32,
 ) -> Result<(f64, HostTensor)> {
-    let (n, vocab) = dims2(&logits.shape)?;
-    check_targets(n, vocab, targets)?;
+    let (_, vocab) = shapes::xent(&logits.shape, targets)?;
     let mut d = logits;
     let losses: Vec<f32> = d
         .data

@@ -1,11 +1,11 @@
 //! The optimizer on the GPU (`kernels/adamw.cu`): f32 master weights and moments on the
 //! device, the global-norm sum of squares, the masked AdamW update.
 
+use crate::backend::cuda::device::{elem_cfg, int, CudaBackend, CudaTensor};
 use crate::backend::cuda::ops::rows::region_geom;
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{elem_cfg, int, CudaBackend, CudaTensor};
-use crate::backend::{AdamStep, HostTensor, ParamState, Region};
-use anyhow::{anyhow, ensure, Context, Result};
+use crate::backend::cuda::registry;
+use crate::backend::{shapes, AdamStep, HostTensor, ParamState, Region};
+use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// Threads per block of `sum_squares_part` (`SS_THREADS` in adamw.cu) and its most blocks.
@@ -64,13 +64,7 @@ pub(crate) fn opt_read(cu: &CudaBackend, s: &CudaOptState) -> Result<ParamState>
 
 pub(crate) fn opt_write(cu: &CudaBackend, s: &mut CudaOptState, host: &ParamState) -> Result<()> {
     let n = s.len;
-    ensure!(
-        host.master.len() == n && host.m.len() == n && host.v.len() == n,
-        "optimizer state of {n} values written with {}/{}/{}",
-        host.master.len(),
-        host.m.len(),
-        host.v.len()
-    );
+    shapes::opt_write(n, host)?;
     if n == 0 {
         return Ok(());
     }
@@ -118,15 +112,9 @@ pub(crate) fn adamw_update(
     reg: Region,
     a: &AdamStep,
 ) -> Result<()> {
+    shapes::adamw(g.numel(), s.len, reg, &w.shape)?;
     let geo = region_geom(reg, &w.shape)?;
     let n = geo.rows * geo.cols;
-    ensure!(
-        g.numel() == s.len && n == s.len,
-        "adamw: gradient {:?}, state of {}, region {reg:?} of {:?}",
-        g.shape,
-        s.len,
-        w.shape
-    );
     if n == 0 {
         return Ok(());
     }

@@ -1,8 +1,8 @@
 //! Causal grouped-query attention on the GPU: CUDA-core kernels (`kernels/attention.cu`) and tensor-core ones (`kernels/attention_tc.cu`), forward and
 //! backward.
 
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::cuda::device::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::cuda::registry;
 use crate::backend::{shapes, AttnShape, Backend, HostTensor, Pattern, SeqSpan};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};

@@ -1,33 +1,14 @@
-//! The embedding lookup on the GPU (`kernels/embed.cu`) and its
-//! backward.
+//! The embedding lookup on the GPU (a row gather, `ops/rows.rs`) and its backward
+//! (`kernels/embed.cu`).
 
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
-use crate::backend::dims2;
-use anyhow::{bail, ensure, Context, Result};
+use crate::backend::cuda::device::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::cuda::registry;
+use crate::backend::shapes;
+use anyhow::{Context, Result};
 use cudarc::driver::PushKernelArg;
 
-impl CudaBackend {
-    pub(crate) fn gather(&self, x: &CudaTensor, rows: &[u32], c: usize) -> Result<CudaTensor> {
-        let mut out = self.tensor(vec![rows.len(), c])?;
-        if rows.is_empty() || c == 0 {
-            return Ok(out);
-        }
-        let idx = self.htod(rows)?;
-        let (ni, ci) = (int(rows.len(), "rows")?, int(c, "cols")?);
-        let f = self.func(registry::GATHER_ROWS)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.buf).arg(&idx).arg(&mut out.buf).arg(&ni).arg(&ci);
-        unsafe { b.launch(rows_cfg(rows.len(), 128)) }.context("gather_rows")?;
-        Ok(out)
-    }
-}
-
 pub(crate) fn embed(cu: &CudaBackend, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor> {
-    let (v, d) = dims2(&table.shape)?;
-    if let Some(id) = ids.iter().find(|&&id| id as usize >= v) {
-        bail!("token id {id} is outside the vocabulary of {v}");
-    }
+    let (_, d) = shapes::embed(&table.shape, ids)?;
     cu.gather(table, ids, d)
 }
 
@@ -37,18 +18,7 @@ pub(crate) fn embed_bwd(
     ids: &[u32],
     dtable: &mut CudaTensor,
 ) -> Result<()> {
-    let (n, d) = dims2(&dx.shape)?;
-    let (vocab, d2) = dims2(&dtable.shape)?;
-    ensure!(
-        n == ids.len() && d == d2,
-        "embed_bwd: dx {:?} for {} ids, table {:?}",
-        dx.shape,
-        ids.len(),
-        dtable.shape
-    );
-    if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
-        bail!("embed_bwd: id {id} outside the vocabulary of {vocab}");
-    }
+    let (n, d) = shapes::embed_bwd(&dx.shape, ids, &dtable.shape)?;
     if n == 0 || d == 0 {
         return Ok(());
     }

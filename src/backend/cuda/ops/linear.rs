@@ -1,9 +1,9 @@
 //! `y = x @ w^T` on the GPU (`kernels/gemm.cu` and cuBLAS) and its backward.
 
+use crate::backend::cuda::device::{int, CudaBackend, CudaTensor};
 use crate::backend::cuda::ops::rows::region_geom;
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{int, CudaBackend, CudaTensor, Gemm};
-use crate::backend::{dims2, Backend, Region};
+use crate::backend::cuda::registry;
+use crate::backend::{shapes, Backend, Gemm, Region};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
@@ -23,12 +23,7 @@ const GEMV_WARPS: usize = 8;
 impl CudaBackend {
     /// `x @ w^T` with an explicit GEMM choice.
     pub fn linear_with(&self, x: &CudaTensor, w: &CudaTensor, gemm: Gemm) -> Result<CudaTensor> {
-        let (n, k) = dims2(&x.shape)?;
-        let (m, k2) = dims2(&w.shape)?;
-        ensure!(
-            k == k2,
-            "linear: input has {k} columns, weight expects {k2}"
-        );
+        let (n, k, m) = shapes::linear(&x.shape, &w.shape)?;
         let mut out = self.tensor(vec![n, m])?;
         if n == 0 || m == 0 {
             return Ok(out);
@@ -175,14 +170,8 @@ pub(crate) fn linear_bwd_input(
     dy: &CudaTensor,
     w: &CudaTensor,
 ) -> Result<CudaTensor> {
-    let (n, m) = dims2(&dy.shape)?;
-    let (m2, k) = dims2(&w.shape)?;
-    ensure!(
-        m == m2,
-        "linear_bwd_input: dy {:?} has {m} columns, weight {:?} has {m2} rows",
-        dy.shape,
-        w.shape
-    );
+    let (n, k) = shapes::linear_bwd_input(&[(&dy.shape, &w.shape)])?;
+    let m = dy.shape[1];
     if m == 0 {
         return cu.zeros(&[n, k]);
     }
@@ -224,20 +213,8 @@ pub(crate) fn linear_bwd_weight(
     reg: Region,
     dw_reg: &mut CudaTensor,
 ) -> Result<()> {
-    let (n, m) = dims2(&dy.shape)?;
-    let (n2, k) = dims2(&x.shape)?;
-    ensure!(
-        n == n2,
-        "linear_bwd_weight: dy {:?} and x {:?} differ in rows",
-        dy.shape,
-        x.shape
-    );
+    let (n, m, k) = shapes::linear_bwd_weight(&dy.shape, &x.shape, reg, dw_reg.numel())?;
     let g = region_geom(reg, &[m, k])?;
-    ensure!(
-        dw_reg.numel() == g.rows * g.cols,
-        "linear_bwd_weight: grad buffer {:?} for region {reg:?} of [{m}, {k}]",
-        dw_reg.shape
-    );
     if n == 0 || g.rows == 0 || g.cols == 0 {
         return Ok(()); // nothing to add
     }

@@ -2,11 +2,11 @@
 //! residual add fused with the next norm, the backward, and `norm_dot` (norm then label rows
 //! of lm_head, in f32).
 
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::cuda::device::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::cuda::registry;
 use crate::backend::shapes;
-use crate::backend::{dims2, HostTensor};
-use anyhow::{anyhow, ensure, Context, Result};
+use crate::backend::HostTensor;
+use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Block of `rmsnorm_bwd_dw`: `(NB_COLS, NB_ROWS)`.
@@ -78,14 +78,7 @@ pub(crate) fn norm_dot(
     eps: f32,
     w: &CudaTensor,
 ) -> Result<HostTensor> {
-    let (n, d) = dims2(&x.shape)?;
-    let (m, d2) = dims2(&w.shape)?;
-    ensure!(
-        d == d2 && norm.numel() == d,
-        "norm_dot: rows of width {d}, norm of {}, weights {:?}",
-        norm.numel(),
-        w.shape
-    );
+    let (n, d, m) = shapes::norm_dot(&x.shape, norm.numel(), &w.shape)?;
     if n == 0 || m == 0 {
         return Ok(HostTensor::new(vec![n, m], vec![]));
     }

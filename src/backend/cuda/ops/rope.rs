@@ -1,10 +1,10 @@
 //! Rotate-half RoPE on the GPU (`kernels/rope.cu`): forward and backward (rotation by
 //! `-angle`).
 
-use crate::backend::cuda::registry::KernelFn;
-use crate::backend::cuda::{elem_cfg, int, u32s, CudaBackend, CudaTensor};
-use crate::backend::dims2;
-use anyhow::{ensure, Context, Result};
+use crate::backend::cuda::device::{elem_cfg, int, u32s, CudaBackend, CudaTensor};
+use crate::backend::cuda::registry::{self, KernelFn};
+use crate::backend::shapes;
+use anyhow::{Context, Result};
 use cudarc::driver::PushKernelArg;
 
 impl CudaBackend {
@@ -12,7 +12,7 @@ impl CudaBackend {
     /// -angle) in place on `x [n, heads * head_dim]`. Both take the f32 `inv_freq` the model
     /// computed on the host (`model::rope`, for every RoPE variant), so forward and backward
     /// see the same angles bit for bit, and the same as the CPU oracle.
-    pub(crate) fn rope_launch(
+    fn rope_launch(
         &self,
         kernel: KernelFn,
         x: &mut CudaTensor,
@@ -21,17 +21,12 @@ impl CudaBackend {
         inv_freq: &[f32],
     ) -> Result<()> {
         let what = kernel.function;
-        let (n, c) = dims2(&x.shape)?;
-        ensure!(
-            positions.len() == n
-                && head_dim > 0
-                && head_dim.is_multiple_of(2)
-                && c % head_dim == 0
-                && inv_freq.len() * 2 == head_dim,
-            "{what}: {n} rows of width {c}, {} positions, head_dim {head_dim}, {} inverse frequencies",
-            positions.len(),
-            inv_freq.len()
-        );
+        let op = if kernel == registry::ROPE_BWD {
+            "rope_bwd"
+        } else {
+            "rope"
+        };
+        let (n, c) = shapes::rope(op, &x.shape, head_dim, positions, inv_freq)?;
         if n == 0 || c == 0 {
             return Ok(());
         }
@@ -49,4 +44,24 @@ impl CudaBackend {
         unsafe { b.launch(elem_cfg(n * c / 2)) }.context(what)?;
         Ok(())
     }
+}
+
+pub(crate) fn rope(
+    cu: &CudaBackend,
+    x: &mut CudaTensor,
+    head_dim: usize,
+    positions: &[usize],
+    inv_freq: &[f32],
+) -> Result<()> {
+    cu.rope_launch(registry::ROPE_ROTATE_HALF, x, head_dim, positions, inv_freq)
+}
+
+pub(crate) fn rope_bwd(
+    cu: &CudaBackend,
+    dx: &mut CudaTensor,
+    head_dim: usize,
+    positions: &[usize],
+    inv_freq: &[f32],
+) -> Result<()> {
+    cu.rope_launch(registry::ROPE_BWD, dx, head_dim, positions, inv_freq)
 }

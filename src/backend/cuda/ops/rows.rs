@@ -1,12 +1,12 @@
 //! Row and region moves on the GPU (`kernels/rows.cu`): gather, scatter and slices of rows
 //! (the taps of heads), regions of weights (the tuned slices).
 
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{
+use crate::backend::cuda::device::{
     bf16_bits, bf16_value, elem_cfg, int, rows_cfg, u32s, CudaBackend, CudaTensor,
 };
+use crate::backend::cuda::registry;
 use crate::backend::{dims2, shapes, Backend, HostTensor, Region};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use cudarc::driver::PushKernelArg;
 
 /// Where a region lies in a `[r, c]` matrix (1-D `[c]` counts as `[1, c]`): `rows x cols`
@@ -49,6 +49,21 @@ pub(crate) fn region_geom(reg: Region, shape: &[usize]) -> Result<RegionGeom> {
 }
 
 impl CudaBackend {
+    /// Rows `rows` (checked by the caller) of `x`, of `c` columns: `[rows.len(), c]`.
+    pub(crate) fn gather(&self, x: &CudaTensor, rows: &[u32], c: usize) -> Result<CudaTensor> {
+        let mut out = self.tensor(vec![rows.len(), c])?;
+        if rows.is_empty() || c == 0 {
+            return Ok(out);
+        }
+        let idx = self.htod(rows)?;
+        let (ni, ci) = (int(rows.len(), "rows")?, int(c, "cols")?);
+        let f = self.func(registry::GATHER_ROWS)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.buf).arg(&idx).arg(&mut out.buf).arg(&ni).arg(&ci);
+        unsafe { b.launch(rows_cfg(rows.len(), 128)) }.context("gather_rows")?;
+        Ok(out)
+    }
+
     fn dtoh_bf16(
         &self,
         view: cudarc::driver::CudaView<'_, u16>,
@@ -97,10 +112,7 @@ impl CudaBackend {
 }
 
 pub(crate) fn gather_rows(cu: &CudaBackend, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
-    let (n, c) = dims2(&x.shape)?;
-    if let Some(r) = rows.iter().find(|&&r| r >= n) {
-        bail!("gather: row {r} out of {n}");
-    }
+    let (_, c) = shapes::gather_rows(&x.shape, rows)?;
     cu.gather(x, &u32s(rows, "row")?, c)
 }
 
@@ -110,17 +122,7 @@ pub(crate) fn scatter_rows(
     rows: &[usize],
     src: &CudaTensor,
 ) -> Result<()> {
-    let (n, c) = dims2(&dst.shape)?;
-    let (sn, sc) = dims2(&src.shape)?;
-    ensure!(
-        sc == c && sn == rows.len(),
-        "scatter: src {:?} for {} rows of width {c}",
-        src.shape,
-        rows.len()
-    );
-    if let Some(r) = rows.iter().find(|&&r| r >= n) {
-        bail!("scatter: row {r} out of {n}");
-    }
+    let (_, c) = shapes::scatter_rows(&dst.shape, rows, &src.shape)?;
     if rows.is_empty() || c == 0 {
         return Ok(());
     }
@@ -207,14 +209,9 @@ pub(crate) fn write_region(
     reg: Region,
     src: &HostTensor,
 ) -> Result<()> {
+    shapes::write_region(&t.shape, reg, src.numel())?;
     let g = region_geom(reg, &t.shape)?;
     let n = g.rows * g.cols;
-    ensure!(
-        src.numel() == n,
-        "write_region: {} values for {reg:?} of {:?}",
-        src.numel(),
-        t.shape
-    );
     if n == 0 {
         return Ok(());
     }

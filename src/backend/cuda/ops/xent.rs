@@ -1,9 +1,9 @@
 //! Fused softmax cross-entropy on the GPU (`kernels/xent.cu`).
 
-use crate::backend::cuda::registry::{self};
-use crate::backend::cuda::{int, rows_cfg, CudaBackend, CudaTensor};
-use crate::backend::dims2;
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use crate::backend::cuda::device::{int, rows_cfg, CudaBackend, CudaTensor};
+use crate::backend::cuda::registry;
+use crate::backend::shapes;
+use anyhow::{anyhow, Context, Result};
 use cudarc::driver::PushKernelArg;
 
 /// Threads per block of `xent_fwd_bwd` (`XE_THREADS`).
@@ -15,21 +15,11 @@ pub(crate) fn xent_fwd_bwd(
     targets: &[Option<u32>],
     scale: f32,
 ) -> Result<(f64, CudaTensor)> {
-    let (n, vocab) = dims2(&logits.shape)?;
-    ensure!(
-        targets.len() == n,
-        "xent: {} targets for {n} rows of logits {:?}",
-        targets.len(),
-        logits.shape
-    );
-    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
-        bail!("xent: target {t} outside the vocabulary of {vocab}");
-    }
+    let (n, vocab) = shapes::xent(&logits.shape, targets)?;
     let mut dl = cu.tensor(vec![n, vocab])?;
     if n == 0 {
         return Ok((0.0, dl));
     }
-    ensure!(vocab > 0, "xent: empty vocabulary");
     let (ni, vi) = (int(n, "rows")?, int(vocab, "vocab")?);
     let tg: Vec<i32> = targets.iter().map(|t| t.map_or(-1, |t| t as i32)).collect();
     let tg_d = cu.htod(&tg)?;
