@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::{Region, TrainBackend};
-use pinpoint::backward::{self, TrainSeq};
 use pinpoint::heads::{HeadId, Positions, Taps};
 use pinpoint::model::checkpoint::load_model_dir;
 use pinpoint::model::{HostTensor, ModelWeights};
+use pinpoint::train::{self, TrainSeq};
 use pinpoint::tune::data::{build_example, parse_jsonl};
 use pinpoint::tune::lora::{self, LoraConfig};
 use pinpoint::tune::mask::{param, HeadProjs, LayerParam, Mask, ParamId};
@@ -343,7 +343,7 @@ fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
         }
         let r = read_refs(&fixture(name).join("expected.safetensors"));
         let ids = id_rows(&r["input_ids"]);
-        let unmerged = backward::logits_with(&m, &ads, &ids).unwrap();
+        let unmerged = train::logits_with(&m, &ads, &ids).unwrap();
         let merged = lora::merged(&m, &ads).unwrap();
         let mm = Model::from_host(m.cfg.clone(), &merged, CpuBackend).unwrap();
         let out = mm
@@ -391,9 +391,9 @@ fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
         }
         // Adapter gradients against finite differences of the loss in one coordinate.
         let seqs = data(name);
-        let mut g = backward::Grads::zeros(&t.model, &Mask::none(), &t.adapters).unwrap();
+        let mut g = train::Grads::zeros(&t.model, &Mask::none(), &t.adapters).unwrap();
         let n: usize = seqs.iter().map(|s| s.n_targets()).sum();
-        backward::loss_and_grads(
+        train::loss_and_grads(
             &t.model,
             &t.adapters,
             &Mask::none(),
@@ -412,7 +412,7 @@ fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
                 let ad = &mut t.adapters[1];
                 let x = if which == 0 { &mut ad.a } else { &mut ad.b };
                 x.data[i] += delta;
-                let (l, n) = backward::loss(&t.model, &t.adapters, &seqs).unwrap();
+                let (l, n) = train::loss(&t.model, &t.adapters, &seqs).unwrap();
                 let ad = &mut t.adapters[1];
                 let x = if which == 0 { &mut ad.a } else { &mut ad.b };
                 x.data[i] -= delta;

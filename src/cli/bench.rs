@@ -452,8 +452,8 @@ impl BenchArgs {
         })
     }
 
-    fn act_memory(&self) -> Result<pinpoint::backward::ActMemory> {
-        use pinpoint::backward::ActMemory;
+    fn act_memory(&self) -> Result<pinpoint::train::ActMemory> {
+        use pinpoint::train::ActMemory;
         Ok(match self.mem_cap_gib {
             None => ActMemory::Auto,
             Some(g) => {

@@ -186,6 +186,16 @@ impl ModelConfig {
         }
     }
 
+    /// The attention shape every attention call of this model has.
+    pub fn attn_shape(&self) -> crate::backend::AttnShape {
+        crate::backend::AttnShape {
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            window: self.sliding_window,
+        }
+    }
+
     /// Query heads per key/value group.
     pub fn group_size(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads

@@ -34,6 +34,30 @@ pub(crate) trait LayerIo<B: Backend> {
         let _ = (point, t);
         Ok(())
     }
+    /// Layer `l` is done (`model::driver::run_layers`): its input residual and activations,
+    /// kept for a backward or dropped (the default).
+    fn keep(&mut self, l: usize, x_in: B::Tensor, acts: LayerActs<B::Tensor>) {
+        let _ = (l, x_in, acts);
+    }
+}
+
+/// [`LayerIo`] of a block run alone on residual rows (path patching's MLP rows): plain
+/// linears, no taps, no attention.
+pub(crate) struct PlainIo<'a, 'm, B: Backend>(pub &'a Parts<'m, B>);
+
+impl<B: Backend> LayerIo<B> for PlainIo<'_, '_, B> {
+    fn linear(&mut self, l: usize, p: LayerParam, x: &B::Tensor) -> Result<B::Tensor> {
+        plain_linear(self.0, l, p, x)
+    }
+    fn attention(
+        &mut self,
+        l: usize,
+        _q: &B::Tensor,
+        _k: &B::Tensor,
+        _v: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        anyhow::bail!("layer {l}: a block run alone on residual rows has no attention")
+    }
 }
 
 /// What a layer reads of the model (`Model::parts`): config, backend and weights.
@@ -111,14 +135,7 @@ pub(crate) fn layer_forward<B: Backend>(
     // bits of x + attn_out.
     let mut x_mid = attn_out;
     b.add_assign(&mut x_mid, x)?;
-    let h2 = b.rmsnorm(&x_mid, &lw.mlp_norm, eps)?;
-    let gate = io.linear(l, LayerParam::Gate, &h2)?; // [n, F]
-    let up = io.linear(l, LayerParam::Up, &h2)?;
-    let act = b.swiglu(&gate, &up)?;
-    let mut mlp_out = io.linear(l, LayerParam::Down, &act)?; // [n, d]
-    io.hook(HookPoint::MlpOut(l), &mut mlp_out)?;
-    let mut x_out = mlp_out;
-    b.add_assign(&mut x_out, &x_mid)?;
+    let (mlp, x_out) = mlp_block(m, io, l, &x_mid)?;
     Ok((
         LayerActs {
             h,
@@ -127,11 +144,41 @@ pub(crate) fn layer_forward<B: Backend>(
             v,
             z,
             x_mid,
-            h2,
-            gate,
-            up,
-            act,
+            h2: mlp.h2,
+            gate: mlp.gate,
+            up: mlp.up,
+            act: mlp.act,
         },
         x_out,
     ))
+}
+
+/// What the MLP block keeps for the backward.
+pub(crate) struct MlpActs<T> {
+    pub h2: T,   // [n, d] mlp_norm(x_mid)
+    pub gate: T, // [n, F]
+    pub up: T,   // [n, F]
+    pub act: T,  // [n, F]
+}
+
+/// The MLP block of layer `l` on residual rows `x_mid [n, d]`: `h2 = rmsnorm(x_mid)`,
+/// `act = swiglu(gate(h2), up(h2))`, `x_out = down(act) + x_mid`, `MlpOut(l)` hooked on
+/// down's output. Returns its activations and `x_out`.
+pub(crate) fn mlp_block<B: Backend>(
+    m: &Parts<'_, B>,
+    io: &mut impl LayerIo<B>,
+    l: usize,
+    x_mid: &B::Tensor,
+) -> Result<(MlpActs<B::Tensor>, B::Tensor)> {
+    let b = m.backend;
+    let eps = m.cfg.rms_norm_eps as f32;
+    let h2 = b.rmsnorm(x_mid, &m.weights.layers[l].mlp_norm, eps)?;
+    let gate = io.linear(l, LayerParam::Gate, &h2)?; // [n, F]
+    let up = io.linear(l, LayerParam::Up, &h2)?;
+    let act = b.swiglu(&gate, &up)?;
+    let mut mlp_out = io.linear(l, LayerParam::Down, &act)?; // [n, d]
+    io.hook(HookPoint::MlpOut(l), &mut mlp_out)?;
+    let mut x_out = mlp_out;
+    b.add_assign(&mut x_out, x_mid)?;
+    Ok((MlpActs { h2, gate, up, act }, x_out))
 }

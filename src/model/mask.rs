@@ -176,6 +176,15 @@ pub fn param<T>(w: &ModelWeights<T>, p: ParamId) -> Result<&T> {
     })
 }
 
+/// The matrix of the unembedding and its parameter: lm_head, or the embedding when tied.
+/// The one place this choice is made.
+pub fn head<T>(w: &ModelWeights<T>) -> (&T, ParamId) {
+    match &w.lm_head {
+        Some(h) => (h, ParamId::LmHead),
+        None => (&w.embed, ParamId::Embed),
+    }
+}
+
 /// Index of a bias parameter in [`crate::model::LayerWeights::qkv_bias`].
 fn bias_index(p: LayerParam) -> usize {
     match p {

@@ -1,9 +1,9 @@
 //! Loading and saving models: HF config and safetensors, GGUF import, tokenizer and chat
 //! template, the default model.
 
-pub mod backward;
 pub mod checkpoint;
 pub mod config;
+pub(crate) mod driver;
 pub mod generate;
 pub mod gguf;
 pub mod heads;
@@ -11,6 +11,7 @@ pub(crate) mod layer;
 pub mod mask;
 pub mod rope;
 pub mod tokenizer;
+pub mod train;
 pub mod transformer;
 pub mod zoo;
 

@@ -13,10 +13,10 @@
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
 use crate::backend::{ParamState, Region, Span, TrainBackend};
-use crate::backward::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{load_tensors, save_model_dir, save_safetensors};
 use crate::model::{HostTensor, ModelWeights, StoreDtype};
+use crate::train::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::transformer::Model;
 use crate::tune::lora::{self, LoraConfig};
 use crate::tune::mask::{param, param_mut, Mask, ParamId};
