@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub(crate) mod driver;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod heads;
