@@ -64,7 +64,12 @@ fn bits_equal(a: &HostTensor, b: &HostTensor) -> bool {
 fn all_params(w: &ModelWeights<HostTensor>) -> Vec<ParamId> {
     let mut ps = vec![ParamId::Embed, ParamId::FinalNorm];
     for l in 0..w.layers.len() {
-        ps.extend(LayerParam::ALL.iter().map(|&p| ParamId::Layer(l, p)));
+        ps.extend(
+            w.layers[l]
+                .params()
+                .into_iter()
+                .map(|p| ParamId::Layer(l, p)),
+        );
     }
     if w.lm_head.is_some() {
         ps.push(ParamId::LmHead);
@@ -97,7 +102,7 @@ fn tuned_elements(mask: &Mask, p: ParamId, shape: &[usize]) -> Vec<bool> {
 #[test]
 fn head_mask_freezes_everything_else_bit_for_bit() {
     let heads = [HeadId::new(0, 1), HeadId::new(2, 3), HeadId::new(2, 2)];
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for name in ["tiny-llama", "tiny-mistral", "tiny-qwen3"] {
         for authors_decay in [false, true] {
             let m = model(name);
             let before = m.host_weights().unwrap();
@@ -318,7 +323,7 @@ fn non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for name in ["tiny-llama", "tiny-mistral", "tiny-qwen3"] {
         let m = model(name);
         let before = m.host_weights().unwrap();
         let lc = LoraConfig {

@@ -214,6 +214,8 @@ pub struct LayerWeights<T> {
     /// `[1, G*D]` (a checkpoint's `[out]`, same values): a head's part is a column region,
     /// trained when the mask asks for it.
     pub qkv_bias: Option<[T; 3]>,
+    /// Per-head q and k RMSNorm weights `[D]` where the model has them (Qwen3).
+    pub qk_norm: Option<[T; 2]>,
 }
 
 impl<T> LayerWeights<T> {
@@ -233,6 +235,8 @@ impl<T> LayerWeights<T> {
             LayerParam::QBias => &self.qkv_bias.as_ref()?[0],
             LayerParam::KBias => &self.qkv_bias.as_ref()?[1],
             LayerParam::VBias => &self.qkv_bias.as_ref()?[2],
+            LayerParam::QNorm => &self.qk_norm.as_ref()?[0],
+            LayerParam::KNorm => &self.qk_norm.as_ref()?[1],
         })
     }
 
@@ -251,6 +255,8 @@ impl<T> LayerWeights<T> {
             LayerParam::QBias => &mut self.qkv_bias.as_mut()?[0],
             LayerParam::KBias => &mut self.qkv_bias.as_mut()?[1],
             LayerParam::VBias => &mut self.qkv_bias.as_mut()?[2],
+            LayerParam::QNorm => &mut self.qk_norm.as_mut()?[0],
+            LayerParam::KNorm => &mut self.qk_norm.as_mut()?[1],
         })
     }
 
@@ -258,6 +264,7 @@ impl<T> LayerWeights<T> {
     pub fn params(&self) -> Vec<LayerParam> {
         LayerParam::of_block(Block {
             qkv_bias: self.qkv_bias.is_some(),
+            qk_norm: self.qk_norm.is_some(),
             ..Block::default()
         })
     }
@@ -285,6 +292,10 @@ impl<T> LayerWeights<T> {
                     f(LayerParam::KBias)?,
                     f(LayerParam::VBias)?,
                 ]),
+                false => None,
+            },
+            qk_norm: match has(LayerParam::QNorm) {
+                true => Some([f(LayerParam::QNorm)?, f(LayerParam::KNorm)?]),
                 false => None,
             },
         })

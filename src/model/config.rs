@@ -28,6 +28,9 @@ pub struct ModelConfig {
     /// q/k/v projections carry a bias (Qwen2).
     #[serde(default)]
     pub qkv_bias: bool,
+    /// q and k go through a per-head RMSNorm before RoPE (Qwen3).
+    #[serde(default)]
+    pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub torch_dtype: String,
@@ -130,6 +133,7 @@ impl ModelConfig {
         }
         let cfg = Self {
             qkv_bias: block.qkv_bias,
+            qk_norm: block.qk_norm,
             architecture,
             model_type,
             vocab_size: need("vocab_size")?,
@@ -175,6 +179,7 @@ impl ModelConfig {
         Block {
             qkv_bias: self.qkv_bias,
             sliding_window: self.sliding_window.is_some(),
+            qk_norm: self.qk_norm,
         }
     }
 
@@ -190,6 +195,7 @@ impl ModelConfig {
             intermediate: self.intermediate_size,
             q_dim: self.q_dim(),
             kv_dim: self.kv_dim(),
+            head_dim: self.head_dim,
         }
     }
 

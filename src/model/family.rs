@@ -18,6 +18,8 @@ pub struct Block {
     pub qkv_bias: bool,
     /// `sliding_window` of config.json applies (Mistral).
     pub sliding_window: bool,
+    /// q and k go through an RMSNorm per head (weights `[D]`) before RoPE (Qwen3).
+    pub qk_norm: bool,
 }
 
 /// One model family.
@@ -50,6 +52,7 @@ pub const FAMILIES: &[Family] = &[
         block: Block {
             qkv_bias: false,
             sliding_window: false,
+            qk_norm: false,
         },
         chat_formats: &["llama2", "llama3", "chatml"],
         check: no_attention_bias,
@@ -62,6 +65,7 @@ pub const FAMILIES: &[Family] = &[
         block: Block {
             qkv_bias: false,
             sliding_window: true,
+            qk_norm: false,
         },
         chat_formats: &["mistral", "mistral-control"],
         check: no_attention_bias,
@@ -74,9 +78,26 @@ pub const FAMILIES: &[Family] = &[
         block: Block {
             qkv_bias: true,
             sliding_window: false,
+            qk_norm: false,
         },
         chat_formats: &["qwen", "chatml"],
         check: full_attention_only,
+    },
+    Family {
+        name: "qwen3",
+        title: "Qwen3",
+        architecture: "Qwen3ForCausalLM",
+        model_type: "qwen3",
+        block: Block {
+            qkv_bias: false,
+            sliding_window: false,
+            qk_norm: true,
+        },
+        chat_formats: &["chatml"],
+        check: |f, v| {
+            no_attention_bias(f, v)?;
+            full_attention_only(f, v)
+        },
     },
 ];
 
@@ -156,6 +177,9 @@ pub enum LayerParam {
     QBias,
     KBias,
     VBias,
+    /// Per-head q/k RMSNorm weights `[D]` (Qwen3), shared by every head of the layer.
+    QNorm,
+    KNorm,
 }
 
 /// The sizes a layer weight's shape is made of.
@@ -167,6 +191,8 @@ pub struct LayerDims {
     pub q_dim: usize,
     /// `G * D`.
     pub kv_dim: usize,
+    /// `D`.
+    pub head_dim: usize,
 }
 
 impl LayerParam {
@@ -191,6 +217,9 @@ impl LayerParam {
         if block.qkv_bias {
             ps.extend(LayerParam::BIASES);
         }
+        if block.qk_norm {
+            ps.extend([LayerParam::QNorm, LayerParam::KNorm]);
+        }
         ps
     }
 
@@ -209,6 +238,8 @@ impl LayerParam {
             LayerParam::QBias => "self_attn.q_proj.bias",
             LayerParam::KBias => "self_attn.k_proj.bias",
             LayerParam::VBias => "self_attn.v_proj.bias",
+            LayerParam::QNorm => "self_attn.q_norm.weight",
+            LayerParam::KNorm => "self_attn.k_norm.weight",
         }
     }
 
@@ -223,6 +254,7 @@ impl LayerParam {
             LayerParam::Down => vec![d.hidden, d.intermediate],
             LayerParam::QBias => vec![1, d.q_dim],
             LayerParam::KBias | LayerParam::VBias => vec![1, d.kv_dim],
+            LayerParam::QNorm | LayerParam::KNorm => vec![d.head_dim],
         }
     }
 
@@ -250,6 +282,8 @@ impl LayerParam {
                 | LayerParam::QBias
                 | LayerParam::KBias
                 | LayerParam::VBias
+                | LayerParam::QNorm
+                | LayerParam::KNorm
         )
     }
 

@@ -1,11 +1,14 @@
 //! One decoder layer, written once: the evaluation forward (`transformer.rs`: taps, KV
-//! cache, attention patterns) and the training forward (`backward/`: LoRA adapters, the
-//! activations the backward needs) both run it, with what differs between them plugged in
-//! through [`LayerIo`].
+//! cache, attention patterns) and the training forward (`train/`: LoRA adapters, the
+//! activations the backward needs) both run it through the one driver (`driver.rs`), with
+//! what differs between them plugged in through [`LayerIo`]; path patching runs its MLP
+//! block ([`mlp_block`]) on single rows. What a family's block has beyond Llama's is read
+//! from the layer's weights (`LayerWeights::qkv_bias`, `qk_norm`; `model::family`).
 //!
-//! Op order (HF Llama/Mistral/Qwen2): `h = rmsnorm(x)`, q/k/v = linears of h (plus Qwen2's
-//! biases), rope on q and k (`model::rope`: the variant's frequencies, yarn's factor),
-//! `z = attention(q, k, v)`, `x_mid = o_proj(z) + x`, `h2 = rmsnorm(x_mid)`,
+//! Op order (HF Llama/Mistral/Qwen2/Qwen3): `h = rmsnorm(x)`, q/k/v = linears of h (plus
+//! Qwen2's biases), q and k normed per head (Qwen3's q/k norms), rope on q and k
+//! (`model::rope`: the variant's frequencies, yarn's factor), `z = attention(q, k, v)`,
+//! `x_mid = o_proj(z) + x`, `h2 = rmsnorm(x_mid)` ([`mlp_block`] from here),
 //! `act = swiglu(gate(h2), up(h2))`, `x_out = down(act) + x_mid`. Hook points: `AttnIn(l)` on
 //! h, `Z(l)` on z, `AttnOut(l)` on o_proj's output, `MlpOut(l)` on down's output (`ResidPre(l)`
 //! is the caller's, on x before the call).
@@ -80,7 +83,7 @@ pub(crate) fn plain_linear<B: Backend>(
 /// `y[i] += bias` for every row i of `y [n, c]` (`bias [1, c]`): the bias broadcast by
 /// gathering its one row n times, then added (existing ops, no bias kernel). A bias adds a
 /// constant to the linear's output, so the input gradients do not change; its own gradient
-/// (the column sums of dy) is the backward's (`backward/layers.rs`).
+/// (the column sums of dy) is the backward's (`train/backward.rs`).
 fn add_bias<B: Backend>(b: &B, y: &mut B::Tensor, bias: &B::Tensor) -> Result<()> {
     let n = b.shape(y)[0];
     let rows = b.gather_rows(bias, &vec![0; n])?;
@@ -89,9 +92,11 @@ fn add_bias<B: Backend>(b: &B, y: &mut B::Tensor, bias: &B::Tensor) -> Result<()
 
 /// What the backward needs of one layer besides its input residual.
 pub(crate) struct LayerActs<T> {
-    pub h: T,     // [n, d] attn_norm(x_in)
-    pub q: T,     // [n, H*D] after rope
-    pub k: T,     // [n, G*D] after rope
+    pub h: T, // [n, d] attn_norm(x_in)
+    pub q: T, // [n, H*D] after rope
+    pub k: T, // [n, G*D] after rope
+    /// q and k before their per-head norms (Qwen3), as rows `[n*H, D]` and `[n*G, D]`.
+    pub qk_pre: Option<(T, T)>,
     pub v: T,     // [n, G*D]
     pub z: T,     // [n, H*D]
     pub x_mid: T, // [n, d] residual after attention
@@ -125,6 +130,15 @@ pub(crate) fn layer_forward<B: Backend>(
         add_bias(b, &mut k, bk)?;
         add_bias(b, &mut v, bv)?;
     }
+    let qk_pre = match &lw.qk_norm {
+        Some([qn, kn]) => {
+            let (q_pre, qn_out) = head_norm(m, q, qn)?;
+            let (k_pre, kn_out) = head_norm(m, k, kn)?;
+            (q, k) = (qn_out, kn_out);
+            Some((q_pre, k_pre))
+        }
+        None => None,
+    };
     rope_qk(b, rope, &mut q, &mut k, positions)?;
     let mut z = io.attention(l, &q, &k, &v)?;
     io.hook(HookPoint::Z(l), &mut z)?;
@@ -141,6 +155,7 @@ pub(crate) fn layer_forward<B: Backend>(
             h,
             q,
             k,
+            qk_pre,
             v,
             z,
             x_mid,
@@ -151,6 +166,22 @@ pub(crate) fn layer_forward<B: Backend>(
         },
         x_out,
     ))
+}
+
+/// RMSNorm of each head's slice of `x [n, heads*D]` with the weights `w [D]` (Qwen3's q/k
+/// norms): returns `x` as rows `[n*heads, D]` (what the norm's backward reads) and the
+/// normed `[n, heads*D]`.
+fn head_norm<B: Backend>(
+    m: &Parts<'_, B>,
+    x: B::Tensor,
+    w: &B::Tensor,
+) -> Result<(B::Tensor, B::Tensor)> {
+    let b = m.backend;
+    let (n, width) = (b.shape(&x)[0], b.shape(&x)[1]);
+    let d = m.cfg.head_dim;
+    let rows = b.reshape(x, &[n * width / d, d])?;
+    let normed = b.rmsnorm(&rows, w, m.cfg.rms_norm_eps as f32)?;
+    Ok((rows, b.reshape(normed, &[n, width])?))
 }
 
 /// What the MLP block keeps for the backward.

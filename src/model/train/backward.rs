@@ -202,6 +202,26 @@ struct StageBwd<'a, B: TrainBackend> {
 }
 
 impl<B: TrainBackend> StageBwd<'_, B> {
+    /// Backward of a per-head q or k norm (`layer::head_norm`, weights `p`): from `dy [n,
+    /// heads*D]` (the gradient of the normed q or k) and `pre` (its input as rows `[n*heads,
+    /// D]`), the gradient of its input `[n, heads*D]`; the weight's gradient += when it trains.
+    fn head_norm_bwd(
+        &self,
+        p: LayerParam,
+        dy: B::Tensor,
+        pre: &B::Tensor,
+        grads: &mut Grads<B::Tensor>,
+    ) -> Result<B::Tensor> {
+        let (m, l) = (self.m, self.l);
+        let b = &m.backend;
+        let shape = b.shape(&dy).to_vec();
+        let w = param(&m.weights, ParamId::Layer(l, p))?;
+        let dw = grad_full(self.mask, grads, ParamId::Layer(l, p))?;
+        let rows = b.reshape(dy, b.shape(pre))?;
+        let dx = b.rmsnorm_bwd(&rows, pre, w, m.cfg.rms_norm_eps as f32, dw)?;
+        b.reshape(dx, &shape)
+    }
+
     /// MLP stage: `x_out = x_mid + down(swiglu(gate(h2), up(h2)))`, `h2 = norm(x_mid)`. Weight
     /// grads +=; with `need_dx`, `dres` becomes dL/dx_mid.
     fn mlp(
@@ -294,6 +314,8 @@ impl<B: TrainBackend> StageBwd<'_, B> {
             LayerParam::QBias,
             LayerParam::KBias,
             LayerParam::VBias,
+            LayerParam::QNorm,
+            LayerParam::KNorm,
         ]
         .iter()
         .any(|&p| trains(mask, adapters, l, p));
@@ -316,6 +338,10 @@ impl<B: TrainBackend> StageBwd<'_, B> {
                 b.attention_bwd(&dz, &a.q, &a.k, &a.v, &batch.spans, cfg.attn_shape())?;
             let rope = cfg.rope.plan(&batch.spans);
             rope_qk_bwd(b, &rope, &mut dq, &mut dk, &batch.positions)?;
+            if let Some((q_pre, k_pre)) = &a.qk_pre {
+                dq = self.head_norm_bwd(LayerParam::QNorm, dq, q_pre, grads)?;
+                dk = self.head_norm_bwd(LayerParam::KNorm, dk, k_pre, grads)?;
+            }
             bias_grads(m, l, mask, [&dq, &dk, &dv], grads)?;
             let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
             let dh = lin_bwd(

@@ -69,7 +69,9 @@ pub(super) fn layer_act_bytes<B: TrainBackend>(m: &Model<B>, n: usize) -> usize 
         c.num_attention_heads * c.head_dim,
         c.num_key_value_heads * c.head_dim,
     );
-    n * (3 * d + 2 * hd + 2 * gd + 3 * f) * m.backend.elem_bytes()
+    // Qwen3's q and k before their norms.
+    let qk_pre = if c.qk_norm { hd + gd } else { 0 };
+    n * (3 * d + 2 * hd + 2 * gd + 3 * f + qk_pre) * m.backend.elem_bytes()
 }
 
 /// Which layers keep all activations: `first` is the lowest layer the backward visits
