@@ -25,16 +25,17 @@ Usage, from the repository root, after `cargo build --release`:
     /opt/fixvenv/bin/python scripts/check_tuned_hf.py TUNED_DIR \
         [--pinpoint target/release/pinpoint] [--prompt TEXT ...] [--raw] [--json OUT]
 
-With --tune-tiny FAMILY (qwen2, llama3; repeatable) the script first makes the model itself:
-a tiny random HF model of that family written by transformers (Qwen2ForCausalLM with
-nonzero q/k/v biases and untied embeddings; a Llama with `llama3` RoPE scaling and tied
+With --tune-tiny FAMILY (qwen2, qwen3, llama3; repeatable) the script first makes the model
+itself: a tiny random HF model of that family written by transformers (Qwen2ForCausalLM with
+nonzero q/k/v biases and untied embeddings; Qwen3ForCausalLM with q/k norms and tied
+embeddings, which SPT leaves frozen; a Llama with `llama3` RoPE scaling and tied
 embeddings), with the family's tiny tokenizer and chat template from
-tests/fixtures/tokenizer/{qwen25,llama3}, tunes two of its heads with `pinpoint tune` on a
+tests/fixtures/tokenizer/{qwen25,llama3} (Qwen3: qwen25's), tunes two of its heads with `pinpoint tune` on a
 few conversations (Qwen2: `--proj q,k,v,o,bias`, the heads' parts of the biases too),
 checks that the tuned heads' slices moved and everything else stayed bit for bit, and then
 runs the check on the tuned output:
 
-    /opt/fixvenv/bin/python scripts/check_tuned_hf.py --tune-tiny qwen2 --tune-tiny llama3
+    /opt/fixvenv/bin/python scripts/check_tuned_hf.py --tune-tiny qwen2 --tune-tiny qwen3 --tune-tiny llama3
 
 The pinpoint binary must have the `logits` subcommand. --pinpoint defaults to
 $PINPOINT_BIN, then $CARGO_TARGET_DIR/release/pinpoint, then target/release/pinpoint.
@@ -86,9 +87,11 @@ def make_tiny(family, out):
     import shutil
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
-    tok_dir = os.path.join(ROOT, "tests", "fixtures", "tokenizer", {"qwen2": "qwen25", "llama3": "llama3"}[family])
+    tok_dir = os.path.join(ROOT, "tests", "fixtures", "tokenizer",
+                           {"qwen2": "qwen25", "qwen3": "qwen25", "llama3": "llama3"}[family])
     with open(os.path.join(tok_dir, "chats.json")) as f:
         vocab = json.load(f)["vocab_size"]
     common = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -99,6 +102,12 @@ def make_tiny(family, out):
         cfg = Qwen2Config(rope_parameters={"rope_type": "default", "rope_theta": 1e6}, max_position_embeddings=512,
                           tie_word_embeddings=False, use_sliding_window=False, **common)
         model = Qwen2ForCausalLM(cfg)
+    elif family == "qwen3":
+        # head_dim 16 with hidden 64 and 4 heads is HF's default too; the q/k norms are the
+        # family's part (fixtures' tiny-qwen3 has a head_dim other than hidden / heads).
+        cfg = Qwen3Config(rope_parameters={"rope_type": "default", "rope_theta": 1e6}, max_position_embeddings=512,
+                          tie_word_embeddings=True, use_sliding_window=False, attention_bias=False, **common)
+        model = Qwen3ForCausalLM(cfg)
     else:
         cfg = LlamaConfig(rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
                                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -173,7 +182,7 @@ def tune_tiny(family, binary, tmp):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", nargs="?", help="HF model directory (config.json, *.safetensors, tokenizer)")
-    ap.add_argument("--tune-tiny", action="append", choices=["qwen2", "llama3"],
+    ap.add_argument("--tune-tiny", action="append", choices=["qwen2", "qwen3", "llama3"],
                     help="make a tiny model of this family, tune two heads with pinpoint, check the output")
     ap.add_argument("--pinpoint", help="the pinpoint binary")
     ap.add_argument("--prompt", action="append", help="a prompt (repeatable)")

@@ -30,9 +30,10 @@ Outputs (all under tests/fixtures/):
                  + expected.safetensors + expected.json
   tiny-mistral/  HF model dir (bfloat16, 2 shards + index, GQA, sliding window 5,
                  explicit head_dim) + expected.safetensors + expected.json
-  tiny-llama3/, tiny-linear/, tiny-dynamic/, tiny-yarn/, tiny-qwen2/
+  tiny-llama3/, tiny-linear/, tiny-dynamic/, tiny-yarn/, tiny-qwen2/, tiny-qwen3/
                  the RoPE variants (llama3, linear in the older rope_scaling format, dynamic
-                 NTK, yarn) and Qwen2 (q/k/v biases), float32, at a context where the variant
+                 NTK, yarn), Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms, head_dim 12
+                 with hidden 32 and 4 heads), float32, at a context where the variant
                  changes the result (see VARIANTS); same tensors as tiny-llama
   smollm2/       expected.json, last_logits.safetensors, z_last.safetensors
 Additionally (not committed): transformers' converted SmolLM2 tokenizer and
@@ -535,11 +536,18 @@ VARIANTS = {
         max_pos=64,
         why="Qwen2: random nonzero q/k/v biases (N(0, 0.5^2)), GQA, untied lm_head",
     ),
+    "tiny-qwen3": dict(
+        family="qwen3", tied=True, seed=3606, kv_heads=2, head_dim=12,
+        rope={"rope_type": "default", "rope_theta": 1000000.0},
+        max_pos=64,
+        why=("Qwen3: per-head q/k RMSNorm (weights 1 + 0.1 N(0,1)) before RoPE, explicit head_dim "
+             "12 != hidden_size / heads = 8, GQA, tied embeddings"),
+    ),
 }
 
 
 def make_variant(name):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     spec = VARIANTS[name]
     d = os.path.join(FIX, name)
@@ -547,13 +555,15 @@ def make_variant(name):
     set_determinism(spec["seed"])
     common = dict(
         vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=spec["kv_heads"], head_dim=8, intermediate_size=48, rms_norm_eps=1e-5,
+        num_key_value_heads=spec["kv_heads"], head_dim=spec.get("head_dim", 8), intermediate_size=48, rms_norm_eps=1e-5,
         rope_parameters=dict(spec["rope"]), max_position_embeddings=spec["max_pos"],
         tie_word_embeddings=spec["tied"], hidden_act="silu", attention_dropout=0.0,
         bos_token_id=1, eos_token_id=2, pad_token_id=None,
     )
     if spec["family"] == "qwen2":
         cls, cfg = Qwen2ForCausalLM, Qwen2Config(use_sliding_window=False, **common)
+    elif spec["family"] == "qwen3":
+        cls, cfg = Qwen3ForCausalLM, Qwen3Config(use_sliding_window=False, attention_bias=False, **common)
     else:
         cls, cfg = LlamaForCausalLM, LlamaConfig(attention_bias=False, mlp_bias=False, **common)
     m = cls(cfg).to(torch.float32)
@@ -565,6 +575,11 @@ def make_variant(name):
                 if n_.endswith(".bias"):
                     p.copy_(0.5 * torch.randn(p.shape, generator=g))
         assert all(m.model.layers[0].self_attn.q_proj.bias.abs() > 0)
+    if spec["family"] == "qwen3":
+        att = m.model.layers[0].self_attn
+        assert att.q_norm.weight.shape == (spec["head_dim"],) and att.k_norm.weight.shape == (spec["head_dim"],)
+        assert not torch.allclose(att.q_norm.weight, torch.ones_like(att.q_norm.weight))
+        assert att.q_proj.weight.shape == (4 * spec["head_dim"], 32)
     m.save_pretrained(d, safe_serialization=True)
     cpath = os.path.join(d, "config.json")
     if spec.get("old_format"):
@@ -607,7 +622,8 @@ def make_variant(name):
                  "attention_scaling": float(rot.attention_scaling)},
         "reference": REFERENCE,
         "init": (f"seed {spec['seed']}; embed N(0, 0.5^2), linear N(0, 0.25^2), norm 1 + 0.1*N(0,1)"
-                 + ("; q/k/v biases N(0, 0.5^2)" if spec["family"] == "qwen2" else "")),
+                 + ("; q/k/v biases N(0, 0.5^2)" if spec["family"] == "qwen2" else "")
+                 + ("; q_norm/k_norm weights are norms: 1 + 0.1*N(0,1)" if spec["family"] == "qwen3" else "")),
         "tensors": shape_dtype(out),
         "layouts": LAYOUTS,
         **meta,

@@ -11,9 +11,12 @@ pub mod profile;
 pub mod tune;
 pub mod util;
 
-// The decoder, its backward, hooks and generation live in `model/`; these paths stay as
+// The decoder, its training, hooks and generation live in `model/`; these paths stay as
 // short names for the rest of the crate and for users.
-pub use model::{backward, generate, heads, transformer};
+/// The old name of [`train`] (it holds the training forward and forward-only passes too,
+/// not only the backward); kept so existing `pinpoint::train::...` paths still build.
+pub use model::train as backward;
+pub use model::{generate, heads, train, transformer};
 
 pub use heads::{HeadId, HookPoint, Positions, Taps};
 pub use transformer::Model;

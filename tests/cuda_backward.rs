@@ -13,10 +13,10 @@ use cuda_common::*;
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::cuda::CudaBackend;
 use pinpoint::backend::{Backend, Region, TrainBackend};
-use pinpoint::backward::{self, Grads, TrainSeq};
 use pinpoint::heads::HeadId;
 use pinpoint::model::checkpoint::load_model_dir;
 use pinpoint::model::HostTensor;
+use pinpoint::train::{self, Grads, TrainSeq};
 use pinpoint::tune::mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 use pinpoint::Model;
 use rand::Rng;
@@ -81,9 +81,9 @@ fn grads_both(
     let n: usize = seqs.iter().map(|s| s.n_targets()).sum();
     let scale = 1.0 / n as f32;
     let mut gc = Grads::zeros(cpu, mask, &[]).unwrap();
-    let (lc, nc) = backward::loss_and_grads(cpu, &[], mask, seqs, scale, &mut gc).unwrap();
+    let (lc, nc) = train::loss_and_grads(cpu, &[], mask, seqs, scale, &mut gc).unwrap();
     let mut gg = Grads::zeros(gpu, mask, &[]).unwrap();
-    let (lg, ng) = backward::loss_and_grads(gpu, &[], mask, seqs, scale, &mut gg).unwrap();
+    let (lg, ng) = train::loss_and_grads(gpu, &[], mask, seqs, scale, &mut gg).unwrap();
     assert_eq!(nc, ng);
     let e = ((lg - lc) / lc).abs() as f32;
     eprintln!("{what} loss: rel err {e:.2e}");
@@ -177,8 +177,8 @@ fn tiny_models_backward_to_z_matches_cpu() {
             .map(|&n| (0..n).map(|_| r.gen_range(0..v as u32)).collect())
             .collect();
         let dl = rand_t(&mut r, &[seqs.len(), v], 1.0);
-        let zc = backward::backward_to_z(&cpu, &seqs, &dl).unwrap();
-        let zg = backward::backward_to_z(&gpu, &seqs, &dl).unwrap();
+        let zc = train::backward_to_z(&cpu, &seqs, &dl).unwrap();
+        let zg = train::backward_to_z(&gpu, &seqs, &dl).unwrap();
         assert_eq!(zc.len(), zg.len());
         for (l, (a, b)) in zg.iter().zip(&zc).enumerate() {
             let a = gpu.backend.download(a).unwrap();

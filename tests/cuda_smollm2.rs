@@ -10,7 +10,6 @@
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::cuda::{cuda_available, CudaBackend, Gemm};
 use pinpoint::backend::Region;
-use pinpoint::backward::TrainSeq;
 use pinpoint::diagnose::attribution::spearman;
 use pinpoint::diagnose::metric::{Metric, MetricKind};
 use pinpoint::diagnose::pairs;
@@ -18,6 +17,7 @@ use pinpoint::diagnose::path_patching;
 use pinpoint::diagnose::run::{diagnose_tokens, DiagnoseConfig, Diagnosis};
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::model::zoo;
+use pinpoint::train::TrainSeq;
 use pinpoint::tune::mask::{HeadProjs, Mask};
 use pinpoint::tune::{Trainer, TuneConfig};
 use pinpoint::{HeadId, Model};

@@ -77,6 +77,7 @@ fn fast_path_patching_equals_the_literal_oracle() {
         "tiny-dynamic",
         "tiny-yarn",
         "tiny-qwen2",
+        "tiny-qwen3",
     ] {
         let m = model(name);
         let ps = pairs(7, 3, m.cfg.vocab_size as u32, false);
@@ -119,6 +120,7 @@ fn activation_patching_equals_one_full_forward_per_head() {
         "tiny-mistral",
         "tiny-yarn",
         "tiny-qwen2",
+        "tiny-qwen3",
         "tiny-dynamic",
     ] {
         let m = model(name);

@@ -7,9 +7,9 @@ mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::{Region, TrainBackend};
-use pinpoint::backward::{self, Grads, TrainSeq};
 use pinpoint::heads::HeadId;
 use pinpoint::model::HostTensor;
+use pinpoint::train::{self, Grads, TrainSeq};
 use pinpoint::tune::mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 use pinpoint::Model;
 use rand::{Rng, SeedableRng};
@@ -41,7 +41,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 fn mean_grads(m: &Model<CpuBackend>, mask: &Mask, seqs: &[TrainSeq]) -> (f64, Grads<HostTensor>) {
     let n: usize = seqs.iter().map(|s| s.n_targets()).sum();
     let mut g = Grads::zeros(m, mask, &[]).unwrap();
-    let (loss, n2) = backward::loss_and_grads(m, &[], mask, seqs, 1.0 / n as f32, &mut g).unwrap();
+    let (loss, n2) = train::loss_and_grads(m, &[], mask, seqs, 1.0 / n as f32, &mut g).unwrap();
     assert_eq!(n, n2);
     (loss / n as f64, g)
 }
@@ -210,7 +210,7 @@ fn whole_model_gradient_matches_finite_differences() {
             let f = |w: &HostTensor| {
                 let mut mb = mm.borrow_mut();
                 *pinpoint::tune::mask::param_mut(&mut mb.weights, s.param).unwrap() = w.clone();
-                let (l, n) = backward::loss(&mb, &[], &seqs).unwrap();
+                let (l, n) = train::loss(&mb, &[], &seqs).unwrap();
                 l / n as f64
             };
             check(&format!("{name} {}", s.param), &f, &x, &gt, &mut rng);
@@ -226,7 +226,7 @@ fn attribution_backward_to_z_matches_finite_differences() {
     let v = m.cfg.vocab_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let dl = rand_t(&mut rng, vec![2, v], 1.0);
-    let dz = backward::backward_to_z(&m, &ids, &dl).unwrap();
+    let dz = train::backward_to_z(&m, &ids, &dl).unwrap();
     assert_eq!(dz.len(), m.n_layers());
     // f(z_l) via a patched forward: perturb z of layer l at one (seq, pos, col).
     use pinpoint::heads::{HookPoint, Positions, Taps};
@@ -281,7 +281,7 @@ fn attribution_backward_to_z_matches_finite_differences() {
 /// keeps only the top layer, on the full mask and on a head mask (backward stops early).
 #[test]
 fn recomputed_activations_give_bit_identical_gradients() {
-    use pinpoint::backward::ActMemory;
+    use pinpoint::train::ActMemory;
     for name in MODELS {
         let (m, r) = load(name);
         let seqs = batch(&r);
@@ -302,16 +302,9 @@ fn recomputed_activations_give_bit_identical_gradients() {
         for mask in &masks {
             let run = |mem: ActMemory| {
                 let mut g = Grads::zeros(&m, mask, &[]).unwrap();
-                let (loss, _) = backward::loss_and_grads_with(
-                    &m,
-                    &[],
-                    mask,
-                    &seqs,
-                    1.0 / n as f32,
-                    &mut g,
-                    mem,
-                )
-                .unwrap();
+                let (loss, _) =
+                    train::loss_and_grads_with(&m, &[], mask, &seqs, 1.0 / n as f32, &mut g, mem)
+                        .unwrap();
                 (loss, g)
             };
             let (l0, g0) = run(ActMemory::KeepAll);

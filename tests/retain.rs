@@ -8,9 +8,9 @@ mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::TrainBackend;
-use pinpoint::backward::{self, xent_and_kl_in_place, SoftTarget, TrainSeq};
 use pinpoint::heads::HeadId;
 use pinpoint::model::HostTensor;
+use pinpoint::train::{self, xent_and_kl_in_place, SoftTarget, TrainSeq};
 use pinpoint::tune::data::{build_example, parse_jsonl};
 use pinpoint::tune::mask::{HeadProjs, Mask};
 use pinpoint::tune::{AdamWConfig, Trainer, TuneConfig};
@@ -182,7 +182,7 @@ fn retain_loss_is_zero_before_any_update_and_grows_when_the_weights_move() {
 
     // Move the tuned slices (CE on other replies), then score the retain examples.
     let mut m2 = tiny();
-    let teachers = backward::soft_targets(&m2, &[], &retain_data(), 32).unwrap();
+    let teachers = train::soft_targets(&m2, &[], &retain_data(), 32).unwrap();
     let mut ce: Vec<TrainSeq> = retain_data();
     for s in &mut ce {
         s.retain = false;
@@ -195,7 +195,7 @@ fn retain_loss_is_zero_before_any_update_and_grows_when_the_weights_move() {
     for (s, p) in scored.iter_mut().zip(teachers) {
         s.teacher = p;
     }
-    let (kl, n) = backward::loss(&m2, &[], &scored).unwrap();
+    let (kl, n) = train::loss(&m2, &[], &scored).unwrap();
     assert!(n > 0 && kl > 1e-4, "KL after training {kl} over {n} rows");
 }
 
@@ -266,6 +266,6 @@ fn a_retain_sequence_without_its_teacher_is_an_error() {
     let m = tiny();
     let mut s = retain_data();
     s.truncate(1);
-    let e = backward::loss(&m, &[], &s).unwrap_err().to_string();
+    let e = train::loss(&m, &[], &s).unwrap_err().to_string();
     assert!(e.contains("retain") && e.contains("teacher"), "{e}");
 }

@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::backend::{Region, TrainBackend};
-use pinpoint::backward::{self, TrainSeq};
 use pinpoint::heads::{HeadId, Positions, Taps};
 use pinpoint::model::checkpoint::load_model_dir;
 use pinpoint::model::{HostTensor, ModelWeights};
+use pinpoint::train::{self, TrainSeq};
 use pinpoint::tune::data::{build_example, parse_jsonl};
 use pinpoint::tune::lora::{self, LoraConfig};
 use pinpoint::tune::mask::{param, HeadProjs, LayerParam, Mask, ParamId};
@@ -64,7 +64,12 @@ fn bits_equal(a: &HostTensor, b: &HostTensor) -> bool {
 fn all_params(w: &ModelWeights<HostTensor>) -> Vec<ParamId> {
     let mut ps = vec![ParamId::Embed, ParamId::FinalNorm];
     for l in 0..w.layers.len() {
-        ps.extend(LayerParam::ALL.iter().map(|&p| ParamId::Layer(l, p)));
+        ps.extend(
+            w.layers[l]
+                .params()
+                .into_iter()
+                .map(|p| ParamId::Layer(l, p)),
+        );
     }
     if w.lm_head.is_some() {
         ps.push(ParamId::LmHead);
@@ -97,7 +102,7 @@ fn tuned_elements(mask: &Mask, p: ParamId, shape: &[usize]) -> Vec<bool> {
 #[test]
 fn head_mask_freezes_everything_else_bit_for_bit() {
     let heads = [HeadId::new(0, 1), HeadId::new(2, 3), HeadId::new(2, 2)];
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for name in ["tiny-llama", "tiny-mistral", "tiny-qwen3"] {
         for authors_decay in [false, true] {
             let m = model(name);
             let before = m.host_weights().unwrap();
@@ -316,7 +321,7 @@ fn non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
-    for name in ["tiny-llama", "tiny-mistral"] {
+    for name in ["tiny-llama", "tiny-mistral", "tiny-qwen3"] {
         let m = model(name);
         let before = m.host_weights().unwrap();
         let lc = LoraConfig {
@@ -341,7 +346,7 @@ fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
         }
         let r = read_refs(&fixture(name).join("expected.safetensors"));
         let ids = id_rows(&r["input_ids"]);
-        let unmerged = backward::logits_with(&m, &ads, &ids).unwrap();
+        let unmerged = train::logits_with(&m, &ads, &ids).unwrap();
         let merged = lora::merged(&m, &ads).unwrap();
         let mm = Model::from_host(m.cfg.clone(), &merged, CpuBackend).unwrap();
         let out = mm
@@ -389,9 +394,9 @@ fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
         }
         // Adapter gradients against finite differences of the loss in one coordinate.
         let seqs = data(name);
-        let mut g = backward::Grads::zeros(&t.model, &Mask::none(), &t.adapters).unwrap();
+        let mut g = train::Grads::zeros(&t.model, &Mask::none(), &t.adapters).unwrap();
         let n: usize = seqs.iter().map(|s| s.n_targets()).sum();
-        backward::loss_and_grads(
+        train::loss_and_grads(
             &t.model,
             &t.adapters,
             &Mask::none(),
@@ -410,7 +415,7 @@ fn lora_merge_equals_the_unmerged_forward_and_the_base_stays_frozen() {
                 let ad = &mut t.adapters[1];
                 let x = if which == 0 { &mut ad.a } else { &mut ad.b };
                 x.data[i] += delta;
-                let (l, n) = backward::loss(&t.model, &t.adapters, &seqs).unwrap();
+                let (l, n) = train::loss(&t.model, &t.adapters, &seqs).unwrap();
                 let ad = &mut t.adapters[1];
                 let x = if which == 0 { &mut ad.a } else { &mut ad.b };
                 x.data[i] -= delta;

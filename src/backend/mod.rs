@@ -18,7 +18,7 @@ mod span;
 pub use clock::DeviceClock;
 pub use span::Span;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
 /// A dense row-major f32 tensor on the host.
@@ -126,6 +126,17 @@ pub fn dims2(shape: &[usize]) -> Result<(usize, usize)> {
     }
 }
 
+/// A reshape keeps the elements: `to` holds as many as `from`. The one check of every
+/// backend's `reshape`.
+pub fn check_reshape(from: &[usize], to: &[usize]) -> Result<()> {
+    let (a, b) = (from.iter().product::<usize>(), to.iter().product::<usize>());
+    ensure!(
+        a == b && !to.is_empty(),
+        "reshape of {from:?} ({a} elements) to {to:?} ({b} elements)"
+    );
+    Ok(())
+}
+
 /// Plain RoPE's inverse frequencies as HF computes them (f32): `1 / theta^(2i/D)`. The
 /// variants start from these (`model::rope`, the one place a model's table is made).
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
@@ -192,6 +203,9 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Result<HostTensor>;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor>;
+    /// The same elements (row-major) viewed as `shape`, without a copy: `[n, H*D]` as
+    /// `[n*H, D]` for a per-head norm. Errors when the element counts differ.
+    fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
 
     /// The device in words, for reports: `cpu (N threads)`, the GPU's name.
     fn device_name(&self) -> String {

@@ -208,6 +208,7 @@ pub(super) fn random_model<B: TrainBackend>(cfg: ModelConfig, b: B) -> Result<Mo
             w_up: r(&[f, d], s, 0.0)?,
             w_down: r(&[d, f], s, 0.0)?,
             qkv_bias: None,
+            qk_norm: None,
         });
     }
     let weights = ModelWeights {
@@ -463,8 +464,8 @@ impl BenchArgs {
         })
     }
 
-    fn act_memory(&self) -> Result<pinpoint::backward::ActMemory> {
-        use pinpoint::backward::ActMemory;
+    fn act_memory(&self) -> Result<pinpoint::train::ActMemory> {
+        use pinpoint::train::ActMemory;
         Ok(match self.mem_cap_gib {
             None => ActMemory::Auto,
             Some(g) => {

@@ -4,10 +4,10 @@
 use super::{Device, DeviceArg, ModelArg};
 use anyhow::{bail, ensure, Context, Result};
 use pinpoint::backend::TrainBackend;
-use pinpoint::backward::ActMemory;
 use pinpoint::heads::HeadId;
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::model::StoreDtype;
+use pinpoint::train::ActMemory;
 use pinpoint::tune::data::{read_jsonl, tokenize};
 use pinpoint::tune::lora::LoraConfig;
 use pinpoint::tune::{

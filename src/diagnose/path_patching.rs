@@ -14,6 +14,8 @@ use super::metric::Metric;
 use super::pairs::TokenPair;
 use crate::backend::Backend;
 use crate::heads::{HeadId, HookPoint, Patch, Positions, Taps};
+use crate::model::layer::{mlp_block, PlainIo};
+use crate::model::mask::head;
 use crate::model::HostTensor;
 use crate::transformer::Model;
 use anyhow::{ensure, Result};
@@ -223,7 +225,7 @@ pub fn path_patching_fast<B: Backend>(
         cfg.head_dim,
         cfg.hidden_size,
     );
-    let eps = cfg.rms_norm_eps as f32;
+    let parts = model.parts();
     let label = LabelHead::new(model, metric)?;
     let heads = model.all_heads();
     let mut per_pair = vec![vec![0.0; runs.len()]; heads.len()];
@@ -292,10 +294,8 @@ pub fn path_patching_fast<B: Backend>(
                 None => delta,
             };
             if !freeze_mlp {
-                let lw = &w.layers[l];
-                let h2 = b.rmsnorm(&xs, &lw.mlp_norm, eps)?;
-                let act = b.swiglu(&b.linear(&h2, &lw.w_gate)?, &b.linear(&h2, &lw.w_up)?)?;
-                b.add_assign(&mut xs, &b.linear(&act, &lw.w_down)?)?;
+                // The layer's own MLP block (`model::layer::mlp_block`) on these rows.
+                xs = mlp_block(&parts, &mut PlainIo(&parts), l, &xs)?.1;
             }
             x = Some(xs);
             if let Some(pb) = progress {
@@ -334,10 +334,9 @@ pub(super) struct LabelHead<'m, B: Backend> {
 impl<'m, B: Backend> LabelHead<'m, B> {
     pub(super) fn new(model: &'m Model<B>, metric: &Metric) -> Result<Self> {
         let w = &model.weights;
-        let head_w = w.lm_head.as_ref().unwrap_or(&w.embed);
         let rows = model
             .backend
-            .gather_rows(head_w, &[metric.syc as usize, metric.anti as usize])?;
+            .gather_rows(head(w).0, &[metric.syc as usize, metric.anti as usize])?;
         let b = &model.backend;
         let host = (b.download(&w.final_norm)?, b.download(&rows)?);
         Ok(Self { model, rows, host })

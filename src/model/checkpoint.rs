@@ -1,6 +1,9 @@
 //! HF safetensors checkpoints: load (single file or sharded, mmap) and save (atomic).
 
 use super::config::ModelConfig;
+use super::family::{
+    layer_tensor_name, Block, LayerParam, EMBED_NAME, FINAL_NORM_NAME, LM_HEAD_NAME,
+};
 use crate::util::{atomic_write, atomic_write_with, write_json};
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
@@ -235,16 +238,95 @@ pub struct LayerWeights<T> {
     /// `[1, G*D]` (a checkpoint's `[out]`, same values): a head's part is a column region,
     /// trained when the mask asks for it.
     pub qkv_bias: Option<[T; 3]>,
+    /// Per-head q and k RMSNorm weights `[D]` where the model has them (Qwen3).
+    pub qk_norm: Option<[T; 2]>,
 }
 
-/// HF names of the q/k/v biases inside `model.layers.{l}.`.
-pub const QKV_BIAS_NAMES: [&str; 3] = [
-    "self_attn.q_proj.bias",
-    "self_attn.k_proj.bias",
-    "self_attn.v_proj.bias",
-];
+impl<T> LayerWeights<T> {
+    /// The tensor of `p`, if this layer has it. With [`LayerWeights::get_mut`] and
+    /// [`LayerWeights::try_build`], the one place a field is tied to its [`LayerParam`].
+    pub fn get(&self, p: LayerParam) -> Option<&T> {
+        Some(match p {
+            LayerParam::AttnNorm => &self.attn_norm,
+            LayerParam::Q => &self.wq,
+            LayerParam::K => &self.wk,
+            LayerParam::V => &self.wv,
+            LayerParam::O => &self.wo,
+            LayerParam::MlpNorm => &self.mlp_norm,
+            LayerParam::Gate => &self.w_gate,
+            LayerParam::Up => &self.w_up,
+            LayerParam::Down => &self.w_down,
+            LayerParam::QBias => &self.qkv_bias.as_ref()?[0],
+            LayerParam::KBias => &self.qkv_bias.as_ref()?[1],
+            LayerParam::VBias => &self.qkv_bias.as_ref()?[2],
+            LayerParam::QNorm => &self.qk_norm.as_ref()?[0],
+            LayerParam::KNorm => &self.qk_norm.as_ref()?[1],
+        })
+    }
 
-/// All weights of a Llama/Mistral model. `lm_head` is `None` when tied to `embed`.
+    /// Mutable [`LayerWeights::get`].
+    pub fn get_mut(&mut self, p: LayerParam) -> Option<&mut T> {
+        Some(match p {
+            LayerParam::AttnNorm => &mut self.attn_norm,
+            LayerParam::Q => &mut self.wq,
+            LayerParam::K => &mut self.wk,
+            LayerParam::V => &mut self.wv,
+            LayerParam::O => &mut self.wo,
+            LayerParam::MlpNorm => &mut self.mlp_norm,
+            LayerParam::Gate => &mut self.w_gate,
+            LayerParam::Up => &mut self.w_up,
+            LayerParam::Down => &mut self.w_down,
+            LayerParam::QBias => &mut self.qkv_bias.as_mut()?[0],
+            LayerParam::KBias => &mut self.qkv_bias.as_mut()?[1],
+            LayerParam::VBias => &mut self.qkv_bias.as_mut()?[2],
+            LayerParam::QNorm => &mut self.qk_norm.as_mut()?[0],
+            LayerParam::KNorm => &mut self.qk_norm.as_mut()?[1],
+        })
+    }
+
+    /// The weights this layer has, in checkpoint order.
+    pub fn params(&self) -> Vec<LayerParam> {
+        LayerParam::of_block(Block {
+            qkv_bias: self.qkv_bias.is_some(),
+            qk_norm: self.qk_norm.is_some(),
+            ..Block::default()
+        })
+    }
+
+    /// A layer with the weights `params` (every block has [`LayerParam::ALL`]; the
+    /// optional parts come whole or not at all), each made by `f`.
+    pub fn try_build(
+        params: &[LayerParam],
+        mut f: impl FnMut(LayerParam) -> Result<T>,
+    ) -> Result<Self> {
+        let has = |p: LayerParam| params.contains(&p);
+        Ok(Self {
+            attn_norm: f(LayerParam::AttnNorm)?,
+            wq: f(LayerParam::Q)?,
+            wk: f(LayerParam::K)?,
+            wv: f(LayerParam::V)?,
+            wo: f(LayerParam::O)?,
+            mlp_norm: f(LayerParam::MlpNorm)?,
+            w_gate: f(LayerParam::Gate)?,
+            w_up: f(LayerParam::Up)?,
+            w_down: f(LayerParam::Down)?,
+            qkv_bias: match has(LayerParam::QBias) {
+                true => Some([
+                    f(LayerParam::QBias)?,
+                    f(LayerParam::KBias)?,
+                    f(LayerParam::VBias)?,
+                ]),
+                false => None,
+            },
+            qk_norm: match has(LayerParam::QNorm) {
+                true => Some([f(LayerParam::QNorm)?, f(LayerParam::KNorm)?]),
+                false => None,
+            },
+        })
+    }
+}
+
+/// All weights of a model. `lm_head` is `None` when tied to `embed`.
 #[derive(Debug, Clone)]
 pub struct ModelWeights<T> {
     pub embed: T, // [vocab, d_model]
@@ -258,33 +340,17 @@ impl<T> ModelWeights<T> {
     pub fn try_map<U>(&self, mut f: impl FnMut(&str, &T) -> Result<U>) -> Result<ModelWeights<U>> {
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            layers.push(LayerWeights {
-                attn_norm: f(&format!("{p}.input_layernorm.weight"), &l.attn_norm)?,
-                wq: f(&format!("{p}.self_attn.q_proj.weight"), &l.wq)?,
-                wk: f(&format!("{p}.self_attn.k_proj.weight"), &l.wk)?,
-                wv: f(&format!("{p}.self_attn.v_proj.weight"), &l.wv)?,
-                wo: f(&format!("{p}.self_attn.o_proj.weight"), &l.wo)?,
-                mlp_norm: f(&format!("{p}.post_attention_layernorm.weight"), &l.mlp_norm)?,
-                w_gate: f(&format!("{p}.mlp.gate_proj.weight"), &l.w_gate)?,
-                w_up: f(&format!("{p}.mlp.up_proj.weight"), &l.w_up)?,
-                w_down: f(&format!("{p}.mlp.down_proj.weight"), &l.w_down)?,
-                qkv_bias: match &l.qkv_bias {
-                    Some([q, k, v]) => Some([
-                        f(&format!("{p}.{}", QKV_BIAS_NAMES[0]), q)?,
-                        f(&format!("{p}.{}", QKV_BIAS_NAMES[1]), k)?,
-                        f(&format!("{p}.{}", QKV_BIAS_NAMES[2]), v)?,
-                    ]),
-                    None => None,
-                },
-            });
+            layers.push(LayerWeights::try_build(&l.params(), |p| {
+                let t = l.get(p).expect("a param of this layer");
+                f(&layer_tensor_name(i, p), t)
+            })?);
         }
         Ok(ModelWeights {
-            embed: f("model.embed_tokens.weight", &self.embed)?,
+            embed: f(EMBED_NAME, &self.embed)?,
             layers,
-            final_norm: f("model.norm.weight", &self.final_norm)?,
+            final_norm: f(FINAL_NORM_NAME, &self.final_norm)?,
             lm_head: match &self.lm_head {
-                Some(t) => Some(f("lm_head.weight", t)?),
+                Some(t) => Some(f(LM_HEAD_NAME, t)?),
                 None => None,
             },
         })
@@ -292,27 +358,16 @@ impl<T> ModelWeights<T> {
 
     /// Every tensor with its HF name, in a stable order.
     pub fn named(&self) -> Vec<(String, &T)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        let mut out = vec![(EMBED_NAME.to_string(), &self.embed)];
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), &l.attn_norm));
-            out.push((format!("{p}.self_attn.q_proj.weight"), &l.wq));
-            out.push((format!("{p}.self_attn.k_proj.weight"), &l.wk));
-            out.push((format!("{p}.self_attn.v_proj.weight"), &l.wv));
-            out.push((format!("{p}.self_attn.o_proj.weight"), &l.wo));
-            out.push((format!("{p}.post_attention_layernorm.weight"), &l.mlp_norm));
-            out.push((format!("{p}.mlp.gate_proj.weight"), &l.w_gate));
-            out.push((format!("{p}.mlp.up_proj.weight"), &l.w_up));
-            out.push((format!("{p}.mlp.down_proj.weight"), &l.w_down));
-            if let Some(b) = &l.qkv_bias {
-                for (name, t) in QKV_BIAS_NAMES.iter().zip(b) {
-                    out.push((format!("{p}.{name}"), t));
-                }
+            for p in l.params() {
+                let t = l.get(p).expect("a param of this layer");
+                out.push((layer_tensor_name(i, p), t));
             }
         }
-        out.push(("model.norm.weight".to_string(), &self.final_norm));
+        out.push((FINAL_NORM_NAME.to_string(), &self.final_norm));
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h));
+            out.push((LM_HEAD_NAME.to_string(), h));
         }
         out
     }
@@ -323,45 +378,26 @@ pub fn weights_from_tensors(
     cfg: &ModelConfig,
     mut t: LoadedTensors,
 ) -> Result<ModelWeights<HostTensor>> {
-    let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
-    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-    let embed = t.take("model.embed_tokens.weight", &[v, d])?;
+    let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+    let dims = cfg.layer_dims();
+    let params = cfg.layer_params();
+    let embed = t.take(EMBED_NAME, &[v, d])?;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        layers.push(LayerWeights {
-            attn_norm: t.take(&format!("{p}.input_layernorm.weight"), &[d])?,
-            wq: t.take(&format!("{p}.self_attn.q_proj.weight"), &[qd, d])?,
-            wk: t.take(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d])?,
-            wv: t.take(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d])?,
-            wo: t.take(&format!("{p}.self_attn.o_proj.weight"), &[d, qd])?,
-            mlp_norm: t.take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-            w_gate: t.take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
-            w_up: t.take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
-            w_down: t.take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
-            qkv_bias: if cfg.qkv_bias {
-                let mut row = |name: &str, n: usize| -> Result<HostTensor> {
-                    let mut b = t.take(&format!("{p}.{name}"), &[n])?;
-                    b.shape = vec![1, n];
-                    Ok(b)
-                };
-                Some([
-                    row(QKV_BIAS_NAMES[0], qd)?,
-                    row(QKV_BIAS_NAMES[1], kvd)?,
-                    row(QKV_BIAS_NAMES[2], kvd)?,
-                ])
-            } else {
-                None
-            },
-        });
+        layers.push(LayerWeights::try_build(&params, |p| {
+            // Biases are stored `[out]` and held as `[1, out]` rows.
+            let mut w = t.take(&layer_tensor_name(i, p), &p.stored_shape(&dims))?;
+            w.shape = p.shape(&dims);
+            Ok(w)
+        })?);
     }
-    let final_norm = t.take("model.norm.weight", &[d])?;
-    let lm_head = if t.tensors.contains_key("lm_head.weight") {
-        let h = t.take("lm_head.weight", &[v, d])?;
+    let final_norm = t.take(FINAL_NORM_NAME, &[d])?;
+    let lm_head = if t.tensors.contains_key(LM_HEAD_NAME) {
+        let h = t.take(LM_HEAD_NAME, &[v, d])?;
         if cfg.tie_word_embeddings {
             // transformers ties lm_head to the embedding and ignores a stored copy: one
             // that differs would make pinpoint compute another model than transformers.
-            headers::tied_copy_matches(&h, &embed, t.origin.get("lm_head.weight"))?;
+            headers::tied_copy_matches(&h, &embed, t.origin.get(LM_HEAD_NAME))?;
             None
         } else {
             Some(h)
@@ -369,7 +405,7 @@ pub fn weights_from_tensors(
     } else if cfg.tie_word_embeddings {
         None
     } else {
-        bail!("checkpoint has no tensor \"lm_head.weight\" and config.json does not tie word embeddings");
+        bail!("checkpoint has no tensor \"{LM_HEAD_NAME}\" and config.json does not tie word embeddings");
     };
     // Rotary caches some exporters keep are harmless; anything else is unexpected.
     t.tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));

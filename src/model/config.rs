@@ -1,12 +1,9 @@
 //! `config.json` of a HF Llama/Mistral checkpoint.
 
+use crate::model::family::{Block, Family, LayerDims, LayerParam};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// Architectures pinpoint runs. Anything else is refused by name.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
 /// The subset of a HF config that defines the Llama/Mistral forward.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +28,9 @@ pub struct ModelConfig {
     /// q/k/v projections carry a bias (Qwen2).
     #[serde(default)]
     pub qkv_bias: bool,
+    /// q and k go through a per-head RMSNorm before RoPE (Qwen3).
+    #[serde(default)]
+    pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub torch_dtype: String,
@@ -99,21 +99,25 @@ impl ModelConfig {
             .and_then(|s| s.as_str())
             .unwrap_or("")
             .to_string();
-        let architecture = match archs.first() {
-            Some(a) => a.clone(),
-            None => match model_type.as_str() {
-                "llama" => "LlamaForCausalLM".into(),
-                "mistral" => "MistralForCausalLM".into(),
-                "qwen2" => "Qwen2ForCausalLM".into(),
-                other => bail!("config has no `architectures` and model_type {other:?} is not llama, mistral or qwen2"),
-            },
+        let family = match archs.first() {
+            Some(a) => Family::by_architecture(a).with_context(|| {
+                format!(
+                    "unsupported architecture {a:?}: pinpoint runs {}",
+                    Family::architectures().join(", ")
+                )
+            })?,
+            None => Family::by_model_type(&model_type).with_context(|| {
+                let types: Vec<&str> = crate::model::family::FAMILIES
+                    .iter()
+                    .map(|f| f.model_type)
+                    .collect();
+                format!(
+                    "config has no `architectures` and model_type {model_type:?} is not {}",
+                    types.join(", ")
+                )
+            })?,
         };
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
-            bail!(
-                "unsupported architecture {architecture:?}: pinpoint runs {}",
-                SUPPORTED_ARCHITECTURES.join(", ")
-            );
-        }
+        let architecture = family.architecture.to_string();
         let need = |k: &str| get_usize(&v, k).with_context(|| format!("config lacks `{k}`"));
         let hidden_size = need("hidden_size")?;
         let num_attention_heads = need("num_attention_heads")?;
@@ -137,27 +141,14 @@ impl ModelConfig {
             get_usize(&v, "vocab_size"),
             "config key `eos_token_id`",
         )?;
-        let sliding_window = if model_type == "mistral" || architecture == "MistralForCausalLM" {
+        let block = family.block;
+        let sliding_window = if model_type == "mistral" || block.sliding_window {
             get_usize(&v, "sliding_window")
         } else {
             None
         };
-        let qwen2 = architecture == "Qwen2ForCausalLM";
+        (family.check)(family, &v)?;
         let flag = |k: &str| v.get(k).and_then(|x| x.as_bool()) == Some(true);
-        if qwen2 {
-            if flag("use_sliding_window") {
-                bail!("config key `use_sliding_window` is true: pinpoint runs Qwen2 with full attention only");
-            }
-            let sliding_layers = v
-                .get("layer_types")
-                .and_then(|x| x.as_array())
-                .is_some_and(|a| a.iter().any(|t| t.as_str() != Some("full_attention")));
-            if sliding_layers {
-                bail!("config key `layer_types` lists layers other than full_attention: pinpoint runs Qwen2 with full attention only");
-            }
-        } else if flag("attention_bias") {
-            bail!("config key `attention_bias` is true (biases on q/k/v and o_proj): pinpoint runs q/k/v biases only, as Qwen2ForCausalLM has them");
-        }
         if flag("mlp_bias") {
             bail!("config key `mlp_bias` is true: pinpoint does not run MLP biases");
         }
@@ -169,7 +160,8 @@ impl ModelConfig {
             bail!("config key `hidden_act` is {act:?}: pinpoint runs SwiGLU with silu only");
         }
         let cfg = Self {
-            qkv_bias: qwen2,
+            qkv_bias: block.qkv_bias,
+            qk_norm: block.qk_norm,
             architecture,
             model_type,
             vocab_size: need("vocab_size")?,
@@ -205,12 +197,43 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// The model family: `llama`, `mistral` or `qwen2`.
+    /// The model family's short name (`model::family`): `llama`, `mistral`, `qwen2`, ...
     pub fn family(&self) -> &'static str {
-        match self.architecture.as_str() {
-            "MistralForCausalLM" => "mistral",
-            "Qwen2ForCausalLM" => "qwen2",
-            _ => "llama",
+        Family::by_architecture(&self.architecture).map_or("llama", |f| f.name)
+    }
+
+    /// The block variant of this model.
+    pub fn block(&self) -> Block {
+        Block {
+            qkv_bias: self.qkv_bias,
+            sliding_window: self.sliding_window.is_some(),
+            qk_norm: self.qk_norm,
+        }
+    }
+
+    /// The weights of one of its layers, in checkpoint order.
+    pub fn layer_params(&self) -> Vec<LayerParam> {
+        LayerParam::of_block(self.block())
+    }
+
+    /// The sizes its layer weights' shapes are made of.
+    pub fn layer_dims(&self) -> LayerDims {
+        LayerDims {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            q_dim: self.q_dim(),
+            kv_dim: self.kv_dim(),
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// The attention shape every attention call of this model has.
+    pub fn attn_shape(&self) -> crate::backend::AttnShape {
+        crate::backend::AttnShape {
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            window: self.sliding_window,
         }
     }
 

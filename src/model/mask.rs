@@ -6,88 +6,13 @@
 
 use crate::backend::Region;
 use crate::heads::HeadId;
+use crate::model::family::{layer_tensor_name, EMBED_NAME, FINAL_NORM_NAME, LM_HEAD_NAME};
 use crate::model::{ModelConfig, ModelWeights};
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A weight of one decoder layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum LayerParam {
-    AttnNorm,
-    Q,
-    K,
-    V,
-    O,
-    MlpNorm,
-    Gate,
-    Up,
-    Down,
-    /// q/k/v biases (Qwen2), held as `[1, out]` rows: a head's part is a column region.
-    QBias,
-    KBias,
-    VBias,
-}
-
-impl LayerParam {
-    pub const ALL: [LayerParam; 9] = [
-        LayerParam::AttnNorm,
-        LayerParam::Q,
-        LayerParam::K,
-        LayerParam::V,
-        LayerParam::O,
-        LayerParam::MlpNorm,
-        LayerParam::Gate,
-        LayerParam::Up,
-        LayerParam::Down,
-    ];
-    /// The q/k/v biases, in that order.
-    pub const BIASES: [LayerParam; 3] = [LayerParam::QBias, LayerParam::KBias, LayerParam::VBias];
-    /// HF name inside `model.layers.{l}.`.
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            LayerParam::AttnNorm => "input_layernorm.weight",
-            LayerParam::Q => "self_attn.q_proj.weight",
-            LayerParam::K => "self_attn.k_proj.weight",
-            LayerParam::V => "self_attn.v_proj.weight",
-            LayerParam::O => "self_attn.o_proj.weight",
-            LayerParam::MlpNorm => "post_attention_layernorm.weight",
-            LayerParam::Gate => "mlp.gate_proj.weight",
-            LayerParam::Up => "mlp.up_proj.weight",
-            LayerParam::Down => "mlp.down_proj.weight",
-            LayerParam::QBias => "self_attn.q_proj.bias",
-            LayerParam::KBias => "self_attn.k_proj.bias",
-            LayerParam::VBias => "self_attn.v_proj.bias",
-        }
-    }
-    /// Part of the attention block (else the MLP block).
-    pub fn is_attn(self) -> bool {
-        matches!(
-            self,
-            LayerParam::AttnNorm
-                | LayerParam::Q
-                | LayerParam::K
-                | LayerParam::V
-                | LayerParam::O
-                | LayerParam::QBias
-                | LayerParam::KBias
-                | LayerParam::VBias
-        )
-    }
-    /// Parse a projection name: q, k, v, o, gate, up, down.
-    pub fn parse_proj(s: &str) -> Result<Self> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "q" | "q_proj" => LayerParam::Q,
-            "k" | "k_proj" => LayerParam::K,
-            "v" | "v_proj" => LayerParam::V,
-            "o" | "o_proj" => LayerParam::O,
-            "gate" | "gate_proj" => LayerParam::Gate,
-            "up" | "up_proj" => LayerParam::Up,
-            "down" | "down_proj" => LayerParam::Down,
-            other => bail!("unknown projection {other:?} (expected q, k, v, o, gate, up, down)"),
-        })
-    }
-}
+pub use crate::model::family::LayerParam;
 
 /// One weight tensor of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -102,29 +27,19 @@ pub enum ParamId {
 impl ParamId {
     pub fn hf_name(self) -> String {
         match self {
-            ParamId::Embed => "model.embed_tokens.weight".into(),
-            ParamId::Layer(l, p) => format!("model.layers.{l}.{}", p.hf_name()),
-            ParamId::FinalNorm => "model.norm.weight".into(),
-            ParamId::LmHead => "lm_head.weight".into(),
+            ParamId::Embed => EMBED_NAME.into(),
+            ParamId::Layer(l, p) => layer_tensor_name(l, p),
+            ParamId::FinalNorm => FINAL_NORM_NAME.into(),
+            ParamId::LmHead => LM_HEAD_NAME.into(),
         }
     }
-    /// Shape as stored (`[out, in]` for matrices, `[d]` for norms, `[1, out]` for biases;
+    /// Shape as held (`[out, in]` for matrices, `[d]` for norms, `[1, out]` for biases;
     /// a checkpoint stores biases as `[out]`).
     pub fn shape(self, cfg: &ModelConfig) -> Vec<usize> {
-        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         match self {
-            ParamId::Embed | ParamId::LmHead => vec![cfg.vocab_size, d],
-            ParamId::FinalNorm => vec![d],
-            ParamId::Layer(_, p) => match p {
-                LayerParam::AttnNorm | LayerParam::MlpNorm => vec![d],
-                LayerParam::Q => vec![cfg.q_dim(), d],
-                LayerParam::K | LayerParam::V => vec![cfg.kv_dim(), d],
-                LayerParam::O => vec![d, cfg.q_dim()],
-                LayerParam::Gate | LayerParam::Up => vec![f, d],
-                LayerParam::Down => vec![d, f],
-                LayerParam::QBias => vec![1, cfg.q_dim()],
-                LayerParam::KBias | LayerParam::VBias => vec![1, cfg.kv_dim()],
-            },
+            ParamId::Embed | ParamId::LmHead => vec![cfg.vocab_size, cfg.hidden_size],
+            ParamId::FinalNorm => vec![cfg.hidden_size],
+            ParamId::Layer(_, p) => p.shape(&cfg.layer_dims()),
         }
     }
     /// Position in the backward chain: embed 0, attention of layer l `1 + 2l`, MLP of layer
@@ -156,32 +71,30 @@ pub fn param<T>(w: &ModelWeights<T>, p: ParamId) -> Result<&T> {
         },
         ParamId::Layer(l, lp) => {
             ensure!(l < w.layers.len(), "no layer {l}");
-            let lw = &w.layers[l];
-            match lp {
-                LayerParam::AttnNorm => &lw.attn_norm,
-                LayerParam::Q => &lw.wq,
-                LayerParam::K => &lw.wk,
-                LayerParam::V => &lw.wv,
-                LayerParam::O => &lw.wo,
-                LayerParam::MlpNorm => &lw.mlp_norm,
-                LayerParam::Gate => &lw.w_gate,
-                LayerParam::Up => &lw.w_up,
-                LayerParam::Down => &lw.w_down,
-                LayerParam::QBias | LayerParam::KBias | LayerParam::VBias => match &lw.qkv_bias {
-                    Some(b) => &b[bias_index(lp)],
-                    None => bail!("layer {l} has no q/k/v biases (only Qwen2 models have them)"),
-                },
+            match w.layers[l].get(lp) {
+                Some(t) => t,
+                None => bail!("{}", missing(l, lp)),
             }
         }
     })
 }
 
-/// Index of a bias parameter in [`crate::model::LayerWeights::qkv_bias`].
-fn bias_index(p: LayerParam) -> usize {
+/// Why layer `l` has no `p`.
+fn missing(l: usize, p: LayerParam) -> String {
     match p {
-        LayerParam::QBias => 0,
-        LayerParam::KBias => 1,
-        _ => 2,
+        LayerParam::QBias | LayerParam::KBias | LayerParam::VBias => {
+            format!("layer {l} has no q/k/v biases (only Qwen2 models have them)")
+        }
+        _ => format!("this model has no {}", layer_tensor_name(l, p)),
+    }
+}
+
+/// The matrix of the unembedding and its parameter: lm_head, or the embedding when tied.
+/// The one place this choice is made.
+pub fn head<T>(w: &ModelWeights<T>) -> (&T, ParamId) {
+    match &w.lm_head {
+        Some(h) => (h, ParamId::LmHead),
+        None => (&w.embed, ParamId::Embed),
     }
 }
 
@@ -196,25 +109,9 @@ pub fn param_mut<T>(w: &mut ModelWeights<T>, p: ParamId) -> Result<&mut T> {
         },
         ParamId::Layer(l, lp) => {
             ensure!(l < w.layers.len(), "no layer {l}");
-            let lw = &mut w.layers[l];
-            match lp {
-                LayerParam::AttnNorm => &mut lw.attn_norm,
-                LayerParam::Q => &mut lw.wq,
-                LayerParam::K => &mut lw.wk,
-                LayerParam::V => &mut lw.wv,
-                LayerParam::O => &mut lw.wo,
-                LayerParam::MlpNorm => &mut lw.mlp_norm,
-                LayerParam::Gate => &mut lw.w_gate,
-                LayerParam::Up => &mut lw.w_up,
-                LayerParam::Down => &mut lw.w_down,
-                LayerParam::QBias | LayerParam::KBias | LayerParam::VBias => {
-                    match &mut lw.qkv_bias {
-                        Some(b) => &mut b[bias_index(lp)],
-                        None => {
-                            bail!("layer {l} has no q/k/v biases (only Qwen2 models have them)")
-                        }
-                    }
-                }
+            match w.layers[l].get_mut(lp) {
+                Some(t) => t,
+                None => bail!("{}", missing(l, lp)),
             }
         }
     })
@@ -427,19 +324,14 @@ impl Mask {
         Self::from_slices(cfg, slices)
     }
 
-    /// Full fine-tuning: every weight (the head only where untied) and bias.
+    /// Full fine-tuning: every weight of the model's block (the head only where untied).
     pub fn all(cfg: &ModelConfig, tied: bool) -> Self {
         let mut slices = vec![Slice {
             param: ParamId::Embed,
             region: Region::Full,
         }];
-        let biases: &[LayerParam] = if cfg.qkv_bias {
-            &LayerParam::BIASES
-        } else {
-            &[]
-        };
         for l in 0..cfg.num_hidden_layers {
-            for &p in LayerParam::ALL.iter().chain(biases) {
+            for p in cfg.layer_params() {
                 slices.push(Slice {
                     param: ParamId::Layer(l, p),
                     region: Region::Full,

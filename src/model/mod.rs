@@ -1,10 +1,11 @@
 //! Loading and saving models: HF config and safetensors, GGUF import, tokenizer and chat
 //! template, the default model.
 
-pub mod backward;
 pub mod checkpoint;
 pub mod config;
 pub mod digest;
+pub(crate) mod driver;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod heads;
@@ -14,6 +15,7 @@ pub mod rope;
 pub mod shard_index;
 pub mod tokenizer;
 pub mod tokenizer_file;
+pub mod train;
 pub mod transformer;
 pub mod zoo;
 

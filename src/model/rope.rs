@@ -124,91 +124,39 @@ impl Rope {
         if prf != 1.0 {
             bail!("config key `partial_rotary_factor` is {prf}: pinpoint rotates whole heads only (1.0)");
         }
-        let need = |k: &str| {
-            num(spec, k).with_context(|| {
-                format!("config key `{key}` (rope_type {kind:?}) lacks the number `{k}`")
-            })
-        };
         let max_pos = v
             .get("max_position_embeddings")
             .and_then(|x| x.as_u64())
             .unwrap_or(4096) as usize;
-        // HF: `original_max_position_embeddings` inside the spec, else a top-level one, else
-        // max_position_embeddings.
-        let original_max = || -> usize {
-            spec.get("original_max_position_embeddings")
-                .or_else(|| v.get("original_max_position_embeddings"))
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .unwrap_or(max_pos)
-        };
-        let positive = |k: &str, x: f64| -> Result<f64> {
-            if !(x.is_finite() && x > 0.0) {
-                bail!("config key `{key}`: `{k}` is {x}; it must be above 0");
-            }
-            Ok(x)
+        let s = Spec {
+            v,
+            spec,
+            key,
+            kind,
+            max_pos,
         };
         let scaling = match kind {
             "default" => RopeScaling::Default,
             "linear" => RopeScaling::Linear {
-                factor: positive("factor", need("factor")?)?,
+                factor: s.positive("factor", s.need("factor")?)?,
             },
             "dynamic" => RopeScaling::Dynamic {
-                factor: positive("factor", need("factor")?)?,
+                factor: s.positive("factor", s.need("factor")?)?,
                 max_position_embeddings: max_pos,
             },
             "llama3" => {
-                let (lo, hi) = (need("low_freq_factor")?, need("high_freq_factor")?);
+                let (lo, hi) = (s.need("low_freq_factor")?, s.need("high_freq_factor")?);
                 if !(lo > 0.0 && hi > lo) {
                     bail!("config key `{key}`: low_freq_factor {lo} and high_freq_factor {hi} must satisfy 0 < low < high");
                 }
                 RopeScaling::Llama3 {
-                    factor: positive("factor", need("factor")?)?,
+                    factor: s.positive("factor", s.need("factor")?)?,
                     low_freq_factor: lo,
                     high_freq_factor: hi,
-                    original_max_position_embeddings: original_max(),
+                    original_max_position_embeddings: s.original_max(),
                 }
             }
-            "yarn" => {
-                let omax = original_max();
-                let factor = match num(spec, "factor") {
-                    Some(f) => f,
-                    None if spec.get("original_max_position_embeddings").is_some() => {
-                        max_pos as f64 / omax as f64
-                    }
-                    None => need("factor")?,
-                };
-                let factor = positive("factor", factor)?;
-                let get_mscale = |scale: f64, m: f64| {
-                    if scale <= 1.0 {
-                        1.0
-                    } else {
-                        0.1 * m * scale.ln() + 1.0
-                    }
-                };
-                let attention_factor = match num(spec, "attention_factor") {
-                    Some(a) => positive("attention_factor", a)?,
-                    None => match (num(spec, "mscale"), num(spec, "mscale_all_dim")) {
-                        (Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
-                            get_mscale(factor, m) / get_mscale(factor, ma)
-                        }
-                        _ => get_mscale(factor, 1.0),
-                    },
-                };
-                // HF: `get("beta_fast") or 32` (a 0 also falls back).
-                let or = |k: &str, d: f64| num(spec, k).filter(|x| *x != 0.0).unwrap_or(d);
-                RopeScaling::Yarn {
-                    factor,
-                    original_max_position_embeddings: omax,
-                    beta_fast: or("beta_fast", 32.0),
-                    beta_slow: or("beta_slow", 1.0),
-                    truncate: spec
-                        .get("truncate")
-                        .and_then(|x| x.as_bool())
-                        .unwrap_or(true),
-                    attention_factor,
-                }
-            }
+            "yarn" => s.yarn()?,
             other => bail!(
                 "config key `{key}` has rope_type {other:?}, which pinpoint does not run (it runs default, linear, dynamic, yarn, llama3)"
             ),
@@ -398,6 +346,89 @@ impl Rope {
             ),
         };
         format!("{} (theta {}{p})", self.scaling.name(), self.theta)
+    }
+}
+
+/// The RoPE spec object of a config (`rope_scaling` or `rope_parameters`, named `key`) of
+/// rope_type `kind`, with the config `v` it came from.
+struct Spec<'a> {
+    v: &'a serde_json::Value,
+    spec: &'a serde_json::Value,
+    key: &'static str,
+    kind: &'a str,
+    max_pos: usize,
+}
+
+impl Spec<'_> {
+    /// A number the rope_type needs.
+    fn need(&self, k: &str) -> Result<f64> {
+        num(self.spec, k).with_context(|| {
+            format!(
+                "config key `{}` (rope_type {:?}) lacks the number `{k}`",
+                self.key, self.kind
+            )
+        })
+    }
+    fn positive(&self, k: &str, x: f64) -> Result<f64> {
+        if !(x.is_finite() && x > 0.0) {
+            bail!(
+                "config key `{}`: `{k}` is {x}; it must be above 0",
+                self.key
+            );
+        }
+        Ok(x)
+    }
+    /// HF: `original_max_position_embeddings` inside the spec, else a top-level one, else
+    /// max_position_embeddings.
+    fn original_max(&self) -> usize {
+        self.spec
+            .get("original_max_position_embeddings")
+            .or_else(|| self.v.get("original_max_position_embeddings"))
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .unwrap_or(self.max_pos)
+    }
+    /// yarn's parameters, HF's defaults where the spec has none.
+    fn yarn(&self) -> Result<RopeScaling> {
+        let spec = self.spec;
+        let omax = self.original_max();
+        let factor = match num(spec, "factor") {
+            Some(f) => f,
+            None if spec.get("original_max_position_embeddings").is_some() => {
+                self.max_pos as f64 / omax as f64
+            }
+            None => self.need("factor")?,
+        };
+        let factor = self.positive("factor", factor)?;
+        let get_mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention_factor = match num(spec, "attention_factor") {
+            Some(a) => self.positive("attention_factor", a)?,
+            None => match (num(spec, "mscale"), num(spec, "mscale_all_dim")) {
+                (Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+                    get_mscale(factor, m) / get_mscale(factor, ma)
+                }
+                _ => get_mscale(factor, 1.0),
+            },
+        };
+        // HF: `get("beta_fast") or 32` (a 0 also falls back).
+        let or = |k: &str, d: f64| num(spec, k).filter(|x| *x != 0.0).unwrap_or(d);
+        Ok(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: omax,
+            beta_fast: or("beta_fast", 32.0),
+            beta_slow: or("beta_slow", 1.0),
+            truncate: spec
+                .get("truncate")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(true),
+            attention_factor,
+        })
     }
 }
 

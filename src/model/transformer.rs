@@ -1,11 +1,16 @@
-//! The Llama/Mistral decoder, written once over [`Backend`]: prefill and KV-cache steps,
-//! with the taps of [`crate::heads`] applied between ops. Each layer is
-//! `model::layer::layer_forward`, which the training forward runs too.
+//! The evaluation forward over [`Backend`]: prefill and KV-cache steps, with the taps of
+//! [`crate::heads`] applied between ops. It runs the one driver (`model::driver`: packing,
+//! embedding, `model::layer::layer_forward` per layer, final norm and head) that the
+//! training forward runs too; what is its own is plugged in through [`EvalIo`].
 
-use crate::backend::{AttnShape, Backend, SeqSpan};
-use crate::heads::{Capture, ForwardOutput, HeadId, HookPoint, Positions, Taps};
+use crate::backend::Backend;
+use crate::heads::{Capture, ForwardOutput, HeadId, HookPoint, Taps};
 use crate::model::checkpoint::load_model_dir;
-use crate::model::layer::{layer_forward, plain_linear, LayerIo, Parts};
+pub use crate::model::driver::warn_past_context;
+use crate::model::driver::{
+    embed, final_logits, run_layers, whole_sequences, Batch, Input, KvRows,
+};
+use crate::model::layer::{plain_linear, LayerIo, Parts};
 use crate::model::mask::LayerParam;
 use crate::model::{HostTensor, ModelConfig, ModelWeights, StoreDtype};
 use anyhow::{bail, ensure, Context, Result};
@@ -46,43 +51,6 @@ pub struct KvCache<B: Backend> {
     pub lens: Vec<usize>,
 }
 
-/// One sequence fed to a forward call: `tokens` continue slot `seq` at position `pos0`.
-/// Say once per process (on stderr) that a sequence runs past the context the model was
-/// trained for: it still runs, as in HF transformers, but positions past
-/// `max_position_embeddings` were never trained and results there mean little.
-pub fn warn_past_context(max_positions: usize, len: usize) {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    if len > max_positions {
-        WARNED.call_once(|| {
-            eprintln!(
-                "warning: a sequence of {len} tokens runs past max_position_embeddings ({max_positions}) in config.json; the model was not trained on positions past it"
-            )
-        });
-    }
-}
-
-struct Input<'a> {
-    /// The name taps use for this sequence.
-    seq: usize,
-    /// Its KV-cache slot (when a cache is used).
-    slot: usize,
-    tokens: &'a [u32],
-    pos0: usize,
-}
-
-/// Whole sequences from position 0, sequence i in slot i.
-fn whole_sequences(seqs: &[Vec<u32>]) -> Vec<Input<'_>> {
-    seqs.iter()
-        .enumerate()
-        .map(|(i, s)| Input {
-            seq: i,
-            slot: i,
-            tokens: s,
-            pos0: 0,
-        })
-        .collect()
-}
-
 /// How a forward call uses a KV cache.
 enum KvMode<'c, B: Backend> {
     /// No cache: each sequence starts at position 0.
@@ -93,42 +61,22 @@ enum KvMode<'c, B: Backend> {
     Read(&'c KvCache<B>),
 }
 
-/// Row bookkeeping of a packed call.
-struct Layout {
-    /// Per input: first row.
-    offsets: Vec<usize>,
-    /// Per row: (seq, absolute position).
-    row_id: Vec<(usize, usize)>,
-}
-
-impl Layout {
-    fn new(inputs: &[Input<'_>]) -> Self {
-        let mut offsets = Vec::with_capacity(inputs.len());
-        let mut row_id = Vec::new();
-        for inp in inputs {
-            offsets.push(row_id.len());
-            row_id.extend((0..inp.tokens.len()).map(|i| (inp.seq, inp.pos0 + i)));
+impl<B: Backend> KvMode<'_, B> {
+    /// Where this call's keys and values live.
+    fn rows(&self) -> KvRows {
+        match self {
+            KvMode::None => KvRows::Own,
+            KvMode::Write(c) => KvRows::Cache {
+                slots: c.lens.len(),
+                capacity: c.capacity,
+                read: false,
+            },
+            KvMode::Read(c) => KvRows::Cache {
+                slots: c.lens.len(),
+                capacity: c.capacity,
+                read: true,
+            },
         }
-        Self { offsets, row_id }
-    }
-    /// Rows selected by `p`.
-    fn select(&self, inputs: &[Input<'_>], p: &Positions) -> Vec<usize> {
-        match p {
-            Positions::None => vec![],
-            Positions::All => (0..self.row_id.len()).collect(),
-            Positions::Last => inputs
-                .iter()
-                .zip(&self.offsets)
-                .filter(|(i, _)| !i.tokens.is_empty())
-                .map(|(i, o)| o + i.tokens.len() - 1)
-                .collect(),
-            Positions::At(ps) => (0..self.row_id.len())
-                .filter(|&r| ps.contains(&self.row_id[r].1))
-                .collect(),
-        }
-    }
-    fn row_of(&self, seq: usize, pos: usize) -> Option<usize> {
-        self.row_id.iter().position(|&id| id == (seq, pos))
     }
 }
 
@@ -175,15 +123,6 @@ impl<B: Backend> Model<B> {
             cfg: &self.cfg,
             backend: &self.backend,
             weights: &self.weights,
-        }
-    }
-
-    fn attn_shape(&self) -> AttnShape {
-        AttnShape {
-            n_heads: self.cfg.num_attention_heads,
-            n_kv_heads: self.cfg.num_key_value_heads,
-            head_dim: self.cfg.head_dim,
-            window: self.cfg.sliding_window,
         }
     }
 
@@ -343,8 +282,7 @@ impl<B: Backend> Model<B> {
         &self,
         point: HookPoint,
         x: &mut B::Tensor,
-        inputs: &[Input<'_>],
-        layout: &Layout,
+        batch: &Batch,
         taps: &Taps,
         pending: &mut Vec<PendingCapture<B::Tensor>>,
     ) -> Result<()> {
@@ -352,7 +290,7 @@ impl<B: Backend> Model<B> {
             return Ok(());
         }
         let b = &self.backend;
-        let n_rows = layout.row_id.len();
+        let n_rows = batch.row_id.len();
         for a in taps.ablations.iter().filter(|a| a.point == point) {
             let width = a.values.len();
             let values = HostTensor::new(vec![n_rows, width], a.values.repeat(n_rows));
@@ -369,7 +307,7 @@ impl<B: Backend> Model<B> {
             for w in widths {
                 let (mut rows, mut cols, mut vals) = (vec![], vec![], vec![]);
                 for p in patches.iter().filter(|p| p.values.len() == w) {
-                    if let Some(r) = layout.row_of(p.seq, p.pos) {
+                    if let Some(r) = batch.row_of(p.seq, p.pos) {
                         rows.push(r);
                         cols.push(p.col0);
                         vals.extend_from_slice(&p.values);
@@ -385,14 +323,14 @@ impl<B: Backend> Model<B> {
         // Gathered on the device now, downloaded after the forward: a download waits for
         // the device, and one per hook point would stall the launch queue every layer.
         for (p, pos) in taps.capture.iter().filter(|(p, _)| *p == point) {
-            let rows = layout.select(inputs, pos);
-            let index = rows.iter().map(|&r| layout.row_id[r]).collect();
+            let rows = batch.select(pos);
+            let index = rows.iter().map(|&r| batch.row_id[r]).collect();
             pending.push((*p, b.gather_rows(x, &rows)?, index));
         }
         Ok(())
     }
 
-    /// The forward. `start = (l, resid)` skips embedding and layers below l.
+    /// The forward (`model::driver`). `start = (l, resid)` skips embedding and layers below l.
     fn run_from(
         &self,
         inputs: &[Input<'_>],
@@ -402,21 +340,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
         let b = &self.backend;
-        let w = &self.weights;
-        ensure!(!inputs.is_empty(), "forward called with no sequences");
-        for (i, inp) in inputs.iter().enumerate() {
-            ensure!(!inp.tokens.is_empty(), "sequence {i} is empty");
-            // Dynamic NTK RoPE is made to run past max_position_embeddings.
-            if !cfg.rope.length_dependent() {
-                warn_past_context(cfg.max_position_embeddings, inp.pos0 + inp.tokens.len());
-            }
-            if let Some(t) = inp.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                bail!(
-                    "sequence {i}: token id {t} is outside the vocabulary ({})",
-                    cfg.vocab_size
-                );
-            }
-        }
+        let batch = Batch::new(cfg, inputs, kv.rows())?;
         for p in &taps.patches {
             ensure!(
                 p.point.layer() <= cfg.num_hidden_layers,
@@ -424,31 +348,6 @@ impl<B: Backend> Model<B> {
                 p.point
             );
         }
-        let layout = Layout::new(inputs);
-        let ids: Vec<u32> = inputs
-            .iter()
-            .flat_map(|i| i.tokens.iter().copied())
-            .collect();
-        let positions: Vec<usize> = layout.row_id.iter().map(|&(_, p)| p).collect();
-        let spans: Vec<SeqSpan> = inputs
-            .iter()
-            .zip(&layout.offsets)
-            .map(|(inp, &off)| SeqSpan {
-                q_start: off,
-                q_len: inp.tokens.len(),
-                kv_start: match &kv {
-                    KvMode::None => off,
-                    KvMode::Write(c) => inp.slot * c.capacity,
-                    KvMode::Read(c) => inp.slot * c.capacity,
-                },
-                pos0: inp.pos0,
-                kv_new: match &kv {
-                    // New keys follow the cache's rows in the concatenated tensor.
-                    KvMode::Read(c) => Some(c.lens.len() * c.capacity + off),
-                    _ => None,
-                },
-            })
-            .collect();
         let cache_rows: Vec<usize> = match &kv {
             KvMode::Write(c) => inputs
                 .iter()
@@ -456,49 +355,30 @@ impl<B: Backend> Model<B> {
                 .collect(),
             _ => vec![],
         };
-        let rope = cfg.rope.plan(&spans);
         let mut out = ForwardOutput::default();
         let mut pending: Vec<PendingCapture<B::Tensor>> = vec![];
-        let (first_layer, mut x) = match start {
+        let parts = self.parts();
+        let (first_layer, x) = match start {
             Some((l, resid)) => (l, resid),
-            None => (0, b.embed(&w.embed, &ids)?), // [n, d]
+            None => (0, embed(&parts, &batch)?), // [n, d]
         };
-        for l in first_layer..w.layers.len() {
-            self.hook(
-                HookPoint::ResidPre(l),
-                &mut x,
-                inputs,
-                &layout,
-                taps,
-                &mut pending,
-            )?;
-            let mut io = EvalIo {
-                m: self,
-                inputs,
-                layout: &layout,
-                taps,
-                pending: &mut pending,
-                kv: &mut kv,
-                spans: &spans,
-                cache_rows: &cache_rows,
-                patterns: &mut out.patterns,
-            };
-            x = layer_forward(&self.parts(), &mut io, l, &x, &positions, &rope)?.1;
-        }
-        self.hook(
-            HookPoint::ResidPre(cfg.num_hidden_layers),
-            &mut x,
+        let mut io = EvalIo {
+            m: self,
             inputs,
-            &layout,
+            batch: &batch,
             taps,
-            &mut pending,
-        )?;
-        let rows = layout.select(inputs, &taps.logits);
+            pending: &mut pending,
+            kv: &mut kv,
+            cache_rows: &cache_rows,
+            patterns: &mut out.patterns,
+        };
+        let x = run_layers(&parts, &mut io, first_layer, x, &batch)?;
+        let rows = batch.select(&taps.logits);
         if !rows.is_empty() {
             let sel = b.gather_rows(&x, &rows)?;
             let logits = self.logits_of_residual(&sel)?;
             out.logits = Capture {
-                index: rows.iter().map(|&r| layout.row_id[r]).collect(),
+                index: rows.iter().map(|&r| batch.row_id[r]).collect(),
                 data: b.download(&logits)?,
             };
         }
@@ -511,10 +391,7 @@ impl<B: Backend> Model<B> {
 
     /// Final norm and lm_head of residual rows `[n, d] -> [n, vocab]`.
     pub fn logits_of_residual(&self, resid: &B::Tensor) -> Result<B::Tensor> {
-        let b = &self.backend;
-        let w = &self.weights;
-        let hn = b.rmsnorm(resid, &w.final_norm, self.cfg.rms_norm_eps as f32)?;
-        b.linear(&hn, w.lm_head.as_ref().unwrap_or(&w.embed))
+        Ok(final_logits(&self.parts(), resid)?.1)
     }
 }
 
@@ -529,11 +406,10 @@ impl<B: Backend> Model<B> {
 struct EvalIo<'a, 'c, B: Backend> {
     m: &'a Model<B>,
     inputs: &'a [Input<'a>],
-    layout: &'a Layout,
+    batch: &'a Batch,
     taps: &'a Taps,
     pending: &'a mut Vec<PendingCapture<B::Tensor>>,
     kv: &'a mut KvMode<'c, B>,
-    spans: &'a [SeqSpan],
     cache_rows: &'a [usize],
     patterns: &'a mut std::collections::BTreeMap<(HeadId, usize), HostTensor>,
 }
@@ -550,7 +426,7 @@ impl<B: Backend> LayerIo<B> for EvalIo<'_, '_, B> {
         k: &B::Tensor,
         v: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let (b, shape, spans) = (&self.m.backend, self.m.attn_shape(), self.spans);
+        let (b, shape, spans) = (&self.m.backend, self.m.cfg.attn_shape(), &self.batch.spans);
         let n_inputs = self.inputs.len();
         let want: Vec<(usize, usize)> = self
             .taps
@@ -580,7 +456,6 @@ impl<B: Backend> LayerIo<B> for EvalIo<'_, '_, B> {
     }
 
     fn hook(&mut self, point: HookPoint, t: &mut B::Tensor) -> Result<()> {
-        self.m
-            .hook(point, t, self.inputs, self.layout, self.taps, self.pending)
+        self.m.hook(point, t, self.batch, self.taps, self.pending)
     }
 }

@@ -217,6 +217,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
         self.inner.shape(t)
     }
+    fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        self.inner.reshape(t, shape)
+    }
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
         let c = Cost::bytes((numel(shape) * self.e()) as f64);
         self.op("zeros", c, || self.inner.zeros(shape))

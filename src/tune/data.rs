@@ -5,8 +5,8 @@
 //! of the next-token distributions along it, so tuning keeps what the original model did
 //! there; the default, `"loss": "ce"`, is cross-entropy on the reply's tokens.
 
-use crate::backward::TrainSeq;
 use crate::model::tokenizer::{ChatMessage, Tokenizer};
+use crate::train::TrainSeq;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;

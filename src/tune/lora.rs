@@ -4,8 +4,8 @@
 
 use crate::backend::host;
 use crate::backend::TrainBackend;
-use crate::backward::Adapter;
 use crate::model::{HostTensor, ModelWeights};
+use crate::train::Adapter;
 use crate::transformer::Model;
 use crate::tune::mask::{param, param_mut, LayerParam, ParamId};
 use anyhow::{ensure, Result};

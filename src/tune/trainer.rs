@@ -13,13 +13,13 @@
 //! `(seed, step)`, and resume reproduces an uninterrupted run bit for bit.
 
 use crate::backend::{ParamState, Region, Span, TrainBackend};
-use crate::backward::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::heads::HeadId;
 use crate::model::checkpoint::{
     load_tensors, safetensors_metadata, save_model_dir, save_model_dir_as, save_safetensors_with,
     stored_dtypes,
 };
 use crate::model::{HostTensor, ModelWeights, StoreDtype};
+use crate::train::{loss_and_grads_with, soft_targets, ActMemory, Adapter, Grads, TrainSeq};
 use crate::transformer::Model;
 use crate::tune::lora::{self, LoraConfig};
 use crate::tune::mask::{param, param_mut, Mask, ParamId};

@@ -1,6 +1,6 @@
 //! The tiny HF fixture models (tests/fixtures, made by scripts/make_fixtures.py): Llama,
-//! Mistral (GQA, window), the RoPE variants (llama3, linear, dynamic, yarn) and Qwen2
-//! (q/k/v biases). Shared by the CPU tests (`common`) and the GPU tests (`cuda_common`).
+//! Mistral (GQA, window), the RoPE variants (llama3, linear, dynamic, yarn), Qwen2
+//! (q/k/v biases) and Qwen3 (per-head q/k norms, head_dim != hidden / heads). Shared by the CPU tests (`common`) and the GPU tests (`cuda_common`).
 
 pub const TINY_MODELS: &[&str] = &[
     "tiny-llama",
@@ -10,4 +10,5 @@ pub const TINY_MODELS: &[&str] = &[
     "tiny-dynamic",
     "tiny-yarn",
     "tiny-qwen2",
+    "tiny-qwen3",
 ];

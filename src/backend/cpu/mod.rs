@@ -40,6 +40,11 @@ impl Backend for CpuBackend {
     fn zeros(&self, shape: &[usize]) -> Result<HostTensor> {
         Ok(HostTensor::zeros(shape.to_vec()))
     }
+    fn reshape(&self, mut t: HostTensor, shape: &[usize]) -> Result<HostTensor> {
+        crate::backend::check_reshape(&t.shape, shape)?;
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
 
     fn embed(&self, table: &HostTensor, ids: &[u32]) -> Result<HostTensor> {
         ops::embed::embed(table, ids)

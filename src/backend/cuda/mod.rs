@@ -99,6 +99,12 @@ impl Backend for CudaBackend {
         &t.shape
     }
 
+    fn reshape(&self, mut t: CudaTensor, shape: &[usize]) -> Result<CudaTensor> {
+        crate::backend::check_reshape(&t.shape, shape)?;
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
+
     fn zeros(&self, shape: &[usize]) -> Result<CudaTensor> {
         let n: usize = shape.iter().product();
         let buf = self

@@ -1,21 +1,14 @@
 //! The backward through the layers: from the gradient of the final residual down to the
 //! lowest stage that trains, weight gradients only for the mask's slices and the adapters.
 
-use super::forward::{adapter_of, attn_shape, layer_forward, Forward, Kept, LayerActs, Packed};
+use super::forward::{adapter_of, layer_forward, Forward, Kept, LayerActs};
 use super::{Adapter, Grads};
 use crate::backend::{HostTensor, Region, Span, TrainBackend};
-use crate::model::mask::{param, LayerParam, Mask, ParamId};
+use crate::model::driver::Batch;
+use crate::model::mask::{head, param, LayerParam, Mask, ParamId};
 use crate::model::rope::rope_qk_bwd;
 use crate::transformer::Model;
 use anyhow::{bail, Result};
-
-/// The head matrix (lm_head, or the embedding when tied) and its parameter id.
-pub(super) fn head<B: TrainBackend>(m: &Model<B>) -> (&B::Tensor, ParamId) {
-    match &m.weights.lm_head {
-        Some(h) => (h, ParamId::LmHead),
-        None => (&m.weights.embed, ParamId::Embed),
-    }
-}
 
 /// Backward of linears of one input `x`, `y_i = x W_i^T (+ adapter)` of parameters `p_i`
 /// with output gradients `dy_i` (`outs`: q/k/v, gate/up, or one): weight grads for the mask's
@@ -38,7 +31,7 @@ pub(super) fn lin_bwd<B: TrainBackend>(
     let mut lora_paths: Vec<(B::Tensor, usize)> = Vec::new();
     for &(dy, p) in outs {
         weights.push(match p {
-            ParamId::LmHead | ParamId::Embed => head(m).0,
+            ParamId::LmHead | ParamId::Embed => head(&m.weights).0,
             _ => param(&m.weights, p)?,
         });
         for (i, reg) in mask.slices_of(p) {
@@ -102,7 +95,7 @@ pub(super) fn backward_layers<B: TrainBackend>(
             Kept::All(x, a) => (x, a),
             Kept::Input(x) => {
                 let mut scratch: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
-                let (a, _) = layer_forward(m, l, &x, &fw.packed, adapters, &mut scratch)?;
+                let (a, _) = layer_forward(m, l, &x, &fw.batch, adapters, &mut scratch)?;
                 (x, a)
             }
             Kept::Nothing => bail!("layer {l}: the forward kept no activations for the backward"),
@@ -125,8 +118,7 @@ pub(super) fn backward_layers<B: TrainBackend>(
             break;
         }
         let need_dx = st > s_min;
-        let Some(dz) =
-            stage.attention(&a, &x_in, &fw.packed, grads, &mut dres, need_dx, want_dz)?
+        let Some(dz) = stage.attention(&a, &x_in, &fw.batch, grads, &mut dres, need_dx, want_dz)?
         else {
             continue;
         };
@@ -137,7 +129,7 @@ pub(super) fn backward_layers<B: TrainBackend>(
     if s_min == 0 {
         // Embedding stage: dtable[ids] += dres.
         if let Some(dt) = grad_full(mask, grads, ParamId::Embed)? {
-            b.embed_bwd(&dres, &fw.packed.ids, dt)?;
+            b.embed_bwd(&dres, &fw.batch.ids, dt)?;
         }
     }
     Ok(dzs)
@@ -210,6 +202,26 @@ struct StageBwd<'a, B: TrainBackend> {
 }
 
 impl<B: TrainBackend> StageBwd<'_, B> {
+    /// Backward of a per-head q or k norm (`layer::head_norm`, weights `p`): from `dy [n,
+    /// heads*D]` (the gradient of the normed q or k) and `pre` (its input as rows `[n*heads,
+    /// D]`), the gradient of its input `[n, heads*D]`; the weight's gradient += when it trains.
+    fn head_norm_bwd(
+        &self,
+        p: LayerParam,
+        dy: B::Tensor,
+        pre: &B::Tensor,
+        grads: &mut Grads<B::Tensor>,
+    ) -> Result<B::Tensor> {
+        let (m, l) = (self.m, self.l);
+        let b = &m.backend;
+        let shape = b.shape(&dy).to_vec();
+        let w = param(&m.weights, ParamId::Layer(l, p))?;
+        let dw = grad_full(self.mask, grads, ParamId::Layer(l, p))?;
+        let rows = b.reshape(dy, b.shape(pre))?;
+        let dx = b.rmsnorm_bwd(&rows, pre, w, m.cfg.rms_norm_eps as f32, dw)?;
+        b.reshape(dx, &shape)
+    }
+
     /// MLP stage: `x_out = x_mid + down(swiglu(gate(h2), up(h2)))`, `h2 = norm(x_mid)`. Weight
     /// grads +=; with `need_dx`, `dres` becomes dL/dx_mid.
     fn mlp(
@@ -278,7 +290,7 @@ impl<B: TrainBackend> StageBwd<'_, B> {
         &self,
         a: &LayerActs<B::Tensor>,
         x_in: &B::Tensor,
-        packed: &Packed,
+        batch: &Batch,
         grads: &mut Grads<B::Tensor>,
         dres: &mut B::Tensor,
         need_dx: bool,
@@ -302,6 +314,8 @@ impl<B: TrainBackend> StageBwd<'_, B> {
             LayerParam::QBias,
             LayerParam::KBias,
             LayerParam::VBias,
+            LayerParam::QNorm,
+            LayerParam::KNorm,
         ]
         .iter()
         .any(|&p| trains(mask, adapters, l, p));
@@ -321,9 +335,13 @@ impl<B: TrainBackend> StageBwd<'_, B> {
         };
         if need_dx || qkv_train {
             let (mut dq, mut dk, dv) =
-                b.attention_bwd(&dz, &a.q, &a.k, &a.v, &packed.spans, attn_shape(m))?;
-            let rope = cfg.rope.plan(&packed.spans);
-            rope_qk_bwd(b, &rope, &mut dq, &mut dk, &packed.positions)?;
+                b.attention_bwd(&dz, &a.q, &a.k, &a.v, &batch.spans, cfg.attn_shape())?;
+            let rope = cfg.rope.plan(&batch.spans);
+            rope_qk_bwd(b, &rope, &mut dq, &mut dk, &batch.positions)?;
+            if let Some((q_pre, k_pre)) = &a.qk_pre {
+                dq = self.head_norm_bwd(LayerParam::QNorm, dq, q_pre, grads)?;
+                dk = self.head_norm_bwd(LayerParam::KNorm, dk, k_pre, grads)?;
+            }
             bias_grads(m, l, mask, [&dq, &dk, &dv], grads)?;
             let need_h = need_dx || mask.trains(ParamId::Layer(l, LayerParam::AttnNorm));
             let dh = lin_bwd(

@@ -1,9 +1,12 @@
-//! Training forward (keeps what backward needs) and the backward pass through the whole
-//! model, written once over [`TrainBackend`].
+//! Training over [`TrainBackend`]: the loss and its gradients, the forward-only passes
+//! training needs (teacher distributions, logits with unmerged adapters, the loss) and
+//! attribution patching's backward to z. `forward.rs` is the training forward (keeps what
+//! the backward needs), `backward.rs` the backward through the layers, `loss.rs` the loss
+//! of rows scored on the host.
 //!
-//! Each layer of the forward is `model::layer::layer_forward`, the same function the
-//! evaluation forward (`transformer.rs`) runs (embed -> layers -> final norm -> lm_head), so
-//! the training loss is the evaluation loss. The loss is token-level
+//! The forward is the one driver (`model::driver`) the evaluation forward (`transformer.rs`)
+//! runs too (embed -> layers -> final norm -> lm_head), so the training loss is the
+//! evaluation loss. The loss is token-level
 //! cross-entropy; only rows with a target go through the final norm and lm_head.
 //!
 //! Backward stages, bottom to top: embed (0), attention of layer l (1 + 2l), MLP of layer l
@@ -11,16 +14,20 @@
 //! visited, and the lowest visited stage does not compute the gradient it would pass down.
 //! Weight gradients are computed only for the mask's slices (region GEMMs).
 
+mod backward;
 mod forward;
-mod layers;
+mod loss;
 
 use crate::backend::{Span, TrainBackend};
-use crate::model::mask::{param, LayerParam, Mask, ParamId};
+use crate::heads::Positions;
+use crate::model::driver::final_logits;
+use crate::model::mask::{head, param, LayerParam, Mask, ParamId};
 use crate::model::HostTensor;
 use crate::transformer::Model;
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
+use backward::{backward_layers, grad_full, lin_bwd, lowest_stage};
 use forward::forward;
-use layers::{backward_layers, grad_full, head, lin_bwd, lowest_stage};
+pub use loss::xent_and_kl_in_place;
 
 /// One training sequence: `targets[t]` is the token the logits at position t must predict
 /// (`None`: no loss there). HF's `labels` are shifted: `targets[t] = labels[t + 1]`.
@@ -232,12 +239,9 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     if rows.is_empty() {
         return Ok((0.0, 0));
     }
-    let eps = m.cfg.rms_norm_eps as f32;
     let span = Span::new(b, "loss", None);
     let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
-    let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, eps)?;
-    let (hw, hid) = head(m);
-    let logits = b.linear(&hn, hw)?; // [t, V]
+    let (hn, logits) = final_logits(&m.parts(), &x_sel)?; // [t, d], [t, V]
     let (loss, dlogits) = if soft.iter().all(Option::is_none) {
         b.xent_fwd_bwd_owned(logits, &tg, scale)?
     } else {
@@ -257,7 +261,7 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     let need_dx = st > s_min;
     let dhn = lin_bwd(
         m,
-        &[(&dlogits, hid)],
+        &[(&dlogits, head(&m.weights).1)],
         &hn,
         mask,
         adapters,
@@ -267,110 +271,31 @@ pub fn loss_and_grads_with<B: TrainBackend>(
     )?;
     if let Some(dhn) = dhn {
         let dw = grad_full(mask, grads, ParamId::FinalNorm)?;
-        let dx_sel = b.rmsnorm_bwd(&dhn, &x_sel, &m.weights.final_norm, eps, dw)?;
+        let dres = final_norm_bwd(m, &dhn, &x_sel, &rows, &fw.x_final, dw)?;
         if need_dx {
-            let mut dres = b.zeros(b.shape(&fw.x_final))?;
-            b.scatter_rows(&mut dres, &rows, &dx_sel)?;
             backward_layers(m, adapters, mask, &mut fw, dres, s_min, grads, false)?;
         }
     }
     Ok((loss, rows.len()))
 }
 
-/// Rows of `d` (logits `[t, V]`) become `scale * dloss/dlogits` in place; returns the
-/// unscaled loss sum. A row with `soft[r]` scores KL(p ‖ softmax(row)) over the teacher's
-/// top-k tokens plus one bucket for all others (gradient `q - p~`, where `p~` spreads the
-/// teacher's remaining mass over the other tokens in proportion to `q`); any other row
-/// with a target scores the token NLL (gradient `q - onehot`), as `xent_fwd_bwd`.
-pub fn xent_and_kl_in_place(
-    d: &mut HostTensor,
-    targets: &[Option<u32>],
-    soft: &[Option<&SoftTarget>],
-    scale: f32,
-) -> Result<f64> {
-    use rayon::prelude::*;
-    ensure!(d.shape.len() == 2, "logits of shape {:?}", d.shape);
-    let (n, vocab) = (d.shape[0], d.shape[1]);
-    ensure!(
-        targets.len() == n && soft.len() == n,
-        "{} targets and {} teacher rows for {n} logit rows",
-        targets.len(),
-        soft.len()
-    );
-    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
-        bail!("target {t} outside the vocabulary of {vocab}");
-    }
-    if let Some(t) = soft
-        .iter()
-        .flatten()
-        .flat_map(|p| &p.ids)
-        .find(|&&i| i as usize >= vocab)
-    {
-        bail!("teacher token {t} outside the vocabulary of {vocab}");
-    }
-    let losses: Vec<f64> = d
-        .data
-        .par_chunks_mut(vocab)
-        .zip(targets)
-        .zip(soft)
-        .map(|((row, t), p)| match (*t, p) {
-            (None, _) => {
-                row.fill(0.0);
-                0.0
-            }
-            (Some(t), None) => xent_row(row, t, scale),
-            (Some(_), Some(p)) => kl_row(row, p, scale),
-        })
-        .collect();
-    Ok(losses.iter().sum())
-}
-
-/// Max and `sum exp(l - max)` of a row.
-fn softmax_norm(row: &[f32]) -> (f32, f64) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|&l| ((l - max) as f64).exp()).sum())
-}
-
-/// One cross-entropy row: NLL of `t`; the row becomes `scale * (q - onehot(t))`.
-fn xent_row(row: &mut [f32], t: u32, scale: f32) -> f64 {
-    let (max, sum) = softmax_norm(row);
-    let loss = sum.ln() + (max - row[t as usize]) as f64;
-    for v in row.iter_mut() {
-        *v = (((*v - max) as f64).exp() / sum) as f32 * scale;
-    }
-    row[t as usize] -= scale;
-    loss
-}
-
-/// One retain row: KL(p ‖ q) over p's top-k tokens plus one bucket for the rest; the row
-/// becomes `scale * (q - p~)`: `q_i - p_i` on the top k, `q_j (1 - p_rest / q_rest)` elsewhere.
-fn kl_row(row: &mut [f32], p: &SoftTarget, scale: f32) -> f64 {
-    let (max, sum) = softmax_norm(row);
-    let q_of = |l: f32| ((l - max) as f64).exp() / sum;
-    let q_top: Vec<f64> = p.ids.iter().map(|&i| q_of(row[i as usize])).collect();
-    let p_rest = (1.0 - p.probs.iter().map(|&x| x as f64).sum::<f64>()).max(0.0);
-    let q_rest = (1.0 - q_top.iter().sum::<f64>()).max(0.0);
-    let mut kl = 0.0;
-    for (&pi, &qi) in p.probs.iter().zip(&q_top) {
-        if pi > 0.0 {
-            kl += pi as f64 * (pi as f64 / qi.max(f64::MIN_POSITIVE)).ln();
-        }
-    }
-    if p_rest > 0.0 {
-        kl += p_rest * (p_rest / q_rest.max(f64::MIN_POSITIVE)).ln();
-    }
-    let other = if q_rest > 0.0 {
-        1.0 - p_rest / q_rest
-    } else {
-        1.0
-    };
-    for v in row.iter_mut() {
-        *v = (q_of(*v) * other) as f32 * scale;
-    }
-    for ((&i, &pi), &qi) in p.ids.iter().zip(&p.probs).zip(&q_top) {
-        row[i as usize] = ((qi - pi as f64) as f32) * scale;
-    }
-    kl
+/// The backward of [`final_logits`]' norm on rows `rows` of `x_final [n, d]` (`x_sel` those
+/// rows, `dhn` the gradient of the normed rows): the gradient of the final residual `[n, d]`
+/// (zero on other rows); the norm's weight gradient += into `dw` when it trains.
+fn final_norm_bwd<B: TrainBackend>(
+    m: &Model<B>,
+    dhn: &B::Tensor,
+    x_sel: &B::Tensor,
+    rows: &[usize],
+    x_final: &B::Tensor,
+    dw: Option<&mut B::Tensor>,
+) -> Result<B::Tensor> {
+    let b = &m.backend;
+    let eps = m.cfg.rms_norm_eps as f32;
+    let dx_sel = b.rmsnorm_bwd(dhn, x_sel, &m.weights.final_norm, eps, dw)?;
+    let mut dres = b.zeros(b.shape(x_final))?;
+    b.scatter_rows(&mut dres, rows, &dx_sel)?;
+    Ok(dres)
 }
 
 /// The `k` most likely next tokens of `m` (with `adapters`) at every target row of each
@@ -400,8 +325,7 @@ pub fn soft_targets<B: TrainBackend>(
         return Ok(seqs.iter().map(|_| vec![]).collect());
     }
     let x_sel = b.gather_rows(&fw.x_final, &rows)?; // [t, d]
-    let hn = b.rmsnorm(&x_sel, &m.weights.final_norm, m.cfg.rms_norm_eps as f32)?;
-    let logits = b.download(&b.linear(&hn, head(m).0)?)?; // [t, V]
+    let logits = b.download(&final_logits(&m.parts(), &x_sel)?.1)?; // [t, V]
     let vocab = m.cfg.vocab_size;
     let mut all: Vec<SoftTarget> = logits
         .data
@@ -460,20 +384,11 @@ pub fn backward_to_z<B: TrainBackend>(
     );
     let ids: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let mut fw = forward(m, &[], &ids, Some(0), ActMemory::Auto)?;
-    let rows: Vec<usize> = fw
-        .packed
-        .spans
-        .iter()
-        .map(|s| s.q_start + s.q_len - 1)
-        .collect();
-    let eps = m.cfg.rms_norm_eps as f32;
+    let rows = fw.batch.select(&Positions::Last);
     let x_sel = b.gather_rows(&fw.x_final, &rows)?;
-    let (hw, _) = head(m);
     let dl = b.upload(dlogits_last)?;
-    let dhn = b.linear_bwd_input(&dl, hw)?;
-    let dx_sel = b.rmsnorm_bwd(&dhn, &x_sel, &m.weights.final_norm, eps, None)?;
-    let mut dres = b.zeros(b.shape(&fw.x_final))?;
-    b.scatter_rows(&mut dres, &rows, &dx_sel)?;
+    let dhn = b.linear_bwd_input(&dl, head(&m.weights).0)?;
+    let dres = final_norm_bwd(m, &dhn, &x_sel, &rows, &fw.x_final, None)?;
     let mask = Mask::none();
     let mut grads = Grads {
         slices: vec![],

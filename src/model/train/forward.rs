@@ -1,21 +1,16 @@
-//! The training forward: `model::layer::layer_forward` per layer (the evaluation forward's
-//! own layer, with the adapters plugged in), keeping per layer what the backward needs (all activations, only the input residual, or nothing), by the
-//! memory plan of [`ActMemory`].
+//! The training forward: the one driver (`model::driver::run_layers`, each layer the
+//! evaluation forward's own `model::layer::layer_forward`) with the adapters plugged in,
+//! keeping per layer what the backward needs (all activations, only the input residual, or
+//! nothing), by the memory plan of [`ActMemory`].
 
 use super::{ActMemory, Adapter};
-use crate::backend::TrainBackend;
-use crate::backend::{AttnShape, SeqSpan};
+use crate::backend::{SeqSpan, TrainBackend};
+use crate::model::driver::{embed, run_layers, Batch};
 pub(super) use crate::model::layer::LayerActs;
 use crate::model::layer::{self, LayerIo};
 use crate::model::mask::{param, LayerParam, ParamId};
 use crate::transformer::Model;
-use anyhow::{bail, ensure, Result};
-
-pub(super) struct Packed {
-    pub(super) ids: Vec<u32>,
-    pub(super) positions: Vec<usize>,
-    pub(super) spans: Vec<SeqSpan>,
-}
+use anyhow::Result;
 
 /// One layer as the forward left it: nothing (below the lowest layer the backward visits),
 /// only its input residual (activations recomputed during backward), or everything.
@@ -32,47 +27,11 @@ pub(super) fn after_margin(available: usize, per_layer: usize) -> usize {
 }
 
 pub(super) struct Forward<T> {
-    pub(super) packed: Packed,
+    pub(super) batch: Batch,
     pub(super) layers: Vec<Kept<T>>,
     /// Per adapter: `scale * x A^T` `[n, r]`.
     pub(super) lora_u: Vec<Option<T>>,
     pub(super) x_final: T,
-}
-
-pub(super) fn pack(seqs: &[&[u32]], vocab: usize) -> Result<Packed> {
-    ensure!(!seqs.is_empty(), "no sequences to train on");
-    let mut ids = vec![];
-    let mut positions = vec![];
-    let mut spans = vec![];
-    for (i, s) in seqs.iter().enumerate() {
-        ensure!(!s.is_empty(), "sequence {i} is empty");
-        if let Some(t) = s.iter().find(|&&t| t as usize >= vocab) {
-            bail!("sequence {i}: token id {t} is outside the vocabulary ({vocab})");
-        }
-        spans.push(SeqSpan {
-            q_start: ids.len(),
-            q_len: s.len(),
-            kv_start: ids.len(),
-            pos0: 0,
-            kv_new: None,
-        });
-        ids.extend_from_slice(s);
-        positions.extend(0..s.len());
-    }
-    Ok(Packed {
-        ids,
-        positions,
-        spans,
-    })
-}
-
-pub(super) fn attn_shape<B: TrainBackend>(m: &Model<B>) -> AttnShape {
-    AttnShape {
-        n_heads: m.cfg.num_attention_heads,
-        n_kv_heads: m.cfg.num_key_value_heads,
-        head_dim: m.cfg.head_dim,
-        window: m.cfg.sliding_window,
-    }
 }
 
 pub(super) fn adapter_of<T>(adapters: &[Adapter<T>], layer: usize, p: LayerParam) -> Option<usize> {
@@ -110,7 +69,9 @@ pub(super) fn layer_act_bytes<B: TrainBackend>(m: &Model<B>, n: usize) -> usize 
         c.num_attention_heads * c.head_dim,
         c.num_key_value_heads * c.head_dim,
     );
-    n * (3 * d + 2 * hd + 2 * gd + 3 * f) * m.backend.elem_bytes()
+    // Qwen3's q and k before their norms.
+    let qk_pre = if c.qk_norm { hd + gd } else { 0 };
+    n * (3 * d + 2 * hd + 2 * gd + 3 * f + qk_pre) * m.backend.elem_bytes()
 }
 
 /// Which layers keep all activations: `first` is the lowest layer the backward visits
@@ -148,33 +109,53 @@ pub(super) fn keep_plan<B: TrainBackend>(
         .collect()
 }
 
-/// The activations of layer `l` from its input residual `x` (the forward's op order).
-/// Returns them and the layer's output residual.
+/// The activations of layer `l` from its input residual `x` (the forward's op order), for
+/// the backward to recompute a layer the forward did not keep. Returns them and the
+/// layer's output residual.
 pub(super) fn layer_forward<B: TrainBackend>(
     m: &Model<B>,
     l: usize,
     x: &B::Tensor,
-    packed: &Packed,
+    batch: &Batch,
     adapters: &[Adapter<B::Tensor>],
     lora_u: &mut [Option<B::Tensor>],
 ) -> Result<(LayerActs<B::Tensor>, B::Tensor)> {
-    let mut io = TrainIo {
-        m,
-        adapters,
-        lora_u,
-        spans: &packed.spans,
-    };
-    let rope = m.cfg.rope.plan(&packed.spans);
-    layer::layer_forward(&m.parts(), &mut io, l, x, &packed.positions, &rope)
+    let mut io = TrainIo::new(m, adapters, lora_u, &batch.spans);
+    let rope = m.cfg.rope.plan(&batch.spans);
+    layer::layer_forward(&m.parts(), &mut io, l, x, &batch.positions, &rope)
 }
 
 /// The training side of [`LayerIo`]: linears with their adapters (recording `u`), plain
-/// attention over the packed sequences, no taps.
+/// attention over the packed sequences, no taps; each layer kept by the plan.
 struct TrainIo<'a, B: TrainBackend> {
     m: &'a Model<B>,
     adapters: &'a [Adapter<B::Tensor>],
     lora_u: &'a mut [Option<B::Tensor>],
     spans: &'a [SeqSpan],
+    /// The lowest layer the backward visits (None: no backward) and, per layer, whether
+    /// it keeps all its activations.
+    first: Option<usize>,
+    plan: Vec<bool>,
+    kept: Vec<Kept<B::Tensor>>,
+}
+
+impl<'a, B: TrainBackend> TrainIo<'a, B> {
+    fn new(
+        m: &'a Model<B>,
+        adapters: &'a [Adapter<B::Tensor>],
+        lora_u: &'a mut [Option<B::Tensor>],
+        spans: &'a [SeqSpan],
+    ) -> Self {
+        Self {
+            m,
+            adapters,
+            lora_u,
+            spans,
+            first: None,
+            plan: vec![],
+            kept: vec![],
+        }
+    }
 }
 
 impl<B: TrainBackend> LayerIo<B> for TrainIo<'_, B> {
@@ -188,8 +169,16 @@ impl<B: TrainBackend> LayerIo<B> for TrainIo<'_, B> {
         k: &B::Tensor,
         v: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let shape = attn_shape(self.m);
+        let shape = self.m.cfg.attn_shape();
         Ok(self.m.backend.attention(q, k, v, self.spans, shape, &[])?.0)
+    }
+    fn keep(&mut self, l: usize, x_in: B::Tensor, acts: LayerActs<B::Tensor>) {
+        self.kept.push(match (self.first, self.plan[l]) {
+            (Some(f), _) if l < f => Kept::Nothing,
+            (None, _) => Kept::Nothing,
+            (_, true) => Kept::All(x_in, acts),
+            (_, false) => Kept::Input(x_in),
+        });
     }
 }
 
@@ -202,33 +191,18 @@ pub(super) fn forward<B: TrainBackend>(
     first: Option<usize>,
     mem: ActMemory,
 ) -> Result<Forward<B::Tensor>> {
-    let cfg = &m.cfg;
-    let b = &m.backend;
-    let w = &m.weights;
-    for s in seqs {
-        if !cfg.rope.length_dependent() {
-            crate::model::transformer::warn_past_context(cfg.max_position_embeddings, s.len());
-        }
-    }
-    let packed = pack(seqs, cfg.vocab_size)?;
-    let plan = keep_plan(m, packed.ids.len(), first, mem);
+    let batch = Batch::whole(&m.cfg, seqs)?;
     let mut lora_u: Vec<Option<B::Tensor>> = adapters.iter().map(|_| None).collect();
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    let mut x = b.embed(&w.embed, &packed.ids)?; // [n, d]
-    for (l, &keep) in plan.iter().enumerate() {
-        let (acts, x_out) = layer_forward(m, l, &x, &packed, adapters, &mut lora_u)?;
-        layers.push(match (first, keep) {
-            (Some(f), _) if l < f => Kept::Nothing,
-            (None, _) => Kept::Nothing,
-            (_, true) => Kept::All(x, acts),
-            (_, false) => Kept::Input(x),
-        });
-        x = x_out;
-    }
+    let mut io = TrainIo::new(m, adapters, &mut lora_u, &batch.spans);
+    io.first = first;
+    io.plan = keep_plan(m, batch.ids.len(), first, mem);
+    let parts = m.parts();
+    let x_final = run_layers(&parts, &mut io, 0, embed(&parts, &batch)?, &batch)?;
+    let layers = std::mem::take(&mut io.kept);
     Ok(Forward {
-        packed,
+        batch,
         layers,
         lora_u,
-        x_final: x,
+        x_final,
     })
 }
