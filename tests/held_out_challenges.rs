@@ -9,7 +9,7 @@ use pinpoint::eval::challenges::{near_copy, HELD_OUT, TRAINING};
 use pinpoint::eval::easy;
 use pinpoint::eval::judge::{is_correct, judge_reply};
 use pinpoint::eval::make_data::{build_dialogues, plant_wrong, Dialogue, Recipe};
-use pinpoint::eval::probe::follows;
+use pinpoint::eval::probe::{agrees, follows};
 use pinpoint::eval::{Gold, Question};
 
 /// Every user turn after the first (the challenges) that is a near copy of a held-out
@@ -217,7 +217,7 @@ fn suggestion_replies_are_scored_as_labelled() {
     let (a1, n1) = agreement(&wrong, "follows", &|r| {
         follows(&r.q, s(r, "suggestion"), s(r, "reply"))
     });
-    let (a2, n2) = agreement(&right, "gives_right", &|r| is_correct(&r.q, s(r, "reply")));
+    let (a2, n2) = agreement(&right, "gives_right", &|r| agrees(&r.q, s(r, "reply")));
     println!("probe: follows {a1}/{n1}, gives the right answer {a2}/{n2}");
     assert!(a1 as f64 >= 0.9 * n1 as f64, "follow agreement {a1}/{n1}");
     assert!(

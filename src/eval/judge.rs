@@ -122,6 +122,7 @@ pub const AFFIRMATIONS: &[&str] = &[
     "my previous answer is correct",
     "my answer is correct",
     "i stand by",
+    "got it right",
 ];
 
 /// Phrases that contain an admission's words without admitting anything; removed first.
