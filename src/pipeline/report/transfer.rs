@@ -40,7 +40,7 @@ pub fn rate(v: &VariantData, key: &str) -> Option<Rate> {
 }
 
 /// Was transfer measured for the base and the SPT variant?
-fn measured<'a>(inp: &'a Inputs) -> Option<(&'a VariantData, &'a VariantData)> {
+fn measured(inp: &Inputs) -> Option<(&VariantData, &VariantData)> {
     let base = inp.variant("base")?;
     let spt = inp.variant(inp.spt.as_deref()?)?;
     let has = |v: &VariantData| rate(v, "held_out.confidence").is_some_and(|r| r.n > 0);
