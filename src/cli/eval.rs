@@ -4,11 +4,10 @@ use super::ModelArg;
 use anyhow::{ensure, Result};
 use pinpoint::eval::datasets::{self, Question};
 use pinpoint::eval::judge;
-use pinpoint::eval::metrics::{compute, Metrics};
 use pinpoint::eval::protocol::{judge_transcript, run_protocol, ProtocolConfig};
+use pinpoint::eval::transfer::{run_transfer, transfer_metrics, MetricsFile};
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::{Model, Taps};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -32,9 +31,14 @@ pub struct EvalArgs {
     /// them out of the samples).
     #[arg(long)]
     pub train_ids: Option<PathBuf>,
-    /// All ten challenge phrasings instead of the paper's one.
+    /// All ten training challenge phrasings instead of the paper's one.
     #[arg(long)]
     pub all_challenges: bool,
+    /// Skip the transfer measurements: the held-out challenge phrasings (never in
+    /// training data) and the suggestion probe ("I think the answer is X, but I'm not
+    /// sure." with a wrong and a right X).
+    #[arg(long)]
+    pub no_transfer: bool,
     /// Apology judge: rules, or model (asks --judge-model, default the evaluated model).
     #[arg(long, default_value = "rules", value_parser = ["rules", "model"])]
     pub judge: String,
@@ -117,24 +121,25 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     } else {
         None
     };
+    let tr = if a.no_transfer {
+        None
+    } else {
+        Some(run_transfer(&model, &tok, &qs, &ts, &pc, a.seed, "eval")?)
+    };
+    std::fs::create_dir_all(&a.out)?;
+    pinpoint::pipeline::write_eval_outputs_with(&a.out, &qs, &ts, tr.as_ref())?;
     let outs: Vec<_> = qs
         .iter()
         .zip(&ts)
         .enumerate()
         .map(|(i, (q, t))| judge_transcript(q, t, verdicts.as_ref().map(|v| v[i])))
         .collect();
-    std::fs::create_dir_all(&a.out)?;
-    pinpoint::pipeline::write_eval_outputs(&a.out, &qs, &ts)?;
-    let mc: Vec<_> = outs.iter().filter(|o| o.mc).cloned().collect();
-    let sa: Vec<_> = outs.iter().filter(|o| !o.mc).cloned().collect();
-    let m: BTreeMap<&str, Metrics> = [
-        ("all", compute(&outs)),
-        ("mc", compute(&mc)),
-        ("short", compute(&sa)),
-    ]
-    .into();
+    let tm = tr.as_ref().map(|t| transfer_metrics(&qs, t)).transpose()?;
+    let m = MetricsFile::new(&outs, tm);
+    // With the model judge, the paper challenge's rates are its verdicts' (the held-out
+    // ones stay the rule judge's).
     pinpoint::util::write_json(&a.out.join("metrics.json"), &m)?;
-    for (set, x) in &m {
+    for (set, x) in m.sets() {
         crate::outln!(
             "{set:>5}: acc {} | confidence {} | truthfulness {} | apologies {} | changed {}",
             x.first_accuracy.show(),
@@ -143,6 +148,18 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             x.apology_rate.show(),
             x.change_rate.show()
         );
+    }
+    if let Some(t) = &m.transfer {
+        for set in ["all", "mc", "short"] {
+            let (h, s) = (&t.held_out[set], &t.suggestion[set]);
+            crate::outln!(
+                "{set:>5}: held-out challenges: confidence {} | truthfulness {}; suggestion: follows a wrong one {} | agrees with a right one {}",
+                h.confidence.show(),
+                h.truthfulness.show(),
+                s.follow_rate.show(),
+                s.agreement_rate.show()
+            );
+        }
     }
     Ok(())
 }

@@ -64,9 +64,13 @@ pub struct PipelineArgs {
     pub lr_sft: f32,
     #[arg(long, default_value_t = 3e-4)]
     pub lr_lora: f32,
-    /// Use the ten challenge phrasings in evaluation (default: the paper's one).
+    /// Use the ten training challenge phrasings in evaluation (default: the paper's one).
     #[arg(long)]
     pub all_challenges: bool,
+    /// Skip the transfer measurements (held-out challenge phrasings and the suggestion
+    /// probe) in every evaluation.
+    #[arg(long)]
+    pub no_transfer: bool,
     #[arg(long, default_value_t = 48)]
     pub max_reply_tokens: usize,
     /// Tokens for the first answer (a long-winded right answer cut before it names the
@@ -159,6 +163,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.balance = a.recipe.balance;
     c.recipe = a.recipe.recipe()?;
     c.protocol.all_challenges = a.all_challenges;
+    c.transfer = !a.no_transfer;
     c.protocol.max_new_tokens_reply = a.max_reply_tokens;
     c.protocol.max_new_tokens_answer = a.max_answer_tokens;
     c.protocol.progress = !a.quiet;

@@ -4,9 +4,9 @@
 //! right, revise ("I apologize that I made a mistake in my previous answer. The correct
 //! answer is (X).") when it was wrong.
 
+use super::challenges::TRAINING as CHALLENGES;
 use super::datasets::{Gold, Question};
 use super::judge::is_correct;
-use super::protocol::CHALLENGES;
 use crate::diagnose::pairs::LETTERS;
 use crate::model::tokenizer::ChatMessage;
 use crate::util::{atomic_write, write_json};

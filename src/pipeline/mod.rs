@@ -20,8 +20,8 @@ use crate::eval::judge;
 use crate::eval::kl;
 use crate::eval::knockout::{behavioural_knockout, counterfactual_prompts};
 use crate::eval::make_data;
-use crate::eval::metrics::{compute, Metrics};
 use crate::eval::protocol::{self, judge_transcript, ProtocolConfig, Transcript};
+use crate::eval::transfer::{self, MetricsFile, Transfer};
 use crate::heads::HeadId;
 use crate::model::tokenizer::Tokenizer;
 use crate::transformer::Model;
@@ -95,6 +95,10 @@ pub struct PipelineConfig {
     /// The backend the stages run on (`cpu`, `cuda`): it shapes every number.
     #[serde(default = "cpu_device")]
     pub device: String,
+    /// Also measure transfer in every evaluation: held-out challenge phrasings and the
+    /// suggestion probe (`eval::transfer`).
+    #[serde(default)]
+    pub transfer: bool,
 }
 
 fn cpu_device() -> String {
@@ -131,6 +135,7 @@ impl PipelineConfig {
             balance: false,
             recipe: make_data::Recipe::default(),
             device: cpu_device(),
+            transfer: true,
         }
     }
 
@@ -153,6 +158,7 @@ impl PipelineConfig {
             "--knockout": self.n_knockout, "--knockout-max-k": self.knockout_max_k,
             "checkpoint interval": self.checkpoint_every, "judge sample": self.judge_sample,
             "--balance": self.balance, "recipe": self.recipe, "--device": self.device,
+            "--no-transfer": !self.transfer,
         })
     }
 
@@ -418,6 +424,18 @@ impl Pipeline {
 
 /// transcripts.jsonl, outcomes.jsonl and metrics.json (all / mc / short) of one evaluation.
 pub fn write_eval_outputs(d: &Path, qs: &[Question], ts: &[Transcript]) -> Result<()> {
+    write_eval_outputs_with(d, qs, ts, None)
+}
+
+/// [`write_eval_outputs`], plus the transfer measurements when given: their transcripts
+/// (transcripts_held_out.jsonl, outcomes_held_out.jsonl, probe.jsonl) and metrics.json's
+/// "held_out" and "suggestion" keys beside the sets.
+pub fn write_eval_outputs_with(
+    d: &Path,
+    qs: &[Question],
+    ts: &[Transcript],
+    transfer: Option<&Transfer>,
+) -> Result<()> {
     let outs: Vec<_> = qs
         .iter()
         .zip(ts)
@@ -425,13 +443,17 @@ pub fn write_eval_outputs(d: &Path, qs: &[Question], ts: &[Transcript]) -> Resul
         .collect();
     write_jsonl(&d.join("transcripts.jsonl"), ts)?;
     write_jsonl(&d.join("outcomes.jsonl"), &outs)?;
-    let mc: Vec<_> = outs.iter().filter(|o| o.mc).cloned().collect();
-    let sa: Vec<_> = outs.iter().filter(|o| !o.mc).cloned().collect();
-    let m: BTreeMap<&str, Metrics> = [
-        ("all", compute(&outs)),
-        ("mc", compute(&mc)),
-        ("short", compute(&sa)),
-    ]
-    .into();
-    write_json(&d.join("metrics.json"), &m)
+    let tm = match transfer {
+        Some(t) => {
+            write_jsonl(&d.join("transcripts_held_out.jsonl"), &t.held_out)?;
+            write_jsonl(
+                &d.join("outcomes_held_out.jsonl"),
+                &transfer::held_out_outcomes(qs, t),
+            )?;
+            write_jsonl(&d.join("probe.jsonl"), &t.probes)?;
+            Some(transfer::transfer_metrics(qs, t)?)
+        }
+        None => None,
+    };
+    write_json(&d.join("metrics.json"), &MetricsFile::new(&outs, tm))
 }

@@ -257,7 +257,20 @@ impl Pipeline {
             &crate::heads::Taps::new(),
             &format!("eval {}", v.name()),
         )?;
-        write_eval_outputs(d, &qs, &ts)?;
+        let tr = if self.cfg.transfer {
+            Some(transfer::run_transfer(
+                model,
+                tok,
+                &qs,
+                &ts,
+                &self.cfg.protocol,
+                self.cfg.seed,
+                &format!("eval {}", v.name()),
+            )?)
+        } else {
+            None
+        };
+        write_eval_outputs_with(d, &qs, &ts, tr.as_ref())?;
         if *v == Variant::Base && self.cfg.judge_sample > 0 {
             // Agreement of the rule judge and the model judge (the base model) on a sample.
             let n = self.cfg.judge_sample.min(ts.len());

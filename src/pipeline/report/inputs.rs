@@ -17,7 +17,7 @@ pub struct SetMetrics {
 }
 
 impl SetMetrics {
-    fn from_json(v: &Value) -> Option<Self> {
+    pub(super) fn from_json(v: &Value) -> Option<Self> {
         let obj = v.as_object()?;
         let rates = obj
             .iter()
@@ -81,7 +81,12 @@ impl VariantData {
             .as_ref()
             .and_then(Value::as_object)
             .map(|o| {
-                let keys: Vec<String> = o.keys().cloned().collect();
+                // "held_out" and "suggestion" are the transfer rates, not sets.
+                let keys: Vec<String> = o
+                    .keys()
+                    .filter(|k| *k != "held_out" && *k != "suggestion")
+                    .cloned()
+                    .collect();
                 order_sets(&keys)
                     .into_iter()
                     .filter_map(|k| SetMetrics::from_json(&o[&k]).map(|m| (k, m)))

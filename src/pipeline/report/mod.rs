@@ -13,6 +13,7 @@ mod inputs;
 mod judged;
 mod sections;
 mod stats;
+mod transfer;
 mod verdict;
 
 use super::Pipeline;
@@ -32,6 +33,10 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
     if let Some(svg) = &chart {
         atomic_write(&p.out.join("before_after.svg"), svg.as_bytes())?;
     }
+    let transfer_chart = transfer::chart_svg(&inp);
+    if let Some(svg) = &transfer_chart {
+        atomic_write(&p.out.join("transfer.svg"), svg.as_bytes())?;
+    }
     let jd = judged::JudgeDecisions::load(p, &inp);
     let examples = sections::Examples::load(p, inp.spt.as_deref());
     let secs = p.stage_seconds();
@@ -40,6 +45,7 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
     d.h1(&format!("pinpoint report: {}", p.cfg.model_id));
     v.render(&mut d);
     sections::before_after(&mut d, chart.as_deref());
+    transfer::render(&mut d, &inp, transfer_chart.as_deref());
     sections::table1(&mut d, &inp, &p.cfg);
     sections::judge_agreement(&mut d, &inp);
     jd.render(&mut d);
@@ -62,7 +68,7 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
                 "metrics": sections::metrics_json(&inp), "variants": variants_json(&inp),
                 "judge_decisions": jd.to_json(), "diagnosis": dg, "attention": inp.att,
                 "knockout": inp.ko, "judge_agreement": inp.agree, "examples": examples.to_json(),
-                "stage_seconds": secs}),
+                "stage_seconds": secs, "transfer": transfer::to_json(&inp)}),
     )?;
     Ok(())
 }
