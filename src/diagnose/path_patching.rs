@@ -223,7 +223,6 @@ pub fn path_patching_fast<B: Backend>(
         cfg.head_dim,
         cfg.hidden_size,
     );
-    let eps = cfg.rms_norm_eps as f32;
     let label = LabelHead::new(model, metric)?;
     let heads = model.all_heads();
     let mut per_pair = vec![vec![0.0; runs.len()]; heads.len()];
@@ -292,10 +291,7 @@ pub fn path_patching_fast<B: Backend>(
                 None => delta,
             };
             if !freeze_mlp {
-                let lw = &w.layers[l];
-                let h2 = b.rmsnorm(&xs, &lw.mlp_norm, eps)?;
-                let act = b.swiglu(&b.linear(&h2, &lw.w_gate)?, &b.linear(&h2, &lw.w_up)?)?;
-                b.add_assign(&mut xs, &b.linear(&act, &lw.w_down)?)?;
+                mlp_block(model, l, &mut xs)?;
             }
             x = Some(xs);
             if let Some(pb) = progress {
@@ -316,6 +312,16 @@ pub fn path_patching_fast<B: Backend>(
         }
     }
     Ok(HeadScores::new(heads, per_pair, runs, metric))
+}
+
+/// `x += mlp_l(x)` for residual rows `x [n, d]` (single positions: the MLP is per row).
+/// Shared with the circuit's carry (`circuit_exact.rs`).
+pub(super) fn mlp_block<B: Backend>(model: &Model<B>, l: usize, x: &mut B::Tensor) -> Result<()> {
+    let b = &model.backend;
+    let lw = &model.weights.layers[l];
+    let h2 = b.rmsnorm(x, &lw.mlp_norm, model.cfg.rms_norm_eps as f32)?;
+    let act = b.swiglu(&b.linear(&h2, &lw.w_gate)?, &b.linear(&h2, &lw.w_up)?)?;
+    b.add_assign(x, &b.linear(&act, &lw.w_down)?)
 }
 
 /// The final norm and the lm_head rows of the two label tokens.

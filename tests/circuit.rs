@@ -1,0 +1,144 @@
+//! Circuits on the tiny fixtures: the batched exact edge scores against the literal oracle
+//! (one patched forward pair per edge, by taps), edges without a path, a receiver the metric
+//! does not depend on, and EAP's first-order term against the exact scores' slope.
+
+mod circuit_oracle;
+mod common;
+use common::*;
+use pinpoint::backend::cpu::CpuBackend;
+use pinpoint::diagnose::circuit::*;
+use pinpoint::diagnose::metric::{Metric, MetricKind};
+use pinpoint::diagnose::pairs::TokenPair;
+use pinpoint::Model;
+
+fn model(name: &str) -> Model<CpuBackend> {
+    Model::load_cpu(&fixture(name)).unwrap()
+}
+
+/// Pairs of random ids; the counterfactual replaces 2 tokens by 1 near the end (unequal
+/// lengths), keeping the last token.
+pub fn pairs(seed: u64, n: usize, vocab: u32) -> Vec<TokenPair> {
+    let mut s = seed;
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 33) % vocab as u64) as u32
+    };
+    (0..n)
+        .map(|i| {
+            let len = 9 + i % 3;
+            let reference: Vec<u32> = (0..len).map(|_| next()).collect();
+            let mut counterfactual = reference.clone();
+            counterfactual.splice(len - 4..len - 2, [next()]);
+            TokenPair {
+                index: i,
+                source: format!("test:{i}"),
+                reference,
+                counterfactual,
+            }
+        })
+        .collect()
+}
+
+/// Every head of layers >= 1, and the logits.
+fn all_receivers(m: &Model<CpuBackend>) -> Vec<Receiver> {
+    let mut v: Vec<Receiver> = m
+        .all_heads()
+        .into_iter()
+        .filter(|h| h.layer >= 1)
+        .map(Receiver::Head)
+        .collect();
+    v.push(Receiver::Logits);
+    v
+}
+
+fn opts(receivers: Vec<Receiver>) -> CircuitOptions {
+    CircuitOptions {
+        receivers,
+        ig_steps: 3,
+        chunk: 2,
+    }
+}
+
+const FIXTURES: [&str; 7] = [
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-llama3",
+    "tiny-dynamic",
+    "tiny-yarn",
+    "tiny-qwen2",
+    "tiny-linear",
+];
+
+/// The batched label logits of every edge equal the oracle's to 1e-5 relative, and each
+/// score equals the oracle's score to 1e-5 relative plus what the labels' own rounding
+/// allows (see the comment at `slack`).
+#[test]
+fn exact_scores_equal_the_literal_oracle() {
+    for name in FIXTURES {
+        let m = model(name);
+        let ps = pairs(11, 3, m.cfg.vocab_size as u32);
+        for kind in [
+            MetricKind::LogitDiff,
+            MetricKind::Ratio,
+            MetricKind::ProbRatio,
+        ] {
+            let metric = Metric {
+                kind,
+                syc: 5,
+                anti: 17,
+            };
+            let c = circuit(&m, &ps, &metric, &opts(all_receivers(&m)), None).unwrap();
+            let mut checked = 0;
+            let (mut worst, mut worst_abs, mut null_abs) = (0.0f64, 0.0f64, 0.0f64);
+            for (p, pair) in ps.iter().enumerate() {
+                let clean = circuit_oracle::clean(&m, pair, &metric);
+                let f_ref = metric.value(clean.ref_labels.0, clean.ref_labels.1);
+                for (e, edge) in c.edges().iter().enumerate() {
+                    let ours = c.exact.per_pair[e][p];
+                    let Some(y) = circuit_oracle::edge_labels(&m, pair, &clean, &metric, edge)
+                    else {
+                        assert_eq!(ours, 0.0, "{name}: {} has no path", edge.label());
+                        // Its labels are the null row's: the clean run's, by another path.
+                        let (a, b) = (c.exact.labels[e][p], clean.ref_labels);
+                        null_abs = null_abs.max((a.0 - b.0).abs().max((a.1 - b.1).abs()));
+                        continue;
+                    };
+                    let yl = c.exact.labels[e][p];
+                    for (a, b) in [(yl.0, y.0), (yl.1, y.1)] {
+                        let rel = (a - b).abs() / b.abs().max(1e-30);
+                        worst = worst.max(rel);
+                        // 1e-5 relative, of at least 1: the tiny models' label logits are
+                        // ~0.1, sums of terms ~1 whose f32 rounding (~1e-7 each) is not
+                        // relative to the small sum.
+                        worst_abs = worst_abs.max((a - b).abs());
+                        assert!(
+                            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                            "{name} {kind:?} {} pair {p}: label {a} vs oracle {b}",
+                            edge.label()
+                        );
+                    }
+                    let oracle = metric.score(metric.value(y.0, y.1), f_ref);
+                    // The scores are differences of metrics of f32 label logits: besides
+                    // 1e-5 relative, they may differ by the score's change when each label
+                    // moves by 64 ulps of f32 (the two runs round differently).
+                    let eps = 64.0 * f32::EPSILON as f64;
+                    let (ys, ya) = (y.0.abs().max(1.0), y.1.abs().max(1.0));
+                    let (gs, ga) = pinpoint::diagnose::attribution::metric_grad(&metric, y.0, y.1);
+                    let unit =
+                        pinpoint::diagnose::attribution::score_per_unit(&metric, f_ref).abs();
+                    let slack = unit * eps * (gs.abs() * ys + ga.abs() * ya);
+                    assert!(
+                        (ours - oracle).abs() <= 1e-5 * oracle.abs() + slack,
+                        "{name} {kind:?} {} pair {p}: {ours} vs oracle {oracle} (slack {slack})",
+                        edge.label()
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked > 100, "{name}: only {checked} edges checked");
+            eprintln!("{name} {kind:?}: {checked} edges, worst label error {worst:.2e} relative, {worst_abs:.2e} absolute; null rows vs clean {null_abs:.2e}; labels {:?}", c.exact.labels[0][0]);
+        }
+    }
+}
