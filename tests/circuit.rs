@@ -9,6 +9,7 @@ use pinpoint::backend::cpu::CpuBackend;
 use pinpoint::diagnose::circuit::*;
 use pinpoint::diagnose::metric::{Metric, MetricKind};
 use pinpoint::diagnose::pairs::TokenPair;
+use pinpoint::heads::HeadId;
 use pinpoint::Model;
 
 fn model(name: &str) -> Model<CpuBackend> {
@@ -139,6 +140,111 @@ fn exact_scores_equal_the_literal_oracle() {
             }
             assert!(checked > 100, "{name}: only {checked} edges checked");
             eprintln!("{name} {kind:?}: {checked} edges, worst label error {worst:.2e} relative, {worst_abs:.2e} absolute; null rows vs clean {null_abs:.2e}; labels {:?}", c.exact.labels[0][0]);
+        }
+    }
+}
+
+/// Edges from the receiver's own or a later layer score exactly 0 (exact, EAP, EAP-IG); a
+/// receiver whose output the metric cannot see (its W_O columns zeroed) scores exactly 0
+/// on every edge into it, while the other heads of its layer do not.
+#[test]
+fn edges_without_a_path_or_effect_score_exactly_zero() {
+    let base = model("tiny-llama");
+    let mut w = base.host_weights().unwrap();
+    let (dh, h_n) = (base.head_dim(), base.n_heads());
+    let deaf = HeadId::new(1, 2);
+    let wo = &mut w.layers[deaf.layer].wo; // [d, H*D]
+    for row in wo.data.chunks_mut(h_n * dh) {
+        row[deaf.head * dh..(deaf.head + 1) * dh].fill(0.0);
+    }
+    let m = Model::from_host(base.cfg.clone(), &w, CpuBackend).unwrap();
+    let ps = pairs(5, 3, m.cfg.vocab_size as u32);
+    let metric = Metric {
+        kind: MetricKind::Ratio,
+        syc: 5,
+        anti: 17,
+    };
+    let live = HeadId::new(1, 0);
+    let c = circuit(
+        &m,
+        &ps,
+        &metric,
+        &opts(vec![Receiver::Head(deaf), Receiver::Head(live)]),
+        None,
+    )
+    .unwrap();
+    let ig = c.eap_ig.as_ref().unwrap();
+    let mut live_nonzero = 0;
+    for (e, edge) in c.edges().iter().enumerate() {
+        for p in 0..ps.len() {
+            let scores = [c.exact.per_pair[e][p], c.eap[e][p], ig[e][p]];
+            if !edge.has_path(m.n_layers()) || edge.receiver == Receiver::Head(deaf) {
+                assert_eq!(scores, [0.0; 3], "{} pair {p}", edge.label());
+            } else if scores.iter().all(|s| s.abs() > 1e-6) {
+                live_nonzero += 1;
+            }
+        }
+    }
+    // Senders of layer 0 (4 heads and an MLP) into 3 channels of `live`, 3 pairs.
+    assert!(live_nonzero > 30, "only {live_nonzero} live edges scored");
+}
+
+/// EAP is the exact score's slope: with every counterfactual value moved only by +-eps of
+/// its difference from the reference (z, MLP outputs, residuals), the central difference of
+/// the exact scores over 2 eps equals the EAP score of the full difference.
+#[test]
+fn eap_is_the_slope_of_the_exact_score() {
+    for name in ["tiny-llama", "tiny-qwen2", "tiny-mistral"] {
+        let m = model(name);
+        let ps = pairs(3, 2, m.cfg.vocab_size as u32);
+        let metric = Metric {
+            kind: MetricKind::LogitDiff,
+            syc: 5,
+            anti: 17,
+        };
+        let mut receivers: Vec<Receiver> = m
+            .all_heads()
+            .into_iter()
+            .filter(|h| h.layer == 2)
+            .map(Receiver::Head)
+            .collect();
+        receivers.push(Receiver::Logits);
+        let o = opts(receivers.clone());
+        let runs = pair_runs(&m, &ps, &metric, &[2], 2).unwrap();
+        let senders = Sender::all(m.n_layers(), m.n_heads());
+        let edges = edges_of(&receivers, &senders);
+        let eap = approx_scores(&m, &runs, &metric, &senders, &edges, None, &o).unwrap();
+        let eps = 1e-2f32;
+        let moved = |s: f32| -> Vec<PairRun> {
+            let mv = |r: &[Vec<f32>], c: &[Vec<f32>]| -> Vec<Vec<f32>> {
+                r.iter()
+                    .zip(c)
+                    .map(|(r, c)| r.iter().zip(c).map(|(r, c)| r + s * (c - r)).collect())
+                    .collect()
+            };
+            runs.iter()
+                .map(|r| PairRun {
+                    z_cf: mv(&r.z_ref, &r.z_cf),
+                    mlp_cf: mv(&r.mlp_ref, &r.mlp_cf),
+                    resid_cf: mv(&r.resid_pre, &r.resid_cf),
+                    ..r.clone()
+                })
+                .collect()
+        };
+        let plus = exact_scores(&m, &moved(eps), &metric, &senders, &edges, 2, None).unwrap();
+        let minus = exact_scores(&m, &moved(-eps), &metric, &senders, &edges, 2, None).unwrap();
+        let scale = eap.iter().flatten().fold(0.0f64, |a, b| a.max(b.abs()));
+        assert!(scale > 1e-3, "{name}: EAP scores all ~0");
+        for (e, edge) in edges.iter().enumerate() {
+            for p in 0..ps.len() {
+                let slope = (plus.per_pair[e][p] - minus.per_pair[e][p]) / (2.0 * eps as f64);
+                let a = eap[e][p];
+                assert!(
+                    (slope - a).abs() <= 2e-3 * scale + 1e-3 * a.abs(),
+                    "{name} {} pair {p}: exact slope {slope} vs EAP {a}",
+                    edge.label()
+                );
+            }
         }
     }
 }

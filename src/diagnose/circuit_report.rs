@@ -178,6 +178,32 @@ impl Circuit {
     }
 }
 
+/// Write `circuit.json`, `circuit.svg` and `circuit.png` into `dir` (each to a temporary
+/// file renamed into place), the picture with the top `top_edges` edges.
+pub fn write_circuit(
+    dir: &std::path::Path,
+    c: &Circuit,
+    model: &str,
+    n_pairs: usize,
+    top_edges: usize,
+) -> anyhow::Result<()> {
+    use crate::util::{atomic_write, write_json};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let mut json = c.to_json(model, n_pairs);
+    json["top_edges"] = json!(top_edges);
+    write_json(&dir.join("circuit.json"), &json)?;
+    let title =
+        format!("{model}: what feeds the receivers (top {top_edges} edges, {n_pairs} pairs)");
+    atomic_write(
+        &dir.join("circuit.svg"),
+        super::circuit_chart::circuit_svg(c, top_edges, &title).as_bytes(),
+    )?;
+    atomic_write(
+        &dir.join("circuit.png"),
+        &super::circuit_chart::circuit_png(c, top_edges)?,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

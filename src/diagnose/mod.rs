@@ -4,6 +4,7 @@ pub mod activation;
 pub mod attention;
 pub mod attribution;
 pub mod circuit;
+pub mod circuit_chart;
 pub mod circuit_edge;
 pub mod circuit_exact;
 pub mod circuit_grad;

@@ -5,13 +5,14 @@
 //! recorded in `out/stages.json` only once all its outputs exist. A rerun skips recorded
 //! stages and re-does an interrupted one (tuning resumes from its last checkpoint).
 
+mod circuit;
 pub mod outputs;
 pub mod report;
 mod stages;
 
 use crate::backend::TrainBackend;
 use crate::diagnose::metric::{Metric, MetricKind};
-use crate::diagnose::pairs::{pair_for_question, McQuestion};
+use crate::diagnose::pairs::{pair_for_question, McQuestion, PromptPair};
 use crate::diagnose::run::{diagnose, DiagnoseConfig, Diagnosis};
 use crate::diagnose::{attention, report as dreport};
 use crate::eval::datasets::{self, Gold, Question};
@@ -91,6 +92,9 @@ pub struct PipelineConfig {
     /// How training dialogues are made from the model's first answers.
     #[serde(default)]
     pub recipe: make_data::Recipe,
+    /// Top heads of the diagnosis whose circuit is scored (0: skip the circuit stage).
+    #[serde(default = "circuit::default_receivers")]
+    pub circuit_receivers: usize,
 }
 
 impl PipelineConfig {
@@ -122,6 +126,7 @@ impl PipelineConfig {
             protocol: ProtocolConfig::default(),
             balance: false,
             recipe: make_data::Recipe::default(),
+            circuit_receivers: circuit::default_receivers(),
         }
     }
 
@@ -141,7 +146,11 @@ impl PipelineConfig {
 
     /// Every stage name, in the order the stages run.
     pub fn stage_names(&self) -> Vec<String> {
-        let mut n: Vec<String> = ["split", "diagnose", "make-data"].map(String::from).into();
+        let mut n: Vec<String> = ["split", "diagnose"].map(String::from).into();
+        if self.circuit_receivers > 0 {
+            n.push("circuit".into());
+        }
+        n.push("make-data".into());
         let vs = self.variants();
         let tuned = || vs.iter().filter(|v| **v != Variant::Base);
         n.extend(tuned().map(|v| format!("tune-{}", v.name())));
@@ -341,6 +350,10 @@ impl Pipeline {
         stop!("split");
         self.stage("diagnose", |p, d| p.diagnose_stage(d, &base, &tok))?;
         stop!("diagnose");
+        if self.cfg.circuit_receivers > 0 {
+            self.stage("circuit", |p, d| p.circuit_stage(d, &base, &tok))?;
+            stop!("circuit");
+        }
         self.stage("make-data", |p, d| p.make_data_stage(d, &base, &tok))?;
         stop!("make-data");
         for v in self.cfg.variants() {

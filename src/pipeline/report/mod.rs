@@ -8,6 +8,7 @@
 //! A stage that did not run (no SFT baseline, no knockout) shows "-" or "not measured";
 //! it never fails the report.
 
+mod circuit;
 mod doc;
 mod judged;
 mod sections;
@@ -151,6 +152,9 @@ pub struct Inputs {
     pub att: Option<Value>,
     pub ko: Option<Value>,
     pub agree: Option<Value>,
+    /// circuit/circuit.json and its picture, when the circuit stage ran.
+    pub circuit: Option<Value>,
+    pub circuit_svg: Option<String>,
 }
 
 impl Inputs {
@@ -168,6 +172,8 @@ impl Inputs {
             att: opt("diagnose", "attention.json"),
             ko: opt("knockout", "knockout.json"),
             agree: opt("eval-base", "judge_agreement.json"),
+            circuit: opt("circuit", "circuit.json"),
+            circuit_svg: std::fs::read_to_string(p.dir("circuit").join("circuit.svg")).ok(),
         }
     }
 
@@ -216,6 +222,7 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
     sections::judge_agreement(&mut d, &inp);
     jd.render(&mut d);
     sections::diagnosis(&mut d, &inp, &p.cfg);
+    circuit::section(&mut d, &inp);
     sections::knockout(&mut d, &inp);
     sections::attention(&mut d, &inp);
     sections::loss_curves(&mut d, &inp);
@@ -233,7 +240,9 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
         &json!({"model": p.cfg.model_id, "config": p.cfg, "verdict": v.to_json(),
                 "metrics": sections::metrics_json(&inp), "variants": variants_json(&inp),
                 "judge_decisions": jd.to_json(), "diagnosis": dg, "attention": inp.att,
-                "knockout": inp.ko, "judge_agreement": inp.agree, "examples": examples.to_json(),
+                "knockout": inp.ko, "judge_agreement": inp.agree,
+                "circuit": inp.circuit.as_ref().map(|c| json!({"agreement": c["agreement"],
+                    "top_edges": c["edges"].as_array().map(|e| e.iter().take(8).cloned().collect::<Vec<_>>())})), "examples": examples.to_json(),
                 "stage_seconds": secs}),
     )?;
     Ok(())
