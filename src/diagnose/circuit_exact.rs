@@ -91,11 +91,10 @@ pub fn sender_deltas<B: Backend>(
             &HostTensor::new(vec![rows.len(), dh], vals),
         )?;
         let delta = b.download(&b.linear(&dz, &model.weights.layers[l].wo)?)?;
+        let d = model.cfg.hidden_size;
         for (k, (si, _)) in idx.iter().enumerate() {
-            for p in 0..runs.len() {
-                out[p][*si] = delta.data[(k * runs.len() + p) * model.cfg.hidden_size..]
-                    [..model.cfg.hidden_size]
-                    .to_vec();
+            for (p, row) in out.iter_mut().enumerate() {
+                row[*si] = delta.data[(k * runs.len() + p) * d..][..d].to_vec();
             }
         }
     }

@@ -16,6 +16,9 @@ use crate::transformer::Model;
 use anyhow::{ensure, Result};
 use std::collections::BTreeMap;
 
+/// X_r's pre-RoPE query at t `[H*D]`, keys and values at 0..=t `[t+1][G*D]`, of one layer.
+pub type CleanQkv = (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// The clean runs of one pair, at the last position unless said otherwise.
 #[derive(Debug, Clone)]
 pub struct PairRun {
@@ -35,7 +38,7 @@ pub struct PairRun {
     pub z_cf: Vec<Vec<f32>>,
     /// X_r's pre-RoPE queries at t (`[H*D]`), keys and values at positions 0..=t
     /// (`[t+1][G*D]`), of the receivers' layers.
-    pub qkv: BTreeMap<usize, (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    pub qkv: BTreeMap<usize, CleanQkv>,
     /// Label logits (syc, anti) of X_r.
     pub ref_labels: (f64, f64),
 }
