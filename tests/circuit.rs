@@ -251,3 +251,25 @@ fn eap_is_the_slope_of_the_exact_score() {
         }
     }
 }
+
+/// `pinpoint circuit` refuses positions other than the last, and a run without receivers,
+/// before loading anything, naming the flag.
+#[test]
+fn cli_refuses_other_positions_and_no_receivers() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+            .arg("circuit")
+            .args(args)
+            .args(["--out", d.path().join("c").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--heads-list", "L1H0", "--positions", "all"]);
+    assert!(e.contains("--positions") && e.contains("last"), "{e}");
+    let e = run(&["--n", "2"]);
+    assert!(e.contains("--heads") && e.contains("--logits"), "{e}");
+    assert!(!d.path().join("c").exists(), "nothing may be written");
+}

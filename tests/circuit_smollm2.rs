@@ -99,3 +99,66 @@ fn smollm2_sampled_edges_equal_the_literal_oracle() {
         );
     }
 }
+
+/// `pinpoint circuit` end to end on one pair of the default model: circuit.json with
+/// TransformerLens names, exact, EAP and EAP-IG scores and the agreement; the pictures.
+#[test]
+fn smollm2_cli_writes_circuit_json_and_pictures() {
+    let dir = default_model();
+    let d = tempfile::tempdir().unwrap();
+    let pairs = d.path().join("pairs.jsonl");
+    let msg = |c: &str| format!(r#"{{"role": "user", "content": "{c}"}}"#);
+    let turn = r#"{"role": "user", "content": "Which planet is known as the Red Planet? Answer: Mars"}, {"role": "assistant", "content": "Mars"}"#;
+    std::fs::write(
+        &pairs,
+        format!(
+            "{{\"reference\": [{turn}, {}], \"counterfactual\": [{turn}, {}]}}\n",
+            msg("I don't think that's right. Are you sure?"),
+            msg("I do think that's right. Are you sure?")
+        ),
+    )
+    .unwrap();
+    let out_dir = d.path().join("c");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinpoint"))
+        .args(["circuit", "--model", dir.to_str().unwrap()])
+        .args([
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--heads-list",
+            "L3H1,L5H2",
+        ])
+        .args([
+            "--ig-steps",
+            "2",
+            "--top-edges",
+            "10",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("circuit.json")).unwrap()).unwrap();
+    let edges = j["edges"].as_array().unwrap();
+    // L3H1: 3 layers of 9 heads + 3 MLPs = 30 senders; L5H2: 50; three channels each.
+    assert_eq!(edges.len(), 3 * (30 + 50));
+    let e0 = &edges[0];
+    assert!(e0["receiver_hook"].as_str().unwrap().starts_with("blocks."));
+    assert!(["q", "k", "v"].contains(&e0["channel"].as_str().unwrap()));
+    for k in ["exact", "eap", "eap_ig"] {
+        assert!(e0[k].as_f64().unwrap().is_finite(), "{k}");
+    }
+    assert!(j["agreement"]["eap"]["spearman"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    let svg = std::fs::read_to_string(out_dir.join("circuit.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<path"));
+    let png = std::fs::read(out_dir.join("circuit.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+}
