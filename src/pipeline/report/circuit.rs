@@ -65,3 +65,43 @@ pub fn section(d: &mut Doc, inp: &Inputs) {
         d.html_only(&format!("<h3>Top edges</h3>{svg}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The section lists the strongest edges with their channel and scores, and the
+    /// agreement; without circuit.json it is absent.
+    #[test]
+    fn section_from_circuit_json() {
+        let mut inp = Inputs {
+            variants: vec![],
+            spt: None,
+            dg: None,
+            att: None,
+            ko: None,
+            agree: None,
+            circuit: None,
+            circuit_svg: None,
+        };
+        let mut d = Doc::default();
+        section(&mut d, &inp);
+        assert!(d.md.is_empty());
+        inp.circuit = Some(json!({
+            "edges": [{"sender": "L3H1", "receiver": "L14H2", "channel": "v", "exact": -1.25,
+                       "eap": -1.0, "eap_ig": null}],
+            "agreement": {"eap": {"spearman": 0.5, "top10_overlap": 0.4, "top50_overlap": 0.6},
+                          "eap_ig": null}
+        }));
+        section(&mut d, &inp);
+        for want in [
+            "What feeds the sycophancy heads",
+            "L3H1 -> L14H2",
+            "-1.250",
+            "eap: Spearman 0.50, top-10 overlap 0.400",
+        ] {
+            assert!(d.md.contains(want), "missing {want:?} in\n{}", d.md);
+        }
+    }
+}
