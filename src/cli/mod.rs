@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod chat;
 mod checks;
+mod circuit;
 mod diagnose;
 mod eval;
 mod kl;
@@ -99,6 +100,12 @@ pub enum Command {
     /// Example: pinpoint knockout --heads diagnosis/heads.json --max-k 64
     /// (or --heads-list "L3H5,L10H2", ablated in that order)
     Knockout(diagnose::KnockoutArgs),
+    /// From heads to a circuit: exact path patching of every earlier head and MLP into the
+    /// receivers' q, k and v (batched), with EAP and EAP-IG beside it; writes circuit.json,
+    /// circuit.svg and circuit.png.
+    ///
+    /// Example: pinpoint circuit --heads diagnosis/heads.json --top-k 4 --out circuit
+    Circuit(circuit::CircuitArgs),
     /// Supervised pinpoint tuning: train only the chosen heads' q/k/v/o slices (or a
     /// baseline: full fine-tuning, LoRA), everything else frozen bit for bit.
     ///
@@ -213,6 +220,10 @@ pub fn run(cli: Cli) -> Result<()> {
             sanity::pairs(&a.pairs)?;
             let _lock = claim(&a.out, "knockout")?;
             diagnose::knockout(a)
+        }
+        Command::Circuit(a) => {
+            circuit::check(&a)?;
+            circuit::run(a)
         }
     }
 }

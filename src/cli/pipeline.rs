@@ -38,6 +38,10 @@ pub struct PipelineArgs {
     /// Held-out easy short-answer evaluation questions.
     #[arg(long, default_value_t = 64)]
     pub eval_short: usize,
+    /// Top heads of the diagnosis whose circuit (what feeds them, through q, k and v) is
+    /// scored and reported (0: skip the circuit stage).
+    #[arg(long, default_value_t = 4)]
+    pub circuit_receivers: usize,
     /// MC questions for the behavioural knockout (0: skip it).
     #[arg(long, default_value_t = 12)]
     pub knockout: usize,
@@ -150,6 +154,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     c.n_eval_mc = a.eval_mc;
     c.n_eval_short = a.eval_short;
     c.n_knockout = a.knockout;
+    c.circuit_receivers = a.circuit_receivers;
     c.knockout_max_k = a.knockout_max_k;
     c.kl_texts = a.kl_texts;
     c.kl_len = a.kl_len;

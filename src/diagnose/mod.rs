@@ -3,6 +3,13 @@
 pub mod activation;
 pub mod attention;
 pub mod attribution;
+pub mod circuit;
+pub mod circuit_chart;
+pub mod circuit_edge;
+pub mod circuit_exact;
+pub mod circuit_grad;
+pub mod circuit_receiver;
+pub mod circuit_report;
 pub mod knockout;
 pub mod metric;
 pub mod pairs;

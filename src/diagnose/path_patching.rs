@@ -318,6 +318,14 @@ pub fn path_patching_fast<B: Backend>(
     Ok(HeadScores::new(heads, per_pair, runs, metric))
 }
 
+/// `x += mlp_l(x)` for residual rows `x [n, d]` (single positions: the MLP is per row),
+/// by the layer's own block. Shared with the circuit's carry (`circuit_exact.rs`).
+pub(super) fn mlp_carry<B: Backend>(model: &Model<B>, l: usize, x: &mut B::Tensor) -> Result<()> {
+    let parts = model.parts();
+    *x = mlp_block(&parts, &mut PlainIo(&parts), l, x)?.1;
+    Ok(())
+}
+
 /// The final norm and the lm_head rows of the two label tokens.
 ///
 /// Path patching scores small differences of label logits that are themselves large

@@ -124,6 +124,14 @@ pub enum HookPoint {
     /// Input of layer l's attention (after its RMSNorm), `[rows, d_model]`: path patching
     /// resets it to the reference run's value to freeze a layer's heads.
     AttnIn(usize),
+    /// Queries of layer l after the linear (and bias), before RoPE, `[rows, H * D]`
+    /// (TransformerLens' `hook_q`, `[batch, pos, head_index, d_head]`): a patch here is
+    /// rotated as the clean query is.
+    Q(usize),
+    /// Keys of layer l after the linear (and bias), before RoPE, `[rows, G * D]` (`hook_k`).
+    K(usize),
+    /// Values of layer l after the linear (and bias), `[rows, G * D]` (`hook_v`).
+    V(usize),
     /// Per-head attention output of layer l before `o_proj`, `[rows, H * D]`.
     Z(usize),
     /// Output of `o_proj` of layer l, `[rows, d_model]`.
@@ -137,6 +145,9 @@ impl HookPoint {
         match self {
             HookPoint::ResidPre(l)
             | HookPoint::AttnIn(l)
+            | HookPoint::Q(l)
+            | HookPoint::K(l)
+            | HookPoint::V(l)
             | HookPoint::Z(l)
             | HookPoint::AttnOut(l)
             | HookPoint::MlpOut(l) => l,
@@ -152,6 +163,9 @@ impl HookPoint {
         match self {
             HookPoint::ResidPre(l) => format!("blocks.{l}.hook_resid_pre"),
             HookPoint::AttnIn(l) => format!("blocks.{l}.ln1.hook_normalized"),
+            HookPoint::Q(l) => format!("blocks.{l}.attn.hook_q"),
+            HookPoint::K(l) => format!("blocks.{l}.attn.hook_k"),
+            HookPoint::V(l) => format!("blocks.{l}.attn.hook_v"),
             HookPoint::Z(l) => format!("blocks.{l}.attn.hook_z"),
             HookPoint::AttnOut(l) => format!("blocks.{l}.hook_attn_out"),
             HookPoint::MlpOut(l) => format!("blocks.{l}.hook_mlp_out"),
@@ -161,7 +175,8 @@ impl HookPoint {
 
 /// The hook names [`HookPoint`]'s parser takes, for error messages.
 pub const HOOK_FORMS: &str = "accepted: blocks.{l}.hook_resid_pre, blocks.{l}.hook_resid_post \
-     (= blocks.{l+1}.hook_resid_pre), blocks.{l}.ln1.hook_normalized, blocks.{l}.attn.hook_z, \
+     (= blocks.{l+1}.hook_resid_pre), blocks.{l}.ln1.hook_normalized, blocks.{l}.attn.hook_q \
+     (hook_k, hook_v: before RoPE), blocks.{l}.attn.hook_z, \
      blocks.{l}.hook_attn_out, blocks.{l}.hook_mlp_out";
 
 impl std::str::FromStr for HookPoint {
@@ -180,6 +195,9 @@ impl std::str::FromStr for HookPoint {
             "hook_resid_pre" => HookPoint::ResidPre(l),
             "hook_resid_post" => HookPoint::ResidPre(l + 1),
             "ln1.hook_normalized" => HookPoint::AttnIn(l),
+            "attn.hook_q" => HookPoint::Q(l),
+            "attn.hook_k" => HookPoint::K(l),
+            "attn.hook_v" => HookPoint::V(l),
             "attn.hook_z" => HookPoint::Z(l),
             "hook_attn_out" => HookPoint::AttnOut(l),
             "hook_mlp_out" => HookPoint::MlpOut(l),
@@ -355,6 +373,9 @@ mod tests {
             for p in [
                 HookPoint::ResidPre(l),
                 HookPoint::AttnIn(l),
+                HookPoint::Q(l),
+                HookPoint::K(l),
+                HookPoint::V(l),
                 HookPoint::Z(l),
                 HookPoint::AttnOut(l),
                 HookPoint::MlpOut(l),
@@ -366,7 +387,7 @@ mod tests {
         assert_eq!(post, HookPoint::ResidPre(5));
         for bad in [
             "blocks.x.attn.hook_z",
-            "blocks.3.attn.hook_q",
+            "blocks.3.attn.hook_query",
             "resid_pre.3",
             "",
         ] {

@@ -10,7 +10,8 @@
 //! (`model::rope`: the variant's frequencies, yarn's factor), `z = attention(q, k, v)`,
 //! `x_mid = o_proj(z) + x`, `h2 = rmsnorm(x_mid)` ([`mlp_block`] from here),
 //! `act = swiglu(gate(h2), up(h2))`, `x_out = down(act) + x_mid`. Hook points: `AttnIn(l)` on
-//! h, `Z(l)` on z, `AttnOut(l)` on o_proj's output, `MlpOut(l)` on down's output (`ResidPre(l)`
+//! h, `Q(l)`/`K(l)`/`V(l)` on q/k/v
+//! before RoPE, `Z(l)` on z, `AttnOut(l)` on o_proj's output, `MlpOut(l)` on down's output (`ResidPre(l)`
 //! is the caller's, on x before the call).
 
 use crate::backend::{Backend, Span};
@@ -139,6 +140,10 @@ pub(crate) fn layer_forward<B: Backend>(
         }
         None => None,
     };
+    // hook_q/k/v: after the biases (and Qwen3's q/k norms), before RoPE (a patched q or k is rotated as its row).
+    io.hook(HookPoint::Q(l), &mut q)?;
+    io.hook(HookPoint::K(l), &mut k)?;
+    io.hook(HookPoint::V(l), &mut v)?;
     rope_qk(b, rope, &mut q, &mut k, positions)?;
     let mut z = io.attention(l, &q, &k, &v)?;
     io.hook(HookPoint::Z(l), &mut z)?;

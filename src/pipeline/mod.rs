@@ -5,6 +5,7 @@
 //! recorded in `out/stages.json` only once all its outputs exist. A rerun skips recorded
 //! stages and re-does an interrupted one (tuning resumes from its last checkpoint).
 
+mod circuit;
 pub mod outputs;
 pub mod report;
 mod run;
@@ -12,7 +13,7 @@ mod stages;
 
 use crate::backend::TrainBackend;
 use crate::diagnose::metric::{Metric, MetricKind};
-use crate::diagnose::pairs::{pair_for_question, McQuestion};
+use crate::diagnose::pairs::{pair_for_question, McQuestion, PromptPair};
 use crate::diagnose::run::{diagnose, DiagnoseConfig, Diagnosis};
 use crate::diagnose::{attention, report as dreport};
 use crate::eval::datasets::{self, Gold, Question};
@@ -99,6 +100,9 @@ pub struct PipelineConfig {
     /// suggestion probe (`eval::transfer`).
     #[serde(default)]
     pub transfer: bool,
+    /// Top heads of the diagnosis whose circuit is scored (0: skip the circuit stage).
+    #[serde(default = "circuit::default_receivers")]
+    pub circuit_receivers: usize,
 }
 
 fn cpu_device() -> String {
@@ -136,6 +140,7 @@ impl PipelineConfig {
             recipe: make_data::Recipe::default(),
             device: cpu_device(),
             transfer: true,
+            circuit_receivers: circuit::default_receivers(),
         }
     }
 
@@ -159,12 +164,17 @@ impl PipelineConfig {
             "checkpoint interval": self.checkpoint_every, "judge sample": self.judge_sample,
             "--balance": self.balance, "recipe": self.recipe, "--device": self.device,
             "--no-transfer": !self.transfer,
+            "--circuit-receivers": self.circuit_receivers,
         })
     }
 
     /// Every stage name, in the order the stages run.
     pub fn stage_names(&self) -> Vec<String> {
-        let mut n: Vec<String> = ["split", "diagnose", "make-data"].map(String::from).into();
+        let mut n: Vec<String> = ["split", "diagnose"].map(String::from).into();
+        if self.circuit_receivers > 0 {
+            n.push("circuit".into());
+        }
+        n.push("make-data".into());
         let vs = self.variants();
         let tuned = || vs.iter().filter(|v| **v != Variant::Base);
         n.extend(tuned().map(|v| format!("tune-{}", v.name())));

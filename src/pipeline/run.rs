@@ -38,6 +38,10 @@ impl Pipeline {
         stop!("split");
         self.stage("diagnose", |p, d| p.diagnose_stage(d, &base, &tok))?;
         stop!("diagnose");
+        if self.cfg.circuit_receivers > 0 {
+            self.stage("circuit", |p, d| p.circuit_stage(d, &base, &tok))?;
+            stop!("circuit");
+        }
         self.stage("make-data", |p, d| p.make_data_stage(d, &base, &tok))?;
         stop!("make-data");
         for v in self.cfg.variants() {

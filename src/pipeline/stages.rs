@@ -45,12 +45,8 @@ impl Pipeline {
         )
     }
 
-    pub(super) fn diagnose_stage<B: TrainBackend>(
-        &self,
-        d: &Path,
-        base: &Model<B>,
-        tok: &Tokenizer,
-    ) -> Result<()> {
+    /// The diagnosis's MMLU questions and their prompt pairs (also the circuit's).
+    pub(super) fn diagnose_pairs(&self) -> Result<(Vec<McQuestion>, Vec<PromptPair>)> {
         let diag = self.diagnose_questions()?;
         let mcs: Vec<McQuestion> = diag
             .iter()
@@ -71,6 +67,16 @@ impl Pipeline {
         );
         let system = self.cfg.protocol.system.as_deref();
         let pairs: Vec<_> = mcs.iter().map(|q| pair_for_question(q, system)).collect();
+        Ok((mcs, pairs))
+    }
+
+    pub(super) fn diagnose_stage<B: TrainBackend>(
+        &self,
+        d: &Path,
+        base: &Model<B>,
+        tok: &Tokenizer,
+    ) -> Result<()> {
+        let (mcs, pairs) = self.diagnose_pairs()?;
         let metric = Metric::from_words(MetricKind::Ratio, tok, "Apologies", "Yes")?;
         let dg = diagnose(
             base,

@@ -5,7 +5,7 @@ use anyhow::Result;
 use std::fmt::Write as _;
 
 /// Diverging colour: negative red, positive blue, zero white; `t` in [-1, 1].
-fn diverging(t: f64) -> (u8, u8, u8) {
+pub(crate) fn diverging(t: f64) -> (u8, u8, u8) {
     if t.is_nan() {
         return (200, 200, 200);
     }
@@ -123,7 +123,7 @@ pub fn heatmap_svg(grid: &[Vec<f64>], top: &[(usize, usize)], title: &str) -> St
     s
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -149,21 +149,21 @@ fn glyph(ch: char) -> [u8; 5] {
     }
 }
 
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
+pub(crate) struct Canvas {
+    pub(crate) w: usize,
+    pub(crate) h: usize,
+    pub(crate) px: Vec<u8>,
 }
 
 impl Canvas {
-    fn new(w: usize, h: usize) -> Self {
+    pub(crate) fn new(w: usize, h: usize) -> Self {
         Self {
             w,
             h,
             px: vec![255; w * h * 3],
         }
     }
-    fn rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: (u8, u8, u8)) {
+    pub(crate) fn rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: (u8, u8, u8)) {
         for yy in y..(y + h).min(self.h) {
             for xx in x..(x + w).min(self.w) {
                 let i = (yy * self.w + xx) * 3;
@@ -171,7 +171,7 @@ impl Canvas {
             }
         }
     }
-    fn text(&mut self, x: usize, y: usize, s: &str, scale: usize) {
+    pub(crate) fn text(&mut self, x: usize, y: usize, s: &str, scale: usize) {
         for (k, ch) in s.chars().enumerate() {
             let g = glyph(ch);
             for (r, bits) in g.iter().enumerate() {

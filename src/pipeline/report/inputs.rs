@@ -139,6 +139,9 @@ pub struct Inputs {
     pub att: Option<Value>,
     pub ko: Option<Value>,
     pub agree: Option<Value>,
+    /// circuit/circuit.json and its picture, when the circuit stage ran.
+    pub circuit: Option<Value>,
+    pub circuit_svg: Option<String>,
 }
 
 impl Inputs {
@@ -156,6 +159,8 @@ impl Inputs {
             att: opt("diagnose", "attention.json"),
             ko: opt("knockout", "knockout.json"),
             agree: opt("eval-base", "judge_agreement.json"),
+            circuit: opt("circuit", "circuit.json"),
+            circuit_svg: std::fs::read_to_string(p.dir("circuit").join("circuit.svg")).ok(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! A stage that did not run (no SFT baseline, no knockout) shows "-" or "not measured";
 //! it never fails the report.
 
+mod circuit;
 mod doc;
 mod inputs;
 mod judged;
@@ -50,6 +51,7 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
     sections::judge_agreement(&mut d, &inp);
     jd.render(&mut d);
     sections::diagnosis(&mut d, &inp, &p.cfg);
+    circuit::section(&mut d, &inp);
     sections::knockout(&mut d, &inp);
     sections::attention(&mut d, &inp);
     sections::loss_curves(&mut d, &inp);
@@ -67,7 +69,10 @@ pub fn write_report(p: &Pipeline) -> Result<()> {
         &json!({"model": p.cfg.model_id, "config": p.cfg, "verdict": v.to_json(),
                 "metrics": sections::metrics_json(&inp), "variants": variants_json(&inp),
                 "judge_decisions": jd.to_json(), "diagnosis": dg, "attention": inp.att,
-                "knockout": inp.ko, "judge_agreement": inp.agree, "examples": examples.to_json(),
+                "knockout": inp.ko, "judge_agreement": inp.agree,
+                "circuit": inp.circuit.as_ref().map(|c| json!({"agreement": c["agreement"],
+                    "top_edges": c["edges"].as_array().map(|e| e.iter().take(8).cloned().collect::<Vec<_>>())})),
+                "examples": examples.to_json(),
                 "stage_seconds": secs, "transfer": transfer::to_json(&inp)}),
     )?;
     Ok(())
