@@ -1,6 +1,8 @@
 //! Small shared helpers: atomic file writes, the cache directory, progress bars.
 
+pub mod cancel;
 pub mod charts;
+pub mod progress;
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -137,6 +139,10 @@ pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<indicatif::Progr
         .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
+    if progress::observed() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        progress::register(&pb);
+    }
     Some(pb)
 }
 

@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod attention;
 pub mod attribution;
+pub mod inputs;
 pub mod knockout;
 pub mod metric;
 pub mod pairs;

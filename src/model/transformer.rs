@@ -382,6 +382,10 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
+        for c in taps.callbacks.iter().filter(|c| c.point == point) {
+            b.edit_on_host(x, &mut |h| (c.f)(point, &layout.row_id, h))
+                .with_context(|| format!("hook at {}", point.tl_name()))?;
+        }
         // Gathered on the device now, downloaded after the forward: a download waits for
         // the device, and one per hook point would stall the launch queue every layer.
         for (p, pos) in taps.capture.iter().filter(|(p, _)| *p == point) {
@@ -464,6 +468,7 @@ impl<B: Backend> Model<B> {
             None => (0, b.embed(&w.embed, &ids)?), // [n, d]
         };
         for l in first_layer..w.layers.len() {
+            crate::util::cancel::check()?;
             self.hook(
                 HookPoint::ResidPre(l),
                 &mut x,
