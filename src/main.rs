@@ -1,8 +1,7 @@
 //! The `pinpoint` command line.
 
-mod cli;
-
 use clap::Parser;
+use pinpoint::cli;
 
 /// Keep freed memory in the heap for reuse: the forward and backward free and re-allocate
 /// buffers of tens to hundreds of MB every step, and glibc would otherwise return each to

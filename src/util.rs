@@ -122,6 +122,10 @@ pub fn bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
         indicatif::ProgressStyle::with_template(template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    if progress::observed() {
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        progress::register(&b);
+    }
     b
 }
 
