@@ -109,3 +109,19 @@ def test_tune_equals_the_cli(env, tiny, tmp_path):
     lg, _ = tuned.run_with_cache([[3, 4, 5]], names=[])
     assert np.isfinite(lg).all()
     json.dumps(t.to_dict())
+
+
+def test_pipeline_equals_the_cli(env, tiny, tmp_path):
+    run_cli("pipeline", "--model", env / "m", "--out", tmp_path / "cli", "--stop-after",
+            "diagnose", "--pairs", "2", "--quiet")
+    p = pinpoint.pipeline(out=tmp_path / "py", model=tiny, stop_after="diagnose", pairs=2,
+                          quiet=True)
+    for f in ["split/split.json", "split/eval_questions.jsonl", "diagnose/heads.csv",
+              "diagnose/attention.json"]:
+        assert (tmp_path / "py" / f).read_bytes() == (tmp_path / "cli" / f).read_bytes(), f
+    a = json.loads((tmp_path / "cli" / "diagnose" / "heads.json").read_text())["heads"]
+    b = json.loads((tmp_path / "py" / "diagnose" / "heads.json").read_text())["heads"]
+    assert [h["score"] for h in a] == [h["score"] for h in b]
+    assert p.report is None  # stopped before the report
+    assert "diagnose" in json.dumps(p.stages)
+    json.dumps(p.to_dict())

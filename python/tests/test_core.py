@@ -173,3 +173,23 @@ def test_generate_and_chat_equal_the_cli(env, tiny):
     r2 = run_cli("generate", "--model", env / "m", "--prompt", "what is", "--max-new-tokens",
                  "8", "--temperature", "0.9", "--seed", "3", "--json")
     assert sampled.tolist() == json.loads(r2.stdout.splitlines()[0])["tokens"]
+
+
+def test_progress_reaches_the_callback(env, tiny, monkeypatch):
+    calls = []
+
+    class Sink:
+        def __call__(self, msg, pos, length):
+            calls.append((msg, pos, length))
+
+        def close(self):
+            calls.append("closed")
+
+    import pinpoint._analyses as an
+
+    monkeypatch.setattr(an, "progress_callback", lambda: Sink())
+    pinpoint.path_patching(tiny, pairs=env / "pairs.jsonl", syc_word="apologies",
+                           anti_word="yes")
+    assert calls[-1] == "closed"
+    done = [c for c in calls[:-1] if c[1] == c[2] and c[2] > 0]
+    assert done, calls

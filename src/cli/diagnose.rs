@@ -140,7 +140,7 @@ fn diagnose_on<B: Backend>(
     Ok(())
 }
 
-pub use pinpoint::diagnose::inputs::HeadsArg;
+pub use pinpoint::tune::HeadsArg;
 
 #[derive(clap::Args, Debug)]
 pub struct AttentionArgs {
