@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 /// The model on one backend.
 pub enum Backed {
-    Cpu(Model<CpuBackend>),
-    Cuda(Model<CudaBackend>),
+    Cpu(Box<Model<CpuBackend>>),
+    Cuda(Box<Model<CudaBackend>>),
 }
 
 /// `on_model!(engine, |m| expr)`: `expr` with `m` the engine's `&Model<B>`, whatever B.
@@ -23,8 +23,14 @@ pub enum Backed {
 macro_rules! on_model {
     ($eng:expr, |$m:ident| $body:expr) => {
         match &$eng.backed {
-            $crate::engine::Backed::Cpu($m) => $body,
-            $crate::engine::Backed::Cuda($m) => $body,
+            $crate::engine::Backed::Cpu(boxed) => {
+                let $m = &**boxed;
+                $body
+            }
+            $crate::engine::Backed::Cuda(boxed) => {
+                let $m = &**boxed;
+                $body
+            }
         }
     };
 }
@@ -64,13 +70,13 @@ fn load(path: Option<PathBuf>, device: &str) -> anyhow::Result<Engine> {
         None
     };
     let backed = match device {
-        "cpu" => Backed::Cpu(Model::load_cpu(&dir)?),
+        "cpu" => Backed::Cpu(Box::new(Model::load_cpu(&dir)?)),
         "cuda" => {
             let (cfg, w, dtype) = pinpoint::model::checkpoint::load_model_dir(&dir)?;
             let mut m = Model::from_host(cfg, &w, cuda()?)?;
             m.dtype = dtype;
             m.dir = Some(dir.clone());
-            Backed::Cuda(m)
+            Backed::Cuda(Box::new(m))
         }
         other => anyhow::bail!("device must be \"cpu\" or \"cuda\", got {other:?}"),
     };
