@@ -193,3 +193,31 @@ def test_progress_reaches_the_callback(env, tiny, monkeypatch):
     assert calls[-1] == "closed"
     done = [c for c in calls[:-1] if c[1] == c[2] and c[2] > 0]
     assert done, calls
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_patch_and_ablate_match_hf_hooks(name):
+    """The HF fixtures' patched and mean-ablated logits (scripts/make_fixtures.py), through
+    the built-ins and through Python hooks doing the same edit."""
+    m = pinpoint.Model.load(FIXTURES / name)
+    ref = read_safetensors(FIXTURES / name / "expected.safetensors")
+    ids = ref["input_ids"].astype(np.int64)
+    t = ids.shape[1]
+    _, cache = m.run_with_cache(ids, names=[f"blocks.{l}.attn.hook_z" for l in range(m.cfg.n_layers)])
+    z = lambda l: cache[f"blocks.{l}.attn.hook_z"]
+    # patched_logits: item 0, layer 1 head 2 at the last position <- item 1.
+    lg = m.run_with_hooks(ids[:1], fwd_hooks=[
+        ("blocks.1.attn.hook_z", pinpoint.patch(z(1)[1, t - 1, 2], head=2, pos=t - 1))])
+    np.testing.assert_allclose(lg, ref["patched_logits"].reshape(lg.shape), atol=TOL, rtol=0)
+
+    def mid(act, hook):
+        act[0, 3:7, 1] = z(0)[1, 3:7, 1]
+
+    lg = m.run_with_hooks(ids[:1], fwd_hooks=[("blocks.0.attn.hook_z", mid)])
+    np.testing.assert_allclose(lg, ref["patched_mid_logits"].reshape(lg.shape), atol=TOL,
+                               rtol=0)
+    # ablated_logits: (2, 0) and (0, 3) set to their mean over all positions and items.
+    hooks = [(f"blocks.{l}.attn.hook_z", pinpoint.mean_ablate(z(l)[:, :, h].mean(axis=(0, 1)),
+                                                              head=h)) for l, h in [(2, 0), (0, 3)]]
+    lg = m.run_with_hooks(ids, fwd_hooks=hooks)
+    np.testing.assert_allclose(lg, ref["ablated_logits"].reshape(lg.shape), atol=TOL, rtol=0)
