@@ -14,20 +14,15 @@ Example:
 from . import _pinpoint
 from ._analyses import (
     AttentionShareResult,
-    EvalResult,
     KnockoutResult,
     PathPatchingResult,
-    PipelineResult,
-    TuneResult,
     activation_patching,
     attention_share,
     attribution_patching,
-    evaluate,
     knockout,
     path_patching,
-    pipeline,
-    tune,
 )
+from ._commands import EvalResult, PipelineResult, TuneResult, evaluate, pipeline, tune
 from ._model import Config, Hook, Model, capture, mean_ablate, patch
 
 __all__ = [

@@ -8,8 +8,10 @@ use crate::blocking;
 use crate::engine::Engine;
 use crate::on_model;
 use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
-use pinpoint::heads::{Ablation, Callback, HeadId, HookPoint, Patch, Positions, Taps};
-use pinpoint::model::HostTensor;
+use pinpoint::heads::{
+    Ablation, Callback, Capture, ForwardOutput, HeadId, HookFn, HookPoint, Patch, Positions, Taps,
+};
+use pinpoint::model::{HostTensor, ModelConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -131,11 +133,189 @@ fn check_cols(name: &str, col0: usize, len: usize, w: usize) -> PyResult<()> {
     Ok(())
 }
 
+/// The batch's shape: `batch` sequences, the longest `max_len` tokens.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    max_len: usize,
+}
+
+fn logits_positions(logits: &str) -> PyResult<Positions> {
+    match logits {
+        "all" => Ok(Positions::All),
+        "last" => Ok(Positions::Last),
+        "none" => Ok(Positions::None),
+        o => Err(PyValueError::new_err(format!(
+            "logits must be \"all\", \"last\" or \"none\", got {o:?}"
+        ))),
+    }
+}
+
+/// The engine's own patches and ablations, checked against the model and the batch.
+fn add_edits(
+    taps: &mut Taps,
+    cfg: &ModelConfig,
+    seqs: &[Vec<u32>],
+    patches: Vec<PatchSpec>,
+    ablations: Vec<AblationSpec>,
+) -> PyResult<()> {
+    let nl = cfg.num_hidden_layers;
+    for (name, seq, pos, col0, values) in patches {
+        let point = point_of(&name, nl)?;
+        check_cols(&name, col0, values.len(), width(cfg, point))?;
+        if seq >= seqs.len() || pos >= seqs[seq].len() {
+            return Err(PyValueError::new_err(format!(
+                "{name}: no token at sequence {seq}, position {pos}"
+            )));
+        }
+        taps.patches.push(Patch {
+            point,
+            seq,
+            pos,
+            col0,
+            values,
+        });
+    }
+    for (name, col0, values) in ablations {
+        let point = point_of(&name, nl)?;
+        check_cols(&name, col0, values.len(), width(cfg, point))?;
+        taps.ablations.push(Ablation {
+            point,
+            col0,
+            values,
+        });
+    }
+    Ok(())
+}
+
+/// A Python hook as an engine callback: the rows go out padded, `[batch * max_len *
+/// width]`, and what `f(name, array)` returns (the same size) is written back.
+fn python_hook(name: String, f: PyObject, d: Dims, w: usize) -> HookFn {
+    Arc::new(move |_, index, h: &mut HostTensor| {
+        Python::with_gil(|py| -> PyResult<()> {
+            let mut buf = Padded::new(d.batch, d.max_len, w);
+            buf.fill(index, h);
+            let back = f.call1(py, (name.as_str(), buf.data.into_pyarray(py)))?;
+            let back: PyReadonlyArray1<f32> = back.extract(py)?;
+            let want = d.batch * d.max_len * w;
+            if back.len() != want {
+                return Err(PyValueError::new_err(format!(
+                    "hook {name}: returned {} values, expected {want}",
+                    back.len()
+                )));
+            }
+            let data = back.as_slice()?.to_vec();
+            Padded {
+                max_len: d.max_len,
+                width: w,
+                data,
+            }
+            .write_back(index, h);
+            Ok(())
+        })
+        .map_err(anyhow::Error::from)?;
+        Ok(true)
+    })
+}
+
+/// What the cache holds after the forward: per name, its padded buffer (filled by a
+/// callback, one copy) or the layer whose attention patterns it wants.
+type CacheSinks = (Vec<(String, Arc<Mutex<Padded>>)>, Vec<(String, usize)>);
+
+fn add_cache(
+    taps: &mut Taps,
+    cfg: &ModelConfig,
+    names: Vec<String>,
+    d: Dims,
+) -> PyResult<CacheSinks> {
+    let (mut cached, mut patterns) = (vec![], vec![]);
+    for name in names {
+        match parse_name(&name, cfg.num_hidden_layers)? {
+            Want::Pattern(l) => {
+                for h in 0..cfg.num_attention_heads {
+                    taps.patterns.push(HeadId::new(l, h));
+                }
+                patterns.push((name, l));
+            }
+            Want::Point(point) => {
+                let buf = Arc::new(Mutex::new(Padded::new(
+                    d.batch,
+                    d.max_len,
+                    width(cfg, point),
+                )));
+                let sink = buf.clone();
+                let f: HookFn = Arc::new(move |_, index, h| {
+                    COPIES.fetch_add(1, Ordering::SeqCst);
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .fill(index, h);
+                    Ok(false)
+                });
+                taps.callbacks.push(Callback { point, f });
+                cached.push((name, buf));
+            }
+        }
+    }
+    Ok((cached, patterns))
+}
+
+/// Layer `l`'s patterns `[batch, head, max_len, max_len]`, zero outside each sequence.
+fn pattern_array(out: &ForwardOutput, l: usize, nh: usize, d: Dims) -> Vec<f32> {
+    let m = d.max_len;
+    let mut data = vec![0.0f32; d.batch * nh * m * m];
+    for s in 0..d.batch {
+        for h in 0..nh {
+            let t = &out.patterns[&(HeadId::new(l, h), s)];
+            let (q, k) = (t.shape[0], t.shape[1]);
+            let base = (s * nh + h) * m * m;
+            for i in 0..q {
+                data[base + i * m..][..k].copy_from_slice(&t.data[i * k..][..k]);
+            }
+        }
+    }
+    data
+}
+
+/// The logits as numpy: `[batch, max_len, vocab]`, `[batch, vocab]` or None.
+fn logits_array(
+    py: Python<'_>,
+    logits: Capture,
+    which: &str,
+    equal_lengths: bool,
+    d: Dims,
+    vocab: usize,
+) -> PyResult<PyObject> {
+    Ok(match which {
+        // Equal lengths: the packed rows are already [batch, pos, vocab] (no copy).
+        "all" if equal_lengths => logits
+            .data
+            .data
+            .into_pyarray(py)
+            .reshape([d.batch, d.max_len, vocab])?
+            .into_any()
+            .unbind(),
+        "all" => {
+            let mut p = Padded::new(d.batch, d.max_len, vocab);
+            p.fill(&logits.index, &logits.data);
+            p.data
+                .into_pyarray(py)
+                .reshape([d.batch, d.max_len, vocab])?
+                .into_any()
+                .unbind()
+        }
+        "last" => {
+            let a: Bound<'_, PyArray1<f32>> = logits.data.data.into_pyarray(py);
+            a.reshape([d.batch, vocab])?.into_any().unbind()
+        }
+        _ => py.None(),
+    })
+}
+
 /// One forward of `seqs` (token id lists, any lengths). Returns (logits, cache):
 /// logits `[batch, max_len, vocab]` ("all"), `[batch, vocab]` ("last") or None;
 /// cache maps each of `names` to `[batch, max_len, width]` (patterns: `[batch, head,
 /// max_len, max_len]`), zero past each sequence's end. `hooks`: (name, fn) with
-/// fn(name, array `[batch, max_len, width]`) returning the array to write back.
+/// fn(name, array `[batch * max_len * width]`) returning the array to write back.
 #[pyfunction]
 #[pyo3(signature = (engine, seqs, names, logits="all", hooks=vec![], patches=vec![], ablations=vec![], progress=None))]
 #[allow(clippy::too_many_arguments)]
@@ -151,107 +331,26 @@ pub fn forward<'py>(
     progress: Option<PyObject>,
 ) -> PyResult<(PyObject, Bound<'py, PyDict>)> {
     let cfg = engine.cfg().clone();
-    let (nl, batch) = (cfg.num_hidden_layers, seqs.len());
-    if batch == 0 {
+    if seqs.is_empty() {
         return Err(PyValueError::new_err("no sequences: give at least one"));
     }
     let max_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
-    let mut taps = Taps::new().with_logits(match logits {
-        "all" => Positions::All,
-        "last" => Positions::Last,
-        "none" => Positions::None,
-        o => {
-            return Err(PyValueError::new_err(format!(
-                "logits must be \"all\", \"last\" or \"none\", got {o:?}"
-            )))
-        }
-    });
-    for (name, seq, pos, col0, values) in patches {
-        let point = point_of(&name, nl)?;
-        check_cols(&name, col0, values.len(), width(&cfg, point))?;
-        if seq >= batch || pos >= seqs[seq].len() {
-            return Err(PyValueError::new_err(format!(
-                "{name}: no token at sequence {seq}, position {pos}"
-            )));
-        }
-        taps.patches.push(Patch {
-            point,
-            seq,
-            pos,
-            col0,
-            values,
-        });
-    }
-    for (name, col0, values) in ablations {
-        let point = point_of(&name, nl)?;
-        check_cols(&name, col0, values.len(), width(&cfg, point))?;
-        taps.ablations.push(Ablation {
-            point,
-            col0,
-            values,
-        });
-    }
+    let d = Dims {
+        batch: seqs.len(),
+        max_len,
+    };
+    let mut taps = Taps::new().with_logits(logits_positions(logits)?);
+    add_edits(&mut taps, &cfg, &seqs, patches, ablations)?;
     for (name, f) in hooks {
-        let point = point_of(&name, nl)?;
-        let w = width(&cfg, point);
-        let hook: pinpoint::heads::HookFn = Arc::new(move |_, index, h: &mut HostTensor| {
-            Python::with_gil(|py| -> PyResult<()> {
-                let mut buf = Padded::new(batch, max_len, w);
-                buf.fill(index, h);
-                let arr = buf.data.into_pyarray(py);
-                let back = f.call1(py, (name.as_str(), arr))?;
-                let back: PyReadonlyArray1<f32> = back.extract(py)?;
-                if back.len() != batch * max_len * w {
-                    return Err(PyValueError::new_err(format!(
-                        "hook {name}: returned {} values, expected {}",
-                        back.len(),
-                        batch * max_len * w
-                    )));
-                }
-                let data = back.as_slice()?.to_vec();
-                Padded {
-                    max_len,
-                    width: w,
-                    data,
-                }
-                .write_back(index, h);
-                Ok(())
-            })
-            .map_err(anyhow::Error::from)?;
-            Ok(true)
-        });
-        taps.callbacks.push(Callback { point, f: hook });
+        let point = point_of(&name, cfg.num_hidden_layers)?;
+        let f = python_hook(name, f, d, width(&cfg, point));
+        taps.callbacks.push(Callback { point, f });
     }
-    // Cache: one callback per name copies the rows into its padded buffer.
-    let mut cached: Vec<(String, Arc<Mutex<Padded>>)> = vec![];
-    let mut patterns: Vec<(String, usize)> = vec![];
-    for name in names {
-        match parse_name(&name, nl)? {
-            Want::Pattern(l) => {
-                for h in 0..cfg.num_attention_heads {
-                    taps.patterns.push(HeadId::new(l, h));
-                }
-                patterns.push((name, l));
-            }
-            Want::Point(point) => {
-                let buf = Arc::new(Mutex::new(Padded::new(batch, max_len, width(&cfg, point))));
-                let sink = buf.clone();
-                let f: pinpoint::heads::HookFn = Arc::new(move |_, index, h| {
-                    COPIES.fetch_add(1, Ordering::SeqCst);
-                    sink.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .fill(index, h);
-                    Ok(false)
-                });
-                taps.callbacks.push(Callback { point, f });
-                cached.push((name, buf));
-            }
-        }
-    }
+    let (cached, patterns) = add_cache(&mut taps, &cfg, names, d)?;
     let out = blocking::run(py, progress.as_ref(), || {
         on_model!(engine, |m| m.forward(&seqs, &taps))
     })?;
-    drop(taps);
+    drop(taps); // releases the sinks' other owners
     let dict = PyDict::new(py);
     for (name, buf) in cached {
         let p = Arc::try_unwrap(buf)
@@ -259,53 +358,20 @@ pub fn forward<'py>(
             .expect("the forward released its hooks")
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        let w = p.width;
-        let a = p.data.into_pyarray(py).reshape([batch, max_len, w])?;
+        let a = p
+            .data
+            .into_pyarray(py)
+            .reshape([d.batch, max_len, p.width])?;
         dict.set_item(name, a)?;
     }
     let nh = cfg.num_attention_heads;
     for (name, l) in patterns {
-        let mut data = vec![0.0f32; batch * nh * max_len * max_len];
-        for s in 0..batch {
-            for h in 0..nh {
-                let t = &out.patterns[&(HeadId::new(l, h), s)];
-                let (q, k) = (t.shape[0], t.shape[1]);
-                let base = (s * nh + h) * max_len * max_len;
-                for i in 0..q {
-                    data[base + i * max_len..][..k].copy_from_slice(&t.data[i * k..][..k]);
-                }
-            }
-        }
-        let a = data
+        let a = pattern_array(&out, l, nh, d)
             .into_pyarray(py)
-            .reshape([batch, nh, max_len, max_len])?;
+            .reshape([d.batch, nh, max_len, max_len])?;
         dict.set_item(name, a)?;
     }
-    let vocab = cfg.vocab_size;
-    let logits_obj: PyObject = match logits {
-        // Equal lengths: the packed rows are already [batch, pos, vocab] (no copy).
-        "all" if seqs.iter().all(|s| s.len() == max_len) => out
-            .logits
-            .data
-            .data
-            .into_pyarray(py)
-            .reshape([batch, max_len, vocab])?
-            .into_any()
-            .unbind(),
-        "all" => {
-            let mut p = Padded::new(batch, max_len, vocab);
-            p.fill(&out.logits.index, &out.logits.data);
-            p.data
-                .into_pyarray(py)
-                .reshape([batch, max_len, vocab])?
-                .into_any()
-                .unbind()
-        }
-        "last" => {
-            let a: Bound<'_, PyArray1<f32>> = out.logits.data.data.into_pyarray(py);
-            a.reshape([batch, vocab])?.into_any().unbind()
-        }
-        _ => py.None(),
-    };
-    Ok((logits_obj, dict))
+    let equal = seqs.iter().all(|s| s.len() == max_len);
+    let lg = logits_array(py, out.logits, logits, equal, d, cfg.vocab_size)?;
+    Ok((lg, dict))
 }
