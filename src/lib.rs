@@ -1,7 +1,12 @@
 //! pinpoint: find the attention heads that make a Llama/Mistral chat model sycophantic,
 //! validate them, and fine-tune only those heads (supervised pinpoint tuning).
 
+// The CLI's code is written against the crate's public name; it lives in the library so
+// that the Python package runs the very same commands (`cli::run`).
+extern crate self as pinpoint;
+
 pub mod backend;
+pub mod cli;
 pub mod diagnose;
 pub mod eval;
 pub mod guard;

@@ -1,6 +1,7 @@
 //! The `pinpoint` command line.
 
-mod cli;
+use clap::Parser;
+use pinpoint::cli;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 

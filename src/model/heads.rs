@@ -240,6 +240,27 @@ pub struct Ablation {
     pub values: Vec<f32>,
 }
 
+/// A function run at a hook point on the host: it sees the activation `[rows, width]`
+/// (packed rows; `index[i] = (seq, pos)` names row i) and may edit it in place, returning
+/// `true` when it did (so a device copy is written back). Front ends (the Python package's
+/// `run_with_hooks`) put their hooks here; the engine knows nothing of them.
+pub type HookFn = std::sync::Arc<
+    dyn Fn(HookPoint, &[(usize, usize)], &mut HostTensor) -> anyhow::Result<bool> + Send + Sync,
+>;
+
+/// A [`HookFn`] at one hook point. Run after ablations and patches, before captures.
+#[derive(Clone)]
+pub struct Callback {
+    pub point: HookPoint,
+    pub f: HookFn,
+}
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Callback({:?})", self.point)
+    }
+}
+
 /// What a forward pass should capture and overwrite. Empty by default, with logits at the
 /// last position of each sequence.
 #[derive(Debug, Clone, Default)]
@@ -249,6 +270,8 @@ pub struct Taps {
     pub patterns: Vec<HeadId>,
     pub patches: Vec<Patch>,
     pub ablations: Vec<Ablation>,
+    /// Host functions at hook points, in order.
+    pub callbacks: Vec<Callback>,
     pub logits: Positions,
 }
 
@@ -307,6 +330,7 @@ impl Taps {
         self.capture.iter().any(|(p, _)| *p == point)
             || self.patches.iter().any(|p| p.point == point)
             || self.ablations.iter().any(|a| a.point == point)
+            || self.callbacks.iter().any(|c| c.point == point)
     }
 }
 

@@ -320,6 +320,10 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
+        for c in taps.callbacks.iter().filter(|c| c.point == point) {
+            b.edit_on_host(x, &mut |h| (c.f)(point, &batch.row_id, h))
+                .with_context(|| format!("hook at {}", point.tl_name()))?;
+        }
         // Gathered on the device now, downloaded after the forward: a download waits for
         // the device, and one per hook point would stall the launch queue every layer.
         for (p, pos) in taps.capture.iter().filter(|(p, _)| *p == point) {

@@ -214,6 +214,16 @@ impl<B: Backend> Backend for Profiled<B> {
             self.inner.download(t)
         })
     }
+    fn edit_on_host(
+        &self,
+        t: &mut Self::Tensor,
+        f: &mut dyn FnMut(&mut HostTensor) -> Result<bool>,
+    ) -> Result<()> {
+        let n = numel(self.inner.shape(t));
+        self.op("edit_on_host", Cost::bytes(8.0 * n as f64), || {
+            self.inner.edit_on_host(t, f)
+        })
+    }
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
         self.inner.shape(t)
     }

@@ -2,6 +2,7 @@
 //! fine-tuning, attention, MLP, LoRA) with AdamW, masks acting inside the optimizer.
 
 pub mod data;
+pub mod heads_arg;
 pub mod lora;
 pub mod optim;
 pub mod trainer;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 /// Masks name the model's weights; they live with the model (its backward reads them).
 pub use crate::model::mask;
+pub use heads_arg::HeadsArg;
 pub use mask::{HeadProjs, LayerParam, Mask, ParamId, Slice};
 pub use optim::{AdamW, AdamWConfig};
 pub use trainer::{StepLog, Trainer, TuneConfig};

@@ -465,6 +465,7 @@ impl<B: TrainBackend> Trainer<B> {
         );
         bar.set_position(start as u64);
         while self.opt.step < stop {
+            crate::util::cancel::check()?;
             let log = self.step()?;
             bar.set_position(log.step as u64);
             bar.set_message(format!(
