@@ -1,6 +1,5 @@
 //! The `pinpoint` command line.
 
-use clap::Parser;
 use pinpoint::cli;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -140,16 +140,32 @@ pub(super) fn channel_rows<B: Backend>(
     let lw = &model.weights.layers[head.layer];
     let h = b.rmsnorm(x, &lw.attn_norm, model.cfg.rms_norm_eps as f32)?;
     let dh = model.head_dim();
+    let eps = model.cfg.rms_norm_eps;
     channels
         .iter()
         .map(|&c| {
             let (w, bias) = channel_weight(model, head, c)?;
+            // Qwen3: q and k are RMS-normed per head after the bias, before RoPE (the
+            // layer's order; hook_q/hook_k see the normed rows).
+            let norm = match (&lw.qk_norm, c) {
+                (Some([qn, _]), Channel::Q) => Some(b.download(qn)?.data),
+                (Some([_, kn]), Channel::K) => Some(b.download(kn)?.data),
+                _ => None,
+            };
             let y = b.download(&b.linear(&h, &w)?)?;
             Ok(y.data
                 .chunks(dh)
-                .map(|row| match &bias {
-                    Some(bb) => row.iter().zip(bb).map(|(y, c)| (y + c) as f64).collect(),
-                    None => row.iter().map(|&y| y as f64).collect(),
+                .map(|row| {
+                    let mut r: Vec<f64> = match &bias {
+                        Some(bb) => row.iter().zip(bb).map(|(y, c)| (y + c) as f64).collect(),
+                        None => row.iter().map(|&y| y as f64).collect(),
+                    };
+                    if let Some(g) = &norm {
+                        let ms = r.iter().map(|v| v * v).sum::<f64>() / r.len() as f64;
+                        let inv = 1.0 / (ms + eps).sqrt();
+                        r.iter_mut().zip(g).for_each(|(v, &g)| *v *= inv * g as f64);
+                    }
+                    r
                 })
                 .collect())
         })
