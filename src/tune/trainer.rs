@@ -106,6 +106,8 @@ pub struct Trainer<B: TrainBackend> {
     pub history: Vec<StepLog>,
     data: Vec<TrainSeq>,
     last_checkpoint: Option<PathBuf>,
+    /// Largest magnitude of each mask slice before training (the divergence check's scale).
+    base_max: Vec<f32>,
 }
 
 fn model_summary(cfg: &crate::model::ModelConfig) -> serde_json::Value {
@@ -205,6 +207,10 @@ impl<B: TrainBackend> Trainer<B> {
             masters.push(b.download(&a.b)?);
         }
         let state_lens = masters.iter().map(|m| m.numel()).collect();
+        let base_max = masters[..mask.slices.len()]
+            .iter()
+            .map(|m| m.data.iter().fold(0f32, |a, x| a.max(x.abs())))
+            .collect();
         let states = masters
             .iter()
             .map(|m| b.opt_new(m))
@@ -225,6 +231,7 @@ impl<B: TrainBackend> Trainer<B> {
             history: vec![],
             data,
             last_checkpoint: None,
+            base_max,
         })
     }
 
@@ -262,6 +269,25 @@ impl<B: TrainBackend> Trainer<B> {
             .iter()
             .map(|s| self.model.backend.opt_read(s))
             .collect()
+    }
+
+    /// Error when a trained tensor of the final weights `w` holds a value past
+    /// [`GROWTH_LIMIT`] times the largest magnitude its trained slice had before training
+    /// (at least 0.01): no fine-tuning moves weights that far; an exploding run does.
+    fn check_growth(&self, w: &ModelWeights<HostTensor>) -> Result<()> {
+        let named: std::collections::HashMap<String, &HostTensor> = w.named().into_iter().collect();
+        for (s, &base) in self.mask.slices.iter().zip(&self.base_max) {
+            let name = s.param.hf_name();
+            let Some(t) = named.get(&name) else { continue };
+            let limit = GROWTH_LIMIT * base.max(0.01);
+            let top = t.data.iter().fold(0f32, |a, x| a.max(x.abs()));
+            if top > limit {
+                bail!(
+                    "tensor {name} reached a magnitude of {top:e}, past {GROWTH_LIMIT} x the largest value its trained part held before training ({base:e}): the weights exploded"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The loss past which training has diverged: above both 4 x the first step's and twice
@@ -478,6 +504,8 @@ impl<B: TrainBackend> Trainer<B> {
         crate::model::checkpoint::weights_finite(&w)
             .with_context(|| self.diverged(self.opt.step))?;
         weights_bounded(&w).with_context(|| self.diverged(self.opt.step))?;
+        self.check_growth(&w)
+            .with_context(|| self.diverged(self.opt.step))?;
         save_model_dir(
             &self.out,
             &self.model.cfg,
@@ -577,6 +605,9 @@ impl BenchStep {
         Ok(t0.elapsed().as_secs_f64())
     }
 }
+
+/// How many times its largest value before training a trained tensor may grow to.
+pub const GROWTH_LIMIT: f32 = 1000.0;
 
 /// The largest weight magnitude a trained model may hold: real checkpoints stay far below
 /// it (f16 tops out at 65504), so a weight past it means training diverged.

@@ -197,7 +197,11 @@ fn templates() -> Vec<Case> {
             "sizes: a chat template looping 10^10 times silently",
             template(SILENT),
             logits,
-            &["chat template", "tokenizer_config.json", "loops without end"],
+            &[
+                "chat template",
+                "tokenizer_config.json",
+                "loops without end",
+            ],
         ),
         fail(
             "sizes: a doubling chat_template.jinja",
