@@ -249,6 +249,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Profile(a) => {
             checks::profile(&a)?;
             sanity::device(&a.device)?;
+            limits::profile(&a)?;
             profile::profile(a)
         }
         Command::Tune(a) => {
