@@ -238,3 +238,31 @@ pub fn generation(
         "this machine",
     )
 }
+
+/// `profile` on the CPU: the same lower bound as `bench` (one layer's activations, the
+/// logits, a decode KV cache) against the host's available memory.
+pub fn profile(a: &super::profile::ProfileArgs) -> Result<()> {
+    if a.device.device != super::Device::Cpu {
+        return Ok(()); // the GPU's memory is known only once the backend is up
+    }
+    let cfg = match &a.shape {
+        Some(s) => super::bench::shape_config(s)?,
+        None => ModelConfig::from_file(&a.model.resolve()?.join("config.json"))?,
+    };
+    let rows = product(&[a.batch, a.seq]).zip(product(&[a.pairs, a.seq, 2]));
+    let width =
+        (4 * cfg.hidden_size + 2 * cfg.intermediate_size + cfg.q_dim() + 2 * cfg.kv_dim()) as u128;
+    let bytes = rows.and_then(|(r, p)| {
+        let r = r.max(p);
+        let acts = r.checked_mul(width)?.checked_mul(4)?;
+        let logits = r.checked_mul(cfg.vocab_size as u128)?.checked_mul(4)?;
+        let len = a.seq.checked_add(a.new_tokens)?;
+        let kv = kv_cache_bytes(&cfg, a.batch, len)?;
+        acts.checked_add(logits)?.checked_add(kv)
+    });
+    let what = format!(
+        "profile --batch {} --seq {} --new-tokens {} --pairs {}",
+        a.batch, a.seq, a.new_tokens, a.pairs
+    );
+    fits_memory(&what, bytes, host_available(), "this machine")
+}

@@ -167,6 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Profile(a) => {
             checks::profile(&a)?;
             sanity::device(&a.device)?;
+            limits::profile(&a)?;
             let _lock = claim(&a.out, "profile")?;
             profile::profile(a)
         }

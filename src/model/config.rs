@@ -409,7 +409,7 @@ fn check_field_types(v: &serde_json::Value) -> Result<()> {
         }
     }
     if let Some(x) = present("bos_token_id") {
-        if !x.as_u64().is_some_and(|i| i <= u32::MAX as u64) {
+        if x.as_u64().is_none_or(|i| i > u32::MAX as u64) {
             bail!("`bos_token_id` is {x}; it must be a token id (an integer, 0 or more)");
         }
     }

@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod checkpoint;
+mod diverge;
+pub use diverge::{weights_bounded, GROWTH_LIMIT, WEIGHT_LIMIT};
 
 /// Settings of a tuning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +119,8 @@ pub struct Trainer<B: TrainBackend> {
     /// Content digest of the base model's weights as loaded ([`crate::model::digest`]);
     /// None for a model not loaded from a folder.
     base_digest: Option<String>,
+    /// Largest magnitude of each mask slice before training (the divergence check's scale).
+    base_max: Vec<f32>,
 }
 
 fn model_summary(cfg: &crate::model::ModelConfig) -> serde_json::Value {
@@ -216,6 +220,10 @@ impl<B: TrainBackend> Trainer<B> {
             masters.push(b.download(&a.b)?);
         }
         let state_lens = masters.iter().map(|m| m.numel()).collect();
+        let base_max = masters[..mask.slices.len()]
+            .iter()
+            .map(|m| m.data.iter().fold(0f32, |a, x| a.max(x.abs())))
+            .collect();
         let states = masters
             .iter()
             .map(|m| b.opt_new(m))
@@ -238,6 +246,7 @@ impl<B: TrainBackend> Trainer<B> {
             data,
             last_checkpoint: None,
             base_digest,
+            base_max,
         })
     }
 
@@ -275,14 +284,6 @@ impl<B: TrainBackend> Trainer<B> {
             .iter()
             .map(|s| self.model.backend.opt_read(s))
             .collect()
-    }
-
-    /// The loss past which training has diverged: above both 4 x the first step's and twice
-    /// that of a uniform guess over the vocabulary (None before the first step).
-    fn loss_limit(&self) -> Option<f64> {
-        let first = self.history.first()?.loss;
-        let uniform = (self.model.cfg.vocab_size as f64).ln();
-        Some((4.0 * first).max(2.0 * uniform))
     }
 
     /// One update. A non-finite loss or gradient stops with an error naming the step; the
@@ -492,6 +493,8 @@ impl<B: TrainBackend> Trainer<B> {
         crate::model::checkpoint::weights_finite(&w)
             .with_context(|| self.diverged(self.opt.step))?;
         weights_bounded(&w).with_context(|| self.diverged(self.opt.step))?;
+        self.check_growth(&w)
+            .with_context(|| self.diverged(self.opt.step))?;
         self.save_weights(&self.out, &w)?;
         let summary = serde_json::json!({
             "steps": self.opt.step,
@@ -584,23 +587,4 @@ impl BenchStep {
         t.model.backend.synchronize()?;
         Ok(t0.elapsed().as_secs_f64())
     }
-}
-
-/// The largest weight magnitude a trained model may hold: real checkpoints stay far below
-/// it (f16 tops out at 65504), so a weight past it means training diverged.
-pub const WEIGHT_LIMIT: f32 = 1e6;
-
-/// Error naming the first tensor with a weight past [`WEIGHT_LIMIT`], its value and index.
-pub fn weights_bounded(w: &ModelWeights<HostTensor>) -> Result<()> {
-    for (name, t) in w.named() {
-        if let Some((i, x)) = t
-            .data
-            .iter()
-            .enumerate()
-            .find(|(_, x)| x.abs() > WEIGHT_LIMIT)
-        {
-            bail!("tensor {name} holds {x:e} at index {i}, past {WEIGHT_LIMIT:e}: the weights exploded");
-        }
-    }
-    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `config.json`: bad field values, other architectures, and files that are not JSON.
 
-use super::{absent, concat, fail, folder_instead, ok, removed, Case, Env, Out, LOGITS, TUNE};
+use super::{absent, concat, fail, folder_instead, removed, Case, Env, LOGITS, TUNE};
 use serde_json::{json, Value};
 
 /// One field of `m/config.json` set to a value (JSON text) or removed (`None`), and the
@@ -361,17 +361,12 @@ fn command_cases() -> Vec<Case> {
             &format!("{TUNE} --out o"),
             &["num_attention_heads", "config.json"],
         ),
-        ok(
-            "logits: a prompt past max_position_embeddings runs, with a warning",
+        // Refused since issue 24 (it used to run with a warning).
+        fail(
+            "logits: a prompt past max_position_embeddings is refused",
             set("max_position_embeddings", json!(4)),
             "logits --model m --prompt yes,no,yes,no,yes --top 2 --top-only --out o.json",
-            |_: &Env, o: &Out| {
-                if o.stderr.contains("max_position_embeddings (4)") {
-                    Ok(())
-                } else {
-                    Err(format!("no warning: {}", o.stderr))
-                }
-            },
+            &["--prompt \"yes,no,yes,no,yes\"", "9 tokens", "context of 4"],
         ),
     ]
 }

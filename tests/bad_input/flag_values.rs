@@ -347,8 +347,34 @@ fn bom_cases() -> Vec<Case> {
     ]
 }
 
+/// Values the up-front checks let through but that blow the weights up: training ends
+/// with an error naming the step, never "done", and nothing is saved as the final model.
+fn divergence_cases() -> Vec<Case> {
+    let eight = TUNE.replace("--steps 1 --batch 1", "--steps 8 --batch 2");
+    vec![
+        fail(
+            "diverge: --lr 1000 grows the tuned head 1000-fold",
+            nothing,
+            &format!("{eight} --out o --lr 1000 --weight-decay 0 --checkpoint-every 4"),
+            &["step 8", "diverged", "q_proj", "exploded", "step-000004"],
+        )
+        .after(absent("o/model.safetensors")),
+        fail(
+            "diverge: --mode sft --lr 50 explodes the loss",
+            nothing,
+            &format!(
+                "{} --out o --mode sft --lr 50",
+                eight.replace("--heads-list L0H0 ", "")
+            ),
+            &["step 2", "diverged", "loss"],
+        )
+        .after(absent("o/model.safetensors")),
+    ]
+}
+
 pub fn cases() -> Vec<Case> {
     let mut c = rows();
+    c.extend(divergence_cases());
     c.extend(others());
     c.extend(bom_cases());
     c

@@ -169,6 +169,13 @@ fn counts() -> Vec<Case> {
             &["--new-tokens 1000000000", "GiB of memory"],
         ),
         fail(
+            "sizes: profile --batch 1000000 --seq 1000000",
+            nothing,
+            "profile forward --model m --batch 1000000 --seq 1000000 --out pr",
+            &["profile --batch 1000000 --seq 1000000", "GiB of memory"],
+        )
+        .after(absent("pr")),
+        fail(
             "sizes: bench --pairs past the memory",
             nothing,
             "bench patching --model m --pairs 1000000000000 --seq 64 --reps 1",
@@ -197,7 +204,11 @@ fn templates() -> Vec<Case> {
             "sizes: a chat template looping 10^10 times silently",
             template(SILENT),
             logits,
-            &["chat template", "tokenizer_config.json", "loops without end"],
+            &[
+                "chat template",
+                "tokenizer_config.json",
+                "loops without end",
+            ],
         ),
         fail(
             "sizes: a doubling chat_template.jinja",

@@ -73,6 +73,10 @@ impl<B: TrainBackend> Trainer<B> {
         let dir = root.join(&name);
         let w = self.final_weights()?;
         crate::model::checkpoint::weights_finite(&w).with_context(|| self.diverged(step))?;
+        if step == self.cfg.steps {
+            // The final weights: refuse exploded ones before they become a checkpoint.
+            self.check_growth(&w).with_context(|| self.diverged(step))?;
+        }
         let tmp = root.join(format!(".tmp-{name}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
