@@ -3,7 +3,8 @@
 //   a = x[i], b = x[i + half], angle = pos * inv_freq[i] (f32 product, as HF)
 //   x[i] = a cos - b sin,  x[i + half] = b cos + a sin
 // cos/sin are taken in double of the f32 angle and rounded, exactly as the CPU oracle.
-// inv_freq [half] f32 comes from the host (backend::rope_inv_freq), positions [n] u32.
+// inv_freq [half] f32 comes from the host (model::rope, for every RoPE variant; plain RoPE
+// is backend::rope_inv_freq), positions [n] u32.
 #include "common.cuh"
 
 extern "C" __global__ void rope_rotate_half(bf16_t* __restrict__ x, const u32* __restrict__ positions,

@@ -9,8 +9,6 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Write `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
-/// A crash or error never leaves a half-written `path`.
 /// English month names, January first (chat templates' dates, generated questions).
 pub const MONTHS: [&str; 12] = [
     "January",
@@ -27,6 +25,8 @@ pub const MONTHS: [&str; 12] = [
     "December",
 ];
 
+/// Write `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
+/// A crash or error never leaves a half-written `path`.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write_with(path, |f| f.write_all(bytes).map_err(Into::into))
 }

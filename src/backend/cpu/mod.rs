@@ -1,9 +1,12 @@
-//! The f32 CPU backend: the reference oracle and the no-GPU default.
-//! GEMMs go through the `gemm` crate (runtime SIMD dispatch); the rest is rayon loops.
+//! The f32 CPU backend: the oracle of the CUDA backend and the no-GPU default. Two kernel
+//! sets (`select.rs`): the fast one (AVX-512 and AMX kernels where the CPU has them, the
+//! `gemm` crate elsewhere) and the reference loops (`PINPOINT_CPU_KERNELS=reference`),
+//! tested against each other on every machine.
 
 pub mod buf;
 pub mod gemm;
 pub mod ops;
+pub mod select;
 pub mod simd;
 
 use super::{AdamStep, AttnShape, Backend, ParamState, Pattern, Region, SeqSpan, TrainBackend};

@@ -1,14 +1,18 @@
 //! Small f32 vector kernels with AVX-512 variants chosen at run time (the crate is built
-//! for baseline x86-64, so wide vectors need explicit target features).
+//! for baseline x86-64, so wide vectors need explicit target features); the reference
+//! kernel set (`select.rs`) runs the plain loops.
 
 /// `sum_i a[i] * b[i]`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::select::avx512() {
         // SAFETY: avx512f detected; slices of equal length.
         return unsafe { dot_avx512(a, b) };
+    }
+    if super::select::reference() {
+        return a.iter().zip(b).map(|(x, y)| x * y).sum();
     }
     dot_portable(a, b)
 }
@@ -18,7 +22,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::select::avx512() {
         // SAFETY: avx512f detected; slices of equal length.
         return unsafe { axpy_avx512(alpha, x, y) };
     }
@@ -99,9 +103,19 @@ unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
 #[inline]
 pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::select::avx512() {
         // SAFETY: avx512f detected.
         return unsafe { exp_shifted_sum_avx512(row, shift) };
+    }
+    if super::select::reference() {
+        // The reference sums in f64: a serial f32 sum of a 32k vocabulary's exponentials
+        // is off by ~2e-6 relative, more than the 16 lanes of the AVX-512 loop.
+        let mut sum = 0.0f64;
+        for x in row.iter_mut() {
+            *x = (*x - shift).exp();
+            sum += *x as f64;
+        }
+        return sum as f32;
     }
     let mut sum = 0.0f32;
     for x in row.iter_mut() {
@@ -115,7 +129,7 @@ pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
 #[inline]
 pub fn max(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::select::avx512() {
         // SAFETY: avx512f detected.
         return unsafe { max_avx512(row) };
     }
@@ -135,7 +149,7 @@ pub fn scale(x: &mut [f32], s: f32) {
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     debug_assert!(g.len() == u.len() && g.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::select::avx512() {
         // SAFETY: avx512f detected; equal lengths.
         return unsafe { silu_mul_avx512(g, u, out) };
     }
@@ -149,7 +163,7 @@ pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
 #[inline]
 pub fn silu_mul_bwd(d: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::select::avx512() {
         // SAFETY: avx512f detected; equal lengths.
         return unsafe { silu_mul_bwd_avx512(d, g, u, dg, du) };
     }

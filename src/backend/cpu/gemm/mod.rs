@@ -4,7 +4,8 @@
 //! register-tiled dot-product kernel over `x [n, k]` and `W [m, k]` rows; otherwise a packed
 //! GEMM (`gemm_packed`): B packed into 32-column panels, A into 14-row micro-panels
 //! interleaved along k, 14 x 32 register tiles, reduction passes of up to `KC_MAX`, tasks of
-//! row blocks by column groups on rayon. Without AVX-512 the `gemm` crate does the work.
+//! row blocks by column groups on rayon. Without AVX-512 the `gemm` crate does the work;
+//! with `PINPOINT_CPU_KERNELS=reference`, the naive loops of `naive.rs` on every CPU.
 //! Within a pass each output sums its products in k order, whatever the blocking.
 //! Where the CPU has AMX-BF16, large packed GEMMs go to `amx` instead (still f32:
 //! 6-pass bf16 with f32 accumulation); `PINPOINT_CPU_MATMUL` chooses (see `amx::mode`).
@@ -14,12 +15,14 @@ pub mod amx;
 mod common;
 #[cfg(target_arch = "x86_64")]
 mod dot;
+pub mod naive;
 #[doc(hidden)] // public for tests/cpu_gemm.rs
 pub mod packed;
 #[cfg(test)]
 mod tests;
 
 use super::buf::{with_capacity_huge, zeroed};
+use super::select;
 pub use common::{GemmPart, Strided};
 #[cfg(target_arch = "x86_64")]
 use dot::matmul_t_blocked;
@@ -29,7 +32,7 @@ pub use packed::gemm_small;
 use packed::{gemm_avx512_ptr, WHOLE_A_BYTES};
 
 /// Below this many rows (decode steps, single-position sweeps) the dot-product kernel wins;
-/// above it the `gemm` crate's packed kernels do.
+/// above it the packed kernel (or AMX) does.
 const SMALL_N: usize = 16;
 
 /// `out [n, m] = x [n, k] @ w [m, k]^T`, f32 accumulate.
@@ -38,8 +41,11 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
         x.len() >= n * k && w.len() >= m * k,
         "matmul_t: operands shorter than their shapes"
     );
+    if select::reference() {
+        return naive::matmul_t(x, w, n, k, m);
+    }
     #[cfg(target_arch = "x86_64")]
-    if n >= SMALL_N && std::arch::is_x86_feature_detected!("avx512f") {
+    if n >= SMALL_N && select::avx512() {
         let (a, b) = t_operands(x, w, k);
         // SAFETY: avx512f detected.
         return unsafe { gemm_packed_new(n, m, k, a, b) };
@@ -49,7 +55,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
         return out;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if select::avx512() {
         if n < SMALL_N {
             matmul_t_blocked(x, w, n, k, m, &mut out);
         } else {
@@ -266,8 +272,11 @@ pub fn gemm_into(
     }
     assert!(lhs.end(m, k) <= lhs.data.len(), "gemm: lhs out of bounds");
     assert!(rhs.end(k, n) <= rhs.data.len(), "gemm: rhs out of bounds");
+    if select::reference() {
+        return naive::gemm_into(dst, accumulate, m, n, k, lhs, rhs);
+    }
     #[cfg(target_arch = "x86_64")]
-    if m >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+    if m >= 16 && select::avx512() {
         // SAFETY: avx512f detected; bounds asserted above and inside.
         unsafe { gemm_packed(dst, accumulate, m, n, k, lhs, rhs) };
         return;

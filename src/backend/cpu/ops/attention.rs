@@ -358,9 +358,7 @@ pub(crate) fn attention(
     }
     let group = n_heads / n_kv_heads;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && spans.iter().all(|s| s.q_len >= ATT_BLOCKED_MIN_Q)
-    {
+    if crate::backend::cpu::select::avx512() && spans.iter().all(|s| s.q_len >= ATT_BLOCKED_MIN_Q) {
         return Ok(attention_blocked(q, k, v, spans, shape, want, (n, qc, kc)));
     }
     let scale = 1.0 / (dh as f32).sqrt();
@@ -523,7 +521,7 @@ pub(crate) fn attention_bwd(
     }
     let group = n_heads / n_kv_heads;
     #[cfg(target_arch = "x86_64")]
-    let blocked = std::arch::is_x86_feature_detected!("avx512f");
+    let blocked = crate::backend::cpu::select::avx512();
     #[cfg(not(target_arch = "x86_64"))]
     let blocked = false;
     // One task per (span, kv group): it owns dK/dV of that group over the span's keys and

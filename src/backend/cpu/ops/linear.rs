@@ -38,7 +38,7 @@ pub(crate) fn linear_bwd_input_sum(parts: &[(&HostTensor, &HostTensor)]) -> Resu
     }
     // dx [n, k] = sum_i dy_i @ w_i
     #[cfg(target_arch = "x86_64")]
-    if n >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+    if n >= 16 && crate::backend::cpu::select::avx512() {
         use crate::backend::cpu::gemm::{gemm_packed_sum_new, GemmPart};
         let gemm_parts: Vec<GemmPart> = views
             .iter()

@@ -30,6 +30,21 @@ pub fn rotate_half(
 ) {
     let half = head_dim / 2;
     let sign = if inverse { -1.0f32 } else { 1.0 };
+    if crate::backend::cpu::select::reference() {
+        // The plain loop: (cos, sin) of each row's position, computed for that row.
+        for (row, &p) in data.chunks_mut(c).zip(positions) {
+            let (cos, sin) = rope_cos_sin(p, inv);
+            for head in row.chunks_exact_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
+                    a[i] = x1 * cos[i] - x2 * s;
+                    b[i] = x2 * cos[i] + x1 * s;
+                }
+            }
+        }
+        return;
+    }
     // (cos, sin) per distinct position, computed once: a packed batch repeats positions
     // (8 sequences of 128 tokens: 128 distinct of 1024 rows).
     let mut distinct: Vec<usize> = positions.to_vec();
