@@ -8,16 +8,13 @@ use std::path::{Path, PathBuf};
 const MAX_FILE_LINES: usize = 600;
 const MAX_FN_LINES: usize = 120;
 
-/// Known offenders, `path` or `path:fn`. src/model/ and src/diagnose/ are split by the
-/// other half of issue 25 (the lead empties this list after the merge); the rest are next.
+/// Known offenders, `path` or `path:fn`, not yet split (next to do); a listed one that is
+/// now within the limits fails the test, so the list only shrinks.
 const KNOWN: &[&str] = &[
     // Not yet split (this half of issue 25 ran out of time; next to do).
     "src/model/tokenizer.rs",
     "src/model/gguf/import.rs",
     "src/model/gguf/import.rs:build_tokenizer",
-    "src/model/rope.rs:from_config",
-    // model/config.rs belongs to the other half of issue 25.
-    "src/model/config.rs:from_json",
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

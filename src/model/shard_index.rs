@@ -12,7 +12,12 @@ pub const INDEX: &str = "model.safetensors.index.json";
 
 /// Error unless each tensor the index of `dir` maps to a shard came from that shard
 /// (`origin`: tensor -> the file it was read from). No index: nothing to check.
+/// A `model.safetensors` beside the index is what loads (transformers' rule, see
+/// `checkpoint::safetensors_files`), so the index is then not checked.
 pub fn check(dir: &Path, origin: &HashMap<String, PathBuf>) -> Result<()> {
+    if dir.join("model.safetensors").is_file() {
+        return Ok(());
+    }
     let index = dir.join(INDEX);
     let Ok(text) = crate::util::read_text(&index) else {
         return Ok(()); // no index (or the reader already named the problem)
