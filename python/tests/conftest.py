@@ -94,6 +94,12 @@ def env(tmp_path_factory) -> Path:
     m.mkdir()
     for f in ["config.json", "model.safetensors", "generation_config.json"]:
         shutil.copy(FIXTURES / "tiny-llama" / f, m / f)
+    # A long context (plain RoPE: the math is the same at any length): the CLI refuses
+    # prompts past max_position_embeddings and ends generation there, and the three-turn
+    # protocol and the long Ctrl-C generation below need more than the fixture's 64.
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["max_position_embeddings"] = 1 << 20
+    (m / "config.json").write_text(json.dumps(cfg))
     (m / "tokenizer.json").write_text(json.dumps(tokenizer_json()))
     (m / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<s>", "eos_token": "</s>", "chat_template": TEMPLATE}))

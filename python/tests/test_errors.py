@@ -45,7 +45,7 @@ def test_bad_device(tmp_path):
 
 def test_bad_calls_raise_and_the_model_lives(tiny):
     with pytest.raises(ValueError, match="unknown hook point"):
-        tiny.run_with_cache([[1, 2]], names=["blocks.0.attn.hook_q"])
+        tiny.run_with_cache([[1, 2]], names=["blocks.0.attn.hook_query"])
     with pytest.raises(ValueError, match="3 layers"):
         tiny.run_with_cache([[1, 2]], names=["blocks.7.attn.hook_z"])
     with pytest.raises(ValueError, match="outside the vocabulary"):
