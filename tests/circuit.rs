@@ -65,7 +65,7 @@ fn opts(receivers: Vec<Receiver>) -> CircuitOptions {
     }
 }
 
-const FIXTURES: [&str; 7] = [
+const FIXTURES: [&str; 8] = [
     "tiny-llama",
     "tiny-mistral",
     "tiny-llama3",
@@ -73,6 +73,8 @@ const FIXTURES: [&str; 7] = [
     "tiny-yarn",
     "tiny-qwen2",
     "tiny-linear",
+    // Per-head q/k norms between the projection and RoPE (the channel recompute applies them).
+    "tiny-qwen3",
 ];
 
 /// The batched label logits of every edge equal the oracle's to 1e-5 relative, and each
