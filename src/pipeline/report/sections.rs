@@ -28,14 +28,30 @@ pub fn before_after_svg(inp: &Inputs) -> Option<String> {
     if !inp.variants.iter().any(|v| v.set(VERDICT_SET).is_some()) {
         return None;
     }
-    let groups: Vec<String> = CHART.iter().map(|c| c.1.to_string()).collect();
+    Some(variant_bars_svg(
+        inp,
+        "before/after on held-out easy questions (95% Wilson intervals)",
+        &CHART,
+        &|v, f| v.rate(VERDICT_SET, f),
+    ))
+}
+
+/// One group of bars per `(key, label)` of `rates`, one bar per variant: the rate
+/// `rate_of(variant, key)` with its interval (a gap where it has no trials).
+pub fn variant_bars_svg(
+    inp: &Inputs,
+    title: &str,
+    rates: &[(&str, &str)],
+    rate_of: &dyn Fn(&VariantData, &str) -> Option<Rate>,
+) -> String {
+    let groups: Vec<String> = rates.iter().map(|c| c.1.to_string()).collect();
     let series: Vec<(String, Vec<[f64; 3]>)> = inp
         .variants
         .iter()
         .map(|v| {
-            let vals = CHART
+            let vals = rates
                 .iter()
-                .map(|(f, _)| match v.rate(VERDICT_SET, f) {
+                .map(|(f, _)| match rate_of(v, f) {
                     Some(r) if r.n > 0 => [r.value, r.lo, r.hi],
                     _ => [f64::NAN; 3],
                 })
@@ -43,12 +59,7 @@ pub fn before_after_svg(inp: &Inputs) -> Option<String> {
             (v.name.clone(), vals)
         })
         .collect();
-    Some(grouped_bars_svg(
-        "before/after on held-out easy questions (95% Wilson intervals)",
-        &groups,
-        &series,
-        true,
-    ))
+    grouped_bars_svg(title, &groups, &series, true)
 }
 
 pub fn before_after(d: &mut Doc, svg: Option<&str>) {

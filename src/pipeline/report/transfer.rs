@@ -8,7 +8,6 @@ use super::stats::{diff, diff_text, Direction};
 use super::verdict::{Status, Target};
 use super::{Inputs, SetMetrics, VariantData, VERDICT_SET};
 use crate::eval::metrics::Rate;
-use crate::util::charts::grouped_bars_svg;
 use serde_json::{json, Value};
 
 /// The rates of one variant on the verdict's set: (key, label, where read).
@@ -163,26 +162,11 @@ pub fn targets(inp: &Inputs) -> Vec<Target> {
 /// 95% intervals; None when no variant measured transfer.
 pub fn chart_svg(inp: &Inputs) -> Option<String> {
     measured(inp)?;
-    let groups: Vec<String> = RATES.iter().map(|r| r.1.to_string()).collect();
-    let series: Vec<(String, Vec<[f64; 3]>)> = inp
-        .variants
-        .iter()
-        .map(|v| {
-            let vals = RATES
-                .iter()
-                .map(|(k, _)| match rate(v, k) {
-                    Some(r) if r.n > 0 => [r.value, r.lo, r.hi],
-                    _ => [f64::NAN; 3],
-                })
-                .collect();
-            (v.name.clone(), vals)
-        })
-        .collect();
-    Some(grouped_bars_svg(
+    Some(super::sections::variant_bars_svg(
+        inp,
         "does the cure carry over? held-out easy questions (95% Wilson intervals)",
-        &groups,
-        &series,
-        true,
+        &RATES,
+        &rate,
     ))
 }
 
