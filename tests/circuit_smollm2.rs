@@ -151,10 +151,14 @@ fn smollm2_cli_writes_circuit_json_and_pictures() {
     for k in ["exact", "eap", "eap_ig"] {
         assert!(e0[k].as_f64().unwrap().is_finite(), "{k}");
     }
-    assert!(j["agreement"]["eap"]["spearman"]
-        .as_f64()
-        .unwrap()
-        .is_finite());
+    // Both approximations' agreement with the exact scores is measured and written.
+    for k in ["eap", "eap_ig"] {
+        let a = &j["agreement"][k];
+        assert!(a["spearman"].as_f64().unwrap().abs() <= 1.0, "{k}: {a}");
+        for o in ["top10_overlap", "top50_overlap"] {
+            assert!((0.0..=1.0).contains(&a[o].as_f64().unwrap()), "{k}: {a}");
+        }
+    }
     let svg = std::fs::read_to_string(out_dir.join("circuit.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<path"));
     let png = std::fs::read(out_dir.join("circuit.png")).unwrap();
