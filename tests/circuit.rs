@@ -108,13 +108,14 @@ fn oracle_run(
 /// Batched against oracle, every edge into every receiver of every fixture: each label logit
 /// to 1e-5 relative, or to its f32 rounding floor where that is larger (`circuit_oracle::
 /// label_tol`); each score likewise (`score_tol`); edges without a path score exactly 0.
-/// The floor is checked to be what two exact computations need: the oracle on the reference
-/// CPU kernels (the same sums in another order) must meet it against the oracle on the fast
-/// ones (the switch is process-wide; the other tests here hold under either set).
+/// The floor is checked to be what two exact computations need: the oracle on the other CPU
+/// kernel set (fast or reference: the same sums in another order) must meet it against the
+/// oracle on the set in use (the switch is process-wide; the other tests here hold under
+/// either set).
 #[test]
 fn exact_scores_equal_the_literal_oracle() {
     use circuit_oracle::{floor, label_tol, score_tol, FLOOR_UNITS};
-    use pinpoint::backend::cpu::select::{set_kernels, CpuKernels};
+    use pinpoint::backend::cpu::select::{kernels, set_kernels, CpuKernels};
     let unit = |d: f64, cond: f64| d / (f32::EPSILON as f64 * cond);
     for name in FIXTURES {
         let m = model(name);
@@ -136,9 +137,14 @@ fn exact_scores_equal_the_literal_oracle() {
         .to_vec();
         // The labels do not depend on the metric's kind: one oracle run serves all three.
         let (oracle, clean) = oracle_run(&m, &ps, &labels_of(MetricKind::LogitDiff), &edges);
-        set_kernels(CpuKernels::Reference);
+        // The other kernel set than the one in use (PINPOINT_CPU_KERNELS may choose either).
+        let in_use = kernels();
+        set_kernels(match in_use {
+            CpuKernels::Fast => CpuKernels::Reference,
+            CpuKernels::Reference => CpuKernels::Fast,
+        });
         let (other, _) = oracle_run(&m, &ps, &labels_of(MetricKind::LogitDiff), &edges);
-        set_kernels(CpuKernels::Fast);
+        set_kernels(in_use);
         let mut floor_seen = 0.0f64;
         for (a, b) in oracle.iter().flatten().zip(other.iter().flatten()) {
             let (Some(a), Some(b)) = (a, b) else { continue };
