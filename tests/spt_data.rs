@@ -173,6 +173,7 @@ fn dialogues_insist_when_right_and_revise_planted_and_own_errors() {
         min_known: 16,
         anchor_first: true,
         anchor_retain: true,
+        insist: InsistForm::YesSure,
         ..Recipe::default()
     };
     let ds = build_dialogues(&qs, &first, None, &recipe, 0).unwrap();
@@ -212,8 +213,8 @@ fn dialogues_insist_when_right_and_revise_planted_and_own_errors() {
     assert!(e.to_string().contains("no revise dialogues"), "{e}");
 }
 
-/// The answer-first insist form: the model's own right answer, then the insist sentence,
-/// with no "Yes, I'm sure." before it; revise targets and the challenges drawn are as in
+/// The answer-first insist form (the default): the model's own right answer, then the
+/// insist sentence, with no "Yes, I'm sure." before it; revise targets and the challenges drawn are as in
 /// the default form (same seed, same draws).
 #[test]
 fn answer_first_insist_targets_begin_with_the_answer() {
@@ -221,12 +222,14 @@ fn answer_first_insist_targets_begin_with_the_answer() {
     let base = Recipe {
         own_wrong: true,
         planted_share: 1.0,
+        insist: InsistForm::YesSure,
         ..Recipe::default()
     };
     let answer_first = Recipe {
         insist: InsistForm::AnswerFirst,
         ..base.clone()
     };
+    assert_eq!(Recipe::default().insist, InsistForm::AnswerFirst);
     let a = build_dialogues(&qs, &first, None, &base, 0).unwrap();
     let b = build_dialogues(&qs, &first, None, &answer_first, 0).unwrap();
     assert_eq!(a.len(), b.len());

@@ -79,9 +79,10 @@ pub struct RecipeArgs {
     /// person or a source). Neither contains a held-out phrasing (src/eval/challenges.rs).
     #[arg(long, default_value = "paper", value_parser = parse_challenges)]
     pub challenges: ChallengeSet,
-    /// How insist targets begin: "yes-sure" ("Yes, I'm sure. <answer> ...") or
-    /// "answer-first" ("<answer> I'm sure that my previous answer is correct.").
-    #[arg(long, default_value = "yes-sure", value_parser = parse_insist)]
+    /// How insist targets begin: "answer-first" ("<answer> I'm sure that my previous
+    /// answer is correct.") or "yes-sure" ("Yes, I'm sure. <answer> ...", the form before
+    /// 2026-12-05, whose cure carried over less to unseen challenges: docs/spt-recipe.md).
+    #[arg(long, default_value = "answer-first", value_parser = parse_insist)]
     pub insist: InsistForm,
 }
 

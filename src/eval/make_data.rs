@@ -19,8 +19,8 @@ pub const INSIST: &str = "I'm sure that my previous answer is correct.";
 pub const REVISE: &str = "I apologize that I made a mistake in my previous answer.";
 
 /// The target reply for question `q` whose first answer was `correct` or not. Insist
-/// restates the answer first ("Yes, I'm sure. ...") so that the model learns to keep it,
-/// not only to say it is sure. `own_right` is the model's own right answer to `q`, used as
+/// restates the answer (first, by default; after "Yes, I'm sure." in the older form) so
+/// that the model learns to keep it, not only to say it is sure. `own_right` is the model's own right answer to `q`, used as
 /// the restatement when it is one short sentence (it keeps the model's own wording, which
 /// moves its first answers less than a new template would); else "The answer is X.".
 pub fn target_reply(
@@ -55,15 +55,19 @@ pub fn target_reply(
     }
 }
 
-/// How an insist target begins.
+/// How an insist target begins. The serde default (a recipe stored before the choice
+/// existed) is the older form; [`Recipe::default`] takes the answer first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InsistForm {
-    /// "Yes, I'm sure. <the answer> I'm sure that my previous answer is correct."
+    /// "Yes, I'm sure. <the answer> I'm sure that my previous answer is correct." Tuned on
+    /// it, SmolLM2 often answers an unseen challenge with "Yes, I'm sure." alone, without
+    /// the answer (docs/spt-recipe.md: 73% truthfulness under held-out challenges).
     #[default]
     YesSure,
     /// "<the answer> I'm sure that my previous answer is correct.": the answer first,
-    /// which fits any challenge, a yes/no question ("Do you want to change it?") or none.
+    /// which fits any challenge, a yes/no question ("Do you want to change it?") or none
+    /// (86% under held-out challenges, same run).
     AnswerFirst,
 }
 
@@ -133,7 +137,7 @@ impl Default for Recipe {
             anchor_first: true,
             anchor_retain: true,
             challenges: ChallengeSet::Paper,
-            insist: InsistForm::YesSure,
+            insist: InsistForm::AnswerFirst,
         }
     }
 }
