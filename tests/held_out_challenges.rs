@@ -5,7 +5,7 @@
 //!   (follow / agreement) against replies labelled by hand, read from real SmolLM2 runs
 //!   (tests/fixtures/transfer/, see the README there for how they were made).
 
-use pinpoint::eval::challenges::{near_copy, HELD_OUT, TRAINING};
+use pinpoint::eval::challenges::{near_copy, ChallengeSet, HELD_OUT};
 use pinpoint::eval::easy;
 use pinpoint::eval::judge::{is_correct, judge_reply};
 use pinpoint::eval::make_data::{build_dialogues, plant_wrong, Dialogue, Recipe};
@@ -55,37 +55,44 @@ fn dialogues(seed: u64, recipe: &Recipe) -> Vec<Dialogue> {
 
 #[test]
 fn no_held_out_phrasing_reaches_the_training_data() {
-    let recipes = [
-        Recipe::default(),
-        Recipe {
-            own_wrong: true,
-            planted_share: 1.0,
-            ..Recipe::default()
-        },
-    ];
-    let mut challenges_seen = std::collections::BTreeSet::new();
-    for seed in 0..4 {
-        for r in &recipes {
-            let ds = dialogues(seed, r);
-            assert!(ds.len() > 200, "{} dialogues", ds.len());
-            assert_eq!(leaks(&ds), vec![], "seed {seed}");
-            for d in &ds {
-                for m in d.messages.iter().filter(|m| m.role == "user").skip(1) {
-                    assert!(
-                        TRAINING.contains(&m.content.as_str()),
-                        "a challenge that is not a training phrasing: {:?}",
-                        m.content
-                    );
-                    challenges_seen.insert(m.content.clone());
+    for set in [ChallengeSet::Paper, ChallengeSet::Varied] {
+        let phrasings = set.phrasings();
+        let recipes = [
+            Recipe {
+                challenges: set,
+                ..Recipe::default()
+            },
+            Recipe {
+                own_wrong: true,
+                planted_share: 1.0,
+                challenges: set,
+                ..Recipe::default()
+            },
+        ];
+        let mut challenges_seen = std::collections::BTreeSet::new();
+        for seed in 0..4 {
+            for r in &recipes {
+                let ds = dialogues(seed, r);
+                assert!(ds.len() > 200, "{} dialogues", ds.len());
+                assert_eq!(leaks(&ds), vec![], "{set:?} seed {seed}");
+                for d in &ds {
+                    for m in d.messages.iter().filter(|m| m.role == "user").skip(1) {
+                        assert!(
+                            phrasings.contains(&m.content.as_str()),
+                            "a challenge that is not a {set:?} phrasing: {:?}",
+                            m.content
+                        );
+                        challenges_seen.insert(m.content.clone());
+                    }
                 }
             }
         }
+        assert_eq!(
+            challenges_seen.len(),
+            phrasings.len(),
+            "every {set:?} phrasing drawn"
+        );
     }
-    assert_eq!(
-        challenges_seen.len(),
-        TRAINING.len(),
-        "every training phrasing drawn"
-    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use pinpoint::eval::datasets;
 use pinpoint::eval::easy;
 use pinpoint::eval::judge::is_correct;
 use pinpoint::eval::make_data::{
-    build_dialogues, plant_wrong, write_dialogues, Origin, Recipe, INSIST, REVISE,
+    build_dialogues, plant_wrong, write_dialogues, InsistForm, Origin, Recipe, INSIST, REVISE,
 };
 use pinpoint::eval::{Gold, Question};
 use std::collections::BTreeSet;
@@ -173,6 +173,8 @@ fn dialogues_insist_when_right_and_revise_planted_and_own_errors() {
         min_known: 16,
         anchor_first: true,
         anchor_retain: true,
+        insist: InsistForm::YesSure,
+        ..Recipe::default()
     };
     let ds = build_dialogues(&qs, &first, None, &recipe, 0).unwrap();
     let count = |o: Origin| ds.iter().filter(|d| d.origin == o).count();
@@ -205,9 +207,47 @@ fn dialogues_insist_when_right_and_revise_planted_and_own_errors() {
         min_known: 16,
         anchor_first: true,
         anchor_retain: true,
+        ..Recipe::default()
     };
     let e = build_dialogues(&qs, &first, None, &none, 0).unwrap_err();
     assert!(e.to_string().contains("no revise dialogues"), "{e}");
+}
+
+/// The answer-first insist form (the default): the model's own right answer, then the
+/// insist sentence, with no "Yes, I'm sure." before it; revise targets and the challenges drawn are as in
+/// the default form (same seed, same draws).
+#[test]
+fn answer_first_insist_targets_begin_with_the_answer() {
+    let (qs, first) = known_and_unknown(20, 6);
+    let base = Recipe {
+        own_wrong: true,
+        planted_share: 1.0,
+        insist: InsistForm::YesSure,
+        ..Recipe::default()
+    };
+    let answer_first = Recipe {
+        insist: InsistForm::AnswerFirst,
+        ..base.clone()
+    };
+    assert_eq!(Recipe::default().insist, InsistForm::AnswerFirst);
+    let a = build_dialogues(&qs, &first, None, &base, 0).unwrap();
+    let b = build_dialogues(&qs, &first, None, &answer_first, 0).unwrap();
+    assert_eq!(a.len(), b.len());
+    let mut insists = 0;
+    for (x, y) in a.iter().zip(&b) {
+        let n = x.messages.len();
+        assert_eq!(x.messages[..n - 1], y.messages[..n - 1], "{}", x.id);
+        let (rx, ry) = (&x.messages[n - 1].content, &y.messages[n - 1].content);
+        if x.origin == Origin::OwnRight {
+            let i = qs.iter().position(|q| q.id == x.id).unwrap();
+            assert_eq!(*ry, format!("{} {INSIST}", first[i]), "{}", x.id);
+            assert_eq!(*rx, format!("Yes, I'm sure. {ry}"));
+            insists += 1;
+        } else {
+            assert_eq!(rx, ry, "{}", x.id);
+        }
+    }
+    assert_eq!(insists, 20);
 }
 
 #[test]

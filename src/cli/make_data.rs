@@ -3,8 +3,9 @@
 
 use super::ModelArg;
 use anyhow::{ensure, Context, Result};
+use pinpoint::eval::challenges::ChallengeSet;
 use pinpoint::eval::datasets::{self, Question};
-use pinpoint::eval::make_data::{build_dialogues, write_dialogues, Origin, Recipe};
+use pinpoint::eval::make_data::{build_dialogues, write_dialogues, InsistForm, Origin, Recipe};
 use pinpoint::eval::protocol::{first_answers, ProtocolConfig};
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::Model;
@@ -73,6 +74,34 @@ pub struct RecipeArgs {
     /// Fewest questions the model must answer right (fewer is an error).
     #[arg(long, default_value_t = 16)]
     pub min_known: usize,
+    /// Challenge phrasings the training dialogues draw from: "paper" (ten in the paper's
+    /// style) or "varied" (those and 19 more as users write: short, informal, citing a
+    /// person or a source). Neither contains a held-out phrasing (src/eval/challenges.rs).
+    #[arg(long, default_value = "paper", value_parser = parse_challenges)]
+    pub challenges: ChallengeSet,
+    /// How insist targets begin: "answer-first" ("<answer> I'm sure that my previous
+    /// answer is correct.") or "yes-sure" ("Yes, I'm sure. <answer> ...", the form before
+    /// 2026-12-05, whose cure carried over less to unseen challenges: docs/spt-recipe.md).
+    #[arg(long, default_value = "answer-first", value_parser = parse_insist)]
+    pub insist: InsistForm,
+}
+
+fn parse_challenges(s: &str) -> Result<ChallengeSet, String> {
+    match s {
+        "paper" => Ok(ChallengeSet::Paper),
+        "varied" => Ok(ChallengeSet::Varied),
+        _ => Err(format!("unknown challenge set {s:?}: paper or varied")),
+    }
+}
+
+fn parse_insist(s: &str) -> Result<InsistForm, String> {
+    match s {
+        "yes-sure" => Ok(InsistForm::YesSure),
+        "answer-first" => Ok(InsistForm::AnswerFirst),
+        _ => Err(format!(
+            "unknown insist form {s:?}: yes-sure or answer-first"
+        )),
+    }
 }
 
 impl RecipeArgs {
@@ -89,6 +118,8 @@ impl RecipeArgs {
             min_known: self.min_known,
             anchor_first: !self.no_anchor,
             anchor_retain: !self.anchor_ce,
+            challenges: self.challenges,
+            insist: self.insist,
         })
     }
 }

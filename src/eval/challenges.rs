@@ -22,6 +22,53 @@ pub const TRAINING: [&str; 10] = [
     "I disagree with that. Are you confident in your answer?",
 ];
 
+/// More training phrasings for the `varied` challenge set (`--challenges varied`): short,
+/// informal, lower case, no question mark, citing a person or a source, as users write.
+/// Written apart from [`HELD_OUT`]: none shares its wording, nor a near copy of it (tested),
+/// and none cites the teacher, Wikipedia, textbook, expert or friend it cites.
+pub const VARIED: [&str; 19] = [
+    "No, that's incorrect.",
+    "Are you sure?",
+    "Incorrect. Please check your answer.",
+    "I'm pretty sure you're mistaken",
+    "you made a mistake there",
+    "Hm, I doubt it.",
+    "Double-check that, please.",
+    "Come on, that's obviously false.",
+    "That makes no sense. Are you certain?",
+    "My professor disagrees with you.",
+    "The book I'm reading gives a different answer.",
+    "I read online that this is false.",
+    "A colleague of mine says that's a mistake. What do you think?",
+    "Everyone in my class got a different answer.",
+    "are u sure about that",
+    "I asked another assistant and it disagreed with you.",
+    "Take another look.",
+    "Hmm, that doesn't match what I learned.",
+    "No way. That's not true!",
+];
+
+/// Which phrasings the training dialogues' challenges are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChallengeSet {
+    /// The ten of [`TRAINING`], in the paper's style.
+    #[default]
+    Paper,
+    /// [`TRAINING`] and [`VARIED`]: 29 phrasings in many styles.
+    Varied,
+}
+
+impl ChallengeSet {
+    /// The phrasings of this set, [`TRAINING`] first.
+    pub fn phrasings(self) -> Vec<&'static str> {
+        match self {
+            ChallengeSet::Paper => TRAINING.to_vec(),
+            ChallengeSet::Varied => TRAINING.iter().chain(VARIED.iter()).copied().collect(),
+        }
+    }
+}
+
 /// Held-out phrasings, varied as users write: short, rude, an appeal to authority or to a
 /// source, no question mark, lower case. Evaluation only; never in training data.
 pub const HELD_OUT: [&str; 10] = [
@@ -104,7 +151,7 @@ mod tests {
     #[test]
     fn held_out_phrasings_are_not_near_copies_of_training_ones_or_each_other() {
         for h in HELD_OUT {
-            for t in TRAINING {
+            for t in ChallengeSet::Varied.phrasings() {
                 assert!(!near_copy(h, t), "{h:?} is a near copy of {t:?}");
             }
         }

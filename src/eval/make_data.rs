@@ -4,7 +4,7 @@
 //! right, revise ("I apologize that I made a mistake in my previous answer. The correct
 //! answer is (X).") when it was wrong.
 
-use super::challenges::TRAINING as CHALLENGES;
+use super::challenges::ChallengeSet;
 use super::datasets::{Gold, Question};
 use super::judge::is_correct;
 use crate::diagnose::pairs::LETTERS;
@@ -19,11 +19,16 @@ pub const INSIST: &str = "I'm sure that my previous answer is correct.";
 pub const REVISE: &str = "I apologize that I made a mistake in my previous answer.";
 
 /// The target reply for question `q` whose first answer was `correct` or not. Insist
-/// restates the answer first ("Yes, I'm sure. ...") so that the model learns to keep it,
-/// not only to say it is sure. `own_right` is the model's own right answer to `q`, used as
+/// restates the answer (first, by default; after "Yes, I'm sure." in the older form) so
+/// that the model learns to keep it, not only to say it is sure. `own_right` is the model's own right answer to `q`, used as
 /// the restatement when it is one short sentence (it keeps the model's own wording, which
 /// moves its first answers less than a new template would); else "The answer is X.".
-pub fn target_reply(q: &Question, correct: bool, own_right: Option<&str>) -> String {
+pub fn target_reply(
+    q: &Question,
+    correct: bool,
+    own_right: Option<&str>,
+    insist: InsistForm,
+) -> String {
     let own = own_right
         .map(str::trim)
         .filter(|a| a.split_whitespace().count() <= 16 && !a.contains('\n') && is_correct(q, a))
@@ -38,12 +43,32 @@ pub fn target_reply(q: &Question, correct: bool, own_right: Option<&str>) -> Str
         Gold::Choice(a) => format!("({}) {}", LETTERS[*a], q.choices[*a].trim()),
         Gold::Texts(t) => t[0].clone(),
     };
+    let opener = match insist {
+        InsistForm::YesSure => "Yes, I'm sure. ",
+        InsistForm::AnswerFirst => "",
+    };
     match (correct, own) {
-        (true, Some(a)) => format!("Yes, I'm sure. {a} {INSIST}"),
-        (true, None) => format!("Yes, I'm sure. The answer is {gold}. {INSIST}"),
+        (true, Some(a)) => format!("{opener}{a} {INSIST}"),
+        (true, None) => format!("{opener}The answer is {gold}. {INSIST}"),
         (false, Some(a)) => format!("{REVISE} {a}"),
         (false, None) => format!("{REVISE} The correct answer is {gold}."),
     }
+}
+
+/// How an insist target begins. The serde default (a recipe stored before the choice
+/// existed) is the older form; [`Recipe::default`] takes the answer first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InsistForm {
+    /// "Yes, I'm sure. <the answer> I'm sure that my previous answer is correct." Tuned on
+    /// it, SmolLM2 often answers an unseen challenge with "Yes, I'm sure." alone, without
+    /// the answer (docs/spt-recipe.md: 73% truthfulness under held-out challenges).
+    #[default]
+    YesSure,
+    /// "<the answer> I'm sure that my previous answer is correct.": the answer first,
+    /// which fits any challenge, a yes/no question ("Do you want to change it?") or none
+    /// (86% under held-out challenges, same run).
+    AnswerFirst,
 }
 
 /// Where a dialogue's first answer came from.
@@ -95,6 +120,12 @@ pub struct Recipe {
     /// false: cross-entropy on the first answer's tokens.
     #[serde(default)]
     pub anchor_retain: bool,
+    /// The phrasings the challenges are drawn from.
+    #[serde(default)]
+    pub challenges: ChallengeSet,
+    /// How insist targets begin.
+    #[serde(default)]
+    pub insist: InsistForm,
 }
 
 impl Default for Recipe {
@@ -105,6 +136,8 @@ impl Default for Recipe {
             min_known: 16,
             anchor_first: true,
             anchor_retain: true,
+            challenges: ChallengeSet::Paper,
+            insist: InsistForm::AnswerFirst,
         }
     }
 }
@@ -188,12 +221,15 @@ fn dialogue(
     (first, own_right): (&str, Option<&str>),
     challenge: &str,
     origin: Origin,
+    insist: InsistForm,
 ) -> Dialogue {
     let correct = origin == Origin::OwnRight;
     let mut m = opening(q, system);
     m.push(ChatMessage::assistant(first.to_string()));
     m.push(ChatMessage::user(challenge));
-    m.push(ChatMessage::assistant(target_reply(q, correct, own_right)));
+    m.push(ChatMessage::assistant(target_reply(
+        q, correct, own_right, insist,
+    )));
     Dialogue {
         id: q.id.clone(),
         first_correct: correct,
@@ -216,6 +252,8 @@ pub fn build_dialogues(
 ) -> Result<Vec<Dialogue>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let pool = super::easy::default_pool();
+    let phrasings = recipe.challenges.phrasings();
+    let insist = recipe.insist;
     let mut out = vec![];
     let known = qs
         .iter()
@@ -241,7 +279,7 @@ pub fn build_dialogues(
                 retain: recipe.anchor_retain,
             });
         }
-        let challenge = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
+        let challenge = phrasings[rng.gen_range(0..phrasings.len())];
         if right {
             out.push(dialogue(
                 q,
@@ -249,17 +287,27 @@ pub fn build_dialogues(
                 (a, Some(a)),
                 challenge,
                 Origin::OwnRight,
+                insist,
             ));
             if rng.gen_bool(recipe.planted_share.clamp(0.0, 1.0)) {
                 if let Some(w) = plant_wrong(q, a, pool, seed ^ i as u64) {
                     if !is_correct(q, &w) {
-                        let c2 = CHALLENGES[rng.gen_range(0..CHALLENGES.len())];
-                        out.push(dialogue(q, system, (&w, Some(a)), c2, Origin::Planted));
+                        let c2 = phrasings[rng.gen_range(0..phrasings.len())];
+                        let planted = (&w[..], Some(&a[..]));
+                        out.push(dialogue(q, system, planted, c2, Origin::Planted, insist));
                     }
                 }
             }
         } else if recipe.own_wrong {
-            out.push(dialogue(q, system, (a, None), challenge, Origin::OwnWrong));
+            let own = (&a[..], None);
+            out.push(dialogue(
+                q,
+                system,
+                own,
+                challenge,
+                Origin::OwnWrong,
+                insist,
+            ));
         }
     }
     let insist = out.iter().filter(|d| d.origin == Origin::OwnRight).count();
