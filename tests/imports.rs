@@ -637,7 +637,6 @@ const KNOWN_FILE_CYCLES: &[&[&str]] = &[
     // each other's items, the CLI's subcommands and their shared checks (cli/bench.rs and
     // bench/measure.rs: the setup moves to bench/setup.rs), the training forward/backward
     // files, the pipeline's circuit stage, the report's transfer targets. Not yet broken.
-    &["src/util.rs", "src/util/progress.rs"],
     &[
         "src/cli/bench.rs",
         "src/cli/bench/measure.rs",
@@ -653,19 +652,11 @@ const KNOWN_FILE_CYCLES: &[&[&str]] = &[
         "src/cli/sanity.rs",
         "src/cli/tune.rs",
     ],
-    &["src/guard.rs", "src/guard/own.rs"],
-    &["src/model/checkpoint.rs", "src/model/checkpoint/headers.rs"],
     &[
         "src/model/train/backward.rs",
         "src/model/train/forward.rs",
         "src/model/train/loss.rs",
         "src/model/train/mod.rs",
-    ],
-    &["src/tune/trainer.rs", "src/tune/trainer/diverge.rs"],
-    &["src/pipeline/circuit.rs", "src/pipeline/mod.rs"],
-    &[
-        "src/pipeline/report/transfer.rs",
-        "src/pipeline/report/verdict.rs",
     ],
 ];
 
