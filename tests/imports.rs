@@ -652,12 +652,6 @@ const KNOWN_FILE_CYCLES: &[&[&str]] = &[
         "src/cli/sanity.rs",
         "src/cli/tune.rs",
     ],
-    &[
-        "src/model/train/backward.rs",
-        "src/model/train/forward.rs",
-        "src/model/train/loss.rs",
-        "src/model/train/mod.rs",
-    ],
 ];
 
 #[test]
