@@ -5,6 +5,7 @@ use crate::cli::{DeviceArg, ModelArg};
 use anyhow::Result;
 use std::path::PathBuf;
 
+/// What `bench` can time (`BenchArgs::what`).
 const WHATS: [&str; 5] = ["forward", "decode", "patching", "train", "gemm"];
 
 #[derive(clap::Args, Debug)]

@@ -23,6 +23,7 @@ pub(super) fn forward_flops(c: &ModelConfig, batch: usize, seq: usize, logit_row
         + 2.0 * logit_rows as f64 * (c.hidden_size * c.vocab_size) as f64
 }
 
+/// Parameters of a model of `c` (a tied embedding counted once).
 pub(super) fn n_params(c: &ModelConfig) -> f64 {
     let (d, q, kv, f, v) = (
         c.hidden_size as f64,

@@ -6,6 +6,7 @@ use anyhow::Result;
 use pinpoint::backend::{Backend, Gemm};
 use std::time::Instant;
 
+/// The median of `v` (the upper middle of an even count); `v` is not empty.
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
