@@ -326,11 +326,8 @@ impl<B: TrainBackend> Trainer<B> {
                 hint()
             );
         }
-        let vocab = self.model.cfg.vocab_size;
-        let limit = self
-            .history
-            .first()
-            .map(|h| diverge::loss_limit(h.loss, vocab));
+        let first = self.history.first().map(|h| h.loss);
+        let limit = first.map(|f| diverge::loss_limit(f, self.model.cfg.vocab_size));
         if let Some(limit) = limit.filter(|&l| loss > l) {
             bail!(
                 "step {}: the loss is {loss:.4}, past {limit:.4} (4 x the first step's and 2 x a uniform guess's): training diverged (try a lower --lr); training stopped, {}",
