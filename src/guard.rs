@@ -168,21 +168,38 @@ pub struct DirLock {
     _file: std::fs::File,
     dir: std::path::PathBuf,
     created: bool,
-    /// This lock's claim wrote the ownership marker (removed again if nothing else was written).
-    wrote_marker: bool,
+    /// A file this lock's claim wrote (the ownership marker), removed again on drop when
+    /// it is the folder's only content.
+    forget_if_alone: Option<&'static str>,
 }
 
 impl Drop for DirLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
-        if self.wrote_marker {
-            own::forget_unused_marker(&self.dir);
+        if let Some(name) = self.forget_if_alone {
+            if contents(&self.dir) == [name] {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
         }
         if self.created {
             // Fails (and keeps the folder) unless it is empty.
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
+}
+
+/// Entries of `dir` that count as content (not the lock, not a leftover write probe).
+fn contents(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE && !n.starts_with(".pinpoint-probe-"))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Name of the lock file inside a locked folder.
@@ -233,7 +250,7 @@ pub fn lock_dir_as(out: &Path, flag: &str, holder: &str) -> Result<DirLock> {
         _file: file,
         dir: out.to_path_buf(),
         created,
-        wrote_marker: false,
+        forget_if_alone: None,
     })
 }
 

@@ -1,9 +1,12 @@
-//! Small shared helpers: atomic file writes, the cache directory, progress bars.
+//! Small shared helpers: atomic file writes, the cache directory; progress bars live in
+//! [`progress`] (re-exported here).
 
 pub mod alloc_cap;
 pub mod cancel;
 pub mod charts;
 pub mod progress;
+
+pub use progress::{bar, progress_bar};
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -150,45 +153,6 @@ pub fn read_jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>>
         out.push((i + 1, v));
     }
     Ok(out)
-}
-
-/// A progress bar of `len` steps drawn with `template` (indicatif syntax), or a hidden one
-/// when `show` is false: the one place the engine's long jobs make their bars.
-pub fn bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    if progress::observed() {
-        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        progress::register(&b);
-    }
-    b
-}
-
-/// The analyses' bar: `what` as its message, rate and ETA; None when `show` is false.
-pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<indicatif::ProgressBar> {
-    if !show {
-        return None;
-    }
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    if progress::observed() {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        progress::register(&pb);
-    }
-    Some(pb)
 }
 
 /// Where a write to `path` should land: a symlink is followed to its target (also a

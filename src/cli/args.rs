@@ -1,9 +1,33 @@
-//! What the subcommands share: the model and device flags, the loaded model, and
-//! [`outln!`](crate::outln) (their checked stdout).
+//! What the subcommands share: the model and device flags, the loaded model, whether a
+//! flag was given on the command line ([`given`]), and [`outln!`](crate::outln) (their
+//! checked stdout).
 
 use anyhow::{Context, Result};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
 use pinpoint::model::zoo;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The parsed command line, kept to tell a flag the user gave from a default.
+static MATCHES: OnceLock<ArgMatches> = OnceLock::new();
+
+/// Keep the parsed command line's matches for [`given`] (the first kept stay).
+pub fn keep_matches(m: ArgMatches) {
+    let _ = MATCHES.set(m);
+}
+
+/// Whether the argument `id` (the field name) of the innermost subcommand was given on the
+/// command line rather than left at its default (false when no matches were kept).
+pub fn given(id: &str) -> bool {
+    let Some(mut m) = MATCHES.get() else {
+        return false;
+    };
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    m.ids().any(|i| i.as_str() == id) && m.value_source(id) == Some(ValueSource::CommandLine)
+}
 
 /// `println!` that returns an error (a closed pipe, a full disk) instead of panicking.
 #[macro_export]

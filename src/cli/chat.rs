@@ -77,7 +77,12 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let ids = tok.encode_chat(&messages, true)?;
     let what = "the conversation (--history, --system and the message)";
     pinpoint::generate::check_fits_context(&model.cfg, what, ids.len())?;
-    super::limits::generation(&a.sampling, &model.cfg, &dir, std::slice::from_ref(&ids))?;
+    super::limits::generation(
+        a.sampling.max_new_tokens,
+        &model.cfg,
+        &dir,
+        std::slice::from_ref(&ids),
+    )?;
     let cfg = a.sampling.config(&tok);
     let mut stream = StreamDecoder::new(&tok, true);
     let mut stdout = std::io::stdout();
@@ -141,7 +146,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         let what = format!("--prompt {}", super::limits::short(p));
         pinpoint::generate::check_fits_context(&model.cfg, &what, ids.len())?;
     }
-    super::limits::generation(&a.sampling, &model.cfg, &dir, &ids)?;
+    super::limits::generation(a.sampling.max_new_tokens, &model.cfg, &dir, &ids)?;
     let cfg = a.sampling.config(&tok);
     let decode = |ids: &[u32]| tok.decode(ids, true);
     let outs = run_generate(

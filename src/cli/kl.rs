@@ -39,7 +39,7 @@ pub fn kl(a: KlArgs) -> Result<()> {
     let tok = Tokenizer::from_dir(&a.base)?;
     tok.check_vocab(base.cfg.vocab_size, &a.base)?;
     // An explicit --len past the context is refused; the default is clamped to it.
-    if super::sanity::given("len") {
+    if super::args::given("len") {
         super::limits::new_tokens("--len", a.len, &base.cfg, &a.base)?;
     }
     let len = pinpoint::generate::context_limit(&base.cfg).map_or(a.len, |c| a.len.min(c));

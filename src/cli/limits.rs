@@ -68,10 +68,15 @@ pub fn kv_cache_bytes(cfg: &ModelConfig, slots: usize, len: usize) -> Option<u12
 }
 
 /// `--max-len` of `tune` within the context, `--layers` within the model, a LoRA rank no
-/// larger than the matrices it adapts.
-pub fn tune(a: &super::tune::TuneArgs, cfg: &ModelConfig, layers: Option<&[usize]>) -> Result<()> {
-    use super::tune::TuneMode::*;
-    if let (Some(m), Some(ctx)) = (a.max_len, context_limit(cfg)) {
+/// larger than the matrices it adapts (`lora`: `--lora-proj` and `--lora-rank` when the
+/// mode trains adapters).
+pub fn tune(
+    cfg: &ModelConfig,
+    max_len: Option<usize>,
+    layers: Option<&[usize]>,
+    lora: Option<(&str, usize)>,
+) -> Result<()> {
+    if let (Some(m), Some(ctx)) = (max_len, context_limit(cfg)) {
         if m > ctx {
             bail!("--max-len {m}: at most {ctx}, the model's context (max_position_embeddings in config.json)");
         }
@@ -82,19 +87,17 @@ pub fn tune(a: &super::tune::TuneArgs, cfg: &ModelConfig, layers: Option<&[usize
             cfg.num_hidden_layers - 1
         );
     }
-    if matches!(a.mode, Lora | SptLora) {
-        for p in a
-            .lora_proj
+    if let Some((lora_proj, rank)) = lora {
+        for p in lora_proj
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
             let (rows, cols) = proj_shape(cfg, p);
             let max = rows.min(cols);
-            if a.lora_rank > max {
+            if rank > max {
                 bail!(
-                    "--lora-rank {}: at most {max} for --lora-proj {p} (its matrix is {rows} x {cols}; a larger rank adds nothing)",
-                    a.lora_rank
+                    "--lora-rank {rank}: at most {max} for --lora-proj {p} (its matrix is {rows} x {cols}; a larger rank adds nothing)"
                 );
             }
         }
@@ -210,25 +213,25 @@ pub fn bench(
     fits_memory(&what, bench_bytes(a, cfg, elem), available, place)
 }
 
-/// `generate` / `chat`: an explicit `--max-new-tokens` within the context, and the KV cache
-/// of `prompts` (the longest `longest` tokens) within the host's memory.
+/// `generate` / `chat`: an explicit `--max-new-tokens` (`max_new_tokens`) within the
+/// context, and the KV cache of `prompts` (the longest `longest` tokens) within the host's
+/// memory.
 pub fn generation(
-    s: &super::chat::SamplingArgs,
+    max_new_tokens: usize,
     cfg: &ModelConfig,
     dir: &std::path::Path,
     prompts: &[Vec<u32>],
 ) -> Result<()> {
-    if super::sanity::given("max_new_tokens") {
-        new_tokens("--max-new-tokens", s.max_new_tokens, cfg, dir)?;
+    if super::args::given("max_new_tokens") {
+        new_tokens("--max-new-tokens", max_new_tokens, cfg, dir)?;
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let len = match context_limit(cfg) {
-        Some(ctx) => longest.max(ctx.min(longest.saturating_add(s.max_new_tokens))),
-        None => longest.saturating_add(s.max_new_tokens),
+        Some(ctx) => longest.max(ctx.min(longest.saturating_add(max_new_tokens))),
+        None => longest.saturating_add(max_new_tokens),
     };
     let what = format!(
-        "--max-new-tokens {} after {} prompt(s) of up to {longest} tokens",
-        s.max_new_tokens,
+        "--max-new-tokens {max_new_tokens} after {} prompt(s) of up to {longest} tokens",
         prompts.len()
     );
     fits_memory(

@@ -126,7 +126,15 @@ pub enum Command {
     Profile(profile::ProfileArgs),
 }
 
-pub use sanity::parse_args;
+/// Parse the command line (exits with clap's message on a syntax error) and keep the
+/// matches for [`args::given`].
+pub fn parse_args() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let m = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    args::keep_matches(m);
+    cli
+}
 
 pub fn run(cli: Cli) -> Result<()> {
     pinpoint::util::check_cache_env()?;

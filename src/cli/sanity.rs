@@ -3,37 +3,9 @@
 //! weights up, flags the chosen mode ignores, lists that name a thing twice, the same input
 //! file given twice. Every error names the flag, its value and the limit.
 
-use super::Cli;
+use super::args::given;
 use anyhow::{bail, Result};
-use clap::parser::ValueSource;
-use clap::ArgMatches;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-/// The parsed command line, kept to tell a flag the user gave from a default.
-static MATCHES: OnceLock<ArgMatches> = OnceLock::new();
-
-/// Parse the command line (exits with clap's message on a syntax error) and keep the
-/// matches for [`given`].
-pub fn parse_args() -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
-    let m = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
-    let _ = MATCHES.set(m);
-    cli
-}
-
-/// Whether the argument `id` (the field name) of the innermost subcommand was given on the
-/// command line rather than left at its default.
-pub fn given(id: &str) -> bool {
-    let Some(mut m) = MATCHES.get() else {
-        return false;
-    };
-    while let Some((_, sub)) = m.subcommand() {
-        m = sub;
-    }
-    m.ids().any(|i| i.as_str() == id) && m.value_source(id) == Some(ValueSource::CommandLine)
-}
 
 /// The most `--threads` allowed: 4 per core. More threads than that only add scheduling
 /// and synchronisation cost (10000 threads never finish a step).

@@ -222,7 +222,9 @@ fn tune_on<B: TrainBackend>(
     let model = load(&dir)?;
     let cfg = model.cfg.clone();
     let layers = a.layers.as_deref().map(parse_layers).transpose()?;
-    super::limits::tune(a, &cfg, layers.as_deref())?;
+    let lora = matches!(a.mode, TuneMode::Lora | TuneMode::SptLora)
+        .then(|| (a.lora_proj.as_str(), a.lora_rank));
+    super::limits::tune(&cfg, a.max_len, layers.as_deref(), lora)?;
     let needs_heads = matches!(a.mode, TuneMode::Spt | TuneMode::SptLora);
     let heads = if needs_heads {
         select_heads(a, &cfg)?

@@ -6,26 +6,12 @@
 //! The marker is `.pinpoint-output` (JSON: `{"command": "tune", "version": "..."}`), written
 //! once the folder is claimed and locked.
 
-use super::{lock_dir_as, resolved, DirLock, LOCK_FILE};
+use super::{contents, lock_dir_as, resolved, DirLock};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Name of the marker file in every output folder pinpoint writes.
 pub const MARKER: &str = ".pinpoint-output";
-
-/// Entries of `dir` that count as content (not the lock, not a leftover write probe).
-fn contents(dir: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return vec![];
-    };
-    let mut names: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != LOCK_FILE && !n.starts_with(".pinpoint-probe-"))
-        .collect();
-    names.sort();
-    names
-}
 
 /// The command recorded by the marker in `dir`, if there is a readable one.
 pub fn marker_command(dir: &Path) -> Option<String> {
@@ -80,21 +66,15 @@ pub fn claim_dir(out: &Path, flag: &str, command: &str) -> Result<DirLock> {
         let text = serde_json::to_string_pretty(&body)?;
         crate::util::atomic_write(&out.join(MARKER), text.as_bytes())
             .with_context(|| format!("{flag}: writing the marker {MARKER}"))?;
-        lock.wrote_marker = true;
+        lock.forget_if_alone = Some(MARKER);
     }
     Ok(lock)
-}
-
-/// After a run that created its folder: drop the marker if nothing else was written.
-pub(super) fn forget_unused_marker(dir: &Path) {
-    if contents(dir) == [MARKER] {
-        let _ = std::fs::remove_file(dir.join(MARKER));
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::LOCK_FILE;
 
     #[test]
     fn a_folder_with_a_users_files_is_refused_and_left_alone() {

@@ -14,43 +14,13 @@ use std::path::{Path, PathBuf};
 
 pub use crate::backend::HostTensor;
 
+mod dtype;
 mod headers;
 mod save;
-use headers::fits_dtype;
-pub use headers::{safetensors_metadata, stored_dtypes};
+pub use dtype::StoreDtype;
+use dtype::{fits_dtype, store_dtype_of};
+pub use headers::{safetensors_files, safetensors_metadata, stored_dtypes};
 pub use save::{save_model_dir, save_model_dir_as, save_safetensors, save_safetensors_with};
-
-/// Storage dtype of a tensor in a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum StoreDtype {
-    F32,
-    F16,
-    BF16,
-}
-
-impl StoreDtype {
-    pub fn from_torch_name(s: &str) -> Self {
-        match s {
-            "bfloat16" => Self::BF16,
-            "float16" => Self::F16,
-            _ => Self::F32,
-        }
-    }
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Self::F32 => "float32",
-            Self::F16 => "float16",
-            Self::BF16 => "bfloat16",
-        }
-    }
-    fn safetensors(self) -> Dtype {
-        match self {
-            Self::F32 => Dtype::F32,
-            Self::F16 => Dtype::F16,
-            Self::BF16 => Dtype::BF16,
-        }
-    }
-}
 
 /// Convert one safetensors view to f32. `file` and `name` name the tensor in errors.
 pub fn view_to_f32(view: &TensorView<'_>, file: &Path, name: &str) -> Result<Vec<f32>> {
@@ -74,15 +44,6 @@ pub fn view_to_f32(view: &TensorView<'_>, file: &Path, name: &str) -> Result<Vec
         ),
     };
     Ok(out)
-}
-
-pub(crate) fn store_dtype_of(d: Dtype) -> Option<StoreDtype> {
-    match d {
-        Dtype::F32 => Some(StoreDtype::F32),
-        Dtype::F16 => Some(StoreDtype::F16),
-        Dtype::BF16 => Some(StoreDtype::BF16),
-        _ => None,
-    }
 }
 
 /// All tensors of a checkpoint as f32, with the file each came from.
@@ -117,58 +78,6 @@ impl LoadedTensors {
         }
         Ok(t)
     }
-}
-
-/// The safetensors files of a model directory: `model.safetensors` (also when an index is
-/// beside it, as transformers loads it), or the shards listed in
-/// `model.safetensors.index.json` (each inside the folder once resolved), or every
-/// `*.safetensors` file.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    // transformers' rule: a single model.safetensors wins over an index beside it.
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = crate::util::read_text(&index)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .with_context(|| format!("{} has no weight_map", index.display()))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|s| s.as_str().map(String::from))
-            .collect();
-        files.sort();
-        files.dedup();
-        for f in &files {
-            headers::shard_inside(dir, &index, f)?;
-        }
-        if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
-            bail!(
-                "{} lists the shard {f}, which is not in {} (a stale index?)",
-                index.display(),
-                dir.display()
-            );
-        }
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!(
-            "{}: no model.safetensors, no index, no *.safetensors files",
-            dir.display()
-        );
-    }
-    Ok(files)
 }
 
 /// Load every tensor of the files, converting to f32.

@@ -8,11 +8,6 @@ use crate::diagnose::circuit::{circuit, CircuitOptions, Receiver};
 use crate::diagnose::circuit_report::write_circuit;
 use crate::diagnose::pairs::tokenize_pairs;
 
-/// `--circuit-receivers`' default: the top 4 heads.
-pub(super) fn default_receivers() -> usize {
-    4
-}
-
 /// EAP-IG's points on the path.
 const IG_STEPS: usize = 8;
 /// Edges drawn in circuit.svg / .png.

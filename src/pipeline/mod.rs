@@ -101,12 +101,17 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub transfer: bool,
     /// Top heads of the diagnosis whose circuit is scored (0: skip the circuit stage).
-    #[serde(default = "circuit::default_receivers")]
+    #[serde(default = "default_circuit_receivers")]
     pub circuit_receivers: usize,
 }
 
 fn cpu_device() -> String {
     "cpu".into()
+}
+
+/// `--circuit-receivers`' default: the top 4 heads.
+fn default_circuit_receivers() -> usize {
+    4
 }
 
 impl PipelineConfig {
@@ -140,7 +145,7 @@ impl PipelineConfig {
             recipe: make_data::Recipe::default(),
             device: cpu_device(),
             transfer: true,
-            circuit_receivers: circuit::default_receivers(),
+            circuit_receivers: default_circuit_receivers(),
         }
     }
 

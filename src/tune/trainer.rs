@@ -326,7 +326,9 @@ impl<B: TrainBackend> Trainer<B> {
                 hint()
             );
         }
-        if let Some(limit) = self.loss_limit().filter(|&l| loss > l) {
+        let first = self.history.first().map(|h| h.loss);
+        let limit = first.map(|f| diverge::loss_limit(f, self.model.cfg.vocab_size));
+        if let Some(limit) = limit.filter(|&l| loss > l) {
             bail!(
                 "step {}: the loss is {loss:.4}, past {limit:.4} (4 x the first step's and 2 x a uniform guess's): training diverged (try a lower --lr); training stopped, {}",
                 k + 1,
@@ -493,7 +495,7 @@ impl<B: TrainBackend> Trainer<B> {
         crate::model::checkpoint::weights_finite(&w)
             .with_context(|| self.diverged(self.opt.step))?;
         weights_bounded(&w).with_context(|| self.diverged(self.opt.step))?;
-        self.check_growth(&w)
+        diverge::check_growth(&self.mask, &self.base_max, &w)
             .with_context(|| self.diverged(self.opt.step))?;
         self.save_weights(&self.out, &w)?;
         let summary = serde_json::json!({

@@ -1,7 +1,7 @@
-//! Progress seen from outside the terminal: when a front end observes progress (the
-//! Python package draws it with tqdm), [`crate::util::progress_bar`] hides its terminal bar
-//! and registers it here, and the front end polls [`current`] for (message, position,
-//! length).
+//! Progress bars, and progress seen from outside the terminal: when a front end observes
+//! progress (the Python package draws it with tqdm), [`bar`] and [`progress_bar`] hide
+//! their terminal bar and register it here, and the front end polls [`current`] for
+//! (message, position, length).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -33,6 +33,45 @@ pub fn current() -> Option<(String, u64, u64)> {
         .map(|pb| (pb.message(), pb.position(), pb.length().unwrap_or(0)))
 }
 
+/// A progress bar of `len` steps drawn with `template` (indicatif syntax), or a hidden one
+/// when `show` is false: the one place the engine's long jobs make their bars.
+pub fn bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if observed() {
+        b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        register(&b);
+    }
+    b
+}
+
+/// The analyses' bar: `what` as its message, rate and ETA; None when `show` is false.
+pub fn progress_bar(len: u64, what: &str, show: bool) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    if observed() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        register(&pb);
+    }
+    Some(pb)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,7 +80,7 @@ mod tests {
     #[test]
     fn observed_bar_reports_position() {
         observe(true);
-        let pb = crate::util::progress_bar(5, "sweep", true).unwrap();
+        let pb = progress_bar(5, "sweep", true).unwrap();
         assert!(pb.is_hidden());
         pb.inc(2);
         assert_eq!(current(), Some(("sweep".to_string(), 2, 5)));

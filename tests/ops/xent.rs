@@ -67,3 +67,34 @@ fn xent_body<B: TrainBackend>(b: &B, tol: f32) {
     assert!(b.xent_fwd_bwd(&l, &[Some(1)], 1.0).is_err());
 }
 test_device!(xent_body, xent_cpu, xent_cuda, 2e-2);
+
+/// The host variant (`backend::host::xent_row_f64`, the cross-entropy of rows the training
+/// loss scores on the host) row by row: its loss and gradient against the f64 reference
+/// within f64 rounding (loss) and one f32 rounding (gradient), and against the CPU op.
+#[test]
+fn xent_host_row_f64() {
+    use pinpoint::backend::cpu::CpuBackend;
+    use pinpoint::backend::host::xent_row_f64;
+    for (case, (n, vocab, scale)) in [(3, 11, 0.5f32), (3, 517, 1.0), (2, 32003, 0.125)]
+        .into_iter()
+        .enumerate()
+    {
+        let logits = rand_t(80 + case as u64, &[n, vocab], 6.0);
+        let mut r = rand::rngs::StdRng::seed_from_u64(90 + case as u64);
+        for (i, row) in logits.data.chunks(vocab).enumerate() {
+            let t = r.gen_range(0..vocab as u32);
+            let what = format!("host xent V{vocab} row {i}");
+            let mut host = row.to_vec();
+            let loss = xent_row_f64(&mut host, t, scale);
+            let row_t = HostTensor::new(vec![1, vocab], row.to_vec());
+            let (want, dl) = xent_ref(&f64s(&row_t), &[Some(t)], scale as f64);
+            let e = ((loss - want) / want).abs();
+            assert!(e <= 1e-12, "{what} loss {loss} vs {want} (rel err {e:e})");
+            check(&format!("{what} dlogits"), &host, &f32s(&dl), 1e-6);
+            let (op_loss, op_dl) = CpuBackend.xent_fwd_bwd(&row_t, &[Some(t)], scale).unwrap();
+            let e = ((op_loss - loss) / loss).abs() as f32;
+            assert!(e <= CPU_TOL / 20.0, "{what}: op loss {op_loss} vs {loss}");
+            check(&format!("{what} vs op"), &host, &op_dl.data, CPU_TOL);
+        }
+    }
+}

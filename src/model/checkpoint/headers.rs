@@ -1,27 +1,64 @@
-//! Header-level reads of safetensors files (metadata, stored dtypes) and the check that a
-//! tensor fits the dtype it is saved in.
+//! Header-level reads of a model folder's safetensors files: which files hold the weights
+//! (each shard inside the folder), their metadata and stored dtypes; and the check that a
+//! tied model's stored head is the embedding.
 
-use super::{safetensors_files, store_dtype_of, HostTensor, StoreDtype};
+use super::dtype::{store_dtype_of, StoreDtype};
+use crate::backend::HostTensor;
 use anyhow::{bail, Context, Result};
-use half::f16;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Error unless every finite value of tensor `name` stays finite in `dtype` (f16 tops out
-/// at 65504; bf16 and f32 hold every finite f32).
-pub(super) fn fits_dtype(name: &str, data: &[f32], dtype: StoreDtype) -> Result<()> {
-    if dtype != StoreDtype::F16 {
-        return Ok(());
+/// The safetensors files of a model directory: `model.safetensors` (also when an index is
+/// beside it, as transformers loads it), or the shards listed in
+/// `model.safetensors.index.json` (each inside the folder once resolved), or every
+/// `*.safetensors` file.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    // transformers' rule: a single model.safetensors wins over an index beside it.
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
     }
-    let too_big = |x: &f32| x.is_finite() && f16::from_f32(*x).is_infinite();
-    if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| too_big(x)) {
-        let n = data.iter().filter(|x| too_big(x)).count();
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = crate::util::read_text(&index)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{} has no weight_map", index.display()))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            shard_inside(dir, &index, f)?;
+        }
+        if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
+            bail!(
+                "{} lists the shard {f}, which is not in {} (a stale index?)",
+                index.display(),
+                dir.display()
+            );
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
         bail!(
-            "tensor {name}: {n} values do not fit float16 (first: {x} at index {i}; float16 holds at most 65504) and would be saved as inf; save as bf16 or f32 (--save-dtype)"
+            "{}: no model.safetensors, no index, no *.safetensors files",
+            dir.display()
         );
     }
-    Ok(())
+    Ok(files)
 }
 
 /// The `__metadata__` of a safetensors file's header (read without the tensors).

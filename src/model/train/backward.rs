@@ -2,7 +2,7 @@
 //! lowest stage that trains, weight gradients only for the mask's slices and the adapters.
 
 use super::forward::{adapter_of, layer_forward, Forward, Kept, LayerActs};
-use super::{Adapter, Grads};
+use super::trainable::{Adapter, Grads};
 use crate::backend::{HostTensor, Region, Span, TrainBackend};
 use crate::model::driver::Batch;
 use crate::model::mask::{head, param, LayerParam, Mask, ParamId};

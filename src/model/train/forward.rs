@@ -3,7 +3,7 @@
 //! keeping per layer what the backward needs (all activations, only the input residual, or
 //! nothing), by the memory plan of [`ActMemory`].
 
-use super::{ActMemory, Adapter};
+use super::Adapter;
 use crate::backend::{SeqSpan, TrainBackend};
 use crate::model::driver::{embed, run_layers, Batch};
 pub(super) use crate::model::layer::LayerActs;
@@ -11,6 +11,24 @@ use crate::model::layer::{self, LayerIo};
 use crate::model::mask::{param, LayerParam, ParamId};
 use crate::transformer::Model;
 use anyhow::Result;
+
+/// How the training forward keeps activations for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ActMemory {
+    /// Keep every layer whose activations fit in the backend's free memory (less a
+    /// margin); recompute the rest from their input residual during backward.
+    #[default]
+    Auto,
+    /// Keep every layer.
+    KeepAll,
+    /// Keep only input residuals; recompute every layer during backward.
+    RecomputeAll,
+    /// Keep layers while their activations fit in this many bytes.
+    Budget(usize),
+    /// Keep layers while the whole device use (weights, optimizer state and everything
+    /// else already allocated, plus the activations) stays under this many bytes.
+    DeviceCap(usize),
+}
 
 /// One layer as the forward left it: nothing (below the lowest layer the backward visits),
 /// only its input residual (activations recomputed during backward), or everything.

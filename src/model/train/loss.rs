@@ -1,9 +1,10 @@
 //! The loss of rows scored on the host: a batch with retain rows (KL to the original
 //! model's top-k distribution, no device kernel) scores all its rows here, its
-//! cross-entropy rows included (a batch of cross-entropy rows only runs the device's
-//! `xent_fwd_bwd` op instead).
+//! cross-entropy rows by the xent op's f64 host variant (`backend::host::xent_row_f64`; a
+//! batch of cross-entropy rows only runs the device's `xent_fwd_bwd` op instead).
 
-use super::SoftTarget;
+use super::seq::SoftTarget;
+use crate::backend::host::{softmax_norm_f64, xent_row_f64};
 use crate::model::HostTensor;
 use anyhow::{bail, ensure, Result};
 
@@ -48,34 +49,17 @@ pub fn xent_and_kl_in_place(
                 row.fill(0.0);
                 0.0
             }
-            (Some(t), None) => xent_row(row, t, scale),
+            (Some(t), None) => xent_row_f64(row, t, scale),
             (Some(_), Some(p)) => kl_row(row, p, scale),
         })
         .collect();
     Ok(losses.iter().sum())
 }
 
-/// Max and `sum exp(l - max)` of a row.
-fn softmax_norm(row: &[f32]) -> (f32, f64) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|&l| ((l - max) as f64).exp()).sum())
-}
-
-/// One cross-entropy row: NLL of `t`; the row becomes `scale * (q - onehot(t))`.
-fn xent_row(row: &mut [f32], t: u32, scale: f32) -> f64 {
-    let (max, sum) = softmax_norm(row);
-    let loss = sum.ln() + (max - row[t as usize]) as f64;
-    for v in row.iter_mut() {
-        *v = (((*v - max) as f64).exp() / sum) as f32 * scale;
-    }
-    row[t as usize] -= scale;
-    loss
-}
-
 /// One retain row: KL(p ‖ q) over p's top-k tokens plus one bucket for the rest; the row
 /// becomes `scale * (q - p~)`: `q_i - p_i` on the top k, `q_j (1 - p_rest / q_rest)` elsewhere.
 fn kl_row(row: &mut [f32], p: &SoftTarget, scale: f32) -> f64 {
-    let (max, sum) = softmax_norm(row);
+    let (max, sum) = softmax_norm_f64(row);
     let q_of = |l: f32| ((l - max) as f64).exp() / sum;
     let q_top: Vec<f64> = p.ids.iter().map(|&i| q_of(row[i as usize])).collect();
     let p_rest = (1.0 - p.probs.iter().map(|&x| x as f64).sum::<f64>()).max(0.0);

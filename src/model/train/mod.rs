@@ -1,8 +1,9 @@
 //! Training over [`TrainBackend`]: the loss and its gradients, the forward-only passes
 //! training needs (teacher distributions, logits with unmerged adapters, the loss) and
-//! attribution patching's backward to z. `forward.rs` is the training forward (keeps what
-//! the backward needs), `backward.rs` the backward through the layers, `loss.rs` the loss
-//! of rows scored on the host.
+//! attribution patching's backward to z. `seq.rs` holds the training sequences and their
+//! teachers, `trainable.rs` the adapters and gradient buffers, `forward.rs` the training
+//! forward (keeps what the backward needs), `backward.rs` the backward through the layers,
+//! `loss.rs` the loss of rows scored on the host.
 //!
 //! The forward is the one driver (`model::driver`) the evaluation forward (`transformer.rs`)
 //! runs too (embed -> layers -> final norm -> lm_head), so the training loss is the
@@ -17,149 +18,22 @@
 mod backward;
 mod forward;
 mod loss;
+mod seq;
+mod trainable;
 
 use crate::backend::{Span, TrainBackend};
 use crate::heads::Positions;
 use crate::model::driver::final_logits;
-use crate::model::mask::{head, param, LayerParam, Mask, ParamId};
+use crate::model::mask::{head, Mask, ParamId};
 use crate::model::HostTensor;
 use crate::transformer::Model;
 use anyhow::{ensure, Result};
 use backward::{backward_layers, grad_full, lin_bwd, lowest_stage};
 use forward::forward;
+pub use forward::ActMemory;
 pub use loss::xent_and_kl_in_place;
-
-/// One training sequence: `targets[t]` is the token the logits at position t must predict
-/// (`None`: no loss there). HF's `labels` are shifted: `targets[t] = labels[t + 1]`.
-///
-/// A *retain* sequence (`retain`) is scored at its target rows by KL(original ‖ model)
-/// against `teacher` (one [`SoftTarget`] per target row, in row order: the original
-/// model's next-token distribution there) instead of by cross-entropy on the tokens: the
-/// targets only say which rows count. It keeps behaviour the tuning should not change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainSeq {
-    pub ids: Vec<u32>,
-    pub targets: Vec<Option<u32>>,
-    pub retain: bool,
-    pub teacher: Vec<SoftTarget>,
-}
-
-/// A next-token distribution cut to its `k` most likely tokens: `ids` with `probs`
-/// (descending); the remaining mass `1 - sum(probs)` is one bucket for every other token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SoftTarget {
-    pub ids: Vec<u32>,
-    pub probs: Vec<f32>,
-}
-
-impl SoftTarget {
-    /// The top `k` of `softmax(logits)` (ties broken by the lower id).
-    pub fn top_k(logits: &[f32], k: usize) -> Self {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        let k = k.min(logits.len());
-        let by_logit = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
-        if k < order.len() {
-            order.select_nth_unstable_by(k, by_logit);
-            order.truncate(k);
-        }
-        order.sort_by(by_logit);
-        let probs = order
-            .iter()
-            .map(|&i| (((logits[i as usize] - max) as f64).exp() / sum) as f32)
-            .collect();
-        Self { ids: order, probs }
-    }
-}
-
-impl TrainSeq {
-    /// A cross-entropy sequence.
-    pub fn new(ids: Vec<u32>, targets: Vec<Option<u32>>) -> Self {
-        Self {
-            ids,
-            targets,
-            retain: false,
-            teacher: vec![],
-        }
-    }
-    /// From HF `input_ids` and `labels` (-100 = ignored), shifting as `ForCausalLMLoss`.
-    pub fn from_hf_labels(ids: &[u32], labels: &[i64]) -> Self {
-        let targets = (0..ids.len())
-            .map(|t| match labels.get(t + 1) {
-                Some(&l) if l >= 0 => Some(l as u32),
-                _ => None,
-            })
-            .collect();
-        Self::new(ids.to_vec(), targets)
-    }
-    pub fn n_targets(&self) -> usize {
-        self.targets.iter().flatten().count()
-    }
-}
-
-/// A low-rank adapter on one projection: `y = x W^T + scale * (x A^T) B^T`,
-/// `a [r, in]`, `b [out, r]`.
-pub struct Adapter<T> {
-    pub layer: usize,
-    pub proj: LayerParam,
-    pub a: T,
-    pub b: T,
-    pub scale: f32,
-}
-
-/// Gradient buffers: one per mask slice (shape of the slice's region), and `(dA, dB)` per
-/// adapter. Backward accumulates into them (param grads +=).
-pub struct Grads<T> {
-    pub slices: Vec<T>,
-    pub adapters: Vec<(T, T)>,
-}
-
-impl<T> Grads<T> {
-    /// Zeroed buffers for `mask` and `adapters`.
-    pub fn zeros<B: TrainBackend<Tensor = T>>(
-        model: &Model<B>,
-        mask: &Mask,
-        adapters: &[Adapter<T>],
-    ) -> Result<Self> {
-        let b = &model.backend;
-        let mut slices = Vec::with_capacity(mask.slices.len());
-        for s in &mask.slices {
-            let shape = b.shape(param(&model.weights, s.param)?).to_vec();
-            slices.push(b.zeros(&s.region.shape(&shape))?);
-        }
-        let mut ads = Vec::with_capacity(adapters.len());
-        for a in adapters {
-            ads.push((b.zeros(b.shape(&a.a))?, b.zeros(b.shape(&a.b))?));
-        }
-        Ok(Self {
-            slices,
-            adapters: ads,
-        })
-    }
-}
-
-/// How the training forward keeps activations for the backward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum ActMemory {
-    /// Keep every layer whose activations fit in the backend's free memory (less a
-    /// margin); recompute the rest from their input residual during backward.
-    #[default]
-    Auto,
-    /// Keep every layer.
-    KeepAll,
-    /// Keep only input residuals; recompute every layer during backward.
-    RecomputeAll,
-    /// Keep layers while their activations fit in this many bytes.
-    Budget(usize),
-    /// Keep layers while the whole device use (weights, optimizer state and everything
-    /// else already allocated, plus the activations) stays under this many bytes.
-    DeviceCap(usize),
-}
+pub use seq::{SoftTarget, TrainSeq};
+pub use trainable::{Adapter, Grads};
 
 /// Forward and backward of `scale * sum of token NLLs` over `seqs`. Weight gradients of
 /// `mask`'s slices and of `adapters` accumulate into `grads` (param grads +=). Returns the

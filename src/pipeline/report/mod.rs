@@ -14,6 +14,7 @@ mod inputs;
 mod judged;
 mod sections;
 mod stats;
+mod target;
 mod transfer;
 mod verdict;
 

@@ -5,7 +5,7 @@
 
 use super::doc::{Doc, Table};
 use super::stats::{diff, diff_text, Direction};
-use super::verdict::{Status, Target};
+use super::target::{Status, Target};
 use super::{Inputs, SetMetrics, VariantData, VERDICT_SET};
 use crate::eval::metrics::Rate;
 use serde_json::{json, Value};

@@ -4,6 +4,7 @@
 
 use super::doc::Doc;
 use super::stats::{describe, diff, rate_text, Diff, Direction};
+use super::target::{Status, Target};
 use super::{Inputs, VariantData, VERDICT_SET};
 use crate::eval::metrics::Rate;
 use crate::pipeline::PipelineConfig;
@@ -62,66 +63,6 @@ impl Compared {
         json!({"base": self.base, "tuned": self.tuned,
                "difference": self.diff.map(|d| json!({"d": d.d, "lo": d.lo, "hi": d.hi})),
                "direction": self.direction().word()})
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Met,
-    NotMet,
-    NotMeasured,
-}
-
-impl Status {
-    pub(super) fn of(met: bool) -> Self {
-        if met {
-            Status::Met
-        } else {
-            Status::NotMet
-        }
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Met => "met",
-            Status::NotMet => "NOT met",
-            Status::NotMeasured => "not measured",
-        }
-    }
-    fn class(self) -> &'static str {
-        match self {
-            Status::Met => "met",
-            Status::NotMet => "notmet",
-            Status::NotMeasured => "nm",
-        }
-    }
-    fn key(self) -> &'static str {
-        match self {
-            Status::Met => "met",
-            Status::NotMet => "not_met",
-            Status::NotMeasured => "not_measured",
-        }
-    }
-}
-
-/// One of the project's targets, checked.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub name: String,
-    pub status: Status,
-    pub detail: String,
-    pub value: Option<f64>,
-    pub threshold: Option<f64>,
-}
-
-impl Target {
-    pub(super) fn not_measured(name: &str, why: String) -> Self {
-        Self {
-            name: name.into(),
-            status: Status::NotMeasured,
-            detail: why,
-            value: None,
-            threshold: None,
-        }
     }
 }
 

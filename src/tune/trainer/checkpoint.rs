@@ -75,7 +75,8 @@ impl<B: TrainBackend> Trainer<B> {
         crate::model::checkpoint::weights_finite(&w).with_context(|| self.diverged(step))?;
         if step == self.cfg.steps {
             // The final weights: refuse exploded ones before they become a checkpoint.
-            self.check_growth(&w).with_context(|| self.diverged(step))?;
+            super::diverge::check_growth(&self.mask, &self.base_max, &w)
+                .with_context(|| self.diverged(step))?;
         }
         let tmp = root.join(format!(".tmp-{name}"));
         if tmp.exists() {

@@ -1,38 +1,39 @@
 //! Divergence checks of a training run: a loss far past the first step's, a tuned tensor
 //! grown far past its size before training, a weight past any real checkpoint's.
 
-use super::Trainer;
-use crate::backend::TrainBackend;
+use crate::model::mask::Mask;
 use crate::model::{HostTensor, ModelWeights};
 use anyhow::{bail, Result};
 
-impl<B: TrainBackend> Trainer<B> {
-    /// Error when a trained tensor of the final weights `w` holds a value past
-    /// [`GROWTH_LIMIT`] times the largest magnitude its trained slice had before training
-    /// (at least 0.01): no fine-tuning moves weights that far; an exploding run does.
-    pub(super) fn check_growth(&self, w: &ModelWeights<HostTensor>) -> Result<()> {
-        let named: std::collections::HashMap<String, &HostTensor> = w.named().into_iter().collect();
-        for (s, &base) in self.mask.slices.iter().zip(&self.base_max) {
-            let name = s.param.hf_name();
-            let Some(t) = named.get(&name) else { continue };
-            let limit = GROWTH_LIMIT * base.max(0.01);
-            let top = t.data.iter().fold(0f32, |a, x| a.max(x.abs()));
-            if top > limit {
-                bail!(
-                    "tensor {name} reached a magnitude of {top:e}, past {GROWTH_LIMIT} x the largest value its trained part held before training ({base:e}): the weights exploded"
-                );
-            }
+/// Error when a trained tensor of the final weights `w` holds a value past [`GROWTH_LIMIT`]
+/// times the largest magnitude its trained slice had before training (`base_max`, one per
+/// slice of `mask`; at least 0.01): no fine-tuning moves weights that far; an exploding run
+/// does.
+pub(super) fn check_growth(
+    mask: &Mask,
+    base_max: &[f32],
+    w: &ModelWeights<HostTensor>,
+) -> Result<()> {
+    let named: std::collections::HashMap<String, &HostTensor> = w.named().into_iter().collect();
+    for (s, &base) in mask.slices.iter().zip(base_max) {
+        let name = s.param.hf_name();
+        let Some(t) = named.get(&name) else { continue };
+        let limit = GROWTH_LIMIT * base.max(0.01);
+        let top = t.data.iter().fold(0f32, |a, x| a.max(x.abs()));
+        if top > limit {
+            bail!(
+                "tensor {name} reached a magnitude of {top:e}, past {GROWTH_LIMIT} x the largest value its trained part held before training ({base:e}): the weights exploded"
+            );
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// The loss past which training has diverged: above both 4 x the first step's and twice
-    /// that of a uniform guess over the vocabulary (None before the first step).
-    pub(super) fn loss_limit(&self) -> Option<f64> {
-        let first = self.history.first()?.loss;
-        let uniform = (self.model.cfg.vocab_size as f64).ln();
-        Some((4.0 * first).max(2.0 * uniform))
-    }
+/// The loss past which training has diverged: above both 4 x the first step's loss
+/// `first_loss` and twice that of a uniform guess over `vocab_size` tokens.
+pub(super) fn loss_limit(first_loss: f64, vocab_size: usize) -> f64 {
+    let uniform = (vocab_size as f64).ln();
+    (4.0 * first_loss).max(2.0 * uniform)
 }
 
 /// How many times its largest value before training a trained tensor may grow to.
