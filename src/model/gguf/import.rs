@@ -4,37 +4,11 @@
 use super::tokenizer::build_tokenizer;
 use super::GgufFile;
 use crate::model::checkpoint::{save_safetensors, HostTensor, StoreDtype};
+use crate::model::family::{Family, LayerParam, Weight, FAMILIES};
 use crate::util::write_json;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-
-/// HF name of a llama.cpp tensor name, or None for tensors HF Llama has no place for.
-pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    let base = gguf_name.strip_suffix(".weight")?;
-    match base {
-        "token_embd" => return Some("model.embed_tokens.weight".into()),
-        "output_norm" => return Some("model.norm.weight".into()),
-        "output" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = base.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.weight"))
-}
 
 /// Undo llama.cpp's rotary row permutation of a q or k weight (row-major `[rows, cols]`,
 /// `n_head` heads): HF = `w.reshape(n, rows/n/2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`.
@@ -62,20 +36,41 @@ pub fn unpermute_rows(w: &HostTensor, n_head: usize) -> Result<HostTensor> {
     Ok(HostTensor::new(w.shape.clone(), out))
 }
 
-/// `config.json` for the model, with the values transformers derives from the same GGUF.
-fn build_config(g: &GgufFile) -> Result<Value> {
+/// The family of a GGUF's `general.architecture` (as [`Family::gguf_architecture`] names
+/// it); transformers treats a llama-architecture file named exactly "mistral" as Mistral.
+fn family_of(g: &GgufFile) -> Result<&'static Family> {
     let file = g.path.display();
     let arch = g
         .get_str("general.architecture")
         .with_context(|| format!("{file}: no general.architecture"))?;
     let name = g.get_str("general.name").unwrap_or("");
-    // transformers treats a llama-architecture file named exactly "mistral" as Mistral.
-    let (model_type, architecture) = match arch {
-        "mistral" => ("mistral", "MistralForCausalLM"),
-        "llama" if name == "mistral" => ("mistral", "MistralForCausalLM"),
-        "llama" => ("llama", "LlamaForCausalLM"),
-        other => bail!("{file}: general.architecture {other:?} is not supported (pinpoint imports llama and mistral)"),
+    let family = if arch == "llama" && name == "mistral" {
+        Family::by_model_type("mistral")
+    } else {
+        FAMILIES.iter().find(|f| f.gguf_architecture == Some(arch))
     };
+    match family {
+        Some(f) => Ok(f),
+        None => {
+            let known: Vec<&str> = FAMILIES
+                .iter()
+                .filter_map(|f| f.gguf_architecture)
+                .collect();
+            bail!(
+                "{file}: general.architecture {arch:?} is not supported (pinpoint imports {})",
+                known.join(" and ")
+            )
+        }
+    }
+}
+
+/// `config.json` for a model of `family`, with the values transformers derives from the
+/// same GGUF.
+fn build_config(g: &GgufFile, family: &Family) -> Result<Value> {
+    let file = g.path.display();
+    let arch = g
+        .get_str("general.architecture")
+        .with_context(|| format!("{file}: no general.architecture"))?;
     let key = |k: &str| format!("{arch}.{k}");
     let need = |k: &str| {
         g.get_u64(&key(k))
@@ -117,8 +112,8 @@ fn build_config(g: &GgufFile) -> Result<Value> {
         .get_f64(&key("attention.layer_norm_rms_epsilon"))
         .unwrap_or(1e-6);
     let mut c = serde_json::Map::new();
-    c.insert("architectures".into(), json!([architecture]));
-    c.insert("model_type".into(), json!(model_type));
+    c.insert("architectures".into(), json!([family.architecture]));
+    c.insert("model_type".into(), json!(family.model_type));
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_size".into(), json!(hidden));
     c.insert(
@@ -141,13 +136,13 @@ fn build_config(g: &GgufFile) -> Result<Value> {
     );
     c.insert(
         "tie_word_embeddings".into(),
-        json!(g.tensor_info("output.weight").is_none()),
+        json!(g.tensor_info(&Weight::LmHead.gguf_name()).is_none()),
     );
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("attention_bias".into(), json!(false));
     c.insert("mlp_bias".into(), json!(false));
     c.insert("torch_dtype".into(), json!("float32"));
-    if model_type == "mistral" {
+    if family.block.sliding_window {
         // Not stored in GGUF; MistralConfig's default, which transformers falls back to.
         c.insert("sliding_window".into(), json!(4096));
     }
@@ -164,6 +159,52 @@ fn build_config(g: &GgufFile) -> Result<Value> {
     Ok(Value::Object(c))
 }
 
+/// The GGUF's tensors under their HF names (F32, q/k rows in HF's order), in file order;
+/// tensors a HF checkpoint of `family` has no place for are skipped. `heads` is `(q heads,
+/// kv heads)`.
+fn hf_tensors(
+    g: &GgufFile,
+    family: &Family,
+    (heads, kv_heads): (usize, usize),
+    show_progress: bool,
+) -> Result<Vec<(String, HostTensor)>> {
+    let file = g.path.display();
+    let bar = crate::util::bar(
+        g.tensors().len() as u64,
+        "importing GGUF {bar:40} {pos}/{len} {msg}",
+        show_progress,
+    );
+    let mut out: Vec<(String, HostTensor)> = Vec::new();
+    for t in g.tensors() {
+        bar.set_message(t.name.clone());
+        bar.inc(1);
+        let Some(weight) = Weight::from_gguf_name(&t.name, family.block) else {
+            if show_progress {
+                bar.println(format!(
+                    "skipping GGUF tensor {:?} (no HF Llama counterpart)",
+                    t.name
+                ));
+            }
+            continue;
+        };
+        let mut w = g.tensor_f32(&t.name)?;
+        let permuted_heads = match weight {
+            Weight::Layer(_, LayerParam::Q) => Some(heads),
+            Weight::Layer(_, LayerParam::K) => Some(kv_heads),
+            _ => None,
+        };
+        if let Some(n) = permuted_heads {
+            w = unpermute_rows(&w, n).with_context(|| format!("{file}: tensor {:?}", t.name))?;
+        }
+        out.push((weight.hf_name(), w));
+    }
+    bar.finish_and_clear();
+    if !out.iter().any(|(n, _)| *n == Weight::Embed.hf_name()) {
+        bail!("{file}: no {} tensor", Weight::Embed.gguf_name());
+    }
+    Ok(out)
+}
+
 /// Import a GGUF Llama/Mistral model into a HF directory at `out_dir`: `config.json`,
 /// `model.safetensors` (F32, exact dequantized values), `tokenizer.json`,
 /// `tokenizer_config.json`, `generation_config.json`. The files are built in a temp dir beside
@@ -172,7 +213,8 @@ fn build_config(g: &GgufFile) -> Result<Value> {
 pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<()> {
     let g = GgufFile::open(gguf)?;
     let file = gguf.display();
-    let config = build_config(&g)?;
+    let family = family_of(&g)?;
+    let config = build_config(&g, family)?;
     crate::model::config::ModelConfig::from_json(config.clone())
         .with_context(|| format!("{file}: the derived config is not one pinpoint can run"))?;
     if g.tensor_info("rope_freqs.weight").is_some() {
@@ -187,40 +229,7 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, show_progress: bool) -> Result<(
     let tok = build_tokenizer(&g)?;
     let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
-
-    let bar = crate::util::bar(
-        g.tensors().len() as u64,
-        "importing GGUF {bar:40} {pos}/{len} {msg}",
-        show_progress,
-    );
-    let mut out: Vec<(String, HostTensor)> = Vec::new();
-    for t in g.tensors() {
-        bar.set_message(t.name.clone());
-        bar.inc(1);
-        let Some(hf) = hf_tensor_name(&t.name) else {
-            if show_progress {
-                bar.println(format!(
-                    "skipping GGUF tensor {:?} (no HF Llama counterpart)",
-                    t.name
-                ));
-            }
-            continue;
-        };
-        let mut w = g.tensor_f32(&t.name)?;
-        if t.name.ends_with(".attn_q.weight") || t.name.ends_with(".attn_k.weight") {
-            let n = if t.name.ends_with(".attn_q.weight") {
-                heads
-            } else {
-                kv_heads
-            };
-            w = unpermute_rows(&w, n).with_context(|| format!("{file}: tensor {:?}", t.name))?;
-        }
-        out.push((hf, w));
-    }
-    bar.finish_and_clear();
-    if !out.iter().any(|(n, _)| n == "model.embed_tokens.weight") {
-        bail!("{file}: no token_embd.weight tensor");
-    }
+    let mut out = hf_tensors(&g, family, (heads, kv_heads), show_progress)?;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     // Build everything in a temp dir beside `out_dir`, then move it into place, so a failure
     // never leaves a half-written model.
@@ -288,15 +297,5 @@ mod tests {
         let w = HostTensor::new(vec![8, 1], (0..8).map(|x| x as f32).collect());
         let u = unpermute_rows(&w, 2).unwrap();
         assert_eq!(u.data, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
-    }
-
-    #[test]
-    fn names_map() {
-        assert_eq!(
-            hf_tensor_name("blk.3.attn_k.weight").unwrap(),
-            "model.layers.3.self_attn.k_proj.weight"
-        );
-        assert_eq!(hf_tensor_name("output.weight").unwrap(), "lm_head.weight");
-        assert!(hf_tensor_name("rope_freqs.weight").is_none());
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 mod import;
 mod tokenizer;
 
-pub use import::{hf_tensor_name, import_gguf, unpermute_rows};
+pub use import::{import_gguf, unpermute_rows};
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 

@@ -82,12 +82,8 @@ pub(super) fn build_tokenizer(g: &GgufFile) -> Result<TokenizerFiles> {
         add_named_specials(&mut added, &vocab, &s);
     }
     let (pre_tokenizer, decoder, bpe) = pipeline(v.sentencepiece, v.pre, vocab, merges);
-    let post_processor = post_processor(
-        s.add_bos,
-        s.add_eos,
-        (&s.bos, s.bos_id),
-        (&s.eos, s.eos_id),
-    );
+    let post_processor =
+        post_processor(s.add_bos, s.add_eos, (&s.bos, s.bos_id), (&s.eos, s.eos_id));
     let tokenizer_json = json!({
         "version": "1.0",
         "truncation": null,
