@@ -1,5 +1,6 @@
-//! GGUF to a HF directory: tensor names, the q/k row order, the tokenizer files and the
-//! config, derived the way transformers' own GGUF loader derives them.
+//! GGUF to a HF directory: the family, the config, the tensors under their HF names (both
+//! names from `family.rs`) with the q/k row order undone, and the tokenizer files
+//! (`tokenizer.rs`), derived the way transformers' own GGUF loader derives them.
 
 use super::tokenizer::build_tokenizer;
 use super::GgufFile;
