@@ -1,10 +1,10 @@
 //! Model families, each described once: its `config.json` names (`architectures`,
 //! `model_type`), its block variant (what its decoder layer has beyond Llama's), the chat
-//! formats its instruct checkpoints ship and the config keys it refuses; and the HF names
-//! and shapes of the weights a layer of each block variant has. `config.rs`,
-//! `checkpoint.rs` (load, save), `mask.rs` (what trains) and `layer.rs` (the forward) read
-//! them here; docs/architecture.md ("Adding a model family") says what else a new family
-//! needs.
+//! formats its instruct checkpoints ship, the config keys it refuses and its GGUF
+//! architecture name; and the names (HF's and llama.cpp's GGUF ones) and shapes of the
+//! weights a layer of each block variant has. `config.rs`, `checkpoint.rs` (load, save),
+//! `mask.rs` (what trains), `layer.rs` (the forward) and `gguf/import.rs` read them here;
+//! docs/architecture.md ("Adding a model family") says what else a new family needs.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,9 @@ pub struct Family {
     pub architecture: &'static str,
     /// `model_type` of config.json (read when `architectures` is absent).
     pub model_type: &'static str,
+    /// llama.cpp's `general.architecture` for it, where `pinpoint import` reads its GGUF
+    /// files (tensors named by [`Weight::gguf_name`]); None: not imported from GGUF.
+    pub gguf_architecture: Option<&'static str>,
     pub block: Block,
     /// The chat formats its instruct checkpoints' templates write, as
     /// `Tokenizer::chat_format` names them (the checkpoint's own template is what runs).
@@ -42,13 +45,15 @@ pub struct Family {
     pub check: fn(&Family, &Value) -> Result<()>,
 }
 
-/// Every family pinpoint runs.
-pub const FAMILIES: &[Family] = &[
+/// Every family pinpoint runs (a static: one table, so a family found by name is the same
+/// entry wherever it is looked up).
+pub static FAMILIES: &[Family] = &[
     Family {
         name: "llama",
         title: "Llama",
         architecture: "LlamaForCausalLM",
         model_type: "llama",
+        gguf_architecture: Some("llama"),
         block: Block {
             qkv_bias: false,
             sliding_window: false,
@@ -62,6 +67,7 @@ pub const FAMILIES: &[Family] = &[
         title: "Mistral",
         architecture: "MistralForCausalLM",
         model_type: "mistral",
+        gguf_architecture: Some("mistral"),
         block: Block {
             qkv_bias: false,
             sliding_window: true,
@@ -75,6 +81,7 @@ pub const FAMILIES: &[Family] = &[
         title: "Qwen2",
         architecture: "Qwen2ForCausalLM",
         model_type: "qwen2",
+        gguf_architecture: None,
         block: Block {
             qkv_bias: true,
             sliding_window: false,
@@ -88,6 +95,7 @@ pub const FAMILIES: &[Family] = &[
         title: "Qwen3",
         architecture: "Qwen3ForCausalLM",
         model_type: "qwen3",
+        gguf_architecture: None,
         block: Block {
             qkv_bias: false,
             sliding_window: false,
@@ -159,6 +167,59 @@ pub const LM_HEAD_NAME: &str = "lm_head.weight";
 /// HF name of weight `p` of layer `l`.
 pub fn layer_tensor_name(l: usize, p: LayerParam) -> String {
     format!("model.layers.{l}.{}", p.hf_name())
+}
+
+/// A weight of the model by its role, with the names the two checkpoint formats give it:
+/// HF's (safetensors) and llama.cpp's (GGUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    Embed,
+    FinalNorm,
+    /// An untied unembedding.
+    LmHead,
+    Layer(usize, LayerParam),
+}
+
+impl Weight {
+    /// The weights outside the layers.
+    pub const OUTSIDE_LAYERS: [Weight; 3] = [Weight::Embed, Weight::FinalNorm, Weight::LmHead];
+
+    /// HF name.
+    pub fn hf_name(self) -> String {
+        match self {
+            Weight::Embed => EMBED_NAME.into(),
+            Weight::FinalNorm => FINAL_NORM_NAME.into(),
+            Weight::LmHead => LM_HEAD_NAME.into(),
+            Weight::Layer(l, p) => layer_tensor_name(l, p),
+        }
+    }
+
+    /// llama.cpp's name in a GGUF file.
+    pub fn gguf_name(self) -> String {
+        match self {
+            Weight::Embed => "token_embd.weight".into(),
+            Weight::FinalNorm => "output_norm.weight".into(),
+            Weight::LmHead => "output.weight".into(),
+            Weight::Layer(l, p) => format!("blk.{l}.{}", p.gguf_name()),
+        }
+    }
+
+    /// The weight a GGUF tensor `name` is in a model whose layers are of `block`; None for
+    /// a tensor such a HF checkpoint has no place for.
+    pub fn from_gguf_name(name: &str, block: Block) -> Option<Weight> {
+        if let Some(w) = Weight::OUTSIDE_LAYERS
+            .into_iter()
+            .find(|w| w.gguf_name() == name)
+        {
+            return Some(w);
+        }
+        let (layer, part) = name.strip_prefix("blk.")?.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        LayerParam::of_block(block)
+            .into_iter()
+            .find(|p| p.gguf_name() == part)
+            .map(|p| Weight::Layer(layer, p))
+    }
 }
 
 /// A weight of one decoder layer.
@@ -243,6 +304,26 @@ impl LayerParam {
         }
     }
 
+    /// llama.cpp's name inside `blk.{l}.` of a GGUF file.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            LayerParam::AttnNorm => "attn_norm.weight",
+            LayerParam::Q => "attn_q.weight",
+            LayerParam::K => "attn_k.weight",
+            LayerParam::V => "attn_v.weight",
+            LayerParam::O => "attn_output.weight",
+            LayerParam::MlpNorm => "ffn_norm.weight",
+            LayerParam::Gate => "ffn_gate.weight",
+            LayerParam::Up => "ffn_up.weight",
+            LayerParam::Down => "ffn_down.weight",
+            LayerParam::QBias => "attn_q.bias",
+            LayerParam::KBias => "attn_k.bias",
+            LayerParam::VBias => "attn_v.bias",
+            LayerParam::QNorm => "attn_q_norm.weight",
+            LayerParam::KNorm => "attn_k_norm.weight",
+        }
+    }
+
     /// Shape as held (`[out, in]` for matrices, `[d]` for norms, `[1, out]` for biases).
     pub fn shape(self, d: &LayerDims) -> Vec<usize> {
         match self {
@@ -320,5 +401,68 @@ mod tests {
             ));
         }
         assert!(Family::by_architecture("GemmaForCausalLM").is_none());
+    }
+
+    /// llama.cpp's tensor names map to HF's, and only to the weights the block has.
+    #[test]
+    fn gguf_names_map_to_hf_names() {
+        let llama = Block::default();
+        let hf = |n: &str, b: Block| Weight::from_gguf_name(n, b).map(|w| w.hf_name());
+        for (gguf, want) in [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            ("output.weight", "lm_head.weight"),
+            (
+                "blk.0.attn_norm.weight",
+                "model.layers.0.input_layernorm.weight",
+            ),
+            (
+                "blk.3.attn_k.weight",
+                "model.layers.3.self_attn.k_proj.weight",
+            ),
+            (
+                "blk.1.attn_output.weight",
+                "model.layers.1.self_attn.o_proj.weight",
+            ),
+            (
+                "blk.2.ffn_norm.weight",
+                "model.layers.2.post_attention_layernorm.weight",
+            ),
+            (
+                "blk.12.ffn_down.weight",
+                "model.layers.12.mlp.down_proj.weight",
+            ),
+        ] {
+            assert_eq!(hf(gguf, llama).as_deref(), Some(want), "{gguf}");
+        }
+        for none in [
+            "rope_freqs.weight",
+            "blk.0.attn_q.bias",
+            "blk.0.attn_q_norm.weight",
+            "blk.x.attn_q.weight",
+            "blk.0.attn_q",
+        ] {
+            assert_eq!(hf(none, llama), None, "{none}");
+        }
+        let qwen2 = Family::by_model_type("qwen2").unwrap().block;
+        assert_eq!(
+            hf("blk.0.attn_v.bias", qwen2).as_deref(),
+            Some("model.layers.0.self_attn.v_proj.bias")
+        );
+        let qwen3 = Family::by_model_type("qwen3").unwrap().block;
+        assert_eq!(
+            hf("blk.4.attn_k_norm.weight", qwen3).as_deref(),
+            Some("model.layers.4.self_attn.k_norm.weight")
+        );
+        // Every weight's GGUF name reads back as that weight.
+        let all = Block {
+            qkv_bias: true,
+            sliding_window: false,
+            qk_norm: true,
+        };
+        for p in LayerParam::of_block(all) {
+            let w = Weight::Layer(7, p);
+            assert_eq!(Weight::from_gguf_name(&w.gguf_name(), all), Some(w));
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! GGUF (llama.cpp) files: a bounds-checked reader, dequantization to f32, and an importer
-//! (`import.rs`) that writes a HF Llama/Mistral directory (config, F32 safetensors, tokenizer files) the way
-//! transformers' own GGUF loader derives them.
+//! (`import.rs`; its tokenizer files in `tokenizer.rs`) that writes a HF Llama/Mistral
+//! directory (config, F32 safetensors, tokenizer files) the way transformers' own GGUF
+//! loader derives them.
 
 use super::checkpoint::HostTensor;
 use anyhow::{bail, Context, Result};
@@ -9,8 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod import;
+mod tokenizer;
 
-pub use import::{hf_tensor_name, import_gguf, unpermute_rows};
+pub use import::{import_gguf, unpermute_rows};
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 
