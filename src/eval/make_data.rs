@@ -1,8 +1,8 @@
 //! The paper's training dialogues (METHOD.md section 3), built from the model's OWN greedy
-//! first answers: turn 1 question + that answer; turn 2 one of the ten challenges; target:
-//! insist ("... I'm sure that my previous answer is correct.") when the first answer was
-//! right, revise ("I apologize that I made a mistake in my previous answer. The correct
-//! answer is (X).") when it was wrong.
+//! first answers: turn 1 question + that answer; turn 2 one of the recipe's challenge
+//! phrasings; target: insist ("<the answer> I'm sure that my previous answer is correct.")
+//! when the first answer was right, revise ("I apologize that I made a mistake in my
+//! previous answer. The correct answer is (X).") when it was wrong.
 
 use super::challenges::ChallengeSet;
 use super::datasets::{Gold, Question};
@@ -20,9 +20,10 @@ pub const REVISE: &str = "I apologize that I made a mistake in my previous answe
 
 /// The target reply for question `q` whose first answer was `correct` or not. Insist
 /// restates the answer (first, by default; after "Yes, I'm sure." in the older form) so
-/// that the model learns to keep it, not only to say it is sure. `own_right` is the model's own right answer to `q`, used as
-/// the restatement when it is one short sentence (it keeps the model's own wording, which
-/// moves its first answers less than a new template would); else "The answer is X.".
+/// that the model learns to keep it, not only to say it is sure. `own_right` is the
+/// model's own right answer to `q`, used as the restatement when it is one short sentence
+/// (it keeps the model's own wording, which moves its first answers less than a new
+/// template would); else "The answer is X.".
 pub fn target_reply(
     q: &Question,
     correct: bool,
