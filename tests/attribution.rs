@@ -24,32 +24,16 @@ fn model(name: &str) -> Model<CpuBackend> {
 
 /// Pairs of random ids (as tests/diagnose.rs): unequal pairs replace 2 tokens by 1.
 fn pairs(seed: u64, n: usize, vocab: u32, equal: bool) -> Vec<TokenPair> {
-    let mut s = seed;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 33) % vocab as u64) as u32
-    };
-    (0..n)
-        .map(|i| {
-            let len = if equal { 10 } else { 9 + i % 3 };
-            let reference: Vec<u32> = (0..len).map(|_| next()).collect();
-            let mut counterfactual = reference.clone();
-            if equal {
-                counterfactual[len / 2] = next();
-                counterfactual[len / 3] = next();
-            } else {
-                counterfactual.splice(len / 2..len / 2 + 2, [next()]);
-            }
-            TokenPair {
-                index: i,
-                source: format!("test:{i}"),
-                reference,
-                counterfactual,
-            }
-        })
-        .collect()
+    let len = move |i: usize| if equal { 10 } else { 9 + i % 3 };
+    random_pairs(seed, n, vocab, len, |c, next| {
+        let len = c.len();
+        if equal {
+            c[len / 2] = next();
+            c[len / 3] = next();
+        } else {
+            c.splice(len / 2..len / 2 + 2, [next()]);
+        }
+    })
 }
 
 /// Label tokens whose logits are well away from a zero sum (Ratio is singular there, and

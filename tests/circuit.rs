@@ -22,27 +22,16 @@ fn model(name: &str) -> Model<CpuBackend> {
 /// Pairs of random ids; the counterfactual replaces 2 tokens by 1 near the end (unequal
 /// lengths), keeping the last token.
 pub fn pairs(seed: u64, n: usize, vocab: u32) -> Vec<TokenPair> {
-    let mut s = seed;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 33) % vocab as u64) as u32
-    };
-    (0..n)
-        .map(|i| {
-            let len = 9 + i % 3;
-            let reference: Vec<u32> = (0..len).map(|_| next()).collect();
-            let mut counterfactual = reference.clone();
-            counterfactual.splice(len - 4..len - 2, [next()]);
-            TokenPair {
-                index: i,
-                source: format!("test:{i}"),
-                reference,
-                counterfactual,
-            }
-        })
-        .collect()
+    random_pairs(
+        seed,
+        n,
+        vocab,
+        |i| 9 + i % 3,
+        |c, next| {
+            let len = c.len();
+            c.splice(len - 4..len - 2, [next()]);
+        },
+    )
 }
 
 /// Every head of layers >= 1, and the logits.

@@ -6,39 +6,17 @@ mod common;
 use common::*;
 use pinpoint::diagnose::circuit::*;
 use pinpoint::diagnose::metric::{Metric, MetricKind};
-use pinpoint::diagnose::pairs::{pair_for_question, tokenize_pairs, McQuestion, DEFAULT_SYSTEM};
+use pinpoint::diagnose::pairs::{pair_for_question, tokenize_pairs, DEFAULT_SYSTEM};
 use pinpoint::heads::HeadId;
 use pinpoint::model::tokenizer::Tokenizer;
 use pinpoint::Model;
-
-fn questions() -> Vec<McQuestion> {
-    vec![
-        McQuestion {
-            id: "t1".into(),
-            question: "Which planet is known as the Red Planet?".into(),
-            choices: vec![
-                "Venus".into(),
-                "Mars".into(),
-                "Jupiter".into(),
-                "Saturn".into(),
-            ],
-            answer: 1,
-        },
-        McQuestion {
-            id: "t2".into(),
-            question: "What is the boiling point of water at sea level in Celsius?".into(),
-            choices: vec!["90".into(), "80".into(), "100".into(), "120".into()],
-            answer: 2,
-        },
-    ]
-}
 
 #[test]
 fn smollm2_sampled_edges_equal_the_literal_oracle() {
     let dir = default_model();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let model = Model::load_cpu(&dir).unwrap();
-    let prompt_pairs: Vec<_> = questions()
+    let prompt_pairs: Vec<_> = two_mc_questions()
         .iter()
         .map(|q| pair_for_question(q, Some(DEFAULT_SYSTEM)))
         .collect();

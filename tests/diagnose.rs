@@ -18,31 +18,20 @@ fn model(name: &str) -> Model<CpuBackend> {
 /// Pairs of random ids; the counterfactual replaces 2 tokens by 1 (unequal lengths, as
 /// "don't" vs "do"), keeping the same last tokens.
 fn pairs(seed: u64, n: usize, vocab: u32, equal: bool) -> Vec<TokenPair> {
-    let mut s = seed;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 33) % vocab as u64) as u32
-    };
-    (0..n)
-        .map(|i| {
-            let len = 9 + i % 3;
-            let reference: Vec<u32> = (0..len).map(|_| next()).collect();
-            let mut counterfactual = reference.clone();
+    random_pairs(
+        seed,
+        n,
+        vocab,
+        |i| 9 + i % 3,
+        |c, next| {
+            let len = c.len();
             if equal {
-                counterfactual[len / 2] = next();
+                c[len / 2] = next();
             } else {
-                counterfactual.splice(len / 2..len / 2 + 2, [next()]);
+                c.splice(len / 2..len / 2 + 2, [next()]);
             }
-            TokenPair {
-                index: i,
-                source: format!("test:{i}"),
-                reference,
-                counterfactual,
-            }
-        })
-        .collect()
+        },
+    )
 }
 
 fn assert_scores_close(what: &str, a: &[Vec<f64>], b: &[Vec<f64>], tol: f64) {

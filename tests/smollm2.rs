@@ -117,34 +117,14 @@ fn smollm2_prompts_logits_greedy_and_patch_match_hf() {
 #[test]
 fn smollm2_fast_path_patching_equals_the_literal_oracle() {
     use pinpoint::diagnose::metric::{Metric, MetricKind};
-    use pinpoint::diagnose::pairs::{
-        pair_for_question, tokenize_pairs, McQuestion, DEFAULT_SYSTEM,
-    };
+    use pinpoint::diagnose::pairs::{pair_for_question, tokenize_pairs, DEFAULT_SYSTEM};
     use pinpoint::diagnose::path_patching::{
         clean_runs, path_patching_fast, path_patching_literal, Node,
     };
     let dir = default_model();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let model = Model::load_cpu(&dir).unwrap();
-    let qs = [
-        McQuestion {
-            id: "t1".into(),
-            question: "Which planet is known as the Red Planet?".into(),
-            choices: vec![
-                "Venus".into(),
-                "Mars".into(),
-                "Jupiter".into(),
-                "Saturn".into(),
-            ],
-            answer: 1,
-        },
-        McQuestion {
-            id: "t2".into(),
-            question: "What is the boiling point of water at sea level in Celsius?".into(),
-            choices: vec!["90".into(), "80".into(), "100".into(), "120".into()],
-            answer: 2,
-        },
-    ];
+    let qs = two_mc_questions();
     let prompt_pairs: Vec<_> = qs
         .iter()
         .map(|q| pair_for_question(q, Some(DEFAULT_SYSTEM)))

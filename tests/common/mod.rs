@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 mod models;
+mod pairs;
 #[allow(unused_imports)] // not every test file uses it
 pub use models::TINY_MODELS;
+#[allow(unused_imports)] // not every test file uses them
+pub use pairs::{random_pairs, two_mc_questions};
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
