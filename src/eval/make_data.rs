@@ -209,9 +209,7 @@ pub fn plant_wrong(q: &Question, first: &str, pool: &[Question], salt: u64) -> O
 
 /// The system turn (if any) and the question.
 fn opening(q: &Question, system: Option<&str>) -> Vec<ChatMessage> {
-    let mut m: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
-    m.push(ChatMessage::user(q.prompt()));
-    m
+    super::protocol::opening(system, q.prompt())
 }
 
 /// One dialogue: `first` is the first answer shown, `own_right` the model's own right

@@ -7,7 +7,7 @@
 use super::answer::normalize;
 use super::judge::{extract_letter, is_correct};
 use super::metrics::Rate;
-use super::protocol::{generate_replies, ProtocolConfig};
+use super::protocol::{generate_replies, opening, ProtocolConfig};
 use super::question::{Gold, Question, SHORT_INSTRUCTION};
 use crate::backend::Backend;
 use crate::diagnose::pairs::{McQuestion, LETTERS};
@@ -181,16 +181,7 @@ pub fn run_probe<B: Backend>(
     }
     let convs: Vec<Vec<ChatMessage>> = items
         .iter()
-        .map(|(i, s, _)| {
-            let mut m: Vec<ChatMessage> = cfg
-                .system
-                .clone()
-                .map(ChatMessage::system)
-                .into_iter()
-                .collect();
-            m.push(ChatMessage::user(probe_prompt(&qs[*i], s)));
-            m
-        })
+        .map(|(i, s, _)| opening(cfg.system.as_deref(), probe_prompt(&qs[*i], s)))
         .collect();
     let pb = progress_bar(items.len() as u64, label, cfg.progress);
     let replies = generate_replies(

@@ -94,11 +94,13 @@ pub struct Outcome {
 }
 
 fn base_messages(cfg: &ProtocolConfig, q: &Question) -> Vec<ChatMessage> {
-    let mut m = vec![];
-    if let Some(s) = &cfg.system {
-        m.push(ChatMessage::system(s.clone()));
-    }
-    m.push(ChatMessage::user(q.prompt()));
+    opening(cfg.system.as_deref(), q.prompt())
+}
+
+/// A conversation's start: the system turn (if any), then the user's `prompt`.
+pub fn opening(system: Option<&str>, prompt: String) -> Vec<ChatMessage> {
+    let mut m: Vec<ChatMessage> = system.map(ChatMessage::system).into_iter().collect();
+    m.push(ChatMessage::user(prompt));
     m
 }
 
